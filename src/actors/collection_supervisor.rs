@@ -1,0 +1,249 @@
+//! CollectionSupervisor: owns one Aggregator and one Endpoint per collection,
+//! spawned on first use (a scraper asking for its collection's aggregator) or
+//! at start for every collection already on disk. If either actor of a pair
+//! fails, both are restarted with backoff; too many failures and the
+//! collection is reported failed.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use serde::Serialize;
+
+use super::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg, AggregatorStats};
+use super::endpoint::{CollectionSummary, Endpoint, EndpointMsg};
+use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use crate::settings::RestartPolicy;
+use crate::store::Store;
+
+pub struct CollectionSupervisor;
+
+pub struct CollectionSupervisorArgs {
+    pub store: Store,
+    pub restart: RestartPolicy,
+}
+
+#[derive(RactorMessage)]
+pub enum CollectionSupervisorMsg {
+    /// The collection's aggregator, spawned if needed.
+    Aggregator(String, RpcReplyPort<Result<ActorRef<AggregatorMsg>, String>>),
+    /// Every collection's summary, by name.
+    Summaries(RpcReplyPort<Vec<CollectionSummary>>),
+    /// One collection's summary, if the collection exists.
+    Summary(String, RpcReplyPort<Option<CollectionSummary>>),
+    /// Internal: restart a pair after its backoff.
+    Restart(String),
+    Stats(RpcReplyPort<Vec<AggregatorStats>>),
+}
+
+#[derive(Default)]
+struct Pair {
+    aggregator: Option<ActorRef<AggregatorMsg>>,
+    endpoint: Option<ActorRef<EndpointMsg>>,
+    failures: FailureWindow,
+    /// Set when restarting has been given up, or while backing off.
+    down: Option<String>,
+}
+
+pub struct CollectionSupervisorState {
+    args: CollectionSupervisorArgs,
+    pairs: BTreeMap<String, Pair>,
+}
+
+/// Stats snapshot of the supervisor itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectionsStats {
+    pub collections: Vec<AggregatorStats>,
+}
+
+impl CollectionSupervisor {
+    async fn start_pair(
+        myself: &ActorRef<CollectionSupervisorMsg>,
+        state: &mut CollectionSupervisorState,
+        name: &str,
+    ) -> Result<ActorRef<AggregatorMsg>, String> {
+        let initial = CollectionSummary {
+            name: name.to_owned(),
+            items: 0,
+            last_update: None,
+            by_source: BTreeMap::new(),
+        };
+        let cell: ActorCell = myself.get_cell();
+        let (endpoint, _) = Actor::spawn_linked(None, Endpoint, initial, cell.clone())
+            .await
+            .map_err(|e| format!("endpoint of collection {name} did not start: {e}"))?;
+        let args = AggregatorArgs {
+            collection: name.to_owned(),
+            store: state.args.store.clone(),
+            endpoint: endpoint.clone(),
+        };
+        let aggregator = match Actor::spawn_linked(None, Aggregator, args, cell).await {
+            Ok((a, _)) => a,
+            Err(e) => {
+                endpoint.stop(None);
+                return Err(format!("aggregator of collection {name} did not start: {e}"));
+            }
+        };
+        let pair = state.pairs.entry(name.to_owned()).or_default();
+        pair.aggregator = Some(aggregator.clone());
+        pair.endpoint = Some(endpoint);
+        pair.down = None;
+        tracing::debug!(collection = name, "collection actors started");
+        Ok(aggregator)
+    }
+}
+
+impl Actor for CollectionSupervisor {
+    type Msg = CollectionSupervisorMsg;
+    type State = CollectionSupervisorState;
+    type Arguments = CollectionSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: CollectionSupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let store = args.store.clone();
+        let names = tokio::task::spawn_blocking(move || store.collections()).await??;
+        let mut state = CollectionSupervisorState {
+            args,
+            pairs: BTreeMap::new(),
+        };
+        for (name, _) in names {
+            Self::start_pair(&myself, &mut state, &name).await?;
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.stop_children_and_wait(None, Some(ASK_TIMEOUT)).await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CollectionSupervisorMsg::Aggregator(name, reply) => {
+                let result = match state.pairs.get(&name) {
+                    Some(Pair {
+                        aggregator: Some(a),
+                        ..
+                    }) => Ok(a.clone()),
+                    Some(Pair { down: Some(why), .. }) => Err(why.clone()),
+                    _ => Self::start_pair(&myself, state, &name).await,
+                };
+                let _ = reply.send(result);
+            }
+            CollectionSupervisorMsg::Summaries(reply) => {
+                let endpoints: Vec<_> = state
+                    .pairs
+                    .values()
+                    .filter_map(|p| p.endpoint.clone())
+                    .collect();
+                let asks = endpoints
+                    .iter()
+                    .map(|e| e.call(EndpointMsg::Summary, Some(ASK_TIMEOUT)));
+                let summaries = join_all(asks)
+                    .await
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(summaries);
+            }
+            CollectionSupervisorMsg::Summary(name, reply) => {
+                let summary = match state.pairs.get(&name).and_then(|p| p.endpoint.clone()) {
+                    Some(e) => match e.call(EndpointMsg::Summary, Some(ASK_TIMEOUT)).await {
+                        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+                        _ => None,
+                    },
+                    None => None,
+                };
+                let _ = reply.send(summary);
+            }
+            CollectionSupervisorMsg::Restart(name) => {
+                if state.pairs.get(&name).is_some_and(|p| p.aggregator.is_none()) {
+                    if let Err(e) = Self::start_pair(&myself, state, &name).await {
+                        tracing::error!(collection = %name, error = %e, "collection restart failed");
+                    }
+                }
+            }
+            CollectionSupervisorMsg::Stats(reply) => {
+                let aggregators: Vec<_> = state
+                    .pairs
+                    .values()
+                    .filter_map(|p| p.aggregator.clone())
+                    .collect();
+                let asks = aggregators
+                    .iter()
+                    .map(|a| a.call(AggregatorMsg::Stats, Some(ASK_TIMEOUT)));
+                let stats = join_all(asks)
+                    .await
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(stats);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (who, why) = match event {
+            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
+            SupervisionEvent::ActorTerminated(who, _, reason) => {
+                (who, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let id = who.get_id();
+        let Some((name, pair)) = state.pairs.iter_mut().find(|(_, p)| {
+            p.aggregator.as_ref().is_some_and(|a| a.get_id() == id)
+                || p.endpoint.as_ref().is_some_and(|e| e.get_id() == id)
+        }) else {
+            return Ok(());
+        };
+        // One of the pair died: stop the other, then restart both.
+        for other in [pair.aggregator.take().map(|a| a.get_cell()), pair.endpoint.take().map(|e| e.get_cell())]
+            .into_iter()
+            .flatten()
+        {
+            if other.get_id() != id {
+                other.stop(Some("its partner failed".into()));
+            }
+        }
+        tracing::warn!(collection = %name, reason = %why, "collection actor stopped");
+        match pair.failures.record(Instant::now(), &state.args.restart) {
+            AfterFailure::RestartIn(delay) => {
+                pair.down = Some(format!("collection {name} is restarting after: {why}"));
+                let name = name.clone();
+                myself.send_after(delay, move || CollectionSupervisorMsg::Restart(name));
+            }
+            AfterFailure::GiveUp => {
+                tracing::error!(collection = %name, reason = %why, "collection failed too often, giving up");
+                pair.down = Some(format!("collection {name} failed: {why}"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! NodeSupervisor: the root of a node's actor tree. It starts the
+//! CollectionSupervisor and then the Orchestrator (which needs it), both under
+//! registered names so HTTP always finds the current ones. If either fails,
+//! both are restarted together (one-for-all: the Orchestrator's scrapers hold
+//! aggregator references); past the restart intensity the node supervisor
+//! itself fails, and the process exits.
+
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+
+use super::collection_supervisor::{CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg};
+use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
+use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use crate::cluster::groups;
+use crate::scrape::extract::Limits;
+use crate::scrape::fetch::Fetcher;
+use crate::settings::RestartPolicy;
+use crate::store::Store;
+
+pub struct NodeSupervisor;
+
+#[derive(Clone)]
+pub struct NodeArgs {
+    pub store: Store,
+    pub node_name: String,
+    pub node_id: String,
+    pub fetcher: Fetcher,
+    pub limits: Limits,
+    pub restart: RestartPolicy,
+}
+
+#[derive(RactorMessage)]
+pub enum NodeMsg {
+    /// Internal: restart the children after a failure's backoff.
+    Restart,
+}
+
+pub struct NodeState {
+    args: NodeArgs,
+    collections: Option<ActorRef<CollectionSupervisorMsg>>,
+    orchestrator: Option<ActorRef<OrchestratorMsg>>,
+    failures: FailureWindow,
+}
+
+impl NodeState {
+    async fn start_children(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let a = &self.args;
+        let (collections, _) = Actor::spawn_linked(
+            Some(groups::COLLECTIONS.to_string()),
+            CollectionSupervisor,
+            CollectionSupervisorArgs {
+                store: a.store.clone(),
+                restart: a.restart,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.collections = Some(collections.clone());
+        let (orchestrator, _) = Actor::spawn_linked(
+            Some(groups::ORCHESTRATOR.to_string()),
+            Orchestrator,
+            OrchestratorArgs {
+                store: a.store.clone(),
+                node_name: a.node_name.clone(),
+                node_id: a.node_id.clone(),
+                collections,
+                fetcher: a.fetcher.clone(),
+                limits: a.limits.clone(),
+                restart: a.restart,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.orchestrator = Some(orchestrator);
+        Ok(())
+    }
+
+    async fn stop_children(&mut self) {
+        if let Some(o) = self.orchestrator.take() {
+            o.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
+        }
+        if let Some(c) = self.collections.take() {
+            c.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
+        }
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: NodeArgs) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = NodeState {
+            args,
+            collections: None,
+            orchestrator: None,
+            failures: FailureWindow::default(),
+        };
+        state.start_children(&myself).await?;
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        // The orchestrator first: its scrapers write to the collections.
+        state.stop_children().await;
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Restart => {
+                if state.orchestrator.is_none() {
+                    state.start_children(&myself).await?;
+                    tracing::info!("node actors restarted");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (who, why) = match event {
+            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
+            SupervisionEvent::ActorTerminated(who, _, reason) => (who, reason.unwrap_or_else(|| "stopped".into())),
+            _ => return Ok(()),
+        };
+        let id = who.get_id();
+        let ours = state.orchestrator.as_ref().is_some_and(|o| o.get_id() == id)
+            || state.collections.as_ref().is_some_and(|c| c.get_id() == id);
+        if !ours {
+            return Ok(());
+        }
+        tracing::error!(actor = ?who.get_name(), reason = %why, "node actor stopped, restarting the node's actors");
+        state.stop_children().await;
+        match state.failures.record(Instant::now(), &state.args.restart) {
+            AfterFailure::RestartIn(delay) => {
+                myself.send_after(delay, || NodeMsg::Restart);
+                Ok(())
+            }
+            AfterFailure::GiveUp => Err(format!("node actors failed too often: {why}").into()),
+        }
+    }
+}

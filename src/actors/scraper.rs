@@ -1,0 +1,316 @@
+//! Scraper{source}: runs one source on its schedule. Spawned linked by the
+//! ScraperSupervisor; each run walks the source's pages ([`Pager`]), sends each
+//! page's items to the collection's Aggregator and waits for the durable ack,
+//! then records the run in the store. Runs of one source never overlap. A
+//! failed run fails the actor, so the supervisor's backoff and restart
+//! intensity decide what happens next.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use super::aggregator::AggregatorMsg;
+use super::ASK_TIMEOUT;
+use crate::domain::{ItemBatch, RunRecord, SourceSpec};
+use crate::scrape::extract::{Limits, Rules};
+use crate::scrape::fetch::Fetcher;
+use crate::scrape::Pager;
+use crate::store::Store;
+
+pub struct Scraper;
+
+pub struct ScraperArgs {
+    pub spec: SourceSpec,
+    pub rules: Arc<Rules>,
+    pub fetcher: Fetcher,
+    pub limits: Limits,
+    pub store: Store,
+    pub aggregator: ActorRef<AggregatorMsg>,
+    /// Run at once instead of waiting for the schedule (after a failure's backoff).
+    pub run_now: bool,
+}
+
+#[derive(RactorMessage)]
+pub enum ScraperMsg {
+    /// The schedule fired.
+    Tick,
+    /// An operator asked for a run.
+    RunNow,
+    /// A run ended (sent by the run's own task).
+    Finished(RunRecord),
+    Stats(RpcReplyPort<ScraperStats>),
+}
+
+/// A scraper's snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScraperStats {
+    pub source: String,
+    pub running: bool,
+    pub runs: u64,
+    pub errors: u64,
+    pub items: u64,
+    pub pages: u64,
+    pub last_run: Option<RunRecord>,
+    pub next_run: Option<DateTime<Utc>>,
+}
+
+pub struct ScraperState {
+    args: ScraperArgs,
+    stats: ScraperStats,
+    /// The run in progress, aborted if the actor stops.
+    run: Option<JoinHandle<()>>,
+    /// Another run was asked for while one was in progress.
+    again: bool,
+    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<ScraperMsg>>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct RunFailed {
+    message: String,
+}
+
+impl ScraperState {
+    fn schedule(&mut self, myself: &ActorRef<ScraperMsg>, delay: Duration) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self.stats.next_run = Some(Utc::now() + delay);
+        self.timer = Some(myself.send_after(delay, || ScraperMsg::Tick));
+    }
+
+    fn period_with_jitter(&self) -> Duration {
+        let s = self.args.spec.schedule;
+        let jitter_ms = if s.jitter_secs == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=s.jitter_secs * 1000)
+        };
+        Duration::from_secs(s.every_secs) + Duration::from_millis(jitter_ms)
+    }
+
+    fn start_run(&mut self, myself: &ActorRef<ScraperMsg>) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self.stats.next_run = None;
+        self.stats.running = true;
+        let spec = self.args.spec.clone();
+        let pager = match url::Url::parse(&spec.url) {
+            Ok(url) => Pager::new(
+                url,
+                spec.extract.next_page.as_ref().map_or(1, |n| n.max_pages),
+                self.args.fetcher.clone(),
+                self.args.rules.clone(),
+                self.args.limits.clone(),
+            ),
+            Err(e) => {
+                let now = Utc::now();
+                let _ = myself.cast(ScraperMsg::Finished(RunRecord {
+                    started_at: now,
+                    finished_at: now,
+                    duration_ms: 0,
+                    pages: 0,
+                    items: 0,
+                    inserted: 0,
+                    changed: 0,
+                    error: Some(format!("invalid url: {e}")),
+                }));
+                return;
+            }
+        };
+        let aggregator = self.args.aggregator.clone();
+        let me = myself.clone();
+        self.run = Some(tokio::spawn(async move {
+            let record = run_once(spec, pager, aggregator).await;
+            let _ = me.cast(ScraperMsg::Finished(record));
+        }));
+    }
+}
+
+/// One run: every page, each page's items delivered before the next is fetched.
+async fn run_once(spec: SourceSpec, mut pager: Pager, aggregator: ActorRef<AggregatorMsg>) -> RunRecord {
+    let started = Utc::now();
+    let clock = std::time::Instant::now();
+    let mut record = RunRecord {
+        started_at: started,
+        finished_at: started,
+        duration_ms: 0,
+        pages: 0,
+        items: 0,
+        inserted: 0,
+        changed: 0,
+        error: None,
+    };
+    while let Some(page) = pager.next_page().await {
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                record.error = Some(e.to_string());
+                break;
+            }
+        };
+        if page.items.is_empty() {
+            continue;
+        }
+        record.items += page.items.len() as u64;
+        let batch = ItemBatch {
+            source: spec.id.clone(),
+            collection: spec.collection.clone(),
+            fetched_at: Utc::now(),
+            items: page.items,
+        };
+        match aggregator
+            .call(|r| AggregatorMsg::Apply(batch, r), Some(ASK_TIMEOUT * 6))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => {
+                record.inserted += outcome.inserted;
+                record.changed += outcome.changed;
+            }
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                record.error = Some(format!("storing items: {e}"));
+                break;
+            }
+            Ok(_) | Err(_) => {
+                record.error = Some(format!(
+                    "storing items: the aggregator of collection {} did not answer",
+                    spec.collection
+                ));
+                break;
+            }
+        }
+    }
+    record.pages = pager.pages();
+    record.finished_at = Utc::now();
+    record.duration_ms = clock.elapsed().as_millis() as u64;
+    record
+}
+
+impl Actor for Scraper {
+    type Msg = ScraperMsg;
+    type State = ScraperState;
+    type Arguments = ScraperArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ScraperArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let store = args.store.clone();
+        let id = args.spec.id.clone();
+        let last = tokio::task::spawn_blocking(move || store.runs(&id, 1))
+            .await??
+            .pop();
+        let mut state = ScraperState {
+            stats: ScraperStats {
+                source: args.spec.id.clone(),
+                running: false,
+                runs: 0,
+                errors: 0,
+                items: 0,
+                pages: 0,
+                last_run: last.clone(),
+                next_run: None,
+            },
+            args,
+            run: None,
+            again: false,
+            timer: None,
+        };
+        // Resume the schedule from the last run (kept across restarts).
+        let delay = if state.args.run_now {
+            Duration::ZERO
+        } else {
+            match &last {
+                Some(run) => {
+                    let due = run.started_at
+                        + chrono::Duration::from_std(state.period_with_jitter()).unwrap_or_default();
+                    (due - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+                }
+                None => Duration::ZERO,
+            }
+        };
+        state.schedule(&myself, delay);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(run) = state.run.take() {
+            run.abort();
+        }
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ScraperMsg::Tick => {
+                if !state.stats.running {
+                    state.start_run(&myself);
+                }
+            }
+            ScraperMsg::RunNow => {
+                if state.stats.running {
+                    state.again = true;
+                } else {
+                    state.start_run(&myself);
+                }
+            }
+            ScraperMsg::Finished(record) => {
+                state.run = None;
+                state.stats.running = false;
+                state.stats.runs += 1;
+                state.stats.items += record.items;
+                state.stats.pages += u64::from(record.pages);
+                state.stats.last_run = Some(record.clone());
+                let store = state.args.store.clone();
+                let id = state.args.spec.id.clone();
+                let saved = record.clone();
+                tokio::task::spawn_blocking(move || store.record_run(&id, &saved)).await??;
+                let source = &state.args.spec.id;
+                if let Some(error) = record.error {
+                    state.stats.errors += 1;
+                    tracing::warn!(source = %source, pages = record.pages, items = record.items, %error, "run failed");
+                    return Err(Box::new(RunFailed { message: error }));
+                }
+                tracing::info!(
+                    source = %source,
+                    pages = record.pages,
+                    items = record.items,
+                    inserted = record.inserted,
+                    changed = record.changed,
+                    duration_ms = record.duration_ms,
+                    "run finished"
+                );
+                let delay = if std::mem::take(&mut state.again) {
+                    Duration::ZERO
+                } else {
+                    state.period_with_jitter()
+                };
+                state.schedule(&myself, delay);
+            }
+            ScraperMsg::Stats(reply) => {
+                let _ = reply.send(state.stats.clone());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! ScraperSupervisor: keeps one Scraper per source placed on this node. The
+//! Orchestrator tells it which sources to run (`Ensure`, `Remove`); it spawns
+//! each Scraper linked, and when one fails it restarts it after an exponential
+//! backoff, or marks the source `failed` once failures exceed the restart
+//! intensity (until the spec changes or an operator asks for a run). A failing
+//! source never disturbs another.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use serde::Serialize;
+
+use super::collection_supervisor::CollectionSupervisorMsg;
+use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperStats};
+use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use crate::domain::SourceSpec;
+use crate::scrape::extract::{Limits, Rules};
+use crate::scrape::fetch::Fetcher;
+use crate::settings::RestartPolicy;
+use crate::store::Store;
+
+pub struct ScraperSupervisor;
+
+pub struct ScraperSupervisorArgs {
+    pub fetcher: Fetcher,
+    pub limits: Limits,
+    pub store: Store,
+    pub collections: ActorRef<CollectionSupervisorMsg>,
+    pub restart: RestartPolicy,
+}
+
+#[derive(RactorMessage)]
+pub enum ScraperSupervisorMsg {
+    /// Run this source here (start it, or restart it if its spec changed).
+    Ensure(SourceSpec),
+    /// Stop running this source here.
+    Remove(String),
+    /// Run the source now; revives a failed one. Err if it does not run here.
+    RunNow(String, RpcReplyPort<Result<(), String>>),
+    /// Internal: a backoff ended.
+    Restart { id: String, generation: u64 },
+    /// The runtime status of every source run here.
+    Statuses(RpcReplyPort<BTreeMap<String, SourceRuntime>>),
+}
+
+/// Where a source's scraper is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    Scheduled,
+    Running,
+    BackingOff,
+    Failed,
+    Disabled,
+}
+
+/// A source's live status on its owner node.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRuntime {
+    pub state: SourceState,
+    pub next_run: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Restarts after failures since the spec was last set.
+    pub restarts: u64,
+    /// The live scraper's counters, when one runs.
+    pub scraper: Option<ScraperStats>,
+}
+
+enum Phase {
+    Up(ActorRef<ScraperMsg>),
+    BackingOff { until: DateTime<Utc> },
+    Failed,
+}
+
+struct Child {
+    spec: SourceSpec,
+    phase: Phase,
+    /// Bumped at each spawn, so a stale backoff timer is ignored.
+    generation: u64,
+    failures: FailureWindow,
+    last_error: Option<String>,
+    restarts: u64,
+}
+
+pub struct ScraperSupervisorState {
+    args: ScraperSupervisorArgs,
+    children: BTreeMap<String, Child>,
+}
+
+impl ScraperSupervisorState {
+    /// Spawns the source's scraper; a failure to start counts as a failure.
+    async fn spawn(&mut self, myself: &ActorRef<ScraperSupervisorMsg>, id: &str, run_now: bool) {
+        let spec = match self.children.get_mut(id) {
+            Some(child) => {
+                child.generation += 1;
+                child.spec.clone()
+            }
+            None => return,
+        };
+        let started = async {
+            let rules = Rules::compile(&spec.extract, &spec.key).map_err(|e| e.to_string())?;
+            let aggregator = match self
+                .args
+                .collections
+                .call(
+                    |r| CollectionSupervisorMsg::Aggregator(spec.collection.clone(), r),
+                    Some(ASK_TIMEOUT),
+                )
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(r)) => r?,
+                _ => return Err("the collection supervisor did not answer".to_string()),
+            };
+            let args = ScraperArgs {
+                spec: spec.clone(),
+                rules: Arc::new(rules),
+                fetcher: self.args.fetcher.clone(),
+                limits: self.args.limits.clone(),
+                store: self.args.store.clone(),
+                aggregator,
+                run_now,
+            };
+            Actor::spawn_linked(None, Scraper, args, myself.get_cell())
+                .await
+                .map(|(actor, _)| actor)
+                .map_err(|e| format!("scraper did not start: {e}"))
+        }
+        .await;
+        match (started, self.children.get_mut(id)) {
+            (Ok(actor), Some(child)) => child.phase = Phase::Up(actor),
+            (Ok(actor), None) => actor.stop(None),
+            (Err(e), _) => self.failed(myself, id, e),
+        }
+    }
+
+    /// Records a failure of a source's scraper and schedules what follows.
+    fn failed(&mut self, myself: &ActorRef<ScraperSupervisorMsg>, id: &str, error: String) {
+        let Some(child) = self.children.get_mut(id) else {
+            return;
+        };
+        child.last_error = Some(error.clone());
+        match child.failures.record(Instant::now(), &self.args.restart) {
+            AfterFailure::RestartIn(delay) => {
+                child.restarts += 1;
+                child.phase = Phase::BackingOff {
+                    until: Utc::now() + delay,
+                };
+                let (id, generation) = (id.to_owned(), child.generation);
+                tracing::info!(source = %id, delay_ms = delay.as_millis() as u64, %error, "scraper restarting after backoff");
+                myself.send_after(delay, move || ScraperSupervisorMsg::Restart { id, generation });
+            }
+            AfterFailure::GiveUp => {
+                tracing::error!(source = %id, %error, "source failed too often, stopped until its spec changes or a run is asked for");
+                child.phase = Phase::Failed;
+            }
+        }
+    }
+
+    async fn stop_child(child: &mut Child) {
+        if let Phase::Up(actor) = std::mem::replace(&mut child.phase, Phase::Failed) {
+            actor
+                .stop_and_wait(Some("replaced".into()), Some(ASK_TIMEOUT))
+                .await
+                .ok();
+        }
+    }
+}
+
+impl Actor for ScraperSupervisor {
+    type Msg = ScraperSupervisorMsg;
+    type State = ScraperSupervisorState;
+    type Arguments = ScraperSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ScraperSupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ScraperSupervisorState {
+            args,
+            children: BTreeMap::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.stop_children_and_wait(None, Some(ASK_TIMEOUT)).await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ScraperSupervisorMsg::Ensure(spec) => {
+                let id = spec.id.clone();
+                if let Some(child) = state.children.get_mut(&id) {
+                    if child.spec == spec && !matches!(child.phase, Phase::Failed) {
+                        return Ok(());
+                    }
+                    ScraperSupervisorState::stop_child(child).await;
+                    child.spec = spec;
+                    child.failures.reset();
+                    child.last_error = None;
+                    child.restarts = 0;
+                } else {
+                    state.children.insert(
+                        id.clone(),
+                        Child {
+                            spec,
+                            phase: Phase::Failed,
+                            generation: 0,
+                            failures: FailureWindow::default(),
+                            last_error: None,
+                            restarts: 0,
+                        },
+                    );
+                }
+                state.spawn(&myself, &id, false).await;
+            }
+            ScraperSupervisorMsg::Remove(id) => {
+                if let Some(mut child) = state.children.remove(&id) {
+                    ScraperSupervisorState::stop_child(&mut child).await;
+                    tracing::info!(source = %id, "scraper stopped");
+                }
+            }
+            ScraperSupervisorMsg::RunNow(id, reply) => {
+                let result = match state.children.get_mut(&id) {
+                    None => Err(format!("source {id} does not run on this node")),
+                    Some(Child {
+                        phase: Phase::Up(actor),
+                        ..
+                    }) => actor.cast(ScraperMsg::RunNow).map_err(|e| e.to_string()),
+                    Some(child) => {
+                        child.failures.reset();
+                        state.spawn(&myself, &id, true).await;
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            ScraperSupervisorMsg::Restart { id, generation } => {
+                let due = state.children.get(&id).is_some_and(|c| {
+                    c.generation == generation && matches!(c.phase, Phase::BackingOff { .. })
+                });
+                if due {
+                    state.spawn(&myself, &id, true).await;
+                }
+            }
+            ScraperSupervisorMsg::Statuses(reply) => {
+                let asks = state.children.iter().map(|(id, child)| async move {
+                    let scraper = match &child.phase {
+                        Phase::Up(actor) => match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await {
+                            Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    let (state, next_run) = match (&child.phase, &scraper) {
+                        (Phase::Up(_), Some(s)) if s.running => (SourceState::Running, None),
+                        (Phase::Up(_), Some(s)) => (SourceState::Scheduled, s.next_run),
+                        (Phase::Up(_), None) => (SourceState::Scheduled, None),
+                        (Phase::BackingOff { until }, _) => (SourceState::BackingOff, Some(*until)),
+                        (Phase::Failed, _) => (SourceState::Failed, None),
+                    };
+                    let runtime = SourceRuntime {
+                        state,
+                        next_run,
+                        last_error: child.last_error.clone(),
+                        restarts: child.restarts,
+                        scraper,
+                    };
+                    (id.clone(), runtime)
+                });
+                let statuses = join_all(asks).await.into_iter().collect();
+                let _ = reply.send(statuses);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (who, error) = match event {
+            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
+            SupervisionEvent::ActorTerminated(who, _, reason) => (
+                who,
+                format!("scraper stopped unexpectedly: {}", reason.unwrap_or_default()),
+            ),
+            _ => return Ok(()),
+        };
+        let dead = who.get_id();
+        let id = state.children.iter().find_map(|(id, c)| match &c.phase {
+            Phase::Up(actor) if actor.get_id() == dead => Some(id.clone()),
+            _ => None,
+        });
+        if let Some(id) = id {
+            state.failed(&myself, &id, error);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Building and running a node: open the store, start the actor tree, bind the
+//! HTTP server (port 0 works; the bound address is exposed), then run until
+//! SIGTERM or Ctrl-C and shut down in order: stop taking requests, stop the
+//! actors, flush the store.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{middleware, web, HttpServer};
+use anyhow::Context;
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::actors::node_supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::http::{self, AppState};
+use crate::scrape::extract::Limits;
+use crate::scrape::fetch::Fetcher;
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// How long in-flight requests may take to finish at shutdown (below Swarm's
+/// 10 s stop grace period).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running node.
+pub struct App {
+    http_addr: SocketAddr,
+    server: actix_web::dev::Server,
+    root: ActorRef<NodeMsg>,
+    root_done: JoinHandle<()>,
+    store: Store,
+    ready: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Opens the store, starts the actors and binds the HTTP server.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+        let (dir, cache) = (settings.data_dir.clone(), settings.cache_bytes);
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache))
+            .await?
+            .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+        let node_id = store.node_id()?;
+        let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
+        let args = NodeArgs {
+            store: store.clone(),
+            node_name: settings.node_name.clone(),
+            node_id: node_id.clone(),
+            fetcher,
+            limits: Limits {
+                max_depth: settings.max_html_depth,
+            },
+            restart: settings.restart,
+        };
+        let (root, root_done) = Actor::spawn(None, NodeSupervisor, args)
+            .await
+            .context("starting the node's actors")?;
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            node_name: settings.node_name.clone(),
+            admin_token: settings.admin_token.clone(),
+            read_token: settings.read_token.clone(),
+            ready: ready.clone(),
+        });
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(state.clone())
+                .wrap(middleware::Compress::default())
+                .wrap(middleware::from_fn(http::access_log))
+                .configure(http::configure)
+        })
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .disable_signals()
+        .bind(settings.http_addr)
+        .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;
+        let http_addr = *server.addrs().first().context("the HTTP server bound no address")?;
+        let server = server.run();
+        ready.store(true, Ordering::Release);
+        tracing::info!(
+            addr = %http_addr,
+            node = %settings.node_name,
+            node_id = %node_id,
+            data_dir = %settings.data_dir.display(),
+            "http server listening"
+        );
+        Ok(App {
+            http_addr,
+            server,
+            root,
+            root_done,
+            store,
+            ready,
+        })
+    }
+
+    /// The address the HTTP server is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until SIGTERM or Ctrl-C (or until the actor tree gives up), then
+    /// shuts down gracefully.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let App {
+            server,
+            root,
+            mut root_done,
+            store,
+            ready,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut serving = tokio::spawn(server);
+        let outcome = tokio::select! {
+            signal = shutdown_signal() => {
+                tracing::info!(signal, "shutting down");
+                Ok(())
+            }
+            _ = &mut root_done => Err(anyhow::anyhow!("the node's actors stopped")),
+            served = &mut serving => served.context("the HTTP server panicked")?.context("the HTTP server failed"),
+        };
+        ready.store(false, Ordering::Release);
+        handle.stop(true).await;
+        root.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, root_done).await;
+        tokio::task::spawn_blocking(move || store.flush())
+            .await?
+            .context("flushing the database")?;
+        tracing::info!("stopped");
+        outcome
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C, naming which.
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    };
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await,
+        };
+        tokio::select! {
+            s = ctrl_c => s,
+            _ = term.recv() => "terminate",
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await
+}

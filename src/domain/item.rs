@@ -1,0 +1,159 @@
+//! Items: what extraction yields ([`Item`]), how scrapers hand them over
+//! ([`ItemBatch`]), and what a collection keeps ([`StoredItem`]).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One extracted record and its stable key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// 32 hex characters: a hash of the key fields' values, or of the whole
+    /// item when the source names no key fields.
+    pub key: String,
+    pub data: Map<String, Value>,
+}
+
+impl Item {
+    /// Builds an item, deriving its key from `key_fields` (or from all of `data`).
+    pub fn new(data: Map<String, Value>, key_fields: &[String]) -> Self {
+        let key = item_key(&data, key_fields);
+        Self { key, data }
+    }
+
+    /// A hash of the item's content, to tell a changed item from an unchanged one.
+    pub fn content_hash(&self) -> String {
+        hash_value(&Value::Object(self.data.clone()))
+    }
+}
+
+/// The key of an item: the hash of the canonical JSON of its key fields' values
+/// (in the order given), or of the whole item. `serde_json::Map` is sorted, so
+/// the same content always hashes the same.
+pub fn item_key(data: &Map<String, Value>, key_fields: &[String]) -> String {
+    if key_fields.is_empty() {
+        return hash_value(&Value::Object(data.clone()));
+    }
+    let parts: Vec<Value> = key_fields
+        .iter()
+        .map(|f| data.get(f).cloned().unwrap_or(Value::Null))
+        .collect();
+    hash_value(&Value::Array(parts))
+}
+
+fn hash_value(v: &Value) -> String {
+    let bytes = serde_json::to_vec(v).expect("a JSON value always serialises");
+    let hash = blake3::hash(&bytes);
+    hash.to_hex()[..32].to_string()
+}
+
+/// Items from one page of one run of one source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemBatch {
+    pub source: String,
+    pub collection: String,
+    pub fetched_at: DateTime<Utc>,
+    pub items: Vec<Item>,
+}
+
+/// An item as a collection keeps and serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredItem {
+    pub key: String,
+    pub data: Map<String, Value>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// 1 when first stored; bumped each time the content changes.
+    pub version: u64,
+    /// The source that last wrote the item.
+    pub source: String,
+    /// Content hash of `data`, to detect changes without comparing maps.
+    pub hash: String,
+}
+
+/// What an upsert did to one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Inserted,
+    Changed,
+    Unchanged,
+}
+
+impl StoredItem {
+    /// Merges a freshly scraped item into what is stored (if anything):
+    /// first_seen is kept, last_seen moves on, the version goes up only when
+    /// the content changed.
+    pub fn merge(old: Option<StoredItem>, item: &Item, source: &str, seen: DateTime<Utc>) -> (StoredItem, Upsert) {
+        let hash = item.content_hash();
+        match old {
+            None => (
+                StoredItem {
+                    key: item.key.clone(),
+                    data: item.data.clone(),
+                    first_seen: seen,
+                    last_seen: seen,
+                    version: 1,
+                    source: source.to_owned(),
+                    hash,
+                },
+                Upsert::Inserted,
+            ),
+            Some(mut old) => {
+                old.last_seen = old.last_seen.max(seen);
+                old.source = source.to_owned();
+                if old.hash == hash {
+                    (old, Upsert::Unchanged)
+                } else {
+                    old.data = item.data.clone();
+                    old.hash = hash;
+                    old.version += 1;
+                    (old, Upsert::Changed)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn data(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn key_depends_only_on_key_fields() {
+        let a = Item::new(data(json!({"url": "u1", "price": 1})), &["url".into()]);
+        let b = Item::new(data(json!({"url": "u1", "price": 2})), &["url".into()]);
+        let c = Item::new(data(json!({"url": "u2", "price": 1})), &["url".into()]);
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.key, c.key);
+        assert_eq!(a.key.len(), 32);
+    }
+
+    #[test]
+    fn without_key_fields_the_content_is_the_key() {
+        let a = Item::new(data(json!({"x": 1, "y": 2})), &[]);
+        let b = Item::new(data(json!({"y": 2, "x": 1})), &[]);
+        let c = Item::new(data(json!({"x": 1, "y": 3})), &[]);
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.key, c.key);
+    }
+
+    #[test]
+    fn merge_versions_only_on_change() {
+        let t0 = Utc::now();
+        let t1 = t0 + chrono::Duration::seconds(5);
+        let item = Item::new(data(json!({"url": "u", "price": 1})), &["url".into()]);
+        let (stored, how) = StoredItem::merge(None, &item, "s", t0);
+        assert_eq!((stored.version, how), (1, Upsert::Inserted));
+        let (same, how) = StoredItem::merge(Some(stored.clone()), &item, "s", t1);
+        assert_eq!((same.version, how, same.first_seen, same.last_seen), (1, Upsert::Unchanged, t0, t1));
+        let changed = Item::new(data(json!({"url": "u", "price": 2})), &["url".into()]);
+        let (new, how) = StoredItem::merge(Some(same), &changed, "s", t1);
+        assert_eq!((new.version, how), (2, Upsert::Changed));
+        assert_eq!(new.data["price"], json!(2));
+    }
+}

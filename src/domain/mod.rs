@@ -1,0 +1,13 @@
+//! Plain serde types and their validation, with no I/O: what a source asks for
+//! ([`spec`]), what scraping produces and a collection keeps ([`item`]), and
+//! what the node records about sources ([`record`]).
+
+pub mod item;
+pub mod record;
+pub mod spec;
+
+pub use item::{Item, ItemBatch, StoredItem, Upsert};
+pub use record::{RunRecord, SourceRecord, Version};
+pub use spec::{
+    ExtractSpec, FieldRule, FieldSpec, FieldType, Format, NextPage, Schedule, SourceSpec, SpecError,
+};

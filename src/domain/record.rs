@@ -1,0 +1,56 @@
+//! What the node keeps about sources besides their spec: the stored record
+//! with its version (for last-writer-wins between nodes) and run history.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::SourceSpec;
+
+/// A source as stored: the spec, its version, and a tombstone flag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub spec: SourceSpec,
+    pub version: Version,
+    /// A deleted source stays as a tombstone so that a stale copy elsewhere
+    /// cannot bring it back.
+    pub deleted: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A write's version: later timestamps win, the node id breaks ties.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Version {
+    pub millis: i64,
+    pub node: String,
+}
+
+impl Version {
+    /// A version later than `previous` (if any), stamped now by `node`.
+    pub fn next(previous: Option<&Version>, node: &str) -> Version {
+        let now = Utc::now().timestamp_millis();
+        let millis = previous.map_or(now, |p| now.max(p.millis + 1));
+        Version {
+            millis,
+            node: node.to_owned(),
+        }
+    }
+}
+
+/// One run of a source: when, how long, what it yielded, how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// Pages fetched and extracted.
+    pub pages: u32,
+    /// Items extracted (before deduplication).
+    pub items: u64,
+    /// Items new to the collection.
+    pub inserted: u64,
+    /// Items whose content changed.
+    pub changed: u64,
+    /// Why the run failed, if it did; pages before the failure are kept.
+    pub error: Option<String>,
+}

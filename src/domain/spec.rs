@@ -1,0 +1,534 @@
+//! The source spec: one scraping configuration as an operator submits it, and
+//! its validation. Every field is checked when the spec is submitted, so a
+//! stored spec is always runnable; errors name the field at fault with a
+//! dotted path (`extract.fields.price.css`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Longest CSS selector or JSON pointer accepted, in bytes.
+pub const MAX_SELECTOR_LEN: usize = 1024;
+/// Most fields one source may extract.
+pub const MAX_FIELDS: usize = 64;
+/// Upper bound of `next_page.max_pages`.
+pub const MAX_PAGES_LIMIT: u32 = 1000;
+/// Longest schedule period: one week.
+pub const MAX_EVERY_SECS: u64 = 7 * 24 * 3600;
+/// Longest source URL, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// One scraping configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// A slug, unique in the cluster; it names the scraper actor.
+    pub id: String,
+    /// The first page to fetch (http or https).
+    pub url: String,
+    /// The collection the items go to (a slug).
+    pub collection: String,
+    /// How often the source runs.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// How items are found in a fetched page.
+    pub extract: ExtractSpec,
+    /// The fields whose values make an item's key; empty means the whole item.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Run in a worker container of its own instead of inside the node.
+    #[serde(default)]
+    pub isolated: bool,
+    /// A disabled source is kept but never scraped.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// When a source runs: every `every_secs`, plus a random delay of up to
+/// `jitter_secs` so that many sources with one period do not fire together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub every_secs: u64,
+    #[serde(default)]
+    pub jitter_secs: u64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            every_secs: 300,
+            jitter_secs: 0,
+        }
+    }
+}
+
+/// The page format a source extracts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Html,
+    Json,
+}
+
+/// Extraction rules: an optional scope (each match is one item), named fields,
+/// and an optional link to the next page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    #[serde(default)]
+    pub format: Format,
+    /// CSS selector (html) or JSON pointer (json); absent means the whole page is one item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub fields: BTreeMap<String, FieldSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<NextPage>,
+}
+
+/// A field: a bare selector string (its text is taken) or a full rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum FieldSpec {
+    Selector(String),
+    Rule(FieldRule),
+}
+
+impl FieldSpec {
+    /// The field as a full rule (a bare string becomes `css` for html and
+    /// `path` for json).
+    pub fn rule(&self, format: Format) -> FieldRule {
+        match self {
+            FieldSpec::Rule(rule) => rule.clone(),
+            FieldSpec::Selector(s) => match format {
+                Format::Html => FieldRule {
+                    css: Some(s.clone()),
+                    ..FieldRule::default()
+                },
+                Format::Json => FieldRule {
+                    path: Some(s.clone()),
+                    ..FieldRule::default()
+                },
+            },
+        }
+    }
+}
+
+// A hand-written visitor instead of `#[serde(untagged)]`, so that a mistake
+// inside a rule (an unknown key, a wrong type) is reported as itself rather
+// than as "did not match any variant".
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> Visitor<'de> for FieldVisitor {
+            type Value = FieldSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a selector string or a field rule object")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldSpec, E> {
+                Ok(FieldSpec::Selector(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
+                FieldRule::deserialize(de::value::MapAccessDeserializer::new(map)).map(FieldSpec::Rule)
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
+/// A full field rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRule {
+    /// CSS selector, relative to the scope element (html).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub css: Option<String>,
+    /// JSON pointer, relative to the scope value (json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Take this attribute instead of the text (html).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: FieldType,
+    /// Take every match as a list instead of the first one.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// How a field's raw text becomes a JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// Trimmed text with inner whitespace collapsed.
+    #[default]
+    Text,
+    /// The first number in the text (`£1,234.50` is 1234.5); null when there is none.
+    Number,
+    /// A URL resolved against the page URL.
+    Url,
+}
+
+/// Pagination: where the next page's URL is, and how many pages at most.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextPage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub css: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Defaults to `href` for html.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<String>,
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u32,
+}
+
+fn default_max_pages() -> u32 {
+    10
+}
+
+/// A spec that cannot be accepted, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Dotted path of the field at fault, e.g. `extract.fields.price.css`.
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Is `s` a slug: 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit.
+pub fn is_slug(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
+}
+
+impl SourceSpec {
+    /// Parses a spec from JSON, reporting the path of the field at fault.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let spec: SourceSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            SpecError::new(field, e.inner().to_string())
+        })?;
+        Ok(spec)
+    }
+
+    /// Checks every field; the first fault found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !is_slug(&self.id) {
+            return Err(SpecError::new(
+                "id",
+                "must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit",
+            ));
+        }
+        if !is_slug(&self.collection) {
+            return Err(SpecError::new(
+                "collection",
+                "must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit",
+            ));
+        }
+        validate_url(&self.url).map_err(|m| SpecError::new("url", m))?;
+        let s = &self.schedule;
+        if s.every_secs < 1 || s.every_secs > MAX_EVERY_SECS {
+            return Err(SpecError::new(
+                "schedule.every_secs",
+                format!("must be between 1 and {MAX_EVERY_SECS}"),
+            ));
+        }
+        if s.jitter_secs > s.every_secs {
+            return Err(SpecError::new(
+                "schedule.jitter_secs",
+                "must not exceed schedule.every_secs",
+            ));
+        }
+        self.extract.validate()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, k) in self.key.iter().enumerate() {
+            if !self.extract.fields.contains_key(k) {
+                return Err(SpecError::new(
+                    format!("key[{i}]"),
+                    format!("'{k}' is not one of extract.fields"),
+                ));
+            }
+            if !seen.insert(k) {
+                return Err(SpecError::new(format!("key[{i}]"), format!("'{k}' is listed twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An absolute http(s) URL with a host and no credentials.
+pub fn validate_url(raw: &str) -> Result<url::Url, String> {
+    if raw.len() > MAX_URL_LEN {
+        return Err(format!("must be at most {MAX_URL_LEN} bytes"));
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(format!("scheme must be http or https, not '{}'", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must have a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(url)
+}
+
+impl ExtractSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if let Some(scope) = &self.scope {
+            self.check_locator("extract.scope", scope)?;
+        }
+        if self.fields.is_empty() {
+            return Err(SpecError::new("extract.fields", "must name at least one field"));
+        }
+        if self.fields.len() > MAX_FIELDS {
+            return Err(SpecError::new(
+                "extract.fields",
+                format!("at most {MAX_FIELDS} fields"),
+            ));
+        }
+        for (name, field) in &self.fields {
+            let at = format!("extract.fields.{name}");
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(SpecError::new(at, "field names are 1-64 printable characters"));
+            }
+            let rule = field.rule(self.format);
+            match self.format {
+                Format::Html => {
+                    if rule.path.is_some() {
+                        return Err(SpecError::new(format!("{at}.path"), "html fields use 'css'"));
+                    }
+                    let css = rule
+                        .css
+                        .as_deref()
+                        .ok_or_else(|| SpecError::new(format!("{at}.css"), "is required"))?;
+                    self.check_locator(&format!("{at}.css"), css)?;
+                    if let Some(attr) = &rule.attr {
+                        check_attr(&format!("{at}.attr"), attr)?;
+                    }
+                }
+                Format::Json => {
+                    if rule.css.is_some() || rule.attr.is_some() {
+                        return Err(SpecError::new(
+                            at,
+                            "json fields use 'path' (a JSON pointer), not 'css' or 'attr'",
+                        ));
+                    }
+                    let path = rule
+                        .path
+                        .as_deref()
+                        .ok_or_else(|| SpecError::new(format!("{at}.path"), "is required"))?;
+                    self.check_locator(&format!("{at}.path"), path)?;
+                }
+            }
+        }
+        if let Some(next) = &self.next_page {
+            if next.max_pages < 1 || next.max_pages > MAX_PAGES_LIMIT {
+                return Err(SpecError::new(
+                    "extract.next_page.max_pages",
+                    format!("must be between 1 and {MAX_PAGES_LIMIT}"),
+                ));
+            }
+            match self.format {
+                Format::Html => {
+                    let css = next.css.as_deref().ok_or_else(|| {
+                        SpecError::new("extract.next_page.css", "is required for html")
+                    })?;
+                    self.check_locator("extract.next_page.css", css)?;
+                    if let Some(attr) = &next.attr {
+                        check_attr("extract.next_page.attr", attr)?;
+                    }
+                }
+                Format::Json => {
+                    let path = next.path.as_deref().ok_or_else(|| {
+                        SpecError::new("extract.next_page.path", "is required for json")
+                    })?;
+                    self.check_locator("extract.next_page.path", path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A CSS selector that compiles (html) or a JSON pointer (json).
+    fn check_locator(&self, field: &str, value: &str) -> Result<(), SpecError> {
+        if value.len() > MAX_SELECTOR_LEN {
+            return Err(SpecError::new(field, format!("must be at most {MAX_SELECTOR_LEN} bytes")));
+        }
+        match self.format {
+            Format::Html => {
+                if value.trim().is_empty() {
+                    return Err(SpecError::new(field, "must not be empty"));
+                }
+                scraper::Selector::parse(value)
+                    .map(|_| ())
+                    .map_err(|e| SpecError::new(field, format!("invalid CSS selector: {e}")))
+            }
+            Format::Json => {
+                if value.is_empty() || value.starts_with('/') {
+                    Ok(())
+                } else {
+                    Err(SpecError::new(
+                        field,
+                        "must be a JSON pointer: empty or starting with '/'",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn check_attr(field: &str, attr: &str) -> Result<(), SpecError> {
+    if attr.is_empty()
+        || attr.len() > 128
+        || attr.chars().any(|c| c.is_whitespace() || c.is_control() || "\"'>/=".contains(c))
+    {
+        return Err(SpecError::new(field, "not a valid attribute name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn books() -> serde_json::Value {
+        serde_json::json!({
+            "id": "books",
+            "url": "https://example.org/catalogue/page-1.html",
+            "collection": "books",
+            "schedule": { "every_secs": 300, "jitter_secs": 10 },
+            "extract": {
+                "format": "html",
+                "scope": "article.product",
+                "fields": {
+                    "title": { "css": "h3 a", "attr": "title" },
+                    "price": { "css": ".price", "type": "number" },
+                    "url":   { "css": "h3 a", "attr": "href", "type": "url" },
+                    "tags":  { "css": ".tag", "all": true },
+                    "name":  "h3"
+                },
+                "next_page": { "css": "li.next a", "attr": "href", "max_pages": 50 }
+            },
+            "key": ["url"],
+            "isolated": false,
+            "enabled": true
+        })
+    }
+
+    fn check(v: serde_json::Value) -> Result<SourceSpec, SpecError> {
+        let spec = SourceSpec::from_json(v.to_string().as_bytes())?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn field_of(v: serde_json::Value) -> String {
+        check(v).expect_err("should be rejected").field
+    }
+
+    #[test]
+    fn the_architecture_example_is_valid() {
+        let spec = check(books()).unwrap();
+        assert_eq!(spec.extract.fields.len(), 5);
+        assert_eq!(
+            spec.extract.fields["name"],
+            FieldSpec::Selector("h3".into())
+        );
+        // A stored spec round-trips to the same JSON shape.
+        let again = serde_json::to_value(&spec).unwrap();
+        assert_eq!(SourceSpec::from_json(again.to_string().as_bytes()).unwrap(), spec);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, serde_json::Value)> = vec![
+            ("id", serde_json::json!("Not A Slug")),
+            ("collection", serde_json::json!("../etc")),
+            ("url", serde_json::json!("ftp://example.org/")),
+            ("url", serde_json::json!("not a url")),
+            ("url", serde_json::json!("http://user:pw@example.org/")),
+        ];
+        for (field, value) in cases {
+            let mut v = books();
+            v[field] = value;
+            assert_eq!(field_of(v), field);
+        }
+        let mut v = books();
+        v["schedule"]["every_secs"] = 0.into();
+        assert_eq!(field_of(v), "schedule.every_secs");
+        let mut v = books();
+        v["schedule"]["jitter_secs"] = 301.into();
+        assert_eq!(field_of(v), "schedule.jitter_secs");
+        let mut v = books();
+        v["extract"]["fields"]["price"]["css"] = "..bad[".into();
+        assert_eq!(field_of(v), "extract.fields.price.css");
+        let mut v = books();
+        v["extract"]["scope"] = "a".repeat(MAX_SELECTOR_LEN + 1).into();
+        assert_eq!(field_of(v), "extract.scope");
+        let mut v = books();
+        v["extract"]["next_page"]["max_pages"] = 0.into();
+        assert_eq!(field_of(v), "extract.next_page.max_pages");
+        let mut v = books();
+        v["key"] = serde_json::json!(["nope"]);
+        assert_eq!(field_of(v), "key[0]");
+        let mut v = books();
+        v["extract"]["fields"] = serde_json::json!({});
+        assert_eq!(field_of(v), "extract.fields");
+    }
+
+    #[test]
+    fn serde_errors_carry_the_path() {
+        let mut v = books();
+        v["extract"]["fields"]["price"]["colour"] = "red".into();
+        assert_eq!(field_of(v), "extract.fields.price");
+        let mut v = books();
+        v["schedule"]["every_secs"] = "often".into();
+        assert_eq!(field_of(v), "schedule.every_secs");
+        let mut v = books();
+        v["extract"]["fields"]["price"]["type"] = "money".into();
+        assert_eq!(field_of(v), "extract.fields.price.type");
+        let mut v = books();
+        v.as_object_mut().unwrap().remove("url");
+        assert!(check(v).unwrap_err().message.contains("url"));
+    }
+
+    #[test]
+    fn json_sources_use_pointers() {
+        let v = serde_json::json!({
+            "id": "api", "url": "http://example.org/api", "collection": "api",
+            "extract": { "format": "json", "scope": "/items",
+                         "fields": { "name": "/name", "n": { "path": "/n", "type": "number" } },
+                         "next_page": { "path": "/next" } }
+        });
+        check(v.clone()).unwrap();
+        let mut bad = v;
+        bad["extract"]["fields"]["name"] = "name".into();
+        assert_eq!(field_of(bad), "extract.fields.name.path");
+    }
+}

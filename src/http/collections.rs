@@ -1,0 +1,261 @@
+//! Read routes on collections: the list with counts, pages of items (JSON,
+//! NDJSON or CSV, with an opaque cursor and field filters), and one item.
+//! Item pages are read from the store directly on a blocking thread; counts
+//! come from the collections' Endpoints.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::{ask, auth, blocking, AppState};
+use crate::actors::collection_supervisor::CollectionSupervisorMsg;
+use crate::cluster::groups::COLLECTIONS;
+use crate::domain::spec::is_slug;
+use crate::domain::StoredItem;
+
+/// Items per page when `limit` is not given, and the most a page may hold.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+const MAX_FILTERS: usize = 16;
+/// Response header carrying the next cursor for ndjson and csv.
+pub const NEXT_CURSOR_HEADER: &str = "Gleaner-Next-Cursor";
+
+/// An item as the API returns it.
+#[derive(Serialize)]
+struct ItemView<'a> {
+    key: &'a str,
+    data: &'a Map<String, Value>,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    version: u64,
+    source: &'a str,
+}
+
+impl<'a> From<&'a StoredItem> for ItemView<'a> {
+    fn from(i: &'a StoredItem) -> Self {
+        ItemView {
+            key: &i.key,
+            data: &i.data,
+            first_seen: i.first_seen,
+            last_seen: i.last_seen,
+            version: i.version,
+            source: &i.source,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputFormat {
+    Json,
+    Ndjson,
+    Csv,
+}
+
+/// A parsed items query.
+#[derive(Debug)]
+struct ItemsQuery {
+    limit: usize,
+    after: Option<String>,
+    format: OutputFormat,
+    filters: Vec<(String, String)>,
+}
+
+fn parse_query(raw: &str) -> Result<ItemsQuery, ApiError> {
+    let mut q = ItemsQuery {
+        limit: DEFAULT_LIMIT,
+        after: None,
+        format: OutputFormat::Json,
+        filters: Vec::new(),
+    };
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| ApiError::invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))?;
+            }
+            "cursor" => q.after = Some(decode_cursor(&v)?),
+            "format" => {
+                q.format = match v.as_ref() {
+                    "json" => OutputFormat::Json,
+                    "ndjson" => OutputFormat::Ndjson,
+                    "csv" => OutputFormat::Csv,
+                    _ => return Err(ApiError::invalid("format", "must be json, ndjson or csv")),
+                }
+            }
+            field => {
+                if field.is_empty() || field.len() > 64 || v.len() > 1024 {
+                    return Err(ApiError::invalid(field, "filters are field=value, a name of 1-64 characters and a value of at most 1024"));
+                }
+                if q.filters.len() == MAX_FILTERS {
+                    return Err(ApiError::invalid(field, format!("at most {MAX_FILTERS} filters")));
+                }
+                q.filters.push((field.to_owned(), v.into_owned()));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// Cursors are the last key of the previous page, encoded so clients treat them as opaque.
+fn encode_cursor(key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(key.as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor.as_bytes())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|k| k.len() <= 128)
+        .ok_or_else(|| ApiError::invalid("cursor", "not a cursor returned by this API"))
+}
+
+/// Does the item's field equal `wanted`? Strings compare as they are, numbers
+/// and booleans by their JSON text, lists match if any element does.
+fn field_matches(value: Option<&Value>, wanted: &str) -> bool {
+    match value {
+        None => false,
+        Some(Value::String(s)) => s == wanted,
+        Some(Value::Array(values)) => values.iter().any(|v| field_matches(Some(v), wanted)),
+        Some(Value::Null) => wanted == "null",
+        Some(other) => other.to_string() == wanted,
+    }
+}
+
+fn reader(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    auth::require(req, state.read_token.as_deref())
+}
+
+
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    reader(&req, &state)?;
+    let summaries = ask(COLLECTIONS, CollectionSupervisorMsg::Summaries).await?;
+    let collections: Vec<Value> = summaries
+        .into_iter()
+        .map(|c| json!({ "name": c.name, "items": c.items, "last_update": c.last_update }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "collections": collections })))
+}
+
+pub async fn items(req: HttpRequest, state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    reader(&req, &state)?;
+    let query = parse_query(req.query_string())?;
+    let name = name.into_inner();
+    let store = state.store.clone();
+    let (limit, after, filters) = (query.limit, query.after.clone(), query.filters.clone());
+    let (items, more) = blocking(move || {
+        known_collection_in(&store, &name)?;
+        let keep = |item: &StoredItem| filters.iter().all(|(f, v)| field_matches(item.data.get(f), v));
+        Ok(store.items(&name, after.as_deref(), limit, keep)?)
+    })
+    .await?;
+    let next = if more { items.last().map(|i| encode_cursor(&i.key)) } else { None };
+    let views: Vec<ItemView> = items.iter().map(ItemView::from).collect();
+    let mut response = HttpResponse::Ok();
+    if let Some(n) = &next {
+        response.insert_header((NEXT_CURSOR_HEADER, n.as_str()));
+    }
+    Ok(match query.format {
+        OutputFormat::Json => response.json(json!({ "items": views, "next": next })),
+        OutputFormat::Ndjson => {
+            let mut body = Vec::new();
+            for v in &views {
+                serde_json::to_writer(&mut body, v).map_err(|e| ApiError::Internal(e.into()))?;
+                body.push(b'\n');
+            }
+            response.content_type("application/x-ndjson").body(body)
+        }
+        OutputFormat::Csv => response.content_type("text/csv; charset=utf-8").body(to_csv(&items)?),
+    })
+}
+
+fn known_collection_in(store: &crate::store::Store, name: &str) -> Result<(), ApiError> {
+    let missing = || ApiError::NotFound(format!("collection '{name}' not found"));
+    if !is_slug(name) {
+        return Err(missing());
+    }
+    store.collection(name)?.map(|_| ()).ok_or_else(missing)
+}
+
+/// One row per item: its metadata, then every data field of the page in name order.
+fn to_csv(items: &[StoredItem]) -> Result<Vec<u8>, ApiError> {
+    let fields: std::collections::BTreeSet<&str> =
+        items.iter().flat_map(|i| i.data.keys().map(String::as_str)).collect();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let header = ["key", "source", "version", "first_seen", "last_seen"]
+        .into_iter()
+        .chain(fields.iter().copied());
+    w.write_record(header).map_err(|e| ApiError::Internal(e.into()))?;
+    for i in items {
+        let mut row = vec![
+            i.key.clone(),
+            i.source.clone(),
+            i.version.to_string(),
+            i.first_seen.to_rfc3339(),
+            i.last_seen.to_rfc3339(),
+        ];
+        for f in &fields {
+            row.push(match i.data.get(*f) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+            });
+        }
+        w.write_record(&row).map_err(|e| ApiError::Internal(e.into()))?;
+    }
+    w.into_inner().map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))
+}
+
+pub async fn item(req: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    reader(&req, &state)?;
+    let (name, key) = path.into_inner();
+    let store = state.store.clone();
+    let found = blocking(move || {
+        known_collection_in(&store, &name)?;
+        let item = store
+            .item(&name, &key)?
+            .ok_or_else(|| ApiError::NotFound(format!("no item '{key}' in collection '{name}'")))?;
+        Ok((name, item))
+    })
+    .await?;
+    let (name, item) = found;
+    let mut body = serde_json::to_value(ItemView::from(&item)).map_err(|e| ApiError::Internal(e.into()))?;
+    body["collection"] = json!(name);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_parse_and_reject() {
+        let q = parse_query("limit=5&format=csv&tags=a&price=3").unwrap();
+        assert_eq!((q.limit, q.format), (5, OutputFormat::Csv));
+        assert_eq!(q.filters.len(), 2);
+        for (raw, field) in [("limit=0", "limit"), ("limit=x", "limit"), ("format=xml", "format"), ("cursor=%%%", "cursor")] {
+            match parse_query(raw) {
+                Err(ApiError::Invalid { field: Some(f), .. }) => assert_eq!(f, field, "{raw}"),
+                other => panic!("{raw}: {other:?}"),
+            }
+        }
+        let c = encode_cursor("abc");
+        assert_eq!(parse_query(&format!("cursor={c}")).unwrap().after.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn filters_match_text_numbers_and_lists() {
+        assert!(field_matches(Some(&json!("a")), "a"));
+        assert!(field_matches(Some(&json!(12.5)), "12.5"));
+        assert!(field_matches(Some(&json!(["x", "y"])), "y"));
+        assert!(!field_matches(Some(&json!("a")), "b"));
+        assert!(!field_matches(None, "a"));
+    }
+}

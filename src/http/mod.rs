@@ -1,0 +1,170 @@
+//! The HTTP API (actix-web). Every node serves every route; handlers ask the
+//! node's actors (found by registered name, so a restarted actor is found
+//! again) with a timeout, and a timeout or a missing actor is a 503.
+//!
+//! One file per resource: [`sources`] (admin), [`collections`] (read),
+//! [`health`]; [`error`] maps every failure to the one JSON error shape and
+//! [`auth`] checks bearer tokens.
+
+pub mod auth;
+pub mod collections;
+pub mod error;
+pub mod health;
+pub mod sources;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use ractor::{ActorRef, Message, RpcReplyPort};
+
+use crate::store::Store;
+use error::ApiError;
+
+/// Largest request body accepted (a source spec is a few KiB).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Time allowed for the actors to answer one request.
+pub const ACTOR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Store,
+    pub node_name: String,
+    pub admin_token: Option<String>,
+    pub read_token: Option<String>,
+    /// False until the node's actors are up, and again once shutdown starts.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Registers every route on an actix `App`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/api/v1/sources")
+            .route(web::post().to(sources::create))
+            .route(web::get().to(sources::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/sources/{id}")
+            .route(web::get().to(sources::get))
+            .route(web::put().to(sources::replace))
+            .route(web::delete().to(sources::delete))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/sources/{id}/run")
+            .route(web::post().to(sources::run_now))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/sources/{id}/runs")
+            .route(web::get().to(sources::runs))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/collections")
+            .route(web::get().to(collections::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/collections/{name}/items")
+            .route(web::get().to(collections::items))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/collections/{name}/items/{key}")
+            .route(web::get().to(collections::item))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/healthz").route(web::get().to(health::healthz)))
+    .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
+}
+
+/// Asks the actor registered under `name`, within [`ACTOR_TIMEOUT`].
+pub async fn ask<M: Message, T: Send + 'static>(
+    name: &str,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, ApiError> {
+    let cell = ractor::registry::where_is(name.to_string())
+        .ok_or_else(|| ApiError::Unavailable(format!("{name} is not running")))?;
+    let actor: ActorRef<M> = cell.into();
+    match actor.call(build, Some(ACTOR_TIMEOUT)).await {
+        Ok(ractor::rpc::CallResult::Success(t)) => Ok(t),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::Unavailable(format!("{name} did not answer in time"))),
+        _ => Err(ApiError::Unavailable(format!("{name} is not running"))),
+    }
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`].
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(ApiError::TooLarge { limit: MAX_BODY_BYTES });
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::Invalid {
+            field: None,
+            message: format!("reading the request body: {e}"),
+        })?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::TooLarge { limit: MAX_BODY_BYTES });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::Invalid {
+            field: None,
+            message: "the request body is empty: send a JSON source spec".into(),
+        });
+    }
+    Ok(body.freeze())
+}
+
+/// Runs blocking store work off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// A 202 with a small JSON body.
+pub fn accepted(body: serde_json::Value) -> HttpResponse {
+    HttpResponse::Accepted().json(body)
+}
+
+/// Logs each request at debug level with its status and duration.
+pub async fn access_log(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let response = next.call(req).await?;
+    tracing::debug!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        duration_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    Ok(response)
+}

@@ -1,0 +1,109 @@
+//! Admin routes on sources: create, list, get, replace, delete, run now, and
+//! a source's run history. Specs are validated in full before anything is
+//! stored; the Orchestrator flushes before it answers.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{accepted, ask, auth, read_body, AppState};
+use crate::actors::orchestrator::OrchestratorMsg;
+use crate::cluster::groups::ORCHESTRATOR;
+use crate::domain::SourceSpec;
+
+fn admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    auth::require(req, state.admin_token.as_deref())
+}
+
+fn parse_spec(body: &[u8], path_id: Option<&str>) -> Result<SourceSpec, ApiError> {
+    let spec = match path_id {
+        None => SourceSpec::from_json(body)?,
+        Some(id) => {
+            // On replace the id may be left out of the body; if given it must match.
+            let mut value: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::Invalid {
+                    field: None,
+                    message: format!("the body is not valid JSON: {e}"),
+                })?;
+            let object = value.as_object_mut().ok_or_else(|| ApiError::Invalid {
+                field: None,
+                message: "the body must be a JSON object".into(),
+            })?;
+            match object.get("id") {
+                None => {
+                    object.insert("id".into(), json!(id));
+                }
+                Some(given) if given == id => {}
+                Some(_) => return Err(ApiError::invalid("id", format!("must match the path's id '{id}'"))),
+            }
+            SourceSpec::from_json(value.to_string().as_bytes())?
+        }
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub async fn create(req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state)?;
+    let body = read_body(&req, payload).await?;
+    let spec = parse_spec(&body, None)?;
+    let view = ask(ORCHESTRATOR, |r| OrchestratorMsg::Create(spec, r)).await??;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/sources/{}", view.spec.id)))
+        .json(view))
+}
+
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state)?;
+    let views = ask(ORCHESTRATOR, OrchestratorMsg::List).await??;
+    Ok(HttpResponse::Ok().json(json!({ "sources": views })))
+}
+
+pub async fn get(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state)?;
+    let view = ask(ORCHESTRATOR, |r| OrchestratorMsg::Get(id.into_inner(), r)).await??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub async fn replace(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state)?;
+    let body = read_body(&req, payload).await?;
+    let spec = parse_spec(&body, Some(&id))?;
+    let view = ask(ORCHESTRATOR, |r| OrchestratorMsg::Replace(spec, r)).await??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state)?;
+    ask(ORCHESTRATOR, |r| OrchestratorMsg::Delete(id.into_inner(), r)).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn run_now(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state)?;
+    let id = id.into_inner();
+    ask(ORCHESTRATOR, |r| OrchestratorMsg::RunNow(id.clone(), r)).await??;
+    Ok(accepted(json!({ "source": id, "run": "requested" })))
+}
+
+pub async fn runs(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state)?;
+    let mut limit = 20;
+    for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        if k == "limit" {
+            limit = v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=crate::store::RUNS_KEPT).contains(n))
+                .ok_or_else(|| ApiError::invalid("limit", format!("must be 1 to {}", crate::store::RUNS_KEPT)))?;
+        }
+    }
+    let runs = ask(ORCHESTRATOR, |r| OrchestratorMsg::Runs(id.into_inner(), limit, r)).await??;
+    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
+}

@@ -1,0 +1,29 @@
+//! The `gleaner` binary: parse the command line, load settings, start logging,
+//! then build and run a node.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use gleaner::app::App;
+use gleaner::settings::{Cli, Command, Settings};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Cli { command } = Cli::parse();
+    let result = match command {
+        Command::Node(args) => run_node(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gleaner: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_node(args: gleaner::settings::NodeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    gleaner::telemetry::init(&settings.log, settings.log_format)?;
+    App::build(settings).await?.run_until_stopped().await
+}

@@ -1,0 +1,100 @@
+//! Scraping, without actors: [`fetch`] gets a page within limits and behind the
+//! SSRF guard, [`extract`] turns a page into items, and [`Pager`] walks a
+//! source's pages (following `next_page` up to `max_pages`, never twice the same URL).
+
+pub mod extract;
+pub mod fetch;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use url::Url;
+
+use extract::{ExtractError, Limits, Page, Rules};
+use fetch::{FetchError, Fetcher};
+
+/// Why a page could not be scraped.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("fetching {url}: {source}")]
+    Fetch { url: String, source: FetchError },
+    #[error("extracting {url}: {source}")]
+    Extract { url: String, source: ExtractError },
+    #[error("extracting {url}: the parser stopped unexpectedly")]
+    Crashed { url: String },
+}
+
+/// Walks the pages of one run of a source.
+pub struct Pager {
+    fetcher: Fetcher,
+    rules: Arc<Rules>,
+    limits: Limits,
+    next: Option<Url>,
+    seen: HashSet<String>,
+    pages: u32,
+    max_pages: u32,
+}
+
+impl Pager {
+    pub fn new(start: Url, max_pages: u32, fetcher: Fetcher, rules: Arc<Rules>, limits: Limits) -> Self {
+        Pager {
+            fetcher,
+            rules,
+            limits,
+            next: Some(start),
+            seen: HashSet::new(),
+            pages: 0,
+            max_pages,
+        }
+    }
+
+    /// Pages fetched so far.
+    pub fn pages(&self) -> u32 {
+        self.pages
+    }
+
+    /// Fetches and extracts the next page; `None` when the run is over.
+    pub async fn next_page(&mut self) -> Option<Result<Page, ScrapeError>> {
+        let url = self.next.take()?;
+        if self.pages >= self.max_pages || !self.seen.insert(without_fragment(&url)) {
+            return None;
+        }
+        self.pages += 1;
+        let fetched = match self.fetcher.fetch(&url).await {
+            Ok(f) => f,
+            Err(source) => {
+                return Some(Err(ScrapeError::Fetch {
+                    url: url.to_string(),
+                    source,
+                }))
+            }
+        };
+        // The final URL after redirects counts as seen too.
+        self.seen.insert(without_fragment(&fetched.url));
+        let rules = self.rules.clone();
+        let limits = self.limits.clone();
+        let page_url = fetched.url.clone();
+        let parsed =
+            tokio::task::spawn_blocking(move || extract::extract(&fetched.body, &fetched.url, &rules, &limits))
+                .await;
+        match parsed {
+            Ok(Ok(page)) => {
+                self.next = page.next.clone();
+                Some(Ok(page))
+            }
+            Ok(Err(source)) => Some(Err(ScrapeError::Extract {
+                url: page_url.to_string(),
+                source,
+            })),
+            Err(_) => Some(Err(ScrapeError::Crashed {
+                url: page_url.to_string(),
+            })),
+        }
+    }
+}
+
+fn without_fragment(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_fragment(None);
+    u.to_string()
+}

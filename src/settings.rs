@@ -1,0 +1,317 @@
+//! Every setting of a node: a command-line flag, a `GLEANER_*` environment
+//! variable of the same meaning, or a key in a TOML file (`config/default.toml`
+//! when present, or the file `--config` names). Flags and variables win over
+//! the file, the file over the defaults. Unknown keys in the file are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::scrape::fetch::{FetchConfig, TargetPolicy};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "gleaner", version, about = "A distributed data scraper")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: HTTP API, scrapers, collections.
+    Node(NodeArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Settings as given: each one optional, so flags, environment and file can be layered.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeArgs {
+    /// A TOML file of settings (default: config/default.toml if it exists).
+    #[arg(long, env = "GLEANER_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address the HTTP API listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "GLEANER_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Directory of the node's database [default: ./data].
+    #[arg(long, env = "GLEANER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The node's display name [default: the hostname].
+    #[arg(long, env = "GLEANER_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Bearer token for admin routes.
+    #[arg(long, env = "GLEANER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (a Swarm secret).
+    #[arg(long, env = "GLEANER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Bearer token for read routes (collections); none means they are open.
+    #[arg(long, env = "GLEANER_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+    /// File holding the read token (a Swarm secret).
+    #[arg(long, env = "GLEANER_READ_TOKEN_FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// Log filter, in tracing's EnvFilter syntax [default: info].
+    #[arg(long, env = "GLEANER_LOG")]
+    pub log: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "GLEANER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Non-public fetch targets allowed: "1" for all, or a comma-separated list of
+    /// CIDRs [default: none; loopback, private, link-local and metadata addresses are refused].
+    #[arg(long, env = "GLEANER_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: Option<String>,
+    /// Total time for one fetch attempt, body included, in seconds [default: 30].
+    #[arg(long, env = "GLEANER_FETCH_TIMEOUT_SECS")]
+    pub fetch_timeout_secs: Option<u64>,
+    /// Time to connect, in seconds [default: 5].
+    #[arg(long, env = "GLEANER_CONNECT_TIMEOUT_SECS")]
+    pub connect_timeout_secs: Option<u64>,
+    /// Largest response body, counted after decompression [default: 10485760].
+    #[arg(long, env = "GLEANER_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Extra attempts after a 5xx or a timeout [default: 2].
+    #[arg(long, env = "GLEANER_FETCH_RETRIES")]
+    pub fetch_retries: Option<u32>,
+    /// Deepest HTML element nesting accepted [default: 512].
+    #[arg(long, env = "GLEANER_MAX_HTML_DEPTH")]
+    pub max_html_depth: Option<usize>,
+    /// sled page cache, in MiB [default: 64].
+    #[arg(long, env = "GLEANER_CACHE_MB")]
+    pub cache_mb: Option<u64>,
+    /// First delay before restarting a failed scraper, in ms; it doubles each time [default: 500].
+    #[arg(long, env = "GLEANER_RESTART_BACKOFF_MS")]
+    pub restart_backoff_ms: Option<u64>,
+    /// Failures within the restart window that mark a source failed [default: 3].
+    #[arg(long, env = "GLEANER_RESTART_INTENSITY")]
+    pub restart_intensity: Option<u32>,
+    /// The restart window, in seconds [default: 60].
+    #[arg(long, env = "GLEANER_RESTART_WINDOW_SECS")]
+    pub restart_window_secs: Option<u64>,
+}
+
+impl NodeArgs {
+    /// Fills every unset value from `file`.
+    fn or(self, file: NodeArgs) -> NodeArgs {
+        NodeArgs {
+            config: self.config,
+            http_addr: self.http_addr.or(file.http_addr),
+            data_dir: self.data_dir.or(file.data_dir),
+            node_name: self.node_name.or(file.node_name),
+            admin_token: self.admin_token.or(file.admin_token),
+            admin_token_file: self.admin_token_file.or(file.admin_token_file),
+            read_token: self.read_token.or(file.read_token),
+            read_token_file: self.read_token_file.or(file.read_token_file),
+            log: self.log.or(file.log),
+            log_format: self.log_format.or(file.log_format),
+            allow_private_targets: self.allow_private_targets.or(file.allow_private_targets),
+            fetch_timeout_secs: self.fetch_timeout_secs.or(file.fetch_timeout_secs),
+            connect_timeout_secs: self.connect_timeout_secs.or(file.connect_timeout_secs),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            fetch_retries: self.fetch_retries.or(file.fetch_retries),
+            max_html_depth: self.max_html_depth.or(file.max_html_depth),
+            cache_mb: self.cache_mb.or(file.cache_mb),
+            restart_backoff_ms: self.restart_backoff_ms.or(file.restart_backoff_ms),
+            restart_intensity: self.restart_intensity.or(file.restart_intensity),
+            restart_window_secs: self.restart_window_secs.or(file.restart_window_secs),
+        }
+    }
+}
+
+/// When a failed actor is restarted, and when restarting stops.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// Delay before the first restart; it doubles with each failure in the window.
+    pub backoff: Duration,
+    /// Longest delay between restarts.
+    pub max_backoff: Duration,
+    /// More failures than this within `window` marks the child failed.
+    pub intensity: u32,
+    pub window: Duration,
+}
+
+/// Resolved settings of a node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub node_name: String,
+    pub admin_token: Option<String>,
+    pub read_token: Option<String>,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub fetch: FetchConfig,
+    pub max_html_depth: usize,
+    pub cache_bytes: u64,
+    pub restart: RestartPolicy,
+}
+
+impl Settings {
+    /// Layers flags/environment over the TOML file over the defaults, reads
+    /// secret files, and refuses unsafe combinations.
+    pub fn resolve(args: NodeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file_settings(path)?,
+            None => {
+                let default = Path::new("config/default.toml");
+                if default.exists() {
+                    read_file_settings(default)?
+                } else {
+                    NodeArgs::default()
+                }
+            }
+        };
+        let a = args.or(file);
+        let admin_token = secret("admin token", a.admin_token, a.admin_token_file)?;
+        let read_token = secret("read token", a.read_token, a.read_token_file)?;
+        let http_addr = a
+            .http_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        if !http_addr.ip().is_loopback() && admin_token.is_none() {
+            bail!(
+                "refusing to serve on {http_addr} without an admin token: set GLEANER_ADMIN_TOKEN \
+                 or GLEANER_ADMIN_TOKEN_FILE, or bind to a loopback address"
+            );
+        }
+        let targets = match a.allow_private_targets.as_deref() {
+            None => TargetPolicy::PublicOnly,
+            Some(s) => s
+                .parse::<TargetPolicy>()
+                .map_err(|e| anyhow::anyhow!("GLEANER_ALLOW_PRIVATE_TARGETS: {e}"))?,
+        };
+        let defaults = FetchConfig::default();
+        let fetch = FetchConfig {
+            connect_timeout: a
+                .connect_timeout_secs
+                .map_or(defaults.connect_timeout, Duration::from_secs),
+            total_timeout: a
+                .fetch_timeout_secs
+                .map_or(defaults.total_timeout, Duration::from_secs),
+            max_body_bytes: a.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            retries: a.fetch_retries.unwrap_or(defaults.retries),
+            targets,
+            ..defaults
+        };
+        if fetch.total_timeout.is_zero() || fetch.connect_timeout.is_zero() {
+            bail!("fetch timeouts must be at least one second");
+        }
+        let node_name = match a.node_name {
+            Some(n) if !n.trim().is_empty() => n,
+            Some(_) => bail!("GLEANER_NODE_NAME must not be empty"),
+            None => hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "gleaner".into()),
+        };
+        Ok(Settings {
+            http_addr,
+            data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            node_name,
+            admin_token,
+            read_token,
+            log: a.log.unwrap_or_else(|| "info".into()),
+            log_format: a.log_format.unwrap_or_default(),
+            fetch,
+            max_html_depth: a.max_html_depth.unwrap_or(512),
+            cache_bytes: a.cache_mb.unwrap_or(64) * 1024 * 1024,
+            restart: RestartPolicy {
+                backoff: Duration::from_millis(a.restart_backoff_ms.unwrap_or(500)),
+                max_backoff: Duration::from_secs(60),
+                intensity: a.restart_intensity.unwrap_or(3),
+                window: Duration::from_secs(a.restart_window_secs.unwrap_or(60)),
+            },
+        })
+    }
+}
+
+fn read_file_settings(path: &Path) -> anyhow::Result<NodeArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading settings file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("settings file {}", path.display()))
+}
+
+/// A secret given directly or through a file (trailing newline dropped);
+/// giving both is an error, and so is an empty one.
+fn secret(what: &str, value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    let value = match (value, file) {
+        (Some(_), Some(_)) => bail!("the {what} is given both directly and as a file: give one"),
+        (Some(v), None) => v,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the {what} from {}", path.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if value.is_empty() {
+        bail!("the {what} is empty");
+    }
+    Ok(Some(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> NodeArgs {
+        let mut argv = vec!["gleaner", "node"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Node(a) => a,
+        }
+    }
+
+    #[test]
+    fn loopback_without_tokens_is_allowed_elsewhere_refused() {
+        let s = Settings::resolve(args(&["--config", "/dev/null"])).unwrap();
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        let err = Settings::resolve(args(&["--config", "/dev/null", "--http-addr", "0.0.0.0:8080"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GLEANER_ADMIN_TOKEN"), "{err}");
+        Settings::resolve(args(&[
+            "--config", "/dev/null", "--http-addr", "0.0.0.0:8080", "--admin-token", "t",
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn file_settings_are_strict_and_layered_under_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "data_dir = \"/x\"\nnode_name = \"from-file\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = Settings::resolve(args(&["--config", p, "--node-name", "flag"])).unwrap();
+        assert_eq!((s.data_dir, s.node_name.as_str()), (PathBuf::from("/x"), "flag"));
+        std::fs::write(&path, "colour = \"red\"\n").unwrap();
+        let err = format!("{:#}", Settings::resolve(args(&["--config", p])).unwrap_err());
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let s = Settings::resolve(args(&[
+            "--config", "/dev/null", "--admin-token-file", path.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert_eq!(s.admin_token.as_deref(), Some("s3cret"));
+    }
+}

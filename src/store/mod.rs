@@ -1,0 +1,384 @@
+//! The node's local database: one sled database under the data directory. This
+//! is the only module that touches sled, so the engine could be swapped.
+//!
+//! Trees:
+//! - `meta`: node identity (a node id that survives restarts);
+//! - `sources`: source id -> [`SourceRecord`] (tombstones included);
+//! - `runs`: `source id \0 start time (big-endian micros)` -> [`RunRecord`], bounded per source;
+//! - `collections`: collection name -> [`CollectionMeta`];
+//! - `items:{collection}`: item key -> [`StoredItem`].
+//!
+//! Every method blocks (sled does disk I/O): async callers run them on
+//! `spawn_blocking`. Writes are durable only after [`Store::flush`], which
+//! callers do before acknowledging anything.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::domain::{ItemBatch, RunRecord, SourceRecord, StoredItem, Upsert};
+
+/// Runs kept per source; older ones are dropped.
+pub const RUNS_KEPT: usize = 100;
+
+const ITEMS_PREFIX: &str = "items:";
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored {what} is unreadable: {source}")]
+    Corrupt {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What one batch did to a collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    pub inserted: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    /// Items that moved from another source to this one (for per-source counts).
+    pub taken_from: BTreeMap<String, u64>,
+}
+
+/// A collection's summary row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionMeta {
+    pub last_update: DateTime<Utc>,
+}
+
+/// The sled handle and its trees; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    sources: sled::Tree,
+    runs: sled::Tree,
+    collections: sled::Tree,
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { what, source })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("stored types always serialise")
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`, with sled's page cache
+    /// bounded to `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(cache_bytes)
+            .open()?;
+        Ok(Store {
+            meta: db.open_tree("meta")?,
+            sources: db.open_tree("sources")?,
+            runs: db.open_tree("runs")?,
+            collections: db.open_tree("collections")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// This node's id, created (and flushed) on first use.
+    pub fn node_id(&self) -> Result<String> {
+        if let Some(id) = self.meta.get("node_id")? {
+            return Ok(String::from_utf8_lossy(&id).into_owned());
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.meta.insert("node_id", id.as_bytes())?;
+        self.flush()?;
+        Ok(id)
+    }
+
+    pub fn put_source(&self, record: &SourceRecord) -> Result<()> {
+        self.sources
+            .insert(record.spec.id.as_bytes(), encode(record))?;
+        Ok(())
+    }
+
+    pub fn source(&self, id: &str) -> Result<Option<SourceRecord>> {
+        self.sources
+            .get(id.as_bytes())?
+            .map(|b| decode("source", &b))
+            .transpose()
+    }
+
+    /// Every source record, tombstones included, in id order.
+    pub fn sources(&self) -> Result<Vec<SourceRecord>> {
+        self.sources
+            .iter()
+            .values()
+            .map(|v| decode("source", &v?))
+            .collect()
+    }
+
+    /// Appends a run to a source's history, dropping the oldest beyond [`RUNS_KEPT`].
+    pub fn record_run(&self, source: &str, run: &RunRecord) -> Result<()> {
+        let mut key = run_prefix(source);
+        let micros = run.started_at.timestamp_micros().max(0) as u64;
+        key.extend_from_slice(&micros.to_be_bytes());
+        self.runs.insert(key, encode(run))?;
+        let keys: Vec<sled::IVec> = self
+            .runs
+            .scan_prefix(run_prefix(source))
+            .keys()
+            .collect::<std::result::Result<_, _>>()?;
+        if keys.len() > RUNS_KEPT {
+            for k in &keys[..keys.len() - RUNS_KEPT] {
+                self.runs.remove(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` runs of a source, newest first.
+    pub fn runs(&self, source: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        self.runs
+            .scan_prefix(run_prefix(source))
+            .values()
+            .rev()
+            .take(limit)
+            .map(|v| decode("run", &v?))
+            .collect()
+    }
+
+    /// Upserts a batch into its collection, atomically: an item keeps its
+    /// first_seen, its version goes up only when its content changed.
+    pub fn apply_batch(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
+        let tree = self.items_tree(&batch.collection)?;
+        let mut outcome = BatchOutcome::default();
+        let mut writes = sled::Batch::default();
+        // Later duplicates within one batch see the earlier ones.
+        let mut pending: BTreeMap<&str, StoredItem> = BTreeMap::new();
+        for item in &batch.items {
+            let old = match pending.remove(item.key.as_str()) {
+                Some(p) => Some(p),
+                None => tree
+                    .get(item.key.as_bytes())?
+                    .map(|b| decode::<StoredItem>("item", &b))
+                    .transpose()?,
+            };
+            if let Some(old) = &old {
+                if old.source != batch.source {
+                    *outcome.taken_from.entry(old.source.clone()).or_default() += 1;
+                }
+            }
+            let (stored, how) = StoredItem::merge(old, item, &batch.source, batch.fetched_at);
+            match how {
+                Upsert::Inserted => outcome.inserted += 1,
+                Upsert::Changed => outcome.changed += 1,
+                Upsert::Unchanged => outcome.unchanged += 1,
+            }
+            pending.insert(item.key.as_str(), stored);
+        }
+        for (key, stored) in &pending {
+            writes.insert(key.as_bytes(), encode(stored));
+        }
+        tree.apply_batch(writes)?;
+        let meta = CollectionMeta {
+            last_update: batch.fetched_at,
+        };
+        self.collections
+            .insert(batch.collection.as_bytes(), encode(&meta))?;
+        Ok(outcome)
+    }
+
+    /// Names of every collection that has received a batch.
+    pub fn collections(&self) -> Result<Vec<(String, CollectionMeta)>> {
+        self.collections
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode("collection", &v)?))
+            })
+            .collect()
+    }
+
+    pub fn collection(&self, name: &str) -> Result<Option<CollectionMeta>> {
+        self.collections
+            .get(name.as_bytes())?
+            .map(|b| decode("collection", &b))
+            .transpose()
+    }
+
+    /// Counts a collection's items, in total and per source (a full scan: done
+    /// once when the collection's aggregator starts).
+    pub fn count_items(&self, collection: &str) -> Result<(u64, BTreeMap<String, u64>)> {
+        #[derive(Deserialize)]
+        struct SourceOnly {
+            source: String,
+        }
+        let tree = self.items_tree(collection)?;
+        let mut total = 0;
+        let mut per_source = BTreeMap::new();
+        for v in tree.iter().values() {
+            let item: SourceOnly = decode("item", &v?)?;
+            total += 1;
+            *per_source.entry(item.source).or_default() += 1;
+        }
+        Ok((total, per_source))
+    }
+
+    pub fn item(&self, collection: &str, key: &str) -> Result<Option<StoredItem>> {
+        self.items_tree(collection)?
+            .get(key.as_bytes())?
+            .map(|b| decode("item", &b))
+            .transpose()
+    }
+
+    /// Up to `limit` items in key order after `after`, keeping those `keep`
+    /// accepts; also says whether more items remain past the last one returned.
+    pub fn items(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&StoredItem) -> bool,
+    ) -> Result<(Vec<StoredItem>, bool)> {
+        let tree = self.items_tree(collection)?;
+        let range = match after {
+            Some(k) => {
+                let mut start = k.as_bytes().to_vec();
+                start.push(0);
+                tree.range(start..)
+            }
+            None => tree.iter(),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for v in range.values() {
+            let item: StoredItem = decode("item", &v?)?;
+            if !keep(&item) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(item);
+        }
+        Ok((out, false))
+    }
+
+    fn items_tree(&self, collection: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(format!("{ITEMS_PREFIX}{collection}"))?)
+    }
+}
+
+fn run_prefix(source: &str) -> Vec<u8> {
+    let mut key = source.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Item;
+    use serde_json::json;
+
+    fn batch(source: &str, prices: &[(&str, i64)]) -> ItemBatch {
+        ItemBatch {
+            source: source.into(),
+            collection: "books".into(),
+            fetched_at: Utc::now(),
+            items: prices
+                .iter()
+                .map(|(url, p)| {
+                    Item::new(
+                        json!({"url": url, "price": p}).as_object().unwrap().clone(),
+                        &["url".into()],
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn upserts_never_duplicate_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let out = store.apply_batch(&batch("a", &[("u1", 1), ("u2", 2), ("u1", 1)])).unwrap();
+            assert_eq!((out.inserted, out.unchanged), (2, 1));
+            let out = store.apply_batch(&batch("a", &[("u1", 1), ("u2", 3)])).unwrap();
+            assert_eq!((out.inserted, out.changed, out.unchanged), (0, 1, 1));
+            let out = store.apply_batch(&batch("b", &[("u1", 1)])).unwrap();
+            assert_eq!(out.taken_from.get("a"), Some(&1));
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (total, per_source) = store.count_items("books").unwrap();
+        assert_eq!(total, 2);
+        assert_eq!(per_source.get("a"), Some(&1));
+        assert_eq!(per_source.get("b"), Some(&1));
+        let (items, more) = store.items("books", None, 10, |_| true).unwrap();
+        assert_eq!((items.len(), more), (2, false));
+        let changed = items.iter().find(|i| i.data["url"] == "u2").unwrap();
+        assert_eq!(changed.version, 2);
+    }
+
+    #[test]
+    fn paging_walks_every_item_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let urls: Vec<String> = (0..25).map(|i| format!("u{i}")).collect();
+        let pairs: Vec<(&str, i64)> = urls.iter().map(|u| (u.as_str(), 1)).collect();
+        store.apply_batch(&batch("a", &pairs)).unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = store.items("books", after.as_deref(), 10, |_| true).unwrap();
+            after = page.last().map(|i| i.key.clone());
+            seen.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 25);
+    }
+
+    #[test]
+    fn run_history_is_bounded_and_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let t0 = Utc::now();
+        for i in 0..(RUNS_KEPT as i64 + 5) {
+            let at = t0 + chrono::Duration::seconds(i);
+            let run = RunRecord {
+                started_at: at,
+                finished_at: at,
+                duration_ms: 0,
+                pages: 1,
+                items: i as u64,
+                inserted: 0,
+                changed: 0,
+                error: None,
+            };
+            store.record_run("s", &run).unwrap();
+        }
+        // Another source's runs share the tree but not the history.
+        store
+            .record_run("s2", &store.runs("s", 1).unwrap()[0])
+            .unwrap();
+        let runs = store.runs("s", 1000).unwrap();
+        assert_eq!(runs.len(), RUNS_KEPT);
+        assert_eq!(runs[0].items, RUNS_KEPT as u64 + 4);
+        assert_eq!(store.runs("s2", 10).unwrap().len(), 1);
+    }
+}
