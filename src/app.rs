@@ -37,8 +37,12 @@ pub struct App {
 impl App {
     /// Opens the store, starts the actors and binds the HTTP server.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
         let (dir, cache) = (settings.data_dir.clone(), settings.cache_bytes);
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache))
             .await?
@@ -78,7 +82,10 @@ impl App {
         .disable_signals()
         .bind(settings.http_addr)
         .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;
-        let http_addr = *server.addrs().first().context("the HTTP server bound no address")?;
+        let http_addr = *server
+            .addrs()
+            .first()
+            .context("the HTTP server bound no address")?;
         let server = server.run();
         ready.store(true, Ordering::Release);
         tracing::info!(
@@ -144,10 +151,11 @@ async fn shutdown_signal() -> &'static str {
     };
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await,
+            };
         tokio::select! {
             s = ctrl_c => s,
             _ = term.recv() => "terminate",

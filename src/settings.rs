@@ -248,7 +248,11 @@ fn read_file_settings(path: &Path) -> anyhow::Result<NodeArgs> {
 
 /// A secret given directly or through a file (trailing newline dropped);
 /// giving both is an error, and so is an empty one.
-fn secret(what: &str, value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+fn secret(
+    what: &str,
+    value: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<String>> {
     let value = match (value, file) {
         (Some(_), Some(_)) => bail!("the {what} is given both directly and as a file: give one"),
         (Some(v), None) => v,
@@ -280,12 +284,22 @@ mod tests {
     fn loopback_without_tokens_is_allowed_elsewhere_refused() {
         let s = Settings::resolve(args(&["--config", "/dev/null"])).unwrap();
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
-        let err = Settings::resolve(args(&["--config", "/dev/null", "--http-addr", "0.0.0.0:8080"]))
-            .unwrap_err()
-            .to_string();
+        let err = Settings::resolve(args(&[
+            "--config",
+            "/dev/null",
+            "--http-addr",
+            "0.0.0.0:8080",
+        ]))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("GLEANER_ADMIN_TOKEN"), "{err}");
         Settings::resolve(args(&[
-            "--config", "/dev/null", "--http-addr", "0.0.0.0:8080", "--admin-token", "t",
+            "--config",
+            "/dev/null",
+            "--http-addr",
+            "0.0.0.0:8080",
+            "--admin-token",
+            "t",
         ]))
         .unwrap();
     }
@@ -297,9 +311,15 @@ mod tests {
         std::fs::write(&path, "data_dir = \"/x\"\nnode_name = \"from-file\"\n").unwrap();
         let p = path.to_str().unwrap();
         let s = Settings::resolve(args(&["--config", p, "--node-name", "flag"])).unwrap();
-        assert_eq!((s.data_dir, s.node_name.as_str()), (PathBuf::from("/x"), "flag"));
+        assert_eq!(
+            (s.data_dir, s.node_name.as_str()),
+            (PathBuf::from("/x"), "flag")
+        );
         std::fs::write(&path, "colour = \"red\"\n").unwrap();
-        let err = format!("{:#}", Settings::resolve(args(&["--config", p])).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Settings::resolve(args(&["--config", p])).unwrap_err()
+        );
         assert!(err.contains("colour"), "{err}");
     }
 
@@ -309,7 +329,10 @@ mod tests {
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cret\n").unwrap();
         let s = Settings::resolve(args(&[
-            "--config", "/dev/null", "--admin-token-file", path.to_str().unwrap(),
+            "--config",
+            "/dev/null",
+            "--admin-token-file",
+            path.to_str().unwrap(),
         ]))
         .unwrap();
         assert_eq!(s.admin_token.as_deref(), Some("s3cret"));

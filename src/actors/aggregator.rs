@@ -84,7 +84,10 @@ impl Actor for Aggregator {
             by_source,
             args,
         };
-        let _ = state.args.endpoint.cast(EndpointMsg::Updated(state.summary()));
+        let _ = state
+            .args
+            .endpoint
+            .cast(EndpointMsg::Updated(state.summary()));
         Ok(state)
     }
 
@@ -132,7 +135,10 @@ impl Actor for Aggregator {
                 }
                 *state.by_source.entry(source).or_default() += outcome.inserted + moved;
                 state.by_source.retain(|_, n| *n > 0);
-                let _ = state.args.endpoint.cast(EndpointMsg::Updated(state.summary()));
+                let _ = state
+                    .args
+                    .endpoint
+                    .cast(EndpointMsg::Updated(state.summary()));
                 let _ = reply.send(Ok(outcome));
             }
             AggregatorMsg::Stats(reply) => {

@@ -28,7 +28,10 @@ pub struct CollectionSupervisorArgs {
 #[derive(RactorMessage)]
 pub enum CollectionSupervisorMsg {
     /// The collection's aggregator, spawned if needed.
-    Aggregator(String, RpcReplyPort<Result<ActorRef<AggregatorMsg>, String>>),
+    Aggregator(
+        String,
+        RpcReplyPort<Result<ActorRef<AggregatorMsg>, String>>,
+    ),
     /// Every collection's summary, by name.
     Summaries(RpcReplyPort<Vec<CollectionSummary>>),
     /// One collection's summary, if the collection exists.
@@ -83,7 +86,9 @@ impl CollectionSupervisor {
             Ok((a, _)) => a,
             Err(e) => {
                 endpoint.stop(None);
-                return Err(format!("aggregator of collection {name} did not start: {e}"));
+                return Err(format!(
+                    "aggregator of collection {name} did not start: {e}"
+                ));
             }
         };
         let pair = state.pairs.entry(name.to_owned()).or_default();
@@ -139,7 +144,9 @@ impl Actor for CollectionSupervisor {
                         aggregator: Some(a),
                         ..
                     }) => Ok(a.clone()),
-                    Some(Pair { down: Some(why), .. }) => Err(why.clone()),
+                    Some(Pair {
+                        down: Some(why), ..
+                    }) => Err(why.clone()),
                     _ => Self::start_pair(&myself, state, &name).await,
                 };
                 let _ = reply.send(result);
@@ -174,7 +181,11 @@ impl Actor for CollectionSupervisor {
                 let _ = reply.send(summary);
             }
             CollectionSupervisorMsg::Restart(name) => {
-                if state.pairs.get(&name).is_some_and(|p| p.aggregator.is_none()) {
+                if state
+                    .pairs
+                    .get(&name)
+                    .is_some_and(|p| p.aggregator.is_none())
+                {
                     if let Err(e) = Self::start_pair(&myself, state, &name).await {
                         tracing::error!(collection = %name, error = %e, "collection restart failed");
                     }
@@ -224,9 +235,12 @@ impl Actor for CollectionSupervisor {
             return Ok(());
         };
         // One of the pair died: stop the other, then restart both.
-        for other in [pair.aggregator.take().map(|a| a.get_cell()), pair.endpoint.take().map(|e| e.get_cell())]
-            .into_iter()
-            .flatten()
+        for other in [
+            pair.aggregator.take().map(|a| a.get_cell()),
+            pair.endpoint.take().map(|e| e.get_cell()),
+        ]
+        .into_iter()
+        .flatten()
         {
             if other.get_id() != id {
                 other.stop(Some("its partner failed".into()));

@@ -60,7 +60,12 @@ impl FailureWindow {
             return AfterFailure::GiveUp;
         }
         let factor = 2u32.saturating_pow(n.saturating_sub(1));
-        AfterFailure::RestartIn(policy.backoff.saturating_mul(factor).min(policy.max_backoff))
+        AfterFailure::RestartIn(
+            policy
+                .backoff
+                .saturating_mul(factor)
+                .min(policy.max_backoff),
+        )
     }
 
     /// Forgets past failures (after the child's spec changed or an operator asked).
@@ -86,12 +91,24 @@ mod tests {
         };
         let mut w = FailureWindow::default();
         let t = Instant::now();
-        assert_eq!(w.record(t, &policy), AfterFailure::RestartIn(Duration::from_millis(100)));
-        assert_eq!(w.record(t, &policy), AfterFailure::RestartIn(Duration::from_millis(200)));
-        assert_eq!(w.record(t, &policy), AfterFailure::RestartIn(Duration::from_millis(250)));
+        assert_eq!(
+            w.record(t, &policy),
+            AfterFailure::RestartIn(Duration::from_millis(100))
+        );
+        assert_eq!(
+            w.record(t, &policy),
+            AfterFailure::RestartIn(Duration::from_millis(200))
+        );
+        assert_eq!(
+            w.record(t, &policy),
+            AfterFailure::RestartIn(Duration::from_millis(250))
+        );
         assert_eq!(w.record(t, &policy), AfterFailure::GiveUp);
         // Failures older than the window no longer count.
         let later = t + Duration::from_secs(11);
-        assert_eq!(w.record(later, &policy), AfterFailure::RestartIn(Duration::from_millis(100)));
+        assert_eq!(
+            w.record(later, &policy),
+            AfterFailure::RestartIn(Duration::from_millis(100))
+        );
     }
 }

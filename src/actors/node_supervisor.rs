@@ -10,7 +10,9 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
-use super::collection_supervisor::{CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg};
+use super::collection_supervisor::{
+    CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg,
+};
 use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::groups;
@@ -45,7 +47,10 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    async fn start_children(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+    async fn start_children(
+        &mut self,
+        myself: &ActorRef<NodeMsg>,
+    ) -> Result<(), ActorProcessingErr> {
         let a = &self.args;
         let (collections, _) = Actor::spawn_linked(
             Some(groups::COLLECTIONS.to_string()),
@@ -92,7 +97,11 @@ impl Actor for NodeSupervisor {
     type State = NodeState;
     type Arguments = NodeArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: NodeArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: NodeArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = NodeState {
             args,
             collections: None,
@@ -103,13 +112,22 @@ impl Actor for NodeSupervisor {
         Ok(state)
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         // The orchestrator first: its scrapers write to the collections.
         state.stop_children().await;
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Restart => {
                 if state.orchestrator.is_none() {
@@ -129,11 +147,16 @@ impl Actor for NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (who, why) = match event {
             SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
-            SupervisionEvent::ActorTerminated(who, _, reason) => (who, reason.unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorTerminated(who, _, reason) => {
+                (who, reason.unwrap_or_else(|| "stopped".into()))
+            }
             _ => return Ok(()),
         };
         let id = who.get_id();
-        let ours = state.orchestrator.as_ref().is_some_and(|o| o.get_id() == id)
+        let ours = state
+            .orchestrator
+            .as_ref()
+            .is_some_and(|o| o.get_id() == id)
             || state.collections.as_ref().is_some_and(|c| c.get_id() == id);
         if !ours {
             return Ok(());

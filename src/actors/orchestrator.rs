@@ -122,12 +122,13 @@ impl OrchestratorState {
         !record.deleted
             && spec.enabled
             && !spec.isolated
-            && placement::owner(&spec.id, [self.args.node_id.as_str()]) == Some(self.args.node_id.as_str())
+            && placement::owner(&spec.id, [self.args.node_id.as_str()])
+                == Some(self.args.node_id.as_str())
     }
 
     fn reconcile_one(&self, record: &SourceRecord) {
         let msg = if self.runs_here(record) {
-            ScraperSupervisorMsg::Ensure(record.spec.clone())
+            ScraperSupervisorMsg::Ensure(Box::new(record.spec.clone()))
         } else {
             ScraperSupervisorMsg::Remove(record.spec.id.clone())
         };
@@ -155,7 +156,12 @@ impl OrchestratorState {
         Ok(record)
     }
 
-    async fn live(&self) -> (BTreeMap<String, SourceRuntime>, BTreeMap<String, CollectionSummary>) {
+    async fn live(
+        &self,
+    ) -> (
+        BTreeMap<String, SourceRuntime>,
+        BTreeMap<String, CollectionSummary>,
+    ) {
         let runtimes = match self
             .scrapers
             .call(ScraperSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
@@ -170,7 +176,9 @@ impl OrchestratorState {
             .call(CollectionSupervisorMsg::Summaries, Some(ASK_TIMEOUT))
             .await
         {
-            Ok(ractor::rpc::CallResult::Success(s)) => s.into_iter().map(|c| (c.name.clone(), c)).collect(),
+            Ok(ractor::rpc::CallResult::Success(s)) => {
+                s.into_iter().map(|c| (c.name.clone(), c)).collect()
+            }
             _ => BTreeMap::new(),
         };
         (runtimes, summaries)
@@ -202,7 +210,8 @@ impl OrchestratorState {
                         None => (SourceState::Scheduled, None),
                     }
                 };
-                let last_error = last_error.or_else(|| last_run.as_ref().and_then(|r| r.error.clone()));
+                let last_error =
+                    last_error.or_else(|| last_run.as_ref().and_then(|r| r.error.clone()));
                 let items = summaries
                     .get(&spec.collection)
                     .and_then(|c| c.by_source.get(&spec.id))
@@ -309,11 +318,16 @@ impl OrchestratorState {
                     }
                     match self
                         .scrapers
-                        .call(|r| ScraperSupervisorMsg::RunNow(id.clone(), r), Some(ASK_TIMEOUT))
+                        .call(
+                            |r| ScraperSupervisorMsg::RunNow(id.clone(), r),
+                            Some(ASK_TIMEOUT),
+                        )
                         .await
                     {
                         Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(AdminError::Conflict),
-                        _ => Err(AdminError::Store("the scraper supervisor did not answer".into())),
+                        _ => Err(AdminError::Store(
+                            "the scraper supervisor did not answer".into(),
+                        )),
                     }
                 }
                 .await;
@@ -326,7 +340,8 @@ impl OrchestratorState {
             OrchestratorMsg::List(reply) => {
                 let result = async {
                     let records = self.blocking(|s| s.sources()).await?;
-                    self.views(records.into_iter().filter(|r| !r.deleted).collect()).await
+                    self.views(records.into_iter().filter(|r| !r.deleted).collect())
+                        .await
                 }
                 .await;
                 let _ = reply.send(result);
@@ -354,7 +369,8 @@ async fn spawn_scrapers(
         collections: args.collections.clone(),
         restart: args.restart,
     };
-    let (scrapers, _) = Actor::spawn_linked(None, ScraperSupervisor, sup_args, myself.get_cell()).await?;
+    let (scrapers, _) =
+        Actor::spawn_linked(None, ScraperSupervisor, sup_args, myself.get_cell()).await?;
     Ok(scrapers)
 }
 
@@ -404,8 +420,12 @@ impl Actor for Orchestrator {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let why = match event {
-            SupervisionEvent::ActorFailed(who, err) if who.get_id() == state.scrapers.get_id() => err.to_string(),
-            SupervisionEvent::ActorTerminated(who, _, reason) if who.get_id() == state.scrapers.get_id() => {
+            SupervisionEvent::ActorFailed(who, err) if who.get_id() == state.scrapers.get_id() => {
+                err.to_string()
+            }
+            SupervisionEvent::ActorTerminated(who, _, reason)
+                if who.get_id() == state.scrapers.get_id() =>
+            {
                 reason.unwrap_or_else(|| "stopped".into())
             }
             _ => return Ok(()),

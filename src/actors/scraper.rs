@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
+use rand::Rng;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
@@ -135,7 +135,11 @@ impl ScraperState {
 }
 
 /// One run: every page, each page's items delivered before the next is fetched.
-async fn run_once(spec: SourceSpec, mut pager: Pager, aggregator: ActorRef<AggregatorMsg>) -> RunRecord {
+async fn run_once(
+    spec: SourceSpec,
+    mut pager: Pager,
+    aggregator: ActorRef<AggregatorMsg>,
+) -> RunRecord {
     let started = Utc::now();
     let clock = std::time::Instant::now();
     let mut record = RunRecord {
@@ -231,7 +235,8 @@ impl Actor for Scraper {
             match &last {
                 Some(run) => {
                     let due = run.started_at
-                        + chrono::Duration::from_std(state.period_with_jitter()).unwrap_or_default();
+                        + chrono::Duration::from_std(state.period_with_jitter())
+                            .unwrap_or_default();
                     (due - Utc::now()).to_std().unwrap_or(Duration::ZERO)
                 }
                 None => Duration::ZERO,

@@ -37,7 +37,7 @@ pub struct ScraperSupervisorArgs {
 #[derive(RactorMessage)]
 pub enum ScraperSupervisorMsg {
     /// Run this source here (start it, or restart it if its spec changed).
-    Ensure(SourceSpec),
+    Ensure(Box<SourceSpec>),
     /// Stop running this source here.
     Remove(String),
     /// Run the source now; revives a failed one. Err if it does not run here.
@@ -152,7 +152,10 @@ impl ScraperSupervisorState {
                 };
                 let (id, generation) = (id.to_owned(), child.generation);
                 tracing::info!(source = %id, delay_ms = delay.as_millis() as u64, %error, "scraper restarting after backoff");
-                myself.send_after(delay, move || ScraperSupervisorMsg::Restart { id, generation });
+                myself.send_after(delay, move || ScraperSupervisorMsg::Restart {
+                    id,
+                    generation,
+                });
             }
             AfterFailure::GiveUp => {
                 tracing::error!(source = %id, %error, "source failed too often, stopped until its spec changes or a run is asked for");
@@ -204,6 +207,7 @@ impl Actor for ScraperSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ScraperSupervisorMsg::Ensure(spec) => {
+                let spec = *spec;
                 let id = spec.id.clone();
                 if let Some(child) = state.children.get_mut(&id) {
                     if child.spec == spec && !matches!(child.phase, Phase::Failed) {
@@ -261,10 +265,12 @@ impl Actor for ScraperSupervisor {
             ScraperSupervisorMsg::Statuses(reply) => {
                 let asks = state.children.iter().map(|(id, child)| async move {
                     let scraper = match &child.phase {
-                        Phase::Up(actor) => match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await {
-                            Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-                            _ => None,
-                        },
+                        Phase::Up(actor) => {
+                            match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await {
+                                Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+                                _ => None,
+                            }
+                        }
                         _ => None,
                     };
                     let (state, next_run) = match (&child.phase, &scraper) {
@@ -300,7 +306,10 @@ impl Actor for ScraperSupervisor {
             SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
             SupervisionEvent::ActorTerminated(who, _, reason) => (
                 who,
-                format!("scraper stopped unexpectedly: {}", reason.unwrap_or_default()),
+                format!(
+                    "scraper stopped unexpectedly: {}",
+                    reason.unwrap_or_default()
+                ),
             ),
             _ => return Ok(()),
         };

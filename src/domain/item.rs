@@ -83,7 +83,12 @@ impl StoredItem {
     /// Merges a freshly scraped item into what is stored (if anything):
     /// first_seen is kept, last_seen moves on, the version goes up only when
     /// the content changed.
-    pub fn merge(old: Option<StoredItem>, item: &Item, source: &str, seen: DateTime<Utc>) -> (StoredItem, Upsert) {
+    pub fn merge(
+        old: Option<StoredItem>,
+        item: &Item,
+        source: &str,
+        seen: DateTime<Utc>,
+    ) -> (StoredItem, Upsert) {
         let hash = item.content_hash();
         match old {
             None => (
@@ -150,7 +155,10 @@ mod tests {
         let (stored, how) = StoredItem::merge(None, &item, "s", t0);
         assert_eq!((stored.version, how), (1, Upsert::Inserted));
         let (same, how) = StoredItem::merge(Some(stored.clone()), &item, "s", t1);
-        assert_eq!((same.version, how, same.first_seen, same.last_seen), (1, Upsert::Unchanged, t0, t1));
+        assert_eq!(
+            (same.version, how, same.first_seen, same.last_seen),
+            (1, Upsert::Unchanged, t0, t1)
+        );
         let changed = Item::new(data(json!({"url": "u", "price": 2})), &["url".into()]);
         let (new, how) = StoredItem::merge(Some(same), &changed, "s", t1);
         assert_eq!((new.version, how), (2, Upsert::Changed));

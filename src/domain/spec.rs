@@ -136,7 +136,8 @@ impl<'de> Deserialize<'de> for FieldSpec {
                 Ok(FieldSpec::Selector(v.to_owned()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
-                FieldRule::deserialize(de::value::MapAccessDeserializer::new(map)).map(FieldSpec::Rule)
+                FieldRule::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(FieldSpec::Rule)
             }
         }
         deserializer.deserialize_any(FieldVisitor)
@@ -230,8 +231,20 @@ impl SourceSpec {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let spec: SourceSpec = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { String::new() } else { path };
-            SpecError::new(field, e.inner().to_string())
+            let mut field = if path == "." { String::new() } else { path };
+            let message = e.inner().to_string();
+            // For a missing key, the key itself is the field at fault (the path
+            // stops at its parent; for an unknown key it already names the key).
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            if let Some(name) = missing {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(name);
+            }
+            SpecError::new(field, message)
         })?;
         Ok(spec)
     }
@@ -274,7 +287,10 @@ impl SourceSpec {
                 ));
             }
             if !seen.insert(k) {
-                return Err(SpecError::new(format!("key[{i}]"), format!("'{k}' is listed twice")));
+                return Err(SpecError::new(
+                    format!("key[{i}]"),
+                    format!("'{k}' is listed twice"),
+                ));
             }
         }
         Ok(())
@@ -288,7 +304,10 @@ pub fn validate_url(raw: &str) -> Result<url::Url, String> {
     }
     let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(format!("scheme must be http or https, not '{}'", url.scheme()));
+        return Err(format!(
+            "scheme must be http or https, not '{}'",
+            url.scheme()
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("must have a host".into());
@@ -305,7 +324,10 @@ impl ExtractSpec {
             self.check_locator("extract.scope", scope)?;
         }
         if self.fields.is_empty() {
-            return Err(SpecError::new("extract.fields", "must name at least one field"));
+            return Err(SpecError::new(
+                "extract.fields",
+                "must name at least one field",
+            ));
         }
         if self.fields.len() > MAX_FIELDS {
             return Err(SpecError::new(
@@ -316,13 +338,19 @@ impl ExtractSpec {
         for (name, field) in &self.fields {
             let at = format!("extract.fields.{name}");
             if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-                return Err(SpecError::new(at, "field names are 1-64 printable characters"));
+                return Err(SpecError::new(
+                    at,
+                    "field names are 1-64 printable characters",
+                ));
             }
             let rule = field.rule(self.format);
             match self.format {
                 Format::Html => {
                     if rule.path.is_some() {
-                        return Err(SpecError::new(format!("{at}.path"), "html fields use 'css'"));
+                        return Err(SpecError::new(
+                            format!("{at}.path"),
+                            "html fields use 'css'",
+                        ));
                     }
                     let css = rule
                         .css
@@ -379,7 +407,10 @@ impl ExtractSpec {
     /// A CSS selector that compiles (html) or a JSON pointer (json).
     fn check_locator(&self, field: &str, value: &str) -> Result<(), SpecError> {
         if value.len() > MAX_SELECTOR_LEN {
-            return Err(SpecError::new(field, format!("must be at most {MAX_SELECTOR_LEN} bytes")));
+            return Err(SpecError::new(
+                field,
+                format!("must be at most {MAX_SELECTOR_LEN} bytes"),
+            ));
         }
         match self.format {
             Format::Html => {
@@ -407,7 +438,9 @@ impl ExtractSpec {
 fn check_attr(field: &str, attr: &str) -> Result<(), SpecError> {
     if attr.is_empty()
         || attr.len() > 128
-        || attr.chars().any(|c| c.is_whitespace() || c.is_control() || "\"'>/=".contains(c))
+        || attr
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"'>/=".contains(c))
     {
         return Err(SpecError::new(field, "not a valid attribute name"));
     }
@@ -462,7 +495,10 @@ mod tests {
         );
         // A stored spec round-trips to the same JSON shape.
         let again = serde_json::to_value(&spec).unwrap();
-        assert_eq!(SourceSpec::from_json(again.to_string().as_bytes()).unwrap(), spec);
+        assert_eq!(
+            SourceSpec::from_json(again.to_string().as_bytes()).unwrap(),
+            spec
+        );
     }
 
     #[test]
@@ -506,7 +542,7 @@ mod tests {
     fn serde_errors_carry_the_path() {
         let mut v = books();
         v["extract"]["fields"]["price"]["colour"] = "red".into();
-        assert_eq!(field_of(v), "extract.fields.price");
+        assert_eq!(field_of(v), "extract.fields.price.colour");
         let mut v = books();
         v["schedule"]["every_secs"] = "often".into();
         assert_eq!(field_of(v), "schedule.every_secs");
@@ -515,7 +551,7 @@ mod tests {
         assert_eq!(field_of(v), "extract.fields.price.type");
         let mut v = books();
         v.as_object_mut().unwrap().remove("url");
-        assert!(check(v).unwrap_err().message.contains("url"));
+        assert_eq!(field_of(v), "url");
     }
 
     #[test]

@@ -37,7 +37,11 @@ mod tests {
 
     #[test]
     fn tokens() {
-        let with = |h: &str| TestRequest::default().insert_header((header::AUTHORIZATION, h)).to_http_request();
+        let with = |h: &str| {
+            TestRequest::default()
+                .insert_header((header::AUTHORIZATION, h))
+                .to_http_request()
+        };
         assert!(require(&TestRequest::default().to_http_request(), None).is_ok());
         assert!(require(&TestRequest::default().to_http_request(), Some("t")).is_err());
         assert!(require(&with("Bearer t"), Some("t")).is_ok());

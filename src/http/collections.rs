@@ -78,7 +78,12 @@ fn parse_query(raw: &str) -> Result<ItemsQuery, ApiError> {
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| ApiError::invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))?;
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "limit",
+                            format!("must be an integer from 1 to {MAX_LIMIT}"),
+                        )
+                    })?;
             }
             "cursor" => q.after = Some(decode_cursor(&v)?),
             "format" => {
@@ -94,7 +99,10 @@ fn parse_query(raw: &str) -> Result<ItemsQuery, ApiError> {
                     return Err(ApiError::invalid(field, "filters are field=value, a name of 1-64 characters and a value of at most 1024"));
                 }
                 if q.filters.len() == MAX_FILTERS {
-                    return Err(ApiError::invalid(field, format!("at most {MAX_FILTERS} filters")));
+                    return Err(ApiError::invalid(
+                        field,
+                        format!("at most {MAX_FILTERS} filters"),
+                    ));
                 }
                 q.filters.push((field.to_owned(), v.into_owned()));
             }
@@ -118,21 +126,26 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
 }
 
 /// Does the item's field equal `wanted`? Strings compare as they are, numbers
-/// and booleans by their JSON text, lists match if any element does.
+/// by value (`7.990` finds 7.99), booleans as `true`/`false`, lists match if
+/// any element does.
 fn field_matches(value: Option<&Value>, wanted: &str) -> bool {
     match value {
         None => false,
         Some(Value::String(s)) => s == wanted,
         Some(Value::Array(values)) => values.iter().any(|v| field_matches(Some(v), wanted)),
         Some(Value::Null) => wanted == "null",
-        Some(other) => other.to_string() == wanted,
+        Some(Value::Bool(b)) => wanted == if *b { "true" } else { "false" },
+        Some(Value::Number(n)) => wanted
+            .parse::<f64>()
+            .ok()
+            .is_some_and(|w| Some(w) == n.as_f64()),
+        Some(Value::Object(_)) => false,
     }
 }
 
 fn reader(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     auth::require(req, state.read_token.as_deref())
 }
-
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     reader(&req, &state)?;
@@ -144,7 +157,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(json!({ "collections": collections })))
 }
 
-pub async fn items(req: HttpRequest, state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn items(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     reader(&req, &state)?;
     let query = parse_query(req.query_string())?;
     let name = name.into_inner();
@@ -152,11 +169,19 @@ pub async fn items(req: HttpRequest, state: web::Data<AppState>, name: web::Path
     let (limit, after, filters) = (query.limit, query.after.clone(), query.filters.clone());
     let (items, more) = blocking(move || {
         known_collection_in(&store, &name)?;
-        let keep = |item: &StoredItem| filters.iter().all(|(f, v)| field_matches(item.data.get(f), v));
+        let keep = |item: &StoredItem| {
+            filters
+                .iter()
+                .all(|(f, v)| field_matches(item.data.get(f), v))
+        };
         Ok(store.items(&name, after.as_deref(), limit, keep)?)
     })
     .await?;
-    let next = if more { items.last().map(|i| encode_cursor(&i.key)) } else { None };
+    let next = if more {
+        items.last().map(|i| encode_cursor(&i.key))
+    } else {
+        None
+    };
     let views: Vec<ItemView> = items.iter().map(ItemView::from).collect();
     let mut response = HttpResponse::Ok();
     if let Some(n) = &next {
@@ -172,7 +197,9 @@ pub async fn items(req: HttpRequest, state: web::Data<AppState>, name: web::Path
             }
             response.content_type("application/x-ndjson").body(body)
         }
-        OutputFormat::Csv => response.content_type("text/csv; charset=utf-8").body(to_csv(&items)?),
+        OutputFormat::Csv => response
+            .content_type("text/csv; charset=utf-8")
+            .body(to_csv(&items)?),
     })
 }
 
@@ -186,13 +213,16 @@ fn known_collection_in(store: &crate::store::Store, name: &str) -> Result<(), Ap
 
 /// One row per item: its metadata, then every data field of the page in name order.
 fn to_csv(items: &[StoredItem]) -> Result<Vec<u8>, ApiError> {
-    let fields: std::collections::BTreeSet<&str> =
-        items.iter().flat_map(|i| i.data.keys().map(String::as_str)).collect();
+    let fields: std::collections::BTreeSet<&str> = items
+        .iter()
+        .flat_map(|i| i.data.keys().map(String::as_str))
+        .collect();
     let mut w = csv::Writer::from_writer(Vec::new());
     let header = ["key", "source", "version", "first_seen", "last_seen"]
         .into_iter()
         .chain(fields.iter().copied());
-    w.write_record(header).map_err(|e| ApiError::Internal(e.into()))?;
+    w.write_record(header)
+        .map_err(|e| ApiError::Internal(e.into()))?;
     for i in items {
         let mut row = vec![
             i.key.clone(),
@@ -208,12 +238,18 @@ fn to_csv(items: &[StoredItem]) -> Result<Vec<u8>, ApiError> {
                 Some(v) => v.to_string(),
             });
         }
-        w.write_record(&row).map_err(|e| ApiError::Internal(e.into()))?;
+        w.write_record(&row)
+            .map_err(|e| ApiError::Internal(e.into()))?;
     }
-    w.into_inner().map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))
+    w.into_inner()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))
 }
 
-pub async fn item(req: HttpRequest, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn item(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     reader(&req, &state)?;
     let (name, key) = path.into_inner();
     let store = state.store.clone();
@@ -226,7 +262,8 @@ pub async fn item(req: HttpRequest, state: web::Data<AppState>, path: web::Path<
     })
     .await?;
     let (name, item) = found;
-    let mut body = serde_json::to_value(ItemView::from(&item)).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut body =
+        serde_json::to_value(ItemView::from(&item)).map_err(|e| ApiError::Internal(e.into()))?;
     body["collection"] = json!(name);
     Ok(HttpResponse::Ok().json(body))
 }
@@ -240,20 +277,33 @@ mod tests {
         let q = parse_query("limit=5&format=csv&tags=a&price=3").unwrap();
         assert_eq!((q.limit, q.format), (5, OutputFormat::Csv));
         assert_eq!(q.filters.len(), 2);
-        for (raw, field) in [("limit=0", "limit"), ("limit=x", "limit"), ("format=xml", "format"), ("cursor=%%%", "cursor")] {
+        for (raw, field) in [
+            ("limit=0", "limit"),
+            ("limit=x", "limit"),
+            ("format=xml", "format"),
+            ("cursor=%%%", "cursor"),
+        ] {
             match parse_query(raw) {
                 Err(ApiError::Invalid { field: Some(f), .. }) => assert_eq!(f, field, "{raw}"),
                 other => panic!("{raw}: {other:?}"),
             }
         }
         let c = encode_cursor("abc");
-        assert_eq!(parse_query(&format!("cursor={c}")).unwrap().after.as_deref(), Some("abc"));
+        assert_eq!(
+            parse_query(&format!("cursor={c}"))
+                .unwrap()
+                .after
+                .as_deref(),
+            Some("abc")
+        );
     }
 
     #[test]
     fn filters_match_text_numbers_and_lists() {
         assert!(field_matches(Some(&json!("a")), "a"));
         assert!(field_matches(Some(&json!(12.5)), "12.5"));
+        assert!(field_matches(Some(&json!(12.5)), "12.50"));
+        assert!(field_matches(Some(&json!(true)), "true"));
         assert!(field_matches(Some(&json!(["x", "y"])), "y"));
         assert!(!field_matches(Some(&json!("a")), "b"));
         assert!(!field_matches(None, "a"));

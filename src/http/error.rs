@@ -13,7 +13,10 @@ use crate::domain::SpecError;
 pub enum ApiError {
     /// Bad input; `field` names the input at fault when there is one.
     #[error("{message}")]
-    Invalid { field: Option<String>, message: String },
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("{0}")]

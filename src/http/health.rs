@@ -15,8 +15,8 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let actors_up = ractor::registry::where_is(groups::ORCHESTRATOR.to_string()).is_some()
-        && ractor::registry::where_is(groups::COLLECTIONS.to_string()).is_some();
+    let actors_up = ractor::registry::where_is(groups::ORCHESTRATOR).is_some()
+        && ractor::registry::where_is(groups::COLLECTIONS).is_some();
     if !state.ready.load(Ordering::Acquire) || !actors_up {
         return Err(ApiError::Unavailable("the node is not ready".into()));
     }

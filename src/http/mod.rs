@@ -84,11 +84,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
+    Err(ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// Asks the actor registered under `name`, within [`ACTOR_TIMEOUT`].
@@ -96,25 +104,32 @@ pub async fn ask<M: Message, T: Send + 'static>(
     name: &str,
     build: impl FnOnce(RpcReplyPort<T>) -> M,
 ) -> Result<T, ApiError> {
-    let cell = ractor::registry::where_is(name.to_string())
+    let cell = ractor::registry::where_is(name)
         .ok_or_else(|| ApiError::Unavailable(format!("{name} is not running")))?;
     let actor: ActorRef<M> = cell.into();
     match actor.call(build, Some(ACTOR_TIMEOUT)).await {
         Ok(ractor::rpc::CallResult::Success(t)) => Ok(t),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::Unavailable(format!("{name} did not answer in time"))),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::Unavailable(format!(
+            "{name} did not answer in time"
+        ))),
         _ => Err(ApiError::Unavailable(format!("{name} is not running"))),
     }
 }
 
 /// Reads a request body of at most [`MAX_BODY_BYTES`].
-pub async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(ApiError::TooLarge { limit: MAX_BODY_BYTES });
+        return Err(ApiError::TooLarge {
+            limit: MAX_BODY_BYTES,
+        });
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -123,7 +138,9 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<w
             message: format!("reading the request body: {e}"),
         })?;
         if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ApiError::TooLarge { limit: MAX_BODY_BYTES });
+            return Err(ApiError::TooLarge {
+                limit: MAX_BODY_BYTES,
+            });
         }
         body.extend_from_slice(&chunk);
     }

@@ -21,8 +21,8 @@ fn parse_spec(body: &[u8], path_id: Option<&str>) -> Result<SourceSpec, ApiError
         None => SourceSpec::from_json(body)?,
         Some(id) => {
             // On replace the id may be left out of the body; if given it must match.
-            let mut value: serde_json::Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::Invalid {
+            let mut value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| ApiError::Invalid {
                     field: None,
                     message: format!("the body is not valid JSON: {e}"),
                 })?;
@@ -35,7 +35,12 @@ fn parse_spec(body: &[u8], path_id: Option<&str>) -> Result<SourceSpec, ApiError
                     object.insert("id".into(), json!(id));
                 }
                 Some(given) if given == id => {}
-                Some(_) => return Err(ApiError::invalid("id", format!("must match the path's id '{id}'"))),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "id",
+                        format!("must match the path's id '{id}'"),
+                    ))
+                }
             }
             SourceSpec::from_json(value.to_string().as_bytes())?
         }
@@ -44,13 +49,20 @@ fn parse_spec(body: &[u8], path_id: Option<&str>) -> Result<SourceSpec, ApiError
     Ok(spec)
 }
 
-pub async fn create(req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     admin(&req, &state)?;
     let body = read_body(&req, payload).await?;
     let spec = parse_spec(&body, None)?;
     let view = ask(ORCHESTRATOR, |r| OrchestratorMsg::Create(spec, r)).await??;
     Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/api/v1/sources/{}", view.spec.id)))
+        .insert_header((
+            header::LOCATION,
+            format!("/api/v1/sources/{}", view.spec.id),
+        ))
         .json(view))
 }
 
@@ -60,7 +72,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(json!({ "sources": views })))
 }
 
-pub async fn get(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     admin(&req, &state)?;
     let view = ask(ORCHESTRATOR, |r| OrchestratorMsg::Get(id.into_inner(), r)).await??;
     Ok(HttpResponse::Ok().json(view))
@@ -79,20 +95,35 @@ pub async fn replace(
     Ok(HttpResponse::Ok().json(view))
 }
 
-pub async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     admin(&req, &state)?;
-    ask(ORCHESTRATOR, |r| OrchestratorMsg::Delete(id.into_inner(), r)).await??;
+    ask(ORCHESTRATOR, |r| {
+        OrchestratorMsg::Delete(id.into_inner(), r)
+    })
+    .await??;
     Ok(HttpResponse::NoContent().finish())
 }
 
-pub async fn run_now(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn run_now(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     admin(&req, &state)?;
     let id = id.into_inner();
     ask(ORCHESTRATOR, |r| OrchestratorMsg::RunNow(id.clone(), r)).await??;
     Ok(accepted(json!({ "source": id, "run": "requested" })))
 }
 
-pub async fn runs(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn runs(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     admin(&req, &state)?;
     let mut limit = 20;
     for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
@@ -101,9 +132,14 @@ pub async fn runs(req: HttpRequest, state: web::Data<AppState>, id: web::Path<St
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (1..=crate::store::RUNS_KEPT).contains(n))
-                .ok_or_else(|| ApiError::invalid("limit", format!("must be 1 to {}", crate::store::RUNS_KEPT)))?;
+                .ok_or_else(|| {
+                    ApiError::invalid("limit", format!("must be 1 to {}", crate::store::RUNS_KEPT))
+                })?;
         }
     }
-    let runs = ask(ORCHESTRATOR, |r| OrchestratorMsg::Runs(id.into_inner(), limit, r)).await??;
+    let runs = ask(ORCHESTRATOR, |r| {
+        OrchestratorMsg::Runs(id.into_inner(), limit, r)
+    })
+    .await??;
     Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
 }

@@ -36,7 +36,13 @@ pub struct Pager {
 }
 
 impl Pager {
-    pub fn new(start: Url, max_pages: u32, fetcher: Fetcher, rules: Arc<Rules>, limits: Limits) -> Self {
+    pub fn new(
+        start: Url,
+        max_pages: u32,
+        fetcher: Fetcher,
+        rules: Arc<Rules>,
+        limits: Limits,
+    ) -> Self {
         Pager {
             fetcher,
             rules,
@@ -74,9 +80,10 @@ impl Pager {
         let rules = self.rules.clone();
         let limits = self.limits.clone();
         let page_url = fetched.url.clone();
-        let parsed =
-            tokio::task::spawn_blocking(move || extract::extract(&fetched.body, &fetched.url, &rules, &limits))
-                .await;
+        let parsed = tokio::task::spawn_blocking(move || {
+            extract::extract(&fetched.body, &fetched.url, &rules, &limits)
+        })
+        .await;
         match parsed {
             Ok(Ok(page)) => {
                 self.next = page.next.clone();

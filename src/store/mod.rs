@@ -206,7 +206,10 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), decode("collection", &v)?))
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("collection", &v)?,
+                ))
             })
             .collect()
     }
@@ -314,9 +317,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 1 << 20).unwrap();
-            let out = store.apply_batch(&batch("a", &[("u1", 1), ("u2", 2), ("u1", 1)])).unwrap();
+            let out = store
+                .apply_batch(&batch("a", &[("u1", 1), ("u2", 2), ("u1", 1)]))
+                .unwrap();
             assert_eq!((out.inserted, out.unchanged), (2, 1));
-            let out = store.apply_batch(&batch("a", &[("u1", 1), ("u2", 3)])).unwrap();
+            let out = store
+                .apply_batch(&batch("a", &[("u1", 1), ("u2", 3)]))
+                .unwrap();
             assert_eq!((out.inserted, out.changed, out.unchanged), (0, 1, 1));
             let out = store.apply_batch(&batch("b", &[("u1", 1)])).unwrap();
             assert_eq!(out.taken_from.get("a"), Some(&1));
@@ -343,7 +350,9 @@ mod tests {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let (page, more) = store.items("books", after.as_deref(), 10, |_| true).unwrap();
+            let (page, more) = store
+                .items("books", after.as_deref(), 10, |_| true)
+                .unwrap();
             after = page.last().map(|i| i.key.clone());
             seen.extend(page);
             if !more {

@@ -1,0 +1,202 @@
+//! The admin and read API's contract: validation errors name the field, one
+//! JSON error shape everywhere, tokens, body limits, unknown routes, and the
+//! refusal to serve a non-loopback address without an admin token.
+
+mod common;
+
+use common::{catalogue_spec, Node, NodeConfig, ADMIN_TOKEN};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn every_invalid_field_is_a_400_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    let base = catalogue_spec("books", "http://127.0.0.2:1/catalogue/page-1.html");
+    let long = "a".repeat(2000);
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        ("id", Box::new(|v| v["id"] = json!("Has Spaces"))),
+        ("id", Box::new(|v| v["id"] = json!(""))),
+        ("url", Box::new(|v| v["url"] = json!("file:///etc/passwd"))),
+        ("url", Box::new(|v| v["url"] = json!("javascript:alert(1)"))),
+        ("url", Box::new(|v| v["url"] = json!("http://"))),
+        ("url", Box::new(|v| v["url"] = json!("not a url"))),
+        ("collection", Box::new(|v| v["collection"] = json!("../../etc"))),
+        ("schedule.every_secs", Box::new(|v| v["schedule"]["every_secs"] = json!(0))),
+        ("schedule.every_secs", Box::new(|v| v["schedule"]["every_secs"] = json!(-5))),
+        ("schedule.jitter_secs", Box::new(|v| v["schedule"] = json!({"every_secs": 10, "jitter_secs": 11}))),
+        ("extract.scope", Box::new(|v| v["extract"]["scope"] = json!("article[[["))),
+        ("extract.fields.price.css", Box::new(|v| v["extract"]["fields"]["price"]["css"] = json!(":::"))),
+        ("extract.fields.title.css", Box::new(move |v| v["extract"]["fields"]["title"]["css"] = json!(long.clone()))),
+        ("extract.fields.price.type", Box::new(|v| v["extract"]["fields"]["price"]["type"] = json!("money"))),
+        ("extract.fields.price", Box::new(|v| v["extract"]["fields"]["price"]["colour"] = json!("red"))),
+        ("extract.fields", Box::new(|v| v["extract"]["fields"] = json!({}))),
+        ("extract.next_page.max_pages", Box::new(|v| v["extract"]["next_page"]["max_pages"] = json!(0))),
+        ("extract.next_page.max_pages", Box::new(|v| v["extract"]["next_page"]["max_pages"] = json!(100000))),
+        ("key[0]", Box::new(|v| v["key"] = json!(["isbn"]))),
+        ("colour", Box::new(|v| v["colour"] = json!("red"))),
+        (
+            "extract.scope",
+            Box::new(|v| {
+                v["extract"] = json!({"format": "json", "scope": "items", "fields": {"a": "/a"}});
+            }),
+        ),
+    ];
+    for (field, mutate) in cases {
+        let mut spec = base.clone();
+        mutate(&mut spec);
+        let (status, body) = node.post("/api/v1/sources", &spec).await;
+        assert_error(status, &body, 400, "invalid_request");
+        let got = body["error"]["field"].as_str().unwrap_or("");
+        assert!(got == field || got.starts_with(&format!("{field}.")),
+            "expected field {field}, got {body}");
+    }
+    // Nothing invalid was stored.
+    let (status, body) = node.get("/api/v1/sources").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["sources"], json!([]));
+}
+
+#[tokio::test]
+async fn duplicates_unknowns_bodies_and_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    let spec = catalogue_spec("books", "http://127.0.0.2:1/catalogue/page-1.html");
+    let created = node.create_source(&spec).await;
+    assert_eq!(created["id"], "books");
+    assert_eq!(created["status"]["owner"], "test-node");
+    let (status, body) = node.post("/api/v1/sources", &spec).await;
+    assert_error(status, &body, 409, "conflict");
+
+    for (method, path) in [
+        (Method::GET, "/api/v1/sources/nope"),
+        (Method::DELETE, "/api/v1/sources/nope"),
+        (Method::POST, "/api/v1/sources/nope/run"),
+        (Method::GET, "/api/v1/sources/nope/runs"),
+        (Method::GET, "/api/v1/collections/nope/items"),
+        (Method::GET, "/api/v1/collections/nope/items/abc"),
+        (Method::GET, "/no/such/route"),
+    ] {
+        let (status, body) = node.send(node.request(method.clone(), path)).await;
+        assert_error(status, &body, 404, "not_found");
+    }
+    let (status, body) = node.put("/api/v1/sources/nope", &catalogue_spec("nope", "http://127.0.0.2:1/")).await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = node.send(node.request(Method::PATCH, "/api/v1/sources")).await;
+    assert_error(status, &body, 405, "method_not_allowed");
+    // A replace whose body names another id.
+    let (status, body) = node.put("/api/v1/sources/books", &catalogue_spec("other", "http://127.0.0.2:1/")).await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["error"]["field"], "id");
+
+    let post_raw = |body: Vec<u8>| {
+        node.request(Method::POST, "/api/v1/sources")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let (status, body) = node.send(post_raw(Vec::new())).await;
+    assert_error(status, &body, 400, "invalid_request");
+    let (status, body) = node.send(post_raw(b"{\"id\": ".to_vec())).await;
+    assert_error(status, &body, 400, "invalid_request");
+    let (status, body) = node.send(post_raw(b"[1,2,3]".to_vec())).await;
+    assert_error(status, &body, 400, "invalid_request");
+    let (status, body) = node.send(post_raw(vec![b' '; 300 * 1024])).await;
+    assert_error(status, &body, 413, "payload_too_large");
+    // Deeply nested JSON is refused, not a crash.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, body) = node.send(post_raw(deep.into_bytes())).await;
+    assert_error(status, &body, 400, "invalid_request");
+    // Still healthy and still holding exactly the one source.
+    let (status, _) = node.get("/healthz").await;
+    assert_eq!(status, 200);
+    let (_, body) = node.get("/api/v1/sources").await;
+    assert_eq!(body["sources"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token_read_routes_only_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path())
+        .env("GLEANER_READ_TOKEN", "reader-token")
+        .start()
+        .await;
+    for (method, path) in [
+        (Method::GET, "/api/v1/sources"),
+        (Method::POST, "/api/v1/sources"),
+        (Method::GET, "/api/v1/sources/x"),
+        (Method::DELETE, "/api/v1/sources/x"),
+        (Method::POST, "/api/v1/sources/x/run"),
+        (Method::GET, "/api/v1/collections"),
+    ] {
+        let (status, body) = node.send(node.anonymous(method.clone(), path)).await;
+        assert_error(status, &body, 401, "unauthorized");
+        let wrong = node.anonymous(method.clone(), path).bearer_auth("wrong-token");
+        let (status, body) = node.send(wrong).await;
+        assert_error(status, &body, 401, "unauthorized");
+    }
+    // The read token opens read routes only.
+    let (status, _) = node
+        .send(node.anonymous(Method::GET, "/api/v1/collections").bearer_auth("reader-token"))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = node
+        .send(node.anonymous(Method::GET, "/api/v1/sources").bearer_auth("reader-token"))
+        .await;
+    assert_eq!(status, 401);
+    // The admin token never travels in the URL: a query parameter is ignored.
+    let (status, _) = node
+        .send(node.anonymous(Method::GET, &format!("/api/v1/sources?token={ADMIN_TOKEN}")))
+        .await;
+    assert_eq!(status, 401);
+    // Health routes are open.
+    for path in ["/healthz", "/readyz"] {
+        let (status, _) = node.send(node.anonymous(Method::GET, path)).await;
+        assert_eq!(status, 200, "{path}");
+    }
+
+    // Without a read token, collections are open.
+    let dir2 = tempfile::tempdir().unwrap();
+    let open = NodeConfig::new(dir2.path()).start().await;
+    let (status, _) = open.send(open.anonymous(Method::GET, "/api/v1/collections")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_public_address_without_an_admin_token_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = NodeConfig::new(dir.path())
+        .without_env("GLEANER_ADMIN_TOKEN")
+        .env("GLEANER_HTTP_ADDR", "0.0.0.0:0")
+        .command()
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("GLEANER_ADMIN_TOKEN"), "{stderr}");
+
+    // A bad setting is named too.
+    let output = NodeConfig::new(dir.path())
+        .env("GLEANER_ALLOW_PRIVATE_TARGETS", "10.0.0.0/99")
+        .command()
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("GLEANER_ALLOW_PRIVATE_TARGETS"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_node_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeConfig::new(dir.path()).start().await;
+    node.create_source(&catalogue_spec("books", "http://127.0.0.2:1/catalogue/page-1.html"))
+        .await;
+    assert!(node.terminate(), "the node did not exit 0 on SIGTERM: {:?}", node.logs());
+    assert!(node.logs().iter().any(|l| l.contains("\"stopped\"")));
+}

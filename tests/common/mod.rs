@@ -1,0 +1,326 @@
+//! Shared test helpers: real `gleaner node` processes ([`Node`]), a real local
+//! fixture web site ([`fixture::FixtureSite`]), and [`wait_until`], which polls a
+//! condition against a deadline instead of sleeping a fixed time.
+
+#![allow(dead_code)]
+
+pub mod fixture;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The token the tests' nodes use for admin routes.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `within`.
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `gleaner node` process on loopback, port 0, with its own data directory.
+pub struct Node {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    client: reqwest::Client,
+    token: Option<String>,
+}
+
+/// How to start a node.
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// Sent as the bearer token on every request the helper makes.
+    pub token: Option<String>,
+}
+
+impl NodeConfig {
+    /// A node that may scrape the fixture site (127.0.0.2) and nothing else
+    /// non-public, with an admin token, and quick restarts for tests.
+    pub fn new(data_dir: &Path) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.to_path_buf(),
+            env: vec![
+                ("GLEANER_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+                ("GLEANER_ALLOW_PRIVATE_TARGETS".into(), "127.0.0.2/32".into()),
+                ("GLEANER_RESTART_BACKOFF_MS".into(), "200".into()),
+            ],
+            token: Some(ADMIN_TOKEN.into()),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> NodeConfig {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn without_env(mut self, key: &str) -> NodeConfig {
+        self.env.retain(|(k, _)| k != key);
+        self
+    }
+
+    pub fn token(mut self, token: Option<&str>) -> NodeConfig {
+        self.token = token.map(str::to_owned);
+        self
+    }
+
+    /// The binary's command with this configuration, stdio piped.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gleaner"));
+        cmd.arg("node");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GLEANER_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("GLEANER_HTTP_ADDR", "127.0.0.1:0")
+            .env("GLEANER_DATA_DIR", &self.data_dir)
+            .env("GLEANER_CONFIG", "/dev/null")
+            .env("GLEANER_LOG_FORMAT", "json")
+            .env("GLEANER_LOG", "info,gleaner=debug")
+            .env("GLEANER_NODE_NAME", "test-node");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    }
+
+    pub async fn start(self) -> Node {
+        Node::start(self).await
+    }
+}
+
+fn pump(stream: impl std::io::Read + Send + 'static, logs: Arc<Mutex<Vec<String>>>, addr: mpsc::Sender<SocketAddr>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "http server listening" {
+                    if let Some(a) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
+                        let _ = addr.send(a);
+                    }
+                }
+            }
+            logs.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Node {
+    pub async fn start(config: NodeConfig) -> Node {
+        let mut child = config.command().spawn().expect("the gleaner binary starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        pump(child.stdout.take().unwrap(), logs.clone(), tx.clone());
+        pump(child.stderr.take().unwrap(), logs.clone(), tx);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("node exited with {status} before listening:\n{}", logs.lock().unwrap().join("\n"));
+            }
+            assert!(Instant::now() < deadline, "node did not start listening within 30 s");
+        };
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let node = Node {
+            child,
+            addr,
+            data_dir: config.data_dir,
+            logs,
+            client,
+            token: config.token,
+        };
+        let probe = node.client.clone();
+        let url = node.url("/readyz");
+        wait_until("the node is ready", Duration::from_secs(30), || {
+            let (probe, url) = (probe.clone(), url.clone());
+            async move {
+                let r = probe.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        node
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A request builder with the node's token attached.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let rb = self.client.request(method, self.url(path));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// A request builder without any token.
+    pub fn anonymous(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// Sends and returns the status and the body as JSON (Null if empty or not JSON).
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = rb.send().await.expect("the node answers");
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap_or_default();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::PUT, path).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Creates a source, asserting 201.
+    pub async fn create_source(&self, spec: &Value) -> Value {
+        let (status, body) = self.post("/api/v1/sources", spec).await;
+        assert_eq!(status, 201, "creating {spec}: {body}");
+        body
+    }
+
+    /// The source's view, asserting 200.
+    pub async fn source(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/sources/{id}")).await;
+        assert_eq!(status, 200, "GET source {id}: {body}");
+        body
+    }
+
+    /// Waits until the source's last run satisfies `accept`, and returns the source.
+    pub async fn wait_for_run(&self, id: &str, within: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+        wait_until(&format!("a run of source {id}"), within, || async {
+            let s = self.source(id).await;
+            let run = &s["status"]["last_run"];
+            (!run.is_null() && accept(run)).then_some(s)
+        })
+        .await
+    }
+
+    /// Every item of a collection, walking the cursor.
+    pub async fn all_items(&self, collection: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/collections/{collection}/items?limit=37");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, body) = self.get(&path).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            items.extend(body["items"].as_array().unwrap().iter().cloned());
+            match body["next"].as_str() {
+                Some(n) => cursor = Some(n.to_owned()),
+                None => return items,
+            }
+        }
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait (bounded) for the exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let logs = self.logs.lock().unwrap();
+            let start = logs.len().saturating_sub(60);
+            eprintln!("--- last log lines of node {} ---\n{}", self.addr, logs[start..].join("\n"));
+        }
+    }
+}
+
+/// A catalogue source on the fixture site, as a JSON spec.
+pub fn catalogue_spec(id: &str, url: &str) -> Value {
+    serde_json::json!({
+        "id": id,
+        "url": url,
+        "collection": "books",
+        "schedule": { "every_secs": 3600 },
+        "extract": {
+            "format": "html",
+            "scope": "article.product",
+            "fields": {
+                "title": { "css": "h3 a", "attr": "title" },
+                "price": { "css": ".price", "type": "number" },
+                "url":   { "css": "h3 a", "attr": "href", "type": "url" },
+                "tags":  { "css": ".tag", "all": true }
+            },
+            "next_page": { "css": "li.next a", "attr": "href", "max_pages": 50 }
+        },
+        "key": ["url"]
+    })
+}
