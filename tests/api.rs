@@ -4,15 +4,23 @@
 
 mod common;
 
-use common::{catalogue_spec, Node, NodeConfig, ADMIN_TOKEN};
+use common::{catalogue_spec, NodeConfig, ADMIN_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
+
+/// A change that makes a valid spec invalid.
+type Mutation = Box<dyn Fn(&mut Value)>;
 
 #[tokio::test]
 async fn every_invalid_field_is_a_400_naming_it() {
@@ -20,25 +28,61 @@ async fn every_invalid_field_is_a_400_naming_it() {
     let node = NodeConfig::new(dir.path()).start().await;
     let base = catalogue_spec("books", "http://127.0.0.2:1/catalogue/page-1.html");
     let long = "a".repeat(2000);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, Mutation)> = vec![
         ("id", Box::new(|v| v["id"] = json!("Has Spaces"))),
         ("id", Box::new(|v| v["id"] = json!(""))),
         ("url", Box::new(|v| v["url"] = json!("file:///etc/passwd"))),
         ("url", Box::new(|v| v["url"] = json!("javascript:alert(1)"))),
         ("url", Box::new(|v| v["url"] = json!("http://"))),
         ("url", Box::new(|v| v["url"] = json!("not a url"))),
-        ("collection", Box::new(|v| v["collection"] = json!("../../etc"))),
-        ("schedule.every_secs", Box::new(|v| v["schedule"]["every_secs"] = json!(0))),
-        ("schedule.every_secs", Box::new(|v| v["schedule"]["every_secs"] = json!(-5))),
-        ("schedule.jitter_secs", Box::new(|v| v["schedule"] = json!({"every_secs": 10, "jitter_secs": 11}))),
-        ("extract.scope", Box::new(|v| v["extract"]["scope"] = json!("article[[["))),
-        ("extract.fields.price.css", Box::new(|v| v["extract"]["fields"]["price"]["css"] = json!(":::"))),
-        ("extract.fields.title.css", Box::new(move |v| v["extract"]["fields"]["title"]["css"] = json!(long.clone()))),
-        ("extract.fields.price.type", Box::new(|v| v["extract"]["fields"]["price"]["type"] = json!("money"))),
-        ("extract.fields.price", Box::new(|v| v["extract"]["fields"]["price"]["colour"] = json!("red"))),
-        ("extract.fields", Box::new(|v| v["extract"]["fields"] = json!({}))),
-        ("extract.next_page.max_pages", Box::new(|v| v["extract"]["next_page"]["max_pages"] = json!(0))),
-        ("extract.next_page.max_pages", Box::new(|v| v["extract"]["next_page"]["max_pages"] = json!(100000))),
+        (
+            "collection",
+            Box::new(|v| v["collection"] = json!("../../etc")),
+        ),
+        (
+            "schedule.every_secs",
+            Box::new(|v| v["schedule"]["every_secs"] = json!(0)),
+        ),
+        (
+            "schedule.every_secs",
+            Box::new(|v| v["schedule"]["every_secs"] = json!(-5)),
+        ),
+        (
+            "schedule.jitter_secs",
+            Box::new(|v| v["schedule"] = json!({"every_secs": 10, "jitter_secs": 11})),
+        ),
+        (
+            "extract.scope",
+            Box::new(|v| v["extract"]["scope"] = json!("article[[[")),
+        ),
+        (
+            "extract.fields.price.css",
+            Box::new(|v| v["extract"]["fields"]["price"]["css"] = json!(":::")),
+        ),
+        (
+            "extract.fields.title.css",
+            Box::new(move |v| v["extract"]["fields"]["title"]["css"] = json!(long.clone())),
+        ),
+        (
+            "extract.fields.price.type",
+            Box::new(|v| v["extract"]["fields"]["price"]["type"] = json!("money")),
+        ),
+        (
+            "extract.fields.price",
+            Box::new(|v| v["extract"]["fields"]["price"]["colour"] = json!("red")),
+        ),
+        (
+            "extract.fields",
+            Box::new(|v| v["extract"]["fields"] = json!({})),
+        ),
+        (
+            "extract.next_page.max_pages",
+            Box::new(|v| v["extract"]["next_page"]["max_pages"] = json!(0)),
+        ),
+        (
+            "extract.next_page.max_pages",
+            Box::new(|v| v["extract"]["next_page"]["max_pages"] = json!(100000)),
+        ),
         ("key[0]", Box::new(|v| v["key"] = json!(["isbn"]))),
         ("colour", Box::new(|v| v["colour"] = json!("red"))),
         (
@@ -54,8 +98,10 @@ async fn every_invalid_field_is_a_400_naming_it() {
         let (status, body) = node.post("/api/v1/sources", &spec).await;
         assert_error(status, &body, 400, "invalid_request");
         let got = body["error"]["field"].as_str().unwrap_or("");
-        assert!(got == field || got.starts_with(&format!("{field}.")),
-            "expected field {field}, got {body}");
+        assert!(
+            got == field || got.starts_with(&format!("{field}.")),
+            "expected field {field}, got {body}"
+        );
     }
     // Nothing invalid was stored.
     let (status, body) = node.get("/api/v1/sources").await;
@@ -86,12 +132,24 @@ async fn duplicates_unknowns_bodies_and_routes() {
         let (status, body) = node.send(node.request(method.clone(), path)).await;
         assert_error(status, &body, 404, "not_found");
     }
-    let (status, body) = node.put("/api/v1/sources/nope", &catalogue_spec("nope", "http://127.0.0.2:1/")).await;
+    let (status, body) = node
+        .put(
+            "/api/v1/sources/nope",
+            &catalogue_spec("nope", "http://127.0.0.2:1/"),
+        )
+        .await;
     assert_error(status, &body, 404, "not_found");
-    let (status, body) = node.send(node.request(Method::PATCH, "/api/v1/sources")).await;
+    let (status, body) = node
+        .send(node.request(Method::PATCH, "/api/v1/sources"))
+        .await;
     assert_error(status, &body, 405, "method_not_allowed");
     // A replace whose body names another id.
-    let (status, body) = node.put("/api/v1/sources/books", &catalogue_spec("other", "http://127.0.0.2:1/")).await;
+    let (status, body) = node
+        .put(
+            "/api/v1/sources/books",
+            &catalogue_spec("other", "http://127.0.0.2:1/"),
+        )
+        .await;
     assert_error(status, &body, 400, "invalid_request");
     assert_eq!(body["error"]["field"], "id");
 
@@ -136,17 +194,25 @@ async fn admin_routes_need_the_token_read_routes_only_when_one_is_set() {
     ] {
         let (status, body) = node.send(node.anonymous(method.clone(), path)).await;
         assert_error(status, &body, 401, "unauthorized");
-        let wrong = node.anonymous(method.clone(), path).bearer_auth("wrong-token");
+        let wrong = node
+            .anonymous(method.clone(), path)
+            .bearer_auth("wrong-token");
         let (status, body) = node.send(wrong).await;
         assert_error(status, &body, 401, "unauthorized");
     }
     // The read token opens read routes only.
     let (status, _) = node
-        .send(node.anonymous(Method::GET, "/api/v1/collections").bearer_auth("reader-token"))
+        .send(
+            node.anonymous(Method::GET, "/api/v1/collections")
+                .bearer_auth("reader-token"),
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _) = node
-        .send(node.anonymous(Method::GET, "/api/v1/sources").bearer_auth("reader-token"))
+        .send(
+            node.anonymous(Method::GET, "/api/v1/sources")
+                .bearer_auth("reader-token"),
+        )
         .await;
     assert_eq!(status, 401);
     // The admin token never travels in the URL: a query parameter is ignored.
@@ -163,7 +229,9 @@ async fn admin_routes_need_the_token_read_routes_only_when_one_is_set() {
     // Without a read token, collections are open.
     let dir2 = tempfile::tempdir().unwrap();
     let open = NodeConfig::new(dir2.path()).start().await;
-    let (status, _) = open.send(open.anonymous(Method::GET, "/api/v1/collections")).await;
+    let (status, _) = open
+        .send(open.anonymous(Method::GET, "/api/v1/collections"))
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -195,8 +263,15 @@ async fn a_public_address_without_an_admin_token_refuses_to_start() {
 async fn sigterm_stops_the_node_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = NodeConfig::new(dir.path()).start().await;
-    node.create_source(&catalogue_spec("books", "http://127.0.0.2:1/catalogue/page-1.html"))
-        .await;
-    assert!(node.terminate(), "the node did not exit 0 on SIGTERM: {:?}", node.logs());
+    node.create_source(&catalogue_spec(
+        "books",
+        "http://127.0.0.2:1/catalogue/page-1.html",
+    ))
+    .await;
+    assert!(
+        node.terminate(),
+        "the node did not exit 0 on SIGTERM: {:?}",
+        node.logs()
+    );
     assert!(node.logs().iter().any(|l| l.contains("\"stopped\"")));
 }

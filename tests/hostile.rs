@@ -49,8 +49,14 @@ async fn hostile_responses_end_as_errors_within_limits() {
             .wait_for_run(id, Duration::from_secs(60), |run| run["error"].is_string())
             .await;
         peak_rss = peak_rss.max(node.rss_kib());
-        let error = source["status"]["last_run"]["error"].as_str().unwrap().to_lowercase();
-        assert!(error.contains(expected), "{id}: expected '{expected}' in: {error}");
+        let error = source["status"]["last_run"]["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase();
+        assert!(
+            error.contains(expected),
+            "{id}: expected '{expected}' in: {error}"
+        );
         assert_eq!(source["status"]["last_run"]["items"], 0, "{id}");
         eprintln!("{id}: {error}");
     }
@@ -60,13 +66,27 @@ async fn hostile_responses_end_as_errors_within_limits() {
         node.rss_kib()
     );
     // Nothing reached loopback outside the allowed fixture address.
-    assert_eq!(site.canary_hits(), 0, "a request reached a forbidden address");
+    assert_eq!(
+        site.canary_hits(),
+        0,
+        "a request reached a forbidden address"
+    );
     // A direct loopback source is refused at fetch time as well.
     let mut direct = catalogue_spec("direct", &site.canary_url("/catalogue/page-1.html"));
     direct["collection"] = json!("hostile");
     node.create_source(&direct).await;
-    let d = node.wait_for_run("direct", Duration::from_secs(30), |r| r["error"].is_string()).await;
-    assert!(d["status"]["last_run"]["error"].as_str().unwrap().contains("127.0.0.1"), "{d}");
+    let d = node
+        .wait_for_run("direct", Duration::from_secs(30), |r| {
+            r["error"].is_string()
+        })
+        .await;
+    assert!(
+        d["status"]["last_run"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "{d}"
+    );
     assert_eq!(site.canary_hits(), 0);
 
     // The node is healthy, within bounds, and still scrapes.
@@ -74,7 +94,10 @@ async fn hostile_responses_end_as_errors_within_limits() {
     assert_eq!(status, 200);
     assert!(node.rss_kib() < RSS_BOUND_KIB, "RSS {} KiB", node.rss_kib());
     assert!(peak_rss < RSS_BOUND_KIB, "peak RSS {peak_rss} KiB");
-    node.create_source(&catalogue_spec("fine", &site.url("/catalogue/page-1.html"))).await;
-    let fine = node.wait_for_run("fine", Duration::from_secs(30), |r| r["error"].is_null()).await;
+    node.create_source(&catalogue_spec("fine", &site.url("/catalogue/page-1.html")))
+        .await;
+    let fine = node
+        .wait_for_run("fine", Duration::from_secs(30), |r| r["error"].is_null())
+        .await;
     assert_eq!(fine["status"]["last_run"]["items"], 400);
 }

@@ -209,10 +209,13 @@ impl Actor for ScraperSupervisor {
             ScraperSupervisorMsg::Ensure(spec) => {
                 let spec = *spec;
                 let id = spec.id.clone();
+                // A changed spec runs at once, so its effect shows without waiting a period.
+                let mut run_now = false;
                 if let Some(child) = state.children.get_mut(&id) {
                     if child.spec == spec && !matches!(child.phase, Phase::Failed) {
                         return Ok(());
                     }
+                    run_now = child.spec != spec;
                     ScraperSupervisorState::stop_child(child).await;
                     child.spec = spec;
                     child.failures.reset();
@@ -231,7 +234,7 @@ impl Actor for ScraperSupervisor {
                         },
                     );
                 }
-                state.spawn(&myself, &id, false).await;
+                state.spawn(&myself, &id, run_now).await;
             }
             ScraperSupervisorMsg::Remove(id) => {
                 if let Some(mut child) = state.children.remove(&id) {

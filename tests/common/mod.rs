@@ -29,7 +29,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -60,7 +63,10 @@ impl NodeConfig {
             data_dir: data_dir.to_path_buf(),
             env: vec![
                 ("GLEANER_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
-                ("GLEANER_ALLOW_PRIVATE_TARGETS".into(), "127.0.0.2/32".into()),
+                (
+                    "GLEANER_ALLOW_PRIVATE_TARGETS".into(),
+                    "127.0.0.2/32".into(),
+                ),
                 ("GLEANER_RESTART_BACKOFF_MS".into(), "200".into()),
             ],
             token: Some(ADMIN_TOKEN.into()),
@@ -101,7 +107,9 @@ impl NodeConfig {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd
     }
 
@@ -110,7 +118,11 @@ impl NodeConfig {
     }
 }
 
-fn pump(stream: impl std::io::Read + Send + 'static, logs: Arc<Mutex<Vec<String>>>, addr: mpsc::Sender<SocketAddr>) {
+fn pump(
+    stream: impl std::io::Read + Send + 'static,
+    logs: Arc<Mutex<Vec<String>>>,
+    addr: mpsc::Sender<SocketAddr>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
@@ -139,9 +151,15 @@ impl Node {
                 break addr;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("node exited with {status} before listening:\n{}", logs.lock().unwrap().join("\n"));
+                panic!(
+                    "node exited with {status} before listening:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
             }
-            assert!(Instant::now() < deadline, "node did not start listening within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "node did not start listening within 30 s"
+            );
         };
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let node = Node {
@@ -200,11 +218,13 @@ impl Node {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.send(self.request(reqwest::Method::POST, path).json(body)).await
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.send(self.request(reqwest::Method::PUT, path).json(body)).await
+        self.send(self.request(reqwest::Method::PUT, path).json(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
@@ -226,7 +246,12 @@ impl Node {
     }
 
     /// Waits until the source's last run satisfies `accept`, and returns the source.
-    pub async fn wait_for_run(&self, id: &str, within: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for_run(
+        &self,
+        id: &str,
+        within: Duration,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Value {
         wait_until(&format!("a run of source {id}"), within, || async {
             let s = self.source(id).await;
             let run = &s["status"]["last_run"];
@@ -256,7 +281,8 @@ impl Node {
 
     /// Resident memory of the process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -272,7 +298,10 @@ impl Node {
 
     /// SIGTERM, and wait (bounded) for the exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -298,7 +327,11 @@ impl Drop for Node {
         if std::thread::panicking() {
             let logs = self.logs.lock().unwrap();
             let start = logs.len().saturating_sub(60);
-            eprintln!("--- last log lines of node {} ---\n{}", self.addr, logs[start..].join("\n"));
+            eprintln!(
+                "--- last log lines of node {} ---\n{}",
+                self.addr,
+                logs[start..].join("\n")
+            );
         }
     }
 }

@@ -1,0 +1,516 @@
+//! Fetching one page, within limits and behind the SSRF guard.
+//!
+//! - **Limits.** A connect timeout and a total timeout per attempt that covers
+//!   reading the body (so an endless slow body ends); the body is counted
+//!   *after* decompression (gzip, brotli, deflate) and cut off past the cap, so
+//!   a compression bomb costs at most the cap; at most `max_redirects` hops.
+//! - **SSRF guard.** Non-public addresses (loopback, private, link-local and so
+//!   cloud metadata, CGNAT, multicast, reserved) are refused unless the
+//!   [`TargetPolicy`] allows them. Host names are checked on the addresses they
+//!   *resolve to*, inside the client's own resolver, so what is checked is what
+//!   is dialled (no DNS-rebinding gap). IP-literal hosts never reach a resolver,
+//!   so they are checked before the first request and on every redirect hop.
+//!   Environment proxies are ignored: a proxy would dial on our behalf.
+//! - **Retries.** 5xx, 429, timeouts and connection errors are retried with
+//!   exponential backoff and jitter; nothing else is.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::{Bytes, BytesMut};
+use ipnet::IpNet;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use url::{Host, Url};
+
+/// Which non-public addresses may be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TargetPolicy {
+    /// Public addresses only (the default).
+    #[default]
+    PublicOnly,
+    /// Any address (`GLEANER_ALLOW_PRIVATE_TARGETS=1`).
+    AllowAll,
+    /// Public addresses and these networks.
+    AllowList(Vec<IpNet>),
+}
+
+impl FromStr for TargetPolicy {
+    type Err = String;
+
+    /// `""`, `0`, `false`, `no`: public only; `1`, `true`, `yes`, `all`:
+    /// anything; otherwise a comma-separated list of CIDRs or addresses.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "0" | "false" | "no" => return Ok(TargetPolicy::PublicOnly),
+            "1" | "true" | "yes" | "all" => return Ok(TargetPolicy::AllowAll),
+            _ => {}
+        }
+        let nets = s
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("'{entry}' is not a CIDR or an IP address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TargetPolicy::AllowList(nets))
+    }
+}
+
+impl TargetPolicy {
+    /// May `ip` be fetched?
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        if is_public(ip) {
+            return true;
+        }
+        match self {
+            TargetPolicy::PublicOnly => false,
+            TargetPolicy::AllowAll => true,
+            TargetPolicy::AllowList(nets) => nets.iter().any(|n| n.contains(&ip)),
+        }
+    }
+}
+
+/// Is `ip` a public unicast address? IPv4-mapped, -compatible and NAT64
+/// addresses are judged by the IPv4 address they carry.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (18..20).contains(&b)) // benchmarking 198.18/15
+        || a >= 240) // reserved
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let seg = ip.segments();
+    // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96).
+    if seg[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
+        return is_public_v4(Ipv4Addr::new(
+            (seg[6] >> 8) as u8,
+            seg[6] as u8,
+            (seg[7] >> 8) as u8,
+            seg[7] as u8,
+        ));
+    }
+    if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0; 4] {
+        return is_public_v4(Ipv4Addr::new(
+            (seg[6] >> 8) as u8,
+            seg[6] as u8,
+            (seg[7] >> 8) as u8,
+            seg[7] as u8,
+        ));
+    }
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated) fec0::/10
+        || (seg[0] == 0x2001 && seg[1] == 0x0db8)) // documentation
+}
+
+/// Limits and policy of the fetcher.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub connect_timeout: Duration,
+    /// Total time of one attempt, body included.
+    pub total_timeout: Duration,
+    /// Largest body, counted after decompression.
+    pub max_body_bytes: usize,
+    pub max_redirects: usize,
+    pub user_agent: String,
+    /// Extra attempts after a retryable failure.
+    pub retries: u32,
+    /// First retry delay; it grows exponentially, with jitter.
+    pub retry_base: Duration,
+    pub targets: TargetPolicy,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            connect_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(30),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_redirects: 5,
+            user_agent: format!("gleaner/{}", env!("CARGO_PKG_VERSION")),
+            retries: 2,
+            retry_base: Duration::from_millis(200),
+            targets: TargetPolicy::PublicOnly,
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The SSRF guard refused `target` (an address, a host or a URL).
+    #[error("refused {target}: {reason}")]
+    Forbidden { target: String, reason: String },
+    #[error("timed out")]
+    Timeout,
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the server answered {0}")]
+    Status(u16),
+    #[error("too many redirects")]
+    TooManyRedirects,
+    #[error("{0}: only http and https are fetched")]
+    BadScheme(String),
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("reading the body failed: {0}")]
+    Body(String),
+    #[error("the request failed: {0}")]
+    Client(String),
+}
+
+impl FetchError {
+    /// Worth another attempt: the server or the network may do better next time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            FetchError::Status(s) => *s >= 500 || *s == 429,
+            FetchError::Timeout | FetchError::Connect(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A fetched page.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The final URL, after redirects.
+    pub url: Url,
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    /// Attempts it took (1 when the first one succeeded).
+    pub attempts: u32,
+}
+
+/// The guard's refusal, carried through reqwest's error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{target} is not allowed: {reason}")]
+struct Refused {
+    target: String,
+    reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("too many redirects")]
+struct RedirectLimit;
+
+/// Resolves host names and keeps only the addresses the policy permits.
+struct GuardedResolver {
+    targets: TargetPolicy,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let targets = self.targets.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| targets.permits(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                let shown: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
+                return Err(Box::new(Refused {
+                    target: host,
+                    reason: format!(
+                        "it resolves only to non-public addresses ({})",
+                        shown.join(", ")
+                    ),
+                })
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Checks a URL's scheme and, for an IP-literal host, the address.
+fn check_url(url: &Url, targets: &TargetPolicy) -> Result<(), Refused> {
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(Refused {
+            target: url.to_string(),
+            reason: "only http and https are fetched".into(),
+        });
+    }
+    let ip = match url.host() {
+        Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
+        Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
+        Some(Host::Domain(_)) => return Ok(()),
+        None => {
+            return Err(Refused {
+                target: url.to_string(),
+                reason: "it has no host".into(),
+            })
+        }
+    };
+    if targets.permits(ip) {
+        Ok(())
+    } else {
+        Err(Refused {
+            target: ip.to_string(),
+            reason: "it is not a public address (see GLEANER_ALLOW_PRIVATE_TARGETS)".into(),
+        })
+    }
+}
+
+/// The HTTP client of every scraper on a node; cheap to clone.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    config: Arc<FetchConfig>,
+}
+
+impl Fetcher {
+    pub fn new(config: FetchConfig) -> Result<Fetcher, FetchError> {
+        let targets = config.targets.clone();
+        let max_redirects = config.max_redirects;
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > max_redirects {
+                return attempt.error(RedirectLimit);
+            }
+            match check_url(attempt.url(), &targets) {
+                Ok(()) => attempt.follow(),
+                Err(refused) => attempt.error(refused),
+            }
+        });
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .user_agent(config.user_agent.clone())
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.total_timeout)
+            .redirect(redirects)
+            .dns_resolver(Arc::new(GuardedResolver {
+                targets: config.targets.clone(),
+            }))
+            .gzip(true)
+            .brotli(true)
+            .deflate(true)
+            .build()
+            .map_err(|e| FetchError::Client(e.to_string()))?;
+        Ok(Fetcher {
+            client,
+            config: Arc::new(config),
+        })
+    }
+
+    /// GETs `url` with the limits, the guard and retries. Ok only for 2xx.
+    pub async fn fetch(&self, url: &Url) -> Result<Fetched, FetchError> {
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(FetchError::BadScheme(url.scheme().to_owned()));
+        }
+        check_url(url, &self.config.targets).map_err(|r| FetchError::Forbidden {
+            target: r.target,
+            reason: r.reason,
+        })?;
+        let attempts = AtomicU32::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.retry_base)
+            .with_max_delay(self.config.retry_base * 16)
+            .with_max_times(self.config.retries as usize)
+            .with_jitter();
+        let result = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.attempt(url).await
+        })
+        .retry(backoff)
+        .when(FetchError::is_retryable)
+        .notify(|e, delay| {
+            tracing::warn!(%url, error = %e, delay_ms = delay.as_millis() as u64, "fetch failed, retrying");
+        })
+        .await;
+        result.map(|mut f| {
+            f.attempts = attempts.load(Ordering::Relaxed);
+            f
+        })
+    }
+
+    async fn attempt(&self, url: &Url) -> Result<Fetched, FetchError> {
+        let limit = self.config.max_body_bytes;
+        let mut response = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status(status.as_u16()));
+        }
+        let encoded = response.headers().contains_key(CONTENT_ENCODING);
+        if !encoded && response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(FetchError::TooLarge { limit });
+        }
+        let final_url = response.url().clone();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > limit {
+                return Err(FetchError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched {
+            url: final_url,
+            status: status.as_u16(),
+            content_type,
+            body: body.freeze(),
+            attempts: 1,
+        })
+    }
+}
+
+/// Turns reqwest's error into ours, finding the guard's refusals in its chain.
+fn classify(e: reqwest::Error) -> FetchError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<Refused>() {
+            return FetchError::Forbidden {
+                target: refused.target.clone(),
+                reason: refused.reason.clone(),
+            };
+        }
+        if err.downcast_ref::<RedirectLimit>().is_some() {
+            return FetchError::TooManyRedirects;
+        }
+        source = err.source();
+    }
+    if e.is_timeout() {
+        FetchError::Timeout
+    } else if e.is_connect() {
+        FetchError::Connect(chain(&e))
+    } else if e.is_body() || e.is_decode() {
+        FetchError::Body(chain(&e))
+    } else {
+        FetchError::Client(chain(&e))
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn public_and_not() {
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:93.184.216.34",
+        ] {
+            assert!(is_public(ip(public)), "{public}");
+        }
+        for private in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::",
+            "::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(ip(private)), "{private}");
+        }
+    }
+
+    #[test]
+    fn policies_parse_and_permit() {
+        assert_eq!(
+            "".parse::<TargetPolicy>().unwrap(),
+            TargetPolicy::PublicOnly
+        );
+        assert_eq!("1".parse::<TargetPolicy>().unwrap(), TargetPolicy::AllowAll);
+        let list: TargetPolicy = "127.0.0.2/32, 10.0.0.0/8,::1".parse().unwrap();
+        assert!(list.permits(ip("127.0.0.2")));
+        assert!(list.permits(ip("10.9.9.9")));
+        assert!(list.permits(ip("::1")));
+        assert!(!list.permits(ip("127.0.0.1")));
+        assert!(!list.permits(ip("169.254.169.254")));
+        assert!(list.permits(ip("8.8.8.8")));
+        assert!(!TargetPolicy::PublicOnly.permits(ip("127.0.0.1")));
+        assert!("10.0.0.0/99"
+            .parse::<TargetPolicy>()
+            .unwrap_err()
+            .contains("10.0.0.0/99"));
+    }
+
+    #[test]
+    fn literal_hosts_are_checked_before_any_request() {
+        let p = TargetPolicy::PublicOnly;
+        assert!(check_url(&Url::parse("http://169.254.169.254/latest").unwrap(), &p).is_err());
+        assert!(check_url(&Url::parse("http://[::1]:80/").unwrap(), &p).is_err());
+        assert!(check_url(&Url::parse("http://example.org/").unwrap(), &p).is_ok());
+        assert!(check_url(&Url::parse("ftp://example.org/").unwrap(), &p).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! A real local web site for the tests, served by axum on 127.0.0.2 (the
+//! address the test nodes are allowed to fetch), plus a *canary* listener on
+//! 127.0.0.1 that only counts what reaches it: a node must never reach it.
+//!
+//! Routes: a 20-page catalogue, a 3-page cycle, a paginated JSON API, a page
+//! that changes on demand, failures, a page of markup-looking text, and
+//! hostile responses (gzip bomb, deep nesting, huge and endless bodies,
+//! redirects to the metadata address, to loopback, and to itself).
+
+#![allow(dead_code)]
+
+use std::future::IntoFuture;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+/// Pages of the catalogue, and items on each.
+pub const CATALOGUE_PAGES: u32 = 20;
+pub const ITEMS_PER_PAGE: u32 = 20;
+
+struct Site {
+    log: Mutex<Vec<String>>,
+    revision: AtomicU32,
+    canary_hits: AtomicUsize,
+    canary: OnceLock<SocketAddr>,
+}
+
+pub struct FixtureSite {
+    addr: SocketAddr,
+    canary: SocketAddr,
+    site: Arc<Site>,
+}
+
+impl FixtureSite {
+    pub async fn start() -> FixtureSite {
+        let site = Arc::new(Site {
+            log: Mutex::new(Vec::new()),
+            revision: AtomicU32::new(1),
+            canary_hits: AtomicUsize::new(0),
+            canary: OnceLock::new(),
+        });
+        let canary_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let canary = canary_listener.local_addr().unwrap();
+        site.canary.set(canary).unwrap();
+        let counted = site.clone();
+        let canary_app = Router::new().fallback(move || {
+            let counted = counted.clone();
+            async move {
+                counted.canary_hits.fetch_add(1, Ordering::SeqCst);
+                html(catalogue_page(1))
+            }
+        });
+        tokio::spawn(axum::serve(canary_listener, canary_app).into_future());
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("127.0.0.2 is on the loopback interface");
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(route).with_state(site.clone());
+        tokio::spawn(axum::serve(listener, app).into_future());
+        FixtureSite { addr, canary, site }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn canary_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.canary, path)
+    }
+
+    pub fn canary_hits(&self) -> usize {
+        self.site.canary_hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests so far whose path and query start with `prefix`.
+    pub fn hits(&self, prefix: &str) -> usize {
+        self.site
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.starts_with(prefix))
+            .count()
+    }
+
+    /// Changes the prices on /changing.html.
+    pub fn set_revision(&self, rev: u32) {
+        self.site.revision.store(rev, Ordering::SeqCst);
+    }
+}
+
+fn html(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+fn product(i: u32, href: &str, price: &str) -> String {
+    format!(
+        "  <article class=\"product\">\n    <h3>\n      <a href=\"{href}\" title=\"Book {i}\">Book {i}</a>\n    </h3>\n    \
+         <p class=\"price\">\n      £{price}  </p>\n    <span class=\"tag\">t{}</span> <span class=\"tag\">all</span>\n  </article>\n",
+        i % 3
+    )
+}
+
+fn page(products: &str, next: Option<String>) -> String {
+    let pager = next
+        .map(|n| {
+            format!("  <ul class=\"pager\"><li class=\"next\"><a href=\"{n}\">next</a></li></ul>\n")
+        })
+        .unwrap_or_default();
+    format!("<!DOCTYPE html>\n<html>\n<head><title>Catalogue</title></head>\n<body>\n{products}{pager}</body>\n</html>\n")
+}
+
+/// Page `n` of the catalogue: items (n-1)*20+1 ..= n*20.
+pub fn catalogue_page(n: u32) -> String {
+    let products: String = (1..=ITEMS_PER_PAGE)
+        .map(|k| {
+            let i = (n - 1) * ITEMS_PER_PAGE + k;
+            product(i, &format!("/catalogue/item-{i}.html"), &format!("{i}.99"))
+        })
+        .collect();
+    page(
+        &products,
+        (n < CATALOGUE_PAGES).then(|| format!("page-{}.html", n + 1)),
+    )
+}
+
+fn numbered(path: &str, prefix: &str, suffix: &str) -> Option<u32> {
+    path.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
+}
+
+fn gzip_bomb() -> &'static [u8] {
+    static BOMB: OnceLock<Vec<u8>> = OnceLock::new();
+    BOMB.get_or_init(|| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..100 {
+            enc.write_all(&zeros).unwrap();
+        }
+        enc.finish().unwrap()
+    })
+}
+
+fn deep_page() -> &'static str {
+    static DEEP: OnceLock<String> = OnceLock::new();
+    DEEP.get_or_init(|| {
+        format!(
+            "<html><body>{}deep{}</body></html>",
+            "<div>".repeat(200_000),
+            "</div>".repeat(200_000)
+        )
+    })
+}
+
+/// 200 MB in 64 KiB chunks, generated as it is sent.
+fn huge_body() -> Body {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = (200 * 1024 * 1024) / CHUNK;
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(|_| Ok::<_, std::convert::Infallible>(Bytes::from(vec![b'a'; CHUNK]))),
+    );
+    Body::from_stream(stream)
+}
+
+/// A small chunk every 100 ms, for at most ten minutes or until the client goes.
+fn slow_body() -> Body {
+    let stream = futures_util::stream::unfold(0u32, |n| async move {
+        if n >= 6000 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from_static(b"<p>still going</p>\n")),
+            n + 1,
+        ))
+    });
+    Body::from_stream(stream)
+}
+
+fn redirect(to: String) -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+}
+
+async fn route(State(site): State<Arc<Site>>, uri: Uri) -> Response {
+    let path_and_query = uri
+        .path_and_query()
+        .map_or(uri.path().to_owned(), |p| p.to_string());
+    site.log.lock().unwrap().push(path_and_query);
+    let path = uri.path();
+    if let Some(n) = numbered(path, "/catalogue/page-", ".html") {
+        if (1..=CATALOGUE_PAGES).contains(&n) {
+            return html(catalogue_page(n));
+        }
+    }
+    if let Some(n) = numbered(path, "/cycle/page-", ".html") {
+        if (1..=3).contains(&n) {
+            let products: String = (1..=2)
+                .map(|k| {
+                    let i = 1000 + n * 10 + k;
+                    product(i, &format!("/cycle/item-{i}.html"), &format!("{i}.00"))
+                })
+                .collect();
+            let next = if n == 3 {
+                "page-1.html".to_string()
+            } else {
+                format!("page-{}.html", n + 1)
+            };
+            return html(page(&products, Some(next)));
+        }
+    }
+    match path {
+        "/api/items" => {
+            let n: u32 = uri
+                .query()
+                .and_then(|q| q.strip_prefix("page="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if !(1..=3).contains(&n) {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            let items: Vec<serde_json::Value> = (1..=5)
+                .map(|k| {
+                    let id = (n - 1) * 5 + k;
+                    serde_json::json!({ "id": id, "name": format!("Item {id}"), "price": format!("{id}.50"), "link": format!("/p/{id}") })
+                })
+                .collect();
+            let next = (n < 3).then(|| format!("/api/items?page={}", n + 1));
+            axum::Json(serde_json::json!({ "data": { "items": items, "next": next } })).into_response()
+        }
+        "/changing.html" => {
+            let rev = site.revision.load(Ordering::SeqCst);
+            let products: String = (1..=3)
+                .map(|i| product(i, &format!("/changing/item-{i}.html"), &format!("{i}.{rev}0")))
+                .collect();
+            html(page(&products, None))
+        }
+        "/xss.html" => html(page(
+            &format!(
+                "  <article class=\"product\"><h3><a href=\"/x\" title=\"x\">{}</a></h3><p class=\"price\">{}</p></article>\n",
+                "&lt;img src=x onerror=alert(1)&gt;",
+                "&lt;script&gt;alert(2)&lt;/script&gt;"
+            ),
+            None,
+        )),
+        "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, "failing on purpose").into_response(),
+        "/missing" => StatusCode::NOT_FOUND.into_response(),
+        "/hostile/gzip-bomb" => (
+            [(header::CONTENT_TYPE, "text/html"), (header::CONTENT_ENCODING, "gzip")],
+            gzip_bomb(),
+        )
+            .into_response(),
+        "/hostile/deep" => html(deep_page().to_owned()),
+        "/hostile/huge" => ([(header::CONTENT_TYPE, "text/html")], huge_body()).into_response(),
+        "/hostile/huge-cl" => (
+            [(header::CONTENT_TYPE, "text/html".to_owned()), (header::CONTENT_LENGTH, (200u64 * 1024 * 1024).to_string())],
+            huge_body(),
+        )
+            .into_response(),
+        "/hostile/slow" => ([(header::CONTENT_TYPE, "text/html")], slow_body()).into_response(),
+        "/hostile/redirect-metadata" => redirect("http://169.254.169.254/latest/meta-data/".into()),
+        "/hostile/redirect-loopback" => {
+            let canary = site.canary.get().expect("the canary is bound first");
+            redirect(format!("http://{canary}/catalogue/page-1.html"))
+        }
+        "/hostile/redirect-loop" => redirect("/hostile/redirect-loop".into()),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
