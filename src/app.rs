@@ -14,6 +14,7 @@ use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::actors::node_supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::events::Events;
 use crate::http::{self, AppState};
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
@@ -49,6 +50,7 @@ impl App {
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
         let node_id = store.node_id()?;
         let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
+        let events = Events::new(&settings.node_name);
         let args = NodeArgs {
             store: store.clone(),
             node_name: settings.node_name.clone(),
@@ -58,15 +60,23 @@ impl App {
                 max_depth: settings.max_html_depth,
             },
             restart: settings.restart,
+            events: events.clone(),
         };
         let (root, root_done) = Actor::spawn(None, NodeSupervisor, args)
             .await
             .context("starting the node's actors")?;
 
+        let listener = std::net::TcpListener::bind(settings.http_addr)
+            .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;
+        let http_addr = listener.local_addr()?;
         let ready = Arc::new(AtomicBool::new(false));
         let state = web::Data::new(AppState {
             store: store.clone(),
             node_name: settings.node_name.clone(),
+            node_id: node_id.clone(),
+            http_addr,
+            started_at: chrono::Utc::now(),
+            events,
             admin_token: settings.admin_token.clone(),
             read_token: settings.read_token.clone(),
             ready: ready.clone(),
@@ -80,13 +90,9 @@ impl App {
         })
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .disable_signals()
-        .bind(settings.http_addr)
-        .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;
-        let http_addr = *server
-            .addrs()
-            .first()
-            .context("the HTTP server bound no address")?;
-        let server = server.run();
+        .listen(listener)
+        .context("listening on the HTTP address")?
+        .run();
         ready.store(true, Ordering::Release);
         tracing::info!(
             addr = %http_addr,

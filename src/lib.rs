@@ -26,6 +26,7 @@ pub mod actors;
 pub mod app;
 pub mod cluster;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod scrape;
 pub mod settings;

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::endpoint::{CollectionSummary, EndpointMsg};
 use crate::domain::ItemBatch;
+use crate::events::{Event, Events};
 use crate::store::{BatchOutcome, Store};
 
 pub struct Aggregator;
@@ -19,6 +20,7 @@ pub struct AggregatorArgs {
     pub collection: String,
     pub store: Store,
     pub endpoint: ActorRef<EndpointMsg>,
+    pub events: Events,
 }
 
 #[derive(RactorMessage)]
@@ -139,6 +141,10 @@ impl Actor for Aggregator {
                     .args
                     .endpoint
                     .cast(EndpointMsg::Updated(state.summary()));
+                state.args.events.publish(Event::CollectionUpdated {
+                    collection: state.stats.collection.clone(),
+                    items: state.stats.items,
+                });
                 let _ = reply.send(Ok(outcome));
             }
             AggregatorMsg::Stats(reply) => {

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg, AggregatorStats};
 use super::endpoint::{CollectionSummary, Endpoint, EndpointMsg};
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use crate::events::Events;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
 
@@ -23,6 +24,7 @@ pub struct CollectionSupervisor;
 pub struct CollectionSupervisorArgs {
     pub store: Store,
     pub restart: RestartPolicy,
+    pub events: Events,
 }
 
 #[derive(RactorMessage)]
@@ -81,6 +83,7 @@ impl CollectionSupervisor {
             collection: name.to_owned(),
             store: state.args.store.clone(),
             endpoint: endpoint.clone(),
+            events: state.args.events.clone(),
         };
         let aggregator = match Actor::spawn_linked(None, Aggregator, args, cell).await {
             Ok((a, _)) => a,

@@ -16,6 +16,7 @@ use super::collection_supervisor::{
 use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::groups;
+use crate::events::Events;
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
@@ -31,6 +32,7 @@ pub struct NodeArgs {
     pub fetcher: Fetcher,
     pub limits: Limits,
     pub restart: RestartPolicy,
+    pub events: Events,
 }
 
 #[derive(RactorMessage)]
@@ -58,6 +60,7 @@ impl NodeState {
             CollectionSupervisorArgs {
                 store: a.store.clone(),
                 restart: a.restart,
+                events: a.events.clone(),
             },
             myself.get_cell(),
         )
@@ -74,6 +77,7 @@ impl NodeState {
                 fetcher: a.fetcher.clone(),
                 limits: a.limits.clone(),
                 restart: a.restart,
+                events: a.events.clone(),
             },
             myself.get_cell(),
         )

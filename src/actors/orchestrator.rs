@@ -21,6 +21,7 @@ use super::scraper_supervisor::{
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::placement;
 use crate::domain::{RunRecord, SourceRecord, SourceSpec, Version};
+use crate::events::{Event, Events};
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
@@ -38,6 +39,7 @@ pub struct OrchestratorArgs {
     pub fetcher: Fetcher,
     pub limits: Limits,
     pub restart: RestartPolicy,
+    pub events: Events,
 }
 
 /// Why an admin command was refused.
@@ -63,6 +65,8 @@ pub enum OrchestratorMsg {
     List(Reply<Vec<SourceView>>),
     /// A source's recent runs, newest first.
     Runs(String, usize, Reply<Vec<RunRecord>>),
+    /// The live state of every scraper on this node, for the debug view.
+    Runtimes(RpcReplyPort<BTreeMap<String, SourceRuntime>>),
 }
 
 /// A source as the API returns it: its spec plus live status.
@@ -114,6 +118,13 @@ impl OrchestratorState {
             .await
             .map_err(store_err)?
             .map_err(store_err)
+    }
+
+    fn changed(&self, source: &str, change: &'static str) {
+        self.args.events.publish(Event::SourceChanged {
+            source: source.to_owned(),
+            change,
+        });
     }
 
     /// Does this node run the source?
@@ -252,6 +263,9 @@ impl OrchestratorState {
 
     async fn handle_admin(&self, msg: OrchestratorMsg) {
         match msg {
+            OrchestratorMsg::Runtimes(reply) => {
+                let _ = reply.send(self.live().await.0);
+            }
             OrchestratorMsg::Create(spec, reply) => {
                 let result = async {
                     let id = spec.id.clone();
@@ -269,6 +283,7 @@ impl OrchestratorState {
                     };
                     let record = self.save(record).await?;
                     tracing::info!(source = %record.spec.id, url = %record.spec.url, "source created");
+                    self.changed(&record.spec.id, "created");
                     self.view(record).await
                 }
                 .await;
@@ -286,6 +301,7 @@ impl OrchestratorState {
                     };
                     let record = self.save(record).await?;
                     tracing::info!(source = %record.spec.id, "source replaced");
+                    self.changed(&record.spec.id, "replaced");
                     self.view(record).await
                 }
                 .await;
@@ -302,6 +318,7 @@ impl OrchestratorState {
                     };
                     self.save(record).await?;
                     tracing::info!(source = %id, "source deleted");
+                    self.changed(&id, "deleted");
                     Ok(())
                 }
                 .await;
@@ -368,6 +385,7 @@ async fn spawn_scrapers(
         store: args.store.clone(),
         collections: args.collections.clone(),
         restart: args.restart,
+        events: args.events.clone(),
     };
     let (scrapers, _) =
         Actor::spawn_linked(None, ScraperSupervisor, sup_args, myself.get_cell()).await?;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use super::aggregator::AggregatorMsg;
 use super::ASK_TIMEOUT;
 use crate::domain::{ItemBatch, RunRecord, SourceSpec};
+use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::scrape::Pager;
@@ -34,6 +35,7 @@ pub struct ScraperArgs {
     pub aggregator: ActorRef<AggregatorMsg>,
     /// Run at once instead of waiting for the schedule (after a failure's backoff).
     pub run_now: bool,
+    pub events: Events,
 }
 
 #[derive(RactorMessage)]
@@ -101,6 +103,9 @@ impl ScraperState {
         }
         self.stats.next_run = None;
         self.stats.running = true;
+        self.args.events.publish(Event::RunStarted {
+            source: self.args.spec.id.clone(),
+        });
         let spec = self.args.spec.clone();
         let pager = match url::Url::parse(&spec.url) {
             Ok(url) => Pager::new(
@@ -291,6 +296,13 @@ impl Actor for Scraper {
                 let saved = record.clone();
                 tokio::task::spawn_blocking(move || store.record_run(&id, &saved)).await??;
                 let source = &state.args.spec.id;
+                state.args.events.publish(Event::RunFinished {
+                    source: source.clone(),
+                    pages: record.pages,
+                    items: record.items,
+                    duration_ms: record.duration_ms,
+                    error: record.error.clone(),
+                });
                 if let Some(error) = record.error {
                     state.stats.errors += 1;
                     tracing::warn!(source = %source, pages = record.pages, items = record.items, %error, "run failed");

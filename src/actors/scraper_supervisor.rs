@@ -19,6 +19,7 @@ use super::collection_supervisor::CollectionSupervisorMsg;
 use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperStats};
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::domain::SourceSpec;
+use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
@@ -32,6 +33,7 @@ pub struct ScraperSupervisorArgs {
     pub store: Store,
     pub collections: ActorRef<CollectionSupervisorMsg>,
     pub restart: RestartPolicy,
+    pub events: Events,
 }
 
 #[derive(RactorMessage)]
@@ -124,6 +126,7 @@ impl ScraperSupervisorState {
                 store: self.args.store.clone(),
                 aggregator,
                 run_now,
+                events: self.args.events.clone(),
             };
             Actor::spawn_linked(None, Scraper, args, myself.get_cell())
                 .await
@@ -152,6 +155,11 @@ impl ScraperSupervisorState {
                 };
                 let (id, generation) = (id.to_owned(), child.generation);
                 tracing::info!(source = %id, delay_ms = delay.as_millis() as u64, %error, "scraper restarting after backoff");
+                self.args.events.publish(Event::BackingOff {
+                    source: id.clone(),
+                    delay_ms: delay.as_millis() as u64,
+                    error: error.clone(),
+                });
                 myself.send_after(delay, move || ScraperSupervisorMsg::Restart {
                     id,
                     generation,
@@ -160,6 +168,10 @@ impl ScraperSupervisorState {
             AfterFailure::GiveUp => {
                 tracing::error!(source = %id, %error, "source failed too often, stopped until its spec changes or a run is asked for");
                 child.phase = Phase::Failed;
+                self.args.events.publish(Event::SourceFailed {
+                    source: id.to_owned(),
+                    error,
+                });
             }
         }
     }

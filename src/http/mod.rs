@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod collections;
+pub mod debug;
 pub mod error;
 pub mod health;
 pub mod sources;
@@ -32,6 +33,11 @@ pub const ACTOR_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AppState {
     pub store: Store,
     pub node_name: String,
+    pub node_id: String,
+    /// The HTTP address this node is bound to.
+    pub http_addr: std::net::SocketAddr,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub events: crate::events::Events,
     pub admin_token: Option<String>,
     pub read_token: Option<String>,
     /// False until the node's actors are up, and again once shutdown starts.
@@ -78,6 +84,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(collections::item))
             .default_service(web::to(method_not_allowed)),
     )
+    .service(web::resource("/debug/state").route(web::get().to(debug::state)))
+    .service(web::resource("/debug/events").route(web::get().to(debug::events)))
+    .service(web::resource("/dashboard").route(web::get().to(debug::dashboard)))
+    .service(web::resource("/dashboard/app.js").route(web::get().to(debug::dashboard_js)))
+    .service(web::resource("/dashboard/app.css").route(web::get().to(debug::dashboard_css)))
     .service(web::resource("/healthz").route(web::get().to(health::healthz)))
     .service(web::resource("/readyz").route(web::get().to(health::readyz)))
     .default_service(web::to(not_found));

@@ -1,0 +1,304 @@
+// gleaner dashboard: renders /debug/state and refreshes it on every event of
+// /debug/events (a streamed fetch, so the token travels in a header, never in
+// a URL), with a slow poll as a fallback. Every value from the server is put
+// into the page as text (text nodes, never markup).
+"use strict";
+
+const TOKEN_KEY = "gleaner.admin_token";
+const POLL_MS = 10000;
+const REFRESH_DEBOUNCE_MS = 150;
+const MAX_EVENTS = 50;
+
+let current = null;
+let refreshTimer = null;
+let streaming = false;
+
+const $ = (id) => document.getElementById(id);
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function headers() {
+  const t = token();
+  return t ? { Authorization: "Bearer " + t } : {};
+}
+
+class Unauthorized extends Error {}
+
+async function api(path) {
+  const response = await fetch(path, { headers: headers(), cache: "no-store" });
+  if (response.status === 401) throw new Unauthorized();
+  if (!response.ok) throw new Error(path + " answered " + response.status);
+  return response;
+}
+
+// Builds an element; children are nodes or values shown as text.
+function el(tag, props, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "on") for (const [ev, f] of Object.entries(v)) e.addEventListener(ev, f);
+    else e.dataset[k] = v;
+  }
+  for (const c of children) {
+    if (c instanceof Node) e.append(c);
+    else e.append(document.createTextNode(c === null || c === undefined ? "" : String(c)));
+  }
+  return e;
+}
+
+function stateCell(state) {
+  return el("td", { class: "state state-" + state }, state);
+}
+
+function ago(iso) {
+  if (!iso) return "";
+  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
+  if (s < 0) return "in " + duration(-s);
+  return duration(s) + " ago";
+}
+
+function duration(s) {
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+  return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "";
+  return (n / (1024 * 1024)).toFixed(1) + " MiB";
+}
+
+function showLogin(message) {
+  $("main").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("token").focus();
+}
+
+function renderMembers(state) {
+  const body = $("members").tBodies[0];
+  body.replaceChildren(
+    ...state.members.map((m) =>
+      el("tr", { member: m.name },
+        el("td", {}, m.name), el("td", {}, m.address), el("td", {}, m.role), stateCell(m.state),
+        el("td", {}, duration(m.uptime_secs)), el("td", { class: "owned" }, m.sources_owned),
+        el("td", {}, bytes(m.memory_rss_bytes)))));
+}
+
+function treeItem(actor) {
+  const stats = actor.stats || {};
+  const counters = ["runs", "items", "errors", "restarts", "batches", "inserted", "changed"]
+    .filter((k) => typeof stats[k] === "number")
+    .map((k) => k + " " + stats[k]).join(", ");
+  const li = el("li", { actor: actor.kind + ":" + actor.id },
+    el("span", { class: "kind" }, actor.kind), " ", actor.id, " ",
+    el("span", { class: "state state-" + actor.state }, actor.state), " ",
+    el("span", { class: "muted" }, counters));
+  if (stats.last_run) {
+    li.append(el("span", { class: "muted" }, " · last run " + ago(stats.last_run.finished_at) +
+      " (" + stats.last_run.duration_ms + " ms)"));
+  }
+  if (stats.next_run) li.append(el("span", { class: "muted" }, " · next " + ago(stats.next_run)));
+  if (stats.last_error) li.append(el("div", { class: "error" }, stats.last_error));
+  // Scrapers are listed (filtered, grouped) in the sources table; the tree counts them.
+  const children = (actor.children || []).filter((c) => c.kind !== "Scraper");
+  if (children.length) li.append(el("ul", { class: "tree" }, ...children.map(treeItem)));
+  const scrapers = (actor.children || []).length - children.length;
+  if (scrapers) li.append(el("ul", { class: "tree" }, el("li", { class: "muted" }, scrapers + " Scraper actors, listed under Sources")));
+  return li;
+}
+
+function renderTrees(state) {
+  $("trees").replaceChildren(
+    ...state.nodes.map((n) => el("div", { node: n.name }, el("ul", { class: "tree" }, treeItem(n.tree)))));
+}
+
+function allSources(state) {
+  const out = [];
+  for (const node of state.nodes) {
+    const scrapers = new Map();
+    const walk = (a) => { if (a.kind === "Scraper") scrapers.set(a.id, a); (a.children || []).forEach(walk); };
+    walk(node.tree);
+    for (const s of node.sources) out.push({ node: node.name, source: s, scraper: scrapers.get(s.id) });
+  }
+  return out;
+}
+
+function fillSelect(select, values) {
+  const keep = select.value;
+  select.replaceChildren(select.options[0], ...values.map((v) => el("option", {}, v)));
+  for (const o of select.options) o.value = o.value || o.textContent;
+  select.options[0].value = "";
+  select.value = values.includes(keep) ? keep : "";
+}
+
+function sourceRow(entry) {
+  const s = entry.source;
+  const st = (entry.scraper && entry.scraper.stats) || {};
+  const run = s.status.last_run;
+  return el("tr", { class: "source", source: s.id, on: { click: () => showHistory(s.id) } },
+    el("td", { class: "id" }, s.id),
+    stateCell(s.status.state),
+    el("td", {}, s.status.owner),
+    el("td", {}, s.collection),
+    el("td", { class: "runs" }, st.runs ?? 0),
+    el("td", { class: "items" }, s.status.items),
+    el("td", { class: "errors" }, st.errors ?? 0),
+    el("td", {}, run ? ago(run.finished_at) + " (" + run.duration_ms + " ms, " + run.items + " items)" : "never"),
+    el("td", {}, s.status.next_run ? ago(s.status.next_run) : ""),
+    el("td", { class: "error last-error" }, s.status.last_error || ""));
+}
+
+const STATE_ORDER = ["failed", "backing_off", "running", "scheduled", "disabled"];
+
+function renderSources(state) {
+  const entries = allSources(state);
+  fillSelect($("filter-state"), STATE_ORDER.filter((st) => entries.some((e) => e.source.status.state === st)));
+  fillSelect($("filter-node"), state.nodes.map((n) => n.name));
+  const q = $("search").value.trim().toLowerCase();
+  const wantState = $("filter-state").value;
+  const wantNode = $("filter-node").value;
+  const shown = entries.filter((e) =>
+    (!wantState || e.source.status.state === wantState) &&
+    (!wantNode || e.node === wantNode) &&
+    (!q || [e.source.id, e.source.url, e.source.collection].some((v) => v.toLowerCase().includes(q))));
+  $("source-count").textContent = "(" + shown.length + " of " + entries.length + ")";
+  const groups = STATE_ORDER.map((st) => [st, shown.filter((e) => e.source.status.state === st)])
+    .filter(([, list]) => list.length);
+  const head = () => el("thead", {}, el("tr", {}, ...["id", "state", "owner", "collection", "runs", "items",
+    "errors", "last run", "next run", "last error"].map((h) => el("th", {}, h))));
+  const open = new Set([...document.querySelectorAll("details.group[open]")].map((d) => d.dataset.group));
+  $("sources").replaceChildren(...groups.map(([st, list]) => {
+    const details = el("details", { class: "group", group: st },
+      el("summary", {}, st + " (" + list.length + ")"),
+      el("table", {}, head(), el("tbody", {}, ...list.map(sourceRow))));
+    details.open = current === null || open.has(st) || list.length <= 200 || st === "failed";
+    return details;
+  }));
+}
+
+function renderCollections(state) {
+  const rows = [];
+  for (const node of state.nodes) {
+    for (const c of node.collections) {
+      rows.push(el("tr", { class: "source", collection: c.name, on: { click: () => showItems(c.name) } },
+        el("td", {}, c.name), el("td", { class: "items" }, c.items), el("td", {}, ago(c.last_update)),
+        el("td", {}, c.batches ?? ""), el("td", {}, c.inserted ?? ""), el("td", {}, c.changed ?? "")));
+    }
+  }
+  $("collections").tBodies[0].replaceChildren(...rows);
+}
+
+function render(state) {
+  current = state;
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("node-name").textContent = state.self;
+  $("updated").textContent = "updated " + new Date(state.generated_at).toLocaleTimeString();
+  renderMembers(state);
+  renderTrees(state);
+  renderSources(state);
+  renderCollections(state);
+}
+
+async function refresh() {
+  try {
+    const state = await (await api("/debug/state")).json();
+    render(state);
+    if (!streaming) streamEvents();
+  } catch (e) {
+    if (e instanceof Unauthorized) showLogin(token() ? "That token was refused." : "");
+    else $("updated").textContent = "refresh failed: " + e.message;
+  }
+}
+
+function scheduleRefresh() {
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, REFRESH_DEBOUNCE_MS);
+}
+
+function logEvent(text) {
+  const list = $("events");
+  list.prepend(el("li", {}, text));
+  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+}
+
+// Reads the server-sent event stream through fetch, so the bearer token goes in a header.
+async function streamEvents() {
+  streaming = true;
+  try {
+    const response = await api("/debug/events");
+    $("live").textContent = "live";
+    $("live").className = "badge on";
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const frame = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const data = frame.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        if (!data) continue;
+        try {
+          const ev = JSON.parse(data);
+          if (ev.kind) logEvent(new Date(ev.at).toLocaleTimeString() + " " + ev.node + " " + ev.kind + " " +
+            (ev.source || ev.collection || "") + (ev.error ? ": " + ev.error : ""));
+        } catch (_) { /* a frame we do not know */ }
+        scheduleRefresh();
+      }
+    }
+  } catch (e) {
+    if (e instanceof Unauthorized) { streaming = false; showLogin(); return; }
+  }
+  $("live").textContent = "reconnecting";
+  $("live").className = "badge off";
+  setTimeout(streamEvents, 2000);
+}
+
+async function showItems(name) {
+  try {
+    const page = await (await api("/api/v1/collections/" + encodeURIComponent(name) + "/items?limit=10")).json();
+    $("preview").hidden = false;
+    $("preview-collection").textContent = name;
+    $("preview-rows").replaceChildren(...page.items.map((i) => el("tr", { item: i.key },
+      el("td", {}, i.key), el("td", {}, i.version), el("td", {}, i.source), el("td", {}, ago(i.last_seen)),
+      el("td", { class: "data" }, JSON.stringify(i.data)))));
+  } catch (e) {
+    if (e instanceof Unauthorized) showLogin();
+  }
+}
+
+async function showHistory(id) {
+  try {
+    const runs = (await (await api("/api/v1/sources/" + encodeURIComponent(id) + "/runs?limit=20")).json()).runs;
+    $("history").hidden = false;
+    $("history-source").textContent = id;
+    $("history-rows").replaceChildren(...runs.map((r) => el("tr", {},
+      el("td", {}, new Date(r.started_at).toLocaleString()), el("td", {}, r.duration_ms + " ms"),
+      el("td", {}, r.pages), el("td", {}, r.items), el("td", {}, r.inserted), el("td", {}, r.changed),
+      el("td", { class: "error" }, r.error || ""))));
+    $("history").scrollIntoView();
+  } catch (e) {
+    if (e instanceof Unauthorized) showLogin();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value);
+    $("token").value = "";
+    refresh();
+  });
+  for (const id of ["search", "filter-state", "filter-node"]) {
+    $(id).addEventListener("input", () => current && renderSources(current));
+  }
+  refresh();
+  setInterval(refresh, POLL_MS);
+});
