@@ -118,6 +118,15 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
             seg[7] as u8,
         ));
     }
+    // 6to4 (2002:V4ADDR::/48) carries an IPv4 address in its second and third groups.
+    if seg[0] == 0x2002 {
+        return is_public_v4(Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        ));
+    }
     if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0; 4] {
         return is_public_v4(Ipv4Addr::new(
             (seg[6] >> 8) as u8,
@@ -475,6 +484,8 @@ mod tests {
             "fe80::1",
             "ff02::1",
             "::ffff:127.0.0.1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "64:ff9b::a9fe:a9fe",

@@ -7,10 +7,14 @@
 const TOKEN_KEY = "gleaner.admin_token";
 const POLL_MS = 10000;
 const REFRESH_DEBOUNCE_MS = 150;
+// A busy fleet emits many events a second; a large state costs the node tens
+// of milliseconds to assemble, so refresh at most this often.
+const MIN_REFRESH_INTERVAL_MS = 1000;
 const MAX_EVENTS = 50;
 
 let current = null;
 let refreshTimer = null;
+let lastRefresh = 0;
 let streaming = false;
 
 const $ = (id) => document.getElementById(id);
@@ -204,6 +208,7 @@ function render(state) {
 }
 
 async function refresh() {
+  lastRefresh = Date.now();
   try {
     const state = await (await api("/debug/state")).json();
     render(state);
@@ -216,7 +221,8 @@ async function refresh() {
 
 function scheduleRefresh() {
   if (refreshTimer) return;
-  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, REFRESH_DEBOUNCE_MS);
+  const wait = Math.max(REFRESH_DEBOUNCE_MS, lastRefresh + MIN_REFRESH_INTERVAL_MS - Date.now());
+  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, wait);
 }
 
 function logEvent(text) {
