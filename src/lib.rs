@@ -14,9 +14,12 @@
 //!    ([`store`]) and flushes before it acknowledges.
 //! 4. Clients read collections over HTTP ([`http::collections`]); counts come
 //!    from each collection's Endpoint actor ([`actors::endpoint`]).
+//! 5. Actors publish what happens ([`events`]); the debug dashboard
+//!    ([`http::debug`]) shows the supervision tree live.
 //!
 //! Module map: [`settings`] (flags, `GLEANER_*` variables, TOML), [`telemetry`]
 //! (tracing), [`app`] (build and run a node), [`domain`] (plain types),
+//! [`events`] (the node's event stream),
 //! [`scrape`] (fetch and extract), [`store`] (sled), [`actors`] (the
 //! supervision tree), [`cluster`] (placement and names), [`http`] (routes).
 

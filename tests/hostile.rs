@@ -20,9 +20,10 @@ const RSS_BOUND_KIB: u64 = 256 * 1024;
 #[tokio::test]
 async fn hostile_responses_end_as_errors_within_limits() {
     let site = FixtureSite::start().await;
+    site.prepare_hostile();
     let dir = tempfile::tempdir().unwrap();
     let node = NodeConfig::new(dir.path())
-        .env("GLEANER_FETCH_TIMEOUT_SECS", "2")
+        .env("GLEANER_FETCH_TIMEOUT_SECS", "4")
         .env("GLEANER_FETCH_RETRIES", "0")
         .start()
         .await;

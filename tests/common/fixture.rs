@@ -92,6 +92,12 @@ impl FixtureSite {
             .count()
     }
 
+    /// Builds the large hostile bodies now, so that no request waits on them.
+    pub fn prepare_hostile(&self) {
+        gzip_bomb();
+        deep_page();
+    }
+
     /// Changes the prices on /changing.html.
     pub fn set_revision(&self, rev: u32) {
         self.site.revision.store(rev, Ordering::SeqCst);
@@ -140,15 +146,38 @@ fn numbered(path: &str, prefix: &str, suffix: &str) -> Option<u32> {
         .ok()
 }
 
+/// 100 MiB of zeros, gzipped. Compressing 100 MiB takes seconds in a debug
+/// build (long enough to trip a test's fetch timeout), so 1 MiB is deflated
+/// once into byte-aligned blocks (a sync flush) that refer only to zeros; the
+/// blocks repeated inflate to 1 MiB each. An empty final block, the combined
+/// CRC and the length close the gzip member.
 fn gzip_bomb() -> &'static [u8] {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
     static BOMB: OnceLock<Vec<u8>> = OnceLock::new();
     BOMB.get_or_init(|| {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..100 {
-            enc.write_all(&zeros).unwrap();
+        const PIECE: usize = 1024 * 1024;
+        const PIECES: usize = 100;
+        let zeros = vec![0u8; PIECE];
+        let mut deflate = Compress::new(Compression::best(), false);
+        let mut block = Vec::with_capacity(64 * 1024);
+        deflate
+            .compress_vec(&zeros, &mut block, FlushCompress::Sync)
+            .unwrap();
+        assert_eq!(deflate.total_in(), PIECE as u64);
+        let mut piece_crc = Crc::new();
+        piece_crc.update(&zeros);
+        let mut crc = Crc::new();
+        // Gzip header: magic, deflate, no flags, no mtime, no extra flags, unknown OS.
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+        for _ in 0..PIECES {
+            out.extend_from_slice(&block);
+            crc.combine(&piece_crc);
         }
-        enc.finish().unwrap()
+        // A final block with fixed Huffman codes holding only end-of-block.
+        out.extend_from_slice(&[0x03, 0x00]);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&crc.amount().to_le_bytes());
+        out
     })
 }
 
