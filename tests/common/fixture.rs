@@ -10,7 +10,6 @@
 #![allow(dead_code)]
 
 use std::future::IntoFuture;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
