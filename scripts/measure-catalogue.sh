@@ -5,6 +5,7 @@
 # Usage: scripts/measure-catalogue.sh [path to a gleaner binary]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 BIN=${1:-target/release/gleaner}
 [ -x "$BIN" ] || cargo build --release --locked
 work=$(mktemp -d)
@@ -24,20 +25,10 @@ for n in range(1, 21):
     pager = f'<ul class="pager"><li class="next"><a href="page-{n + 1}.html">next</a></li></ul>' if n < 20 else ""
     open(f"{out}/page-{n}.html", "w").write(f"<!DOCTYPE html><html><body>{''.join(items)}{pager}</body></html>")
 PY
-(cd "$work/site" && exec python3 -c '
-import functools, http.server, sys
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024
-handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=".")
-handler.log_message = lambda *a: None
-Server(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
-' "$site_port" >/dev/null 2>&1) &
-GLEANER_CONFIG=/dev/null GLEANER_DATA_DIR="$work/data" GLEANER_HTTP_ADDR="127.0.0.1:$http_port" \
-  GLEANER_ALLOW_PRIVATE_TARGETS=127.0.0.1/32 GLEANER_LOG=error "$BIN" node &
-node_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null && break; sleep 0.1; done
+serve_static "$work/site" "$site_port"
+start_node "$BIN" "$work/data" "$http_port"
 sleep 1
-idle_kib=$(awk '/VmRSS/ {print $2}' /proc/$node_pid/status)
+idle_kib=$(rss_kib "$node_pid")
 start=$(date +%s.%N)
 curl -sf -o /dev/null -X POST "http://127.0.0.1:$http_port/api/v1/sources" -d "{
   \"id\": \"books\", \"url\": \"http://127.0.0.1:$site_port/catalogue/page-1.html\", \"collection\": \"books\",
@@ -54,7 +45,7 @@ for _ in $(seq 2000); do
   sleep 0.01
 done
 end=$(date +%s.%N)
-after_kib=$(awk '/VmRSS/ {print $2}' /proc/$node_pid/status)
+after_kib=$(rss_kib "$node_pid")
 count=$(curl -sf "http://127.0.0.1:$http_port/api/v1/collections" | python3 -c 'import json,sys; print(json.load(sys.stdin)["collections"][0]["items"])')
 read -r pages items duration_ms <<<"$run"
 echo "collected $count items from $pages pages ($items extracted) in a ${duration_ms} ms run; POST to finished run seen: $(python3 -c "print(round(($end - $start) * 1000))") ms"

@@ -4,6 +4,7 @@
 # Usage: scripts/measure-debug-state.sh [N=1000] [path to a gleaner binary]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 N=${1:-1000}
 BIN=${2:-target/release/gleaner}
 [ -x "$BIN" ] || cargo build --release --locked
@@ -12,21 +13,9 @@ site_port=18765
 http_port=18799
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cp tests/fixtures/catalogue.html "$work/"
-# A threaded static server with a deep listen backlog (http.server's default of 5
-# refuses connections when a thousand sources start at once).
-(cd "$work" && exec python3 -c '
-import functools, http.server, sys
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024
-handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=".")
-handler.log_message = lambda *a: None
-Server(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
-' "$site_port" >/dev/null 2>&1) &
-GLEANER_CONFIG=/dev/null GLEANER_DATA_DIR="$work/data" GLEANER_HTTP_ADDR="127.0.0.1:$http_port" \
-  GLEANER_ALLOW_PRIVATE_TARGETS=127.0.0.1/32 GLEANER_LOG=error "$BIN" node &
-node_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null && break; sleep 0.1; done
-idle_kib=$(awk '/VmRSS/ {print $2}' /proc/$node_pid/status)
+serve_static "$work" "$site_port"
+start_node "$BIN" "$work/data" "$http_port"
+idle_kib=$(rss_kib "$node_pid")
 for i in $(seq 1 "$N"); do
   printf '{"id":"s%d","url":"http://127.0.0.1:%d/catalogue.html","collection":"c%d","schedule":{"every_secs":3600,"jitter_secs":600},"extract":{"scope":"article.product","fields":{"title":{"css":"h3 a","attr":"title"}}},"key":["title"]}' \
     "$i" "$site_port" "$((i % 10))"
@@ -43,7 +32,7 @@ done
 size=$(curl -sf -o /dev/null -w '%{size_download}' "http://127.0.0.1:$http_port/debug/state")
 gz=$(curl -sf -o /dev/null -H 'Accept-Encoding: gzip' -w '%{size_download}' "http://127.0.0.1:$http_port/debug/state")
 times=$(for _ in $(seq 20); do curl -sf -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$http_port/debug/state"; done | sort -n)
-busy_kib=$(awk '/VmRSS/ {print $2}' /proc/$node_pid/status)
+busy_kib=$(rss_kib "$node_pid")
 failed=$(curl -sf "http://127.0.0.1:$http_port/api/v1/sources" | python3 -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin)["sources"] if s["status"]["last_error"]))')
 echo "sources: $N (runs finished: $done_runs, with an error: $failed)"
 echo "/debug/state: $size bytes ($gz gzipped)"

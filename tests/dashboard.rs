@@ -94,6 +94,17 @@ async fn text(browser: &Client, css: &str) -> Option<String> {
         .ok()
 }
 
+/// Types a token into the page's login form and submits it.
+async fn log_in(browser: &Client, token: &str) {
+    let field = browser.find(Locator::Css("#token")).await.unwrap();
+    field.send_keys(token).await.unwrap();
+    let submit = browser
+        .find(Locator::Css("#login-form button"))
+        .await
+        .unwrap();
+    submit.click().await.unwrap();
+}
+
 async fn wait_text(
     browser: &Client,
     css: &str,
@@ -152,20 +163,7 @@ async fn the_dashboard_shows_the_live_node_safely() {
         "data shown without a token: {body}"
     );
     // A wrong token is refused and still shows nothing.
-    browser
-        .find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys("wrong")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&browser, "wrong").await;
     wait_text(&browser, "#login-error", "the refusal", |t| {
         t.contains("refused")
     })
@@ -173,20 +171,7 @@ async fn the_dashboard_shows_the_live_node_safely() {
     assert!(!text(&browser, "body").await.unwrap().contains("books"));
 
     // With the token: the node, its actors, sources and collections.
-    browser
-        .find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&browser, ADMIN_TOKEN).await;
     wait_text(&browser, "#node-name", "the node's name", |t| {
         t == "test-node"
     })
