@@ -270,6 +270,15 @@ async fn the_dashboard_shows_the_live_node_safely() {
         .await
         .unwrap();
     assert!(error.contains("500"), "{error}");
+    // Its counts outlive the scraper actors that failed: every run was an error.
+    let runs = text(&browser, "tr[data-source='broken'] .runs")
+        .await
+        .unwrap();
+    let errors = text(&browser, "tr[data-source='broken'] .errors")
+        .await
+        .unwrap();
+    assert!(runs.parse::<u64>().unwrap() > 1, "runs {runs}");
+    assert_eq!(runs, errors);
 
     // Scraped markup is shown as text and runs nothing.
     browser

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::aggregator::AggregatorMsg;
+use super::scraper_supervisor::ScraperSupervisorMsg;
 use super::ASK_TIMEOUT;
 use crate::domain::{ItemBatch, RunRecord, SourceSpec};
 use crate::events::{Event, Events};
@@ -36,6 +37,8 @@ pub struct ScraperArgs {
     /// Run at once instead of waiting for the schedule (after a failure's backoff).
     pub run_now: bool,
     pub events: Events,
+    /// Told of every run, so the counts outlive this actor.
+    pub supervisor: ActorRef<ScraperSupervisorMsg>,
 }
 
 #[derive(RactorMessage)]
@@ -296,6 +299,15 @@ impl Actor for Scraper {
                 let saved = record.clone();
                 tokio::task::spawn_blocking(move || store.record_run(&id, &saved)).await??;
                 let source = &state.args.spec.id;
+                let _ = state
+                    .args
+                    .supervisor
+                    .cast(ScraperSupervisorMsg::RunCounted {
+                        id: source.clone(),
+                        pages: record.pages,
+                        items: record.items,
+                        failed: record.error.is_some(),
+                    });
                 state.args.events.publish(Event::RunFinished {
                     source: source.clone(),
                     pages: record.pages,

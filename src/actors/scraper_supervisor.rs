@@ -46,6 +46,13 @@ pub enum ScraperSupervisorMsg {
     RunNow(String, RpcReplyPort<Result<(), String>>),
     /// Internal: a backoff ended.
     Restart { id: String, generation: u64 },
+    /// From a Scraper after each run, so the counts outlive the actor.
+    RunCounted {
+        id: String,
+        pages: u32,
+        items: u64,
+        failed: bool,
+    },
     /// The runtime status of every source run here.
     Statuses(RpcReplyPort<BTreeMap<String, SourceRuntime>>),
 }
@@ -61,9 +68,20 @@ pub enum SourceState {
     Disabled,
 }
 
+/// A source's run counts on this node since it was placed here; kept by the
+/// supervisor, so a scraper's restart does not lose them.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Totals {
+    pub runs: u64,
+    pub errors: u64,
+    pub pages: u64,
+    pub items: u64,
+}
+
 /// A source's live status on its owner node.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceRuntime {
+    pub totals: Totals,
     pub state: SourceState,
     pub next_run: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
@@ -87,6 +105,7 @@ struct Child {
     failures: FailureWindow,
     last_error: Option<String>,
     restarts: u64,
+    totals: Totals,
 }
 
 pub struct ScraperSupervisorState {
@@ -127,6 +146,7 @@ impl ScraperSupervisorState {
                 aggregator,
                 run_now,
                 events: self.args.events.clone(),
+                supervisor: myself.clone(),
             };
             Actor::spawn_linked(None, Scraper, args, myself.get_cell())
                 .await
@@ -243,6 +263,7 @@ impl Actor for ScraperSupervisor {
                             failures: FailureWindow::default(),
                             last_error: None,
                             restarts: 0,
+                            totals: Totals::default(),
                         },
                     );
                 }
@@ -268,6 +289,20 @@ impl Actor for ScraperSupervisor {
                     }
                 };
                 let _ = reply.send(result);
+            }
+            ScraperSupervisorMsg::RunCounted {
+                id,
+                pages,
+                items,
+                failed,
+            } => {
+                if let Some(child) = state.children.get_mut(&id) {
+                    let t = &mut child.totals;
+                    t.runs += 1;
+                    t.errors += u64::from(failed);
+                    t.pages += u64::from(pages);
+                    t.items += items;
+                }
             }
             ScraperSupervisorMsg::Restart { id, generation } => {
                 let due = state.children.get(&id).is_some_and(|c| {
@@ -296,6 +331,7 @@ impl Actor for ScraperSupervisor {
                         (Phase::Failed, _) => (SourceState::Failed, None),
                     };
                     let runtime = SourceRuntime {
+                        totals: child.totals,
                         state,
                         next_run,
                         last_error: child.last_error.clone(),

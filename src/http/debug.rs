@@ -92,16 +92,16 @@ async fn local_state(state: &AppState) -> Result<Value, ApiError> {
         .iter()
         .filter_map(|view| {
             let runtime = runtimes.get(&view.spec.id)?;
-            let stats = runtime.scraper.as_ref();
+            let totals = runtime.totals;
             Some(ActorNode::new(
                 "Scraper",
                 view.spec.id.clone(),
                 state_name(runtime.state),
                 json!({
-                    "runs": stats.map_or(0, |s| s.runs),
-                    "items": stats.map_or(0, |s| s.items),
-                    "errors": stats.map_or(0, |s| s.errors),
-                    "pages": stats.map_or(0, |s| s.pages),
+                    "runs": totals.runs,
+                    "items": totals.items,
+                    "errors": totals.errors,
+                    "pages": totals.pages,
                     "last_run": view.status.last_run,
                     "next_run": runtime.next_run,
                     "last_error": runtime.last_error,
