@@ -65,8 +65,8 @@ pub enum OrchestratorMsg {
     List(Reply<Vec<SourceView>>),
     /// A source's recent runs, newest first.
     Runs(String, usize, Reply<Vec<RunRecord>>),
-    /// The live state of every scraper on this node, for the debug view.
-    Runtimes(RpcReplyPort<BTreeMap<String, SourceRuntime>>),
+    /// Every source with the live state its view was built from, for the debug view.
+    ListLive(Reply<LiveSources>),
 }
 
 /// A source as the API returns it: its spec plus live status.
@@ -78,6 +78,17 @@ pub struct SourceView {
     pub version: Version,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Source views together with the live state they were assembled from, so a
+/// caller that needs both asks the scrapers and collections once.
+#[derive(Debug, Clone)]
+pub struct LiveSources {
+    pub sources: Vec<SourceView>,
+    /// Each scraper's runtime on this node, by source id.
+    pub runtimes: BTreeMap<String, SourceRuntime>,
+    /// Each collection's summary, by name.
+    pub collections: BTreeMap<String, CollectionSummary>,
 }
 
 /// A source's live status.
@@ -196,6 +207,10 @@ impl OrchestratorState {
     }
 
     async fn views(&self, records: Vec<SourceRecord>) -> Result<Vec<SourceView>, AdminError> {
+        Ok(self.views_live(records).await?.sources)
+    }
+
+    async fn views_live(&self, records: Vec<SourceRecord>) -> Result<LiveSources, AdminError> {
         let ids: Vec<String> = records.iter().map(|r| r.spec.id.clone()).collect();
         let last_runs = self
             .blocking(move |s| {
@@ -205,7 +220,7 @@ impl OrchestratorState {
             })
             .await?;
         let (runtimes, summaries) = self.live().await;
-        Ok(records
+        let sources = records
             .into_iter()
             .zip(last_runs)
             .map(|(record, last_run)| {
@@ -244,12 +259,24 @@ impl OrchestratorState {
                     updated_at: record.updated_at,
                 }
             })
-            .collect())
+            .collect();
+        Ok(LiveSources {
+            sources,
+            runtimes,
+            collections: summaries,
+        })
     }
 
     async fn view(&self, record: SourceRecord) -> Result<SourceView, AdminError> {
         let mut views = self.views(vec![record]).await?;
         views.pop().ok_or_else(|| store_err("no view"))
+    }
+
+    /// Every live (not deleted) source, with the state its view came from.
+    async fn list_live(&self) -> Result<LiveSources, AdminError> {
+        let records = self.blocking(|s| s.sources()).await?;
+        self.views_live(records.into_iter().filter(|r| !r.deleted).collect())
+            .await
     }
 
     /// The live (not deleted) record of a source.
@@ -263,9 +290,6 @@ impl OrchestratorState {
 
     async fn handle_admin(&self, msg: OrchestratorMsg) {
         match msg {
-            OrchestratorMsg::Runtimes(reply) => {
-                let _ = reply.send(self.live().await.0);
-            }
             OrchestratorMsg::Create(spec, reply) => {
                 let result = async {
                     let id = spec.id.clone();
@@ -355,13 +379,11 @@ impl OrchestratorState {
                 let _ = reply.send(result);
             }
             OrchestratorMsg::List(reply) => {
-                let result = async {
-                    let records = self.blocking(|s| s.sources()).await?;
-                    self.views(records.into_iter().filter(|r| !r.deleted).collect())
-                        .await
-                }
-                .await;
+                let result = async { Ok(self.list_live().await?.sources) }.await;
                 let _ = reply.send(result);
+            }
+            OrchestratorMsg::ListLive(reply) => {
+                let _ = reply.send(self.list_live().await);
             }
             OrchestratorMsg::Runs(id, limit, reply) => {
                 let result = async {

@@ -52,15 +52,12 @@ pub enum ScraperMsg {
     Stats(RpcReplyPort<ScraperStats>),
 }
 
-/// A scraper's snapshot.
+/// A scraper's snapshot. Its run counts are kept by the ScraperSupervisor
+/// (`Totals`), which outlives the actor.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScraperStats {
     pub source: String,
     pub running: bool,
-    pub runs: u64,
-    pub errors: u64,
-    pub items: u64,
-    pub pages: u64,
     pub last_run: Option<RunRecord>,
     pub next_run: Option<DateTime<Utc>>,
 }
@@ -224,10 +221,6 @@ impl Actor for Scraper {
             stats: ScraperStats {
                 source: args.spec.id.clone(),
                 running: false,
-                runs: 0,
-                errors: 0,
-                items: 0,
-                pages: 0,
                 last_run: last.clone(),
                 next_run: None,
             },
@@ -290,9 +283,6 @@ impl Actor for Scraper {
             ScraperMsg::Finished(record) => {
                 state.run = None;
                 state.stats.running = false;
-                state.stats.runs += 1;
-                state.stats.items += record.items;
-                state.stats.pages += u64::from(record.pages);
                 state.stats.last_run = Some(record.clone());
                 let store = state.args.store.clone();
                 let id = state.args.spec.id.clone();
@@ -316,7 +306,6 @@ impl Actor for Scraper {
                     error: record.error.clone(),
                 });
                 if let Some(error) = record.error {
-                    state.stats.errors += 1;
                     tracing::warn!(source = %source, pages = record.pages, items = record.items, %error, "run failed");
                     return Err(Box::new(RunFailed { message: error }));
                 }

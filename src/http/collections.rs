@@ -168,7 +168,7 @@ pub async fn items(
     let store = state.store.clone();
     let (limit, after, filters) = (query.limit, query.after.clone(), query.filters.clone());
     let (items, more) = blocking(move || {
-        known_collection_in(&store, &name)?;
+        known_collection(&store, &name)?;
         let keep = |item: &StoredItem| {
             filters
                 .iter()
@@ -203,7 +203,7 @@ pub async fn items(
     })
 }
 
-fn known_collection_in(store: &crate::store::Store, name: &str) -> Result<(), ApiError> {
+fn known_collection(store: &crate::store::Store, name: &str) -> Result<(), ApiError> {
     let missing = || ApiError::NotFound(format!("collection '{name}' not found"));
     if !is_slug(name) {
         return Err(missing());
@@ -254,7 +254,7 @@ pub async fn item(
     let (name, key) = path.into_inner();
     let store = state.store.clone();
     let found = blocking(move || {
-        known_collection_in(&store, &name)?;
+        known_collection(&store, &name)?;
         let item = store
             .item(&name, &key)?
             .ok_or_else(|| ApiError::NotFound(format!("no item '{key}' in collection '{name}'")))?;

@@ -20,8 +20,7 @@ use super::error::ApiError;
 use super::{ask, auth, AppState};
 use crate::actors::aggregator::AggregatorStats;
 use crate::actors::collection_supervisor::CollectionSupervisorMsg;
-use crate::actors::endpoint::CollectionSummary;
-use crate::actors::orchestrator::{OrchestratorMsg, SourceView};
+use crate::actors::orchestrator::{LiveSources, OrchestratorMsg};
 use crate::actors::scraper_supervisor::SourceState;
 use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR};
 
@@ -81,12 +80,13 @@ fn state_name(s: SourceState) -> &'static str {
 
 /// This node's part of the debug state.
 async fn local_state(state: &AppState) -> Result<Value, ApiError> {
-    let sources: Vec<SourceView> = ask(ORCHESTRATOR, OrchestratorMsg::List).await??;
-    let runtimes = ask(ORCHESTRATOR, OrchestratorMsg::Runtimes).await?;
+    let LiveSources {
+        sources,
+        runtimes,
+        collections: summaries,
+    } = ask(ORCHESTRATOR, OrchestratorMsg::ListLive).await??;
     let aggregators: Vec<AggregatorStats> =
         ask(COLLECTIONS, CollectionSupervisorMsg::Stats).await?;
-    let summaries: Vec<CollectionSummary> =
-        ask(COLLECTIONS, CollectionSupervisorMsg::Summaries).await?;
 
     let scrapers: Vec<ActorNode> = sources
         .iter()
@@ -114,7 +114,7 @@ async fn local_state(state: &AppState) -> Result<Value, ApiError> {
     let collection_actors: Vec<ActorNode> = aggregators
         .iter()
         .flat_map(|a| {
-            let summary = summaries.iter().find(|s| s.name == a.collection);
+            let summary = summaries.get(&a.collection);
             [
                 ActorNode::new("Aggregator", a.collection.clone(), "running", json!(a), Vec::new()),
                 ActorNode::new(
@@ -156,7 +156,7 @@ async fn local_state(state: &AppState) -> Result<Value, ApiError> {
         ],
     );
     let collections: Vec<Value> = summaries
-        .iter()
+        .values()
         .map(|s| {
             let a = aggregators.iter().find(|a| a.collection == s.name);
             json!({
