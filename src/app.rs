@@ -1,7 +1,8 @@
-//! Building and running a node: open the store, start the actor tree, bind the
-//! HTTP server (port 0 works; the bound address is exposed), then run until
-//! SIGTERM or Ctrl-C and shut down in order: stop taking requests, stop the
-//! actors, flush the store.
+//! Building and running a node: open the store, bind the HTTP port, join the
+//! cluster (when a cookie is set), start the actor tree, serve HTTP (port 0
+//! works for both ports; the bound addresses are logged and exposed), then
+//! run until SIGTERM or Ctrl-C and shut down in order: stop taking requests,
+//! stop the actors, leave the cluster, flush the store.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,10 @@ use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::actors::membership::{Membership, MembershipArgs, MembershipMsg};
 use crate::actors::node_supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::cluster::view::{NodeInfo, Role};
+use crate::cluster::Cluster;
 use crate::events::Events;
 use crate::http::{self, AppState};
 use crate::scrape::extract::Limits;
@@ -31,6 +35,8 @@ pub struct App {
     server: actix_web::dev::Server,
     root: ActorRef<NodeMsg>,
     root_done: JoinHandle<()>,
+    membership: Option<(ActorRef<MembershipMsg>, JoinHandle<()>)>,
+    cluster: Cluster,
     store: Store,
     ready: Arc<AtomicBool>,
 }
@@ -49,6 +55,37 @@ impl App {
             .await?
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
         let node_id = store.node_id()?;
+        let listener = std::net::TcpListener::bind(settings.http_addr)
+            .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;
+        let http_addr = listener.local_addr()?;
+        let started_at = chrono::Utc::now();
+        let (cluster, membership) = match &settings.cluster {
+            None => {
+                let me = node_info(&settings, &node_id, http_addr, None, started_at);
+                (Cluster::single(me), None)
+            }
+            Some(c) => {
+                let mut c = c.clone();
+                if c.port == 0 {
+                    c.port = free_port(c.listen_ip)?;
+                }
+                let me = node_info(&settings, &node_id, http_addr, Some(&c), started_at);
+                let cluster = Cluster::new(me);
+                let (membership, done) = Actor::spawn(
+                    None,
+                    Membership,
+                    MembershipArgs {
+                        settings: c,
+                        cluster: cluster.clone(),
+                        store: store.clone(),
+                        started_at,
+                    },
+                )
+                .await
+                .context("joining the cluster")?;
+                (cluster, Some((membership, done)))
+            }
+        };
         let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
         let events = Events::new(&settings.node_name);
         let args = NodeArgs {
@@ -61,22 +98,21 @@ impl App {
             },
             restart: settings.restart,
             events: events.clone(),
+            cluster: cluster.clone(),
         };
         let (root, root_done) = Actor::spawn(None, NodeSupervisor, args)
             .await
             .context("starting the node's actors")?;
 
-        let listener = std::net::TcpListener::bind(settings.http_addr)
-            .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;
-        let http_addr = listener.local_addr()?;
         let ready = Arc::new(AtomicBool::new(false));
         let state = web::Data::new(AppState {
             store: store.clone(),
             node_name: settings.node_name.clone(),
             node_id: node_id.clone(),
             http_addr,
-            started_at: chrono::Utc::now(),
+            started_at,
             events,
+            cluster: cluster.clone(),
             admin_token: settings.admin_token.clone(),
             read_token: settings.read_token.clone(),
             ready: ready.clone(),
@@ -96,6 +132,7 @@ impl App {
         ready.store(true, Ordering::Release);
         tracing::info!(
             addr = %http_addr,
+            cluster_addr = %cluster.me().cluster,
             node = %settings.node_name,
             node_id = %node_id,
             data_dir = %settings.data_dir.display(),
@@ -106,6 +143,8 @@ impl App {
             server,
             root,
             root_done,
+            membership,
+            cluster,
             store,
             ready,
         })
@@ -123,6 +162,8 @@ impl App {
             server,
             root,
             mut root_done,
+            membership,
+            cluster,
             store,
             ready,
             ..
@@ -135,18 +176,61 @@ impl App {
                 Ok(())
             }
             _ = &mut root_done => Err(anyhow::anyhow!("the node's actors stopped")),
+            reason = cluster.fatal_reason() => Err(anyhow::anyhow!(reason)),
             served = &mut serving => served.context("the HTTP server panicked")?.context("the HTTP server failed"),
         };
         ready.store(false, Ordering::Release);
         handle.stop(true).await;
         root.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, root_done).await;
+        if let Some((membership, done)) = membership {
+            membership.stop(Some("shutdown".into()));
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, done).await;
+        }
         tokio::task::spawn_blocking(move || store.flush())
             .await?
             .context("flushing the database")?;
         tracing::info!("stopped");
         outcome
     }
+}
+
+/// What this node tells its peers about itself.
+fn node_info(
+    settings: &Settings,
+    node_id: &str,
+    http_addr: SocketAddr,
+    cluster: Option<&crate::settings::ClusterSettings>,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> NodeInfo {
+    let (cluster_addr, http) = match cluster {
+        Some(c) => {
+            let http = if http_addr.ip().is_unspecified() {
+                format!("{}:{}", c.advertise, http_addr.port())
+            } else {
+                http_addr.to_string()
+            };
+            (format!("{}:{}", c.advertise, c.port), http)
+        }
+        None => (String::new(), http_addr.to_string()),
+    };
+    NodeInfo {
+        node_id: node_id.to_owned(),
+        name: settings.node_name.clone(),
+        boot: uuid::Uuid::new_v4().simple().to_string(),
+        started_at: started_at.timestamp_millis(),
+        role: Role::Node,
+        http,
+        cluster: cluster_addr,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// A port free on `ip` now (the cluster listener is bound by ractor_cluster,
+/// which needs the number up front so peers can be told it).
+fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
+    let probe = std::net::TcpListener::bind((ip, 0)).context("finding a free cluster port")?;
+    Ok(probe.local_addr()?.port())
 }
 
 /// Resolves on SIGTERM or Ctrl-C, naming which.

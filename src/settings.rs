@@ -104,6 +104,34 @@ pub struct NodeArgs {
     /// The restart window, in seconds [default: 60].
     #[arg(long, env = "GLEANER_RESTART_WINDOW_SECS")]
     pub restart_window_secs: Option<u64>,
+    /// Port of the cluster listener [default: 4697; 0 picks a free one]. The
+    /// listener runs only when a cookie is set.
+    #[arg(long, env = "GLEANER_CLUSTER_PORT")]
+    pub cluster_port: Option<u16>,
+    /// The host peers dial to reach this node [default: 127.0.0.1 when the
+    /// HTTP address is loopback, else the hostname].
+    #[arg(long, env = "GLEANER_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// Peers to join, as a comma-separated list of host:port.
+    #[arg(long, env = "GLEANER_SEEDS")]
+    pub seeds: Option<String>,
+    /// A DNS name whose addresses are peers (in Swarm: tasks.<service>),
+    /// re-resolved periodically; peers listen on the cluster port.
+    #[arg(long, env = "GLEANER_DISCOVERY_DNS")]
+    pub discovery_dns: Option<String>,
+    /// The shared secret that authenticates cluster members.
+    #[arg(long, env = "GLEANER_COOKIE", hide_env_values = true)]
+    pub cookie: Option<String>,
+    /// File holding the cookie (a Swarm secret).
+    #[arg(long, env = "GLEANER_COOKIE_FILE")]
+    pub cookie_file: Option<PathBuf>,
+    /// Interval between heartbeats to each peer, in ms [default: 300].
+    #[arg(long, env = "GLEANER_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Silence after which a peer is marked down, in ms [default: 3000]; it
+    /// is shown `suspect` from a third of that.
+    #[arg(long, env = "GLEANER_PEER_TIMEOUT_MS")]
+    pub peer_timeout_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -130,6 +158,14 @@ impl NodeArgs {
             restart_backoff_ms: self.restart_backoff_ms.or(file.restart_backoff_ms),
             restart_intensity: self.restart_intensity.or(file.restart_intensity),
             restart_window_secs: self.restart_window_secs.or(file.restart_window_secs),
+            cluster_port: self.cluster_port.or(file.cluster_port),
+            cluster_advertise: self.cluster_advertise.or(file.cluster_advertise),
+            seeds: self.seeds.or(file.seeds),
+            discovery_dns: self.discovery_dns.or(file.discovery_dns),
+            cookie: self.cookie.or(file.cookie),
+            cookie_file: self.cookie_file.or(file.cookie_file),
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
+            peer_timeout_ms: self.peer_timeout_ms.or(file.peer_timeout_ms),
         }
     }
 }
@@ -160,7 +196,27 @@ pub struct Settings {
     pub max_html_depth: usize,
     pub cache_bytes: u64,
     pub restart: RestartPolicy,
+    /// Cluster membership; `None` runs a cluster of one (no listener).
+    pub cluster: Option<ClusterSettings>,
 }
+
+/// How a node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub port: u16,
+    /// The address the listener binds to (loopback for a loopback node).
+    pub listen_ip: std::net::IpAddr,
+    /// The host peers dial.
+    pub advertise: String,
+    pub seeds: Vec<String>,
+    pub discovery_dns: Option<String>,
+    pub cookie: String,
+    pub heartbeat: Duration,
+    pub peer_timeout: Duration,
+}
+
+/// Cookies shorter than this are refused: the handshake is only as strong as the cookie.
+const MIN_COOKIE_LEN: usize = 16;
 
 impl Settings {
     /// Layers flags/environment over the TOML file over the defaults, reads
@@ -178,8 +234,16 @@ impl Settings {
             }
         };
         let a = args.or(file);
-        let admin_token = secret("admin token", a.admin_token, a.admin_token_file)?;
-        let read_token = secret("read token", a.read_token, a.read_token_file)?;
+        let admin_token = secret(
+            "admin token",
+            a.admin_token.clone(),
+            a.admin_token_file.clone(),
+        )?;
+        let read_token = secret(
+            "read token",
+            a.read_token.clone(),
+            a.read_token_file.clone(),
+        )?;
         let http_addr = a
             .http_addr
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -189,6 +253,7 @@ impl Settings {
                  or GLEANER_ADMIN_TOKEN_FILE, or bind to a loopback address"
             );
         }
+        let cluster = cluster_settings(&a, http_addr)?;
         let targets = match a.allow_private_targets.as_deref() {
             None => TargetPolicy::PublicOnly,
             Some(s) => s
@@ -220,6 +285,7 @@ impl Settings {
                 .unwrap_or_else(|| "gleaner".into()),
         };
         Ok(Settings {
+            cluster,
             http_addr,
             data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             node_name,
@@ -238,6 +304,78 @@ impl Settings {
             },
         })
     }
+}
+
+/// The cluster part of the settings: peers need a cookie, a cookie needs a
+/// sensible length, and the listener stays on loopback for a loopback node.
+fn cluster_settings(
+    a: &NodeArgs,
+    http_addr: SocketAddr,
+) -> anyhow::Result<Option<ClusterSettings>> {
+    let cookie = secret("cookie", a.cookie.clone(), a.cookie_file.clone())?;
+    let seeds: Vec<String> = a
+        .seeds
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let dns = a
+        .discovery_dns
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let port = a.cluster_port.unwrap_or(4697);
+    for seed in &seeds {
+        match seed.rsplit_once(':') {
+            Some((host, p)) if !host.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => bail!("GLEANER_SEEDS: '{seed}' is not host:port"),
+        }
+    }
+    let Some(cookie) = cookie else {
+        if !seeds.is_empty() || dns.is_some() {
+            bail!(
+                "peers are configured (GLEANER_SEEDS or GLEANER_DISCOVERY_DNS) but no cookie: \
+                 set GLEANER_COOKIE or GLEANER_COOKIE_FILE to the cluster's shared secret"
+            );
+        }
+        return Ok(None);
+    };
+    if cookie.len() < MIN_COOKIE_LEN {
+        bail!("the cookie must be at least {MIN_COOKIE_LEN} characters (use 32 random hex digits or more)");
+    }
+    let loopback = http_addr.ip().is_loopback();
+    let advertise = match a.cluster_advertise.as_deref().map(str::trim) {
+        Some(h) if !h.is_empty() => h.to_owned(),
+        _ if loopback => "127.0.0.1".to_owned(),
+        _ => hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .context("GLEANER_CLUSTER_ADVERTISE is unset and the hostname is unreadable")?,
+    };
+    let listen_ip = if loopback {
+        http_addr.ip()
+    } else {
+        std::net::IpAddr::from([0u8; 16])
+    };
+    let heartbeat = Duration::from_millis(a.heartbeat_ms.unwrap_or(300).max(50));
+    let peer_timeout = Duration::from_millis(a.peer_timeout_ms.unwrap_or(3000));
+    if peer_timeout < heartbeat * 3 {
+        bail!("GLEANER_PEER_TIMEOUT_MS must be at least three heartbeats");
+    }
+    Ok(Some(ClusterSettings {
+        port,
+        listen_ip,
+        advertise,
+        seeds,
+        discovery_dns: dns,
+        cookie,
+        heartbeat,
+        peer_timeout,
+    }))
 }
 
 fn read_file_settings(path: &Path) -> anyhow::Result<NodeArgs> {
@@ -321,6 +459,38 @@ mod tests {
             Settings::resolve(args(&["--config", p])).unwrap_err()
         );
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn peers_need_a_cookie_and_a_cookie_opens_the_listener() {
+        let err = Settings::resolve(args(&[
+            "--config",
+            "/dev/null",
+            "--seeds",
+            "127.0.0.1:4697",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("GLEANER_COOKIE"), "{err}");
+        assert!(Settings::resolve(args(&["--config", "/dev/null"]))
+            .unwrap()
+            .cluster
+            .is_none());
+        let s = Settings::resolve(args(&[
+            "--config",
+            "/dev/null",
+            "--cookie",
+            "0123456789abcdef0123",
+            "--seeds",
+            "a:1, b:2",
+        ]))
+        .unwrap();
+        let c = s.cluster.unwrap();
+        assert_eq!(c.seeds, ["a:1", "b:2"]);
+        assert_eq!((c.advertise.as_str(), c.port), ("127.0.0.1", 4697));
+        assert!(c.listen_ip.is_loopback());
+        let short = Settings::resolve(args(&["--config", "/dev/null", "--cookie", "short"]));
+        assert!(short.unwrap_err().to_string().contains("at least"));
     }
 
     #[test]

@@ -1,8 +1,20 @@
-//! Aggregator{collection}: the only writer of one collection. Scrapers send it
-//! item batches and wait for the reply, which comes after the batch is upserted
-//! and flushed to disk. After each batch it sends the new summary to its Endpoint.
+//! Aggregator{collection}: the only writer of one collection on this node.
+//!
+//! - Scrapers on this node send it item batches (`Apply`). It numbers each
+//!   one in this node's sequence for the collection, upserts it and appends
+//!   it to the collection's log, flushes, and sends it to every peer. The
+//!   scraper's answer comes once the batch is durable here and on one peer
+//!   (or at once when no peer is up; after [`REPLICA_TIMEOUT`] it comes
+//!   anyway, and peers catch up from the log).
+//! - Peers' batches arrive as `Replica`: applied in each origin's sequence
+//!   order (a batch ahead of that is refused with `Gap`, and the Replicator
+//!   pulls what is missing), flushed, then acknowledged.
+//! - Snapshot pages from a peer arrive as `Restore` (a node too far behind).
+//!
+//! After each change it sends the new summary to its Endpoint.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -10,9 +22,15 @@ use ractor_cluster::RactorMessage;
 use serde::Serialize;
 
 use super::endpoint::{CollectionSummary, EndpointMsg};
-use crate::domain::ItemBatch;
+use crate::cluster::handle::Answer;
+use crate::cluster::wire::{Request, Response};
+use crate::cluster::Cluster;
+use crate::domain::{ItemBatch, ReplicatedBatch, StoredItem};
 use crate::events::{Event, Events};
-use crate::store::{BatchOutcome, Store};
+use crate::store::{BatchOutcome, Store, StoreError};
+
+/// How long a scraper's batch waits for a peer's acknowledgement.
+pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Aggregator;
 
@@ -21,12 +39,21 @@ pub struct AggregatorArgs {
     pub store: Store,
     pub endpoint: ActorRef<EndpointMsg>,
     pub events: Events,
+    pub cluster: Cluster,
 }
 
 #[derive(RactorMessage)]
 pub enum AggregatorMsg {
-    /// Upsert a batch; the reply comes once it is durable.
+    /// Upsert a batch from a local scraper; the reply comes once it is durable.
     Apply(ItemBatch, RpcReplyPort<Result<BatchOutcome, String>>),
+    /// A batch from a peer.
+    Replica(ReplicatedBatch, Answer),
+    /// Items from a peer's snapshot, and the heads to raise ours to (last page).
+    Restore(
+        Vec<StoredItem>,
+        Option<BTreeMap<String, u64>>,
+        RpcReplyPort<Result<u64, String>>,
+    ),
     Stats(RpcReplyPort<AggregatorStats>),
 }
 
@@ -35,9 +62,16 @@ pub enum AggregatorMsg {
 pub struct AggregatorStats {
     pub collection: String,
     pub items: u64,
+    /// Batches from local scrapers.
     pub batches: u64,
+    /// Batches from peers.
+    pub replicated: u64,
     pub inserted: u64,
     pub changed: u64,
+    /// Local batches no peer acknowledged in time.
+    pub unacknowledged: u64,
+    /// The last batch applied from each origin node.
+    pub heads: BTreeMap<String, u64>,
     pub last_update: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
 }
@@ -57,6 +91,66 @@ impl AggregatorState {
             by_source: self.by_source.clone(),
         }
     }
+
+    /// Applies and flushes a numbered batch, then updates counts.
+    async fn apply(&mut self, rb: ReplicatedBatch) -> Result<BatchOutcome, StoreError> {
+        let store = self.args.store.clone();
+        let source = rb.batch.source.clone();
+        let fetched_at = rb.batch.fetched_at;
+        let (origin, seq) = (rb.origin.clone(), rb.seq);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let outcome = store.apply_replicated(&rb)?;
+            store.flush()?;
+            Ok::<_, StoreError>(outcome)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.stats.heads.insert(origin, seq);
+        self.count(&outcome, &source, Some(fetched_at));
+        Ok(outcome)
+    }
+
+    fn count(&mut self, outcome: &BatchOutcome, source: &str, at: Option<DateTime<Utc>>) {
+        let s = &mut self.stats;
+        s.inserted += outcome.inserted;
+        s.changed += outcome.changed;
+        s.items += outcome.inserted;
+        if let Some(at) = at {
+            s.last_update = Some(s.last_update.map_or(at, |t| t.max(at)));
+        }
+        let moved: u64 = outcome.taken_from.values().sum();
+        for (from, n) in &outcome.taken_from {
+            if let Some(c) = self.by_source.get_mut(from) {
+                *c = c.saturating_sub(*n);
+            }
+        }
+        *self.by_source.entry(source.to_owned()).or_default() += outcome.inserted + moved;
+        self.by_source.retain(|_, n| *n > 0);
+        let _ = self
+            .args
+            .endpoint
+            .cast(EndpointMsg::Updated(self.summary()));
+        self.args.events.publish(Event::CollectionUpdated {
+            collection: self.stats.collection.clone(),
+            items: self.stats.items,
+        });
+    }
+
+    /// Re-reads counts from the store (after a snapshot restore).
+    async fn recount(&mut self) -> Result<(), StoreError> {
+        let store = self.args.store.clone();
+        let name = self.stats.collection.clone();
+        let (items, by_source) = tokio::task::spawn_blocking(move || store.count_items(&name))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.stats.items = items;
+        self.by_source = by_source;
+        let _ = self
+            .args
+            .endpoint
+            .cast(EndpointMsg::Updated(self.summary()));
+        Ok(())
+    }
 }
 
 impl Actor for Aggregator {
@@ -73,14 +167,15 @@ impl Actor for Aggregator {
         let name = args.collection.clone();
         let (items, by_source, meta) = tokio::task::spawn_blocking(move || {
             let (items, by_source) = store.count_items(&name)?;
-            Ok::<_, crate::store::StoreError>((items, by_source, store.collection(&name)?))
+            Ok::<_, StoreError>((items, by_source, store.collection(&name)?))
         })
         .await??;
         let state = AggregatorState {
             stats: AggregatorStats {
                 collection: args.collection.clone(),
                 items,
-                last_update: meta.map(|m| m.last_update),
+                last_update: meta.as_ref().map(|m| m.last_update),
+                heads: meta.map(|m| m.heads).unwrap_or_default(),
                 ..AggregatorStats::default()
             },
             by_source,
@@ -101,51 +196,101 @@ impl Actor for Aggregator {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AggregatorMsg::Apply(batch, reply) => {
-                let store = state.args.store.clone();
-                let source = batch.source.clone();
-                let fetched_at = batch.fetched_at;
-                let result = tokio::task::spawn_blocking(move || {
-                    let outcome = store.apply_batch(&batch)?;
-                    store.flush()?;
-                    Ok::<_, crate::store::StoreError>(outcome)
-                })
-                .await;
-                let outcome = match result {
-                    Ok(Ok(outcome)) => outcome,
-                    Ok(Err(e)) => {
+                let me = state.args.cluster.me().node_id.clone();
+                let seq = state.stats.heads.get(&me).copied().unwrap_or(0) + 1;
+                let rb = ReplicatedBatch {
+                    origin: me,
+                    seq,
+                    batch,
+                };
+                let request = Request::Batch(rb.clone());
+                let outcome = match state.apply(rb).await {
+                    Ok(o) => o,
+                    Err(e) => {
                         tracing::error!(collection = %state.stats.collection, error = %e, "batch not applied");
                         state.stats.last_error = Some(e.to_string());
                         let _ = reply.send(Err(e.to_string()));
                         return Ok(());
                     }
-                    Err(join) => {
-                        let _ = reply.send(Err("the store write panicked".into()));
-                        return Err(join.into());
-                    }
                 };
-                let s = &mut state.stats;
-                s.batches += 1;
-                s.inserted += outcome.inserted;
-                s.changed += outcome.changed;
-                s.items += outcome.inserted;
-                s.last_update = Some(s.last_update.map_or(fetched_at, |t| t.max(fetched_at)));
-                let moved: u64 = outcome.taken_from.values().sum();
-                for (from, n) in &outcome.taken_from {
-                    if let Some(c) = state.by_source.get_mut(from) {
-                        *c = c.saturating_sub(*n);
+                state.stats.batches += 1;
+                // Sent from here, in sequence order; waited for elsewhere, so
+                // this mailbox never waits on a peer (whose aggregator may be
+                // waiting on us).
+                let pending = state.args.cluster.ask_all(&request, REPLICA_TIMEOUT);
+                if pending.asked() == 0 {
+                    let _ = reply.send(Ok(outcome));
+                    return Ok(());
+                }
+                let collection = state.stats.collection.clone();
+                tokio::spawn(async move {
+                    let asked = pending.asked();
+                    let acked = pending
+                        .first(|r| matches!(r, Response::Applied { .. }))
+                        .await;
+                    if acked.is_none() {
+                        tracing::warn!(%collection, seq, peers = asked, "no peer acknowledged the batch in time; peers will pull it from the log");
+                    }
+                    let _ = reply.send(Ok(outcome));
+                });
+            }
+            AggregatorMsg::Replica(rb, answer) => {
+                let have = state.stats.heads.get(&rb.origin).copied().unwrap_or(0);
+                if rb.seq <= have {
+                    answer.send(Response::Applied { seq: rb.seq });
+                } else if rb.seq > have + 1 {
+                    answer.send(Response::Gap { have });
+                    if let Some(r) = ractor::registry::where_is(crate::cluster::groups::REPLICATOR)
+                    {
+                        let _ = ActorRef::<super::replicator::ReplicatorMsg>::from(r)
+                            .cast(super::replicator::ReplicatorMsg::CatchUp);
+                    }
+                } else {
+                    let seq = rb.seq;
+                    match state.apply(rb).await {
+                        Ok(_) => {
+                            state.stats.replicated += 1;
+                            answer.send(Response::Applied { seq });
+                        }
+                        Err(e) => {
+                            tracing::error!(collection = %state.stats.collection, error = %e, "replicated batch not applied");
+                            state.stats.last_error = Some(e.to_string());
+                            answer.send(Response::Error(e.to_string()));
+                        }
                     }
                 }
-                *state.by_source.entry(source).or_default() += outcome.inserted + moved;
-                state.by_source.retain(|_, n| *n > 0);
-                let _ = state
-                    .args
-                    .endpoint
-                    .cast(EndpointMsg::Updated(state.summary()));
-                state.args.events.publish(Event::CollectionUpdated {
-                    collection: state.stats.collection.clone(),
-                    items: state.stats.items,
-                });
-                let _ = reply.send(Ok(outcome));
+            }
+            AggregatorMsg::Restore(items, heads, reply) => {
+                let store = state.args.store.clone();
+                let name = state.stats.collection.clone();
+                let raise = heads.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let n = store.restore(&name, &items, raise.as_ref())?;
+                    store.flush()?;
+                    Ok::<_, StoreError>(n)
+                })
+                .await;
+                match result {
+                    Ok(Ok(n)) => {
+                        // The last page carries the heads: count once, then.
+                        if let Some(heads) = heads {
+                            for (origin, seq) in heads {
+                                let h = state.stats.heads.entry(origin).or_default();
+                                *h = (*h).max(seq);
+                            }
+                            if let Err(e) = state.recount().await {
+                                tracing::warn!(error = %e, "recount after restore failed");
+                            }
+                        }
+                        let _ = reply.send(Ok(n));
+                    }
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
             }
             AggregatorMsg::Stats(reply) => {
                 let _ = reply.send(state.stats.clone());

@@ -15,6 +15,10 @@ use serde::Serialize;
 use super::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg, AggregatorStats};
 use super::endpoint::{CollectionSummary, Endpoint, EndpointMsg};
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use crate::cluster::handle::Answer;
+use crate::cluster::wire::Response;
+use crate::cluster::Cluster;
+use crate::domain::{ReplicatedBatch, StoredItem};
 use crate::events::Events;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
@@ -23,6 +27,7 @@ pub struct CollectionSupervisor;
 
 pub struct CollectionSupervisorArgs {
     pub store: Store,
+    pub cluster: Cluster,
     pub restart: RestartPolicy,
     pub events: Events,
 }
@@ -41,6 +46,16 @@ pub enum CollectionSupervisorMsg {
     /// Internal: restart a pair after its backoff.
     Restart(String),
     Stats(RpcReplyPort<Vec<AggregatorStats>>),
+    /// A batch from a peer, for the collection's aggregator.
+    Replica(ReplicatedBatch, Answer),
+    /// Snapshot items from a peer, for the collection's aggregator; the reply
+    /// says how many were new.
+    Restore {
+        collection: String,
+        items: Vec<StoredItem>,
+        heads: Option<BTreeMap<String, u64>>,
+        reply: RpcReplyPort<Result<u64, String>>,
+    },
 }
 
 #[derive(Default)]
@@ -84,6 +99,7 @@ impl CollectionSupervisor {
             store: state.args.store.clone(),
             endpoint: endpoint.clone(),
             events: state.args.events.clone(),
+            cluster: state.args.cluster.clone(),
         };
         let aggregator = match Actor::spawn_linked(None, Aggregator, args, cell).await {
             Ok((a, _)) => a,
@@ -100,6 +116,26 @@ impl CollectionSupervisor {
         pair.down = None;
         tracing::debug!(collection = name, "collection actors started");
         Ok(aggregator)
+    }
+}
+
+impl CollectionSupervisor {
+    /// The collection's aggregator, started if needed.
+    async fn aggregator(
+        myself: &ActorRef<CollectionSupervisorMsg>,
+        state: &mut CollectionSupervisorState,
+        name: &str,
+    ) -> Result<ActorRef<AggregatorMsg>, String> {
+        match state.pairs.get(name) {
+            Some(Pair {
+                aggregator: Some(a),
+                ..
+            }) => Ok(a.clone()),
+            Some(Pair {
+                down: Some(why), ..
+            }) => Err(why.clone()),
+            _ => Self::start_pair(myself, state, name).await,
+        }
     }
 }
 
@@ -142,18 +178,33 @@ impl Actor for CollectionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             CollectionSupervisorMsg::Aggregator(name, reply) => {
-                let result = match state.pairs.get(&name) {
-                    Some(Pair {
-                        aggregator: Some(a),
-                        ..
-                    }) => Ok(a.clone()),
-                    Some(Pair {
-                        down: Some(why), ..
-                    }) => Err(why.clone()),
-                    _ => Self::start_pair(&myself, state, &name).await,
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(Self::aggregator(&myself, state, &name).await);
             }
+            CollectionSupervisorMsg::Replica(batch, answer) => {
+                if !crate::domain::spec::is_slug(&batch.batch.collection) {
+                    answer.send(Response::Error("not a collection name".into()));
+                    return Ok(());
+                }
+                match Self::aggregator(&myself, state, &batch.batch.collection).await {
+                    Ok(a) => {
+                        let _ = a.cast(AggregatorMsg::Replica(batch, answer));
+                    }
+                    Err(e) => answer.send(Response::Error(e)),
+                }
+            }
+            CollectionSupervisorMsg::Restore {
+                collection,
+                items,
+                heads,
+                reply,
+            } => match Self::aggregator(&myself, state, &collection).await {
+                Ok(a) => {
+                    let _ = a.cast(AggregatorMsg::Restore(items, heads, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             CollectionSupervisorMsg::Summaries(reply) => {
                 let endpoints: Vec<_> = state
                     .pairs

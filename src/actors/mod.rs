@@ -3,13 +3,17 @@
 //! done by plain modules (`scrape`, `store`, `cluster::placement`).
 //!
 //! ```text
-//! NodeSupervisor                       restarts its two children
+//! Membership                           NodeServer, discovery, heartbeats, the member view
+//! ├── NodeServer                       ractor_cluster: cookie-authenticated sessions to peers
+//! └── Peer                             the one actor peers reach; hands their messages on
+//! NodeSupervisor                       restarts its children together
 //! ├── CollectionSupervisor             one pair per collection, spawned on first use
-//! │   ├── Aggregator{collection}       applies item batches to the store, flushed before the ack
+//! │   ├── Aggregator{collection}       applies batches (local and peers'), flushed before the ack
 //! │   └── Endpoint{collection}         the collection's summary (counts, last update)
-//! └── Orchestrator                     admin writes to the source registry; reconciles
-//!     └── ScraperSupervisor            restarts failed scrapers with backoff and intensity
-//!         └── Scraper{source}          fetch -> extract -> Aggregator, on the source's schedule
+//! ├── Orchestrator                     the replicated source registry; reconciles placement
+//! │   └── ScraperSupervisor            restarts failed scrapers with backoff and intensity
+//! │       └── Scraper{source}          fetch -> extract -> Aggregator, on the source's schedule
+//! └── Replicator                       pulls what live replication missed from peers
 //! ```
 //!
 //! Every actor answers a `Stats` request with a serialisable snapshot; the HTTP
@@ -18,8 +22,11 @@
 pub mod aggregator;
 pub mod collection_supervisor;
 pub mod endpoint;
+pub mod membership;
 pub mod node_supervisor;
 pub mod orchestrator;
+pub mod peer;
+pub mod replicator;
 pub mod scraper;
 pub mod scraper_supervisor;
 

@@ -1,9 +1,10 @@
 //! NodeSupervisor: the root of a node's actor tree. It starts the
-//! CollectionSupervisor and then the Orchestrator (which needs it), both under
-//! registered names so HTTP always finds the current ones. If either fails,
-//! both are restarted together (one-for-all: the Orchestrator's scrapers hold
-//! aggregator references); past the restart intensity the node supervisor
-//! itself fails, and the process exits.
+//! CollectionSupervisor, the Orchestrator (which needs it) and the
+//! Replicator, all under registered names so HTTP and the Peer actor always
+//! find the current ones. If any fails, all are restarted together
+//! (one-for-all: the Orchestrator's scrapers hold aggregator references);
+//! past the restart intensity the node supervisor itself fails, and the
+//! process exits.
 
 use std::time::Instant;
 
@@ -14,8 +15,10 @@ use super::collection_supervisor::{
     CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg,
 };
 use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
+use super::replicator::{Replicator, ReplicatorArgs, ReplicatorMsg};
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::groups;
+use crate::cluster::Cluster;
 use crate::events::Events;
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
@@ -33,6 +36,7 @@ pub struct NodeArgs {
     pub limits: Limits,
     pub restart: RestartPolicy,
     pub events: Events,
+    pub cluster: Cluster,
 }
 
 #[derive(RactorMessage)]
@@ -45,6 +49,7 @@ pub struct NodeState {
     args: NodeArgs,
     collections: Option<ActorRef<CollectionSupervisorMsg>>,
     orchestrator: Option<ActorRef<OrchestratorMsg>>,
+    replicator: Option<ActorRef<ReplicatorMsg>>,
     failures: FailureWindow,
 }
 
@@ -59,6 +64,7 @@ impl NodeState {
             CollectionSupervisor,
             CollectionSupervisorArgs {
                 store: a.store.clone(),
+                cluster: a.cluster.clone(),
                 restart: a.restart,
                 events: a.events.clone(),
             },
@@ -78,15 +84,30 @@ impl NodeState {
                 limits: a.limits.clone(),
                 restart: a.restart,
                 events: a.events.clone(),
+                cluster: a.cluster.clone(),
             },
             myself.get_cell(),
         )
         .await?;
         self.orchestrator = Some(orchestrator);
+        let (replicator, _) = Actor::spawn_linked(
+            Some(groups::REPLICATOR.to_string()),
+            Replicator,
+            ReplicatorArgs {
+                cluster: a.cluster.clone(),
+                store: a.store.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.replicator = Some(replicator);
         Ok(())
     }
 
     async fn stop_children(&mut self) {
+        if let Some(r) = self.replicator.take() {
+            r.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
+        }
         if let Some(o) = self.orchestrator.take() {
             o.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
         }
@@ -110,6 +131,7 @@ impl Actor for NodeSupervisor {
             args,
             collections: None,
             orchestrator: None,
+            replicator: None,
             failures: FailureWindow::default(),
         };
         state.start_children(&myself).await?;
@@ -161,7 +183,8 @@ impl Actor for NodeSupervisor {
             .orchestrator
             .as_ref()
             .is_some_and(|o| o.get_id() == id)
-            || state.collections.as_ref().is_some_and(|c| c.get_id() == id);
+            || state.collections.as_ref().is_some_and(|c| c.get_id() == id)
+            || state.replicator.as_ref().is_some_and(|r| r.get_id() == id);
         if !ours {
             return Ok(());
         }

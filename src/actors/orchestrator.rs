@@ -1,9 +1,19 @@
 //! Orchestrator: the node's controller. HTTP sends it every admin command on
 //! sources (create, replace, delete, run now, get, list). It writes the source
-//! registry in the store (flushed before it answers), then reconciles: each
-//! enabled source that placement gives to this node runs under the
-//! ScraperSupervisor (its child), and nothing else does. Status views join the
-//! stored spec, the last run, the supervisor's live state and the collection's counts.
+//! registry in the store (flushed), sends the record to every peer, and
+//! answers once one peer has it too (or none is up, or none answered in
+//! time). Then it reconciles: each enabled source that placement gives to
+//! this node runs under the ScraperSupervisor (its child), and nothing else
+//! does. It reconciles again whenever membership changes.
+//!
+//! The registry is replicated last-writer-wins: peers' records arrive as
+//! `Merge` and replace ours only when their version is newer; every few
+//! seconds, and when membership changes, each node sends its versions to its
+//! peers (`Digest`), and a peer that holds newer records pushes them back.
+//!
+//! Status views join the stored spec, the owner, the last run (runs are
+//! replicated too), the supervisor's live state for sources run here, and
+//! the collection's counts.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -19,7 +29,10 @@ use super::scraper_supervisor::{
     ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg, SourceRuntime, SourceState,
 };
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
-use crate::cluster::placement;
+use crate::cluster::groups;
+use crate::cluster::handle::Answer;
+use crate::cluster::wire::{Notice, Request, Response};
+use crate::cluster::Cluster;
 use crate::domain::{RunRecord, SourceRecord, SourceSpec, Version};
 use crate::events::{Event, Events};
 use crate::scrape::extract::Limits;
@@ -40,7 +53,15 @@ pub struct OrchestratorArgs {
     pub limits: Limits,
     pub restart: RestartPolicy,
     pub events: Events,
+    pub cluster: Cluster,
 }
+
+/// How often the node sends its source versions to its peers.
+pub const GOSSIP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an admin write waits for a peer to store the record too.
+pub const REPLICATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Records per push to a peer.
+const PUSH_CHUNK: usize = 200;
 
 /// Why an admin command was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,6 +72,8 @@ pub enum AdminError {
     Conflict(String),
     #[error("storage failed: {0}")]
     Store(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 type Reply<T> = RpcReplyPort<Result<T, AdminError>>;
@@ -67,6 +90,17 @@ pub enum OrchestratorMsg {
     Runs(String, usize, Reply<Vec<RunRecord>>),
     /// Every source with the live state its view was built from, for the debug view.
     ListLive(Reply<LiveSources>),
+    /// Membership changed: reconcile, and exchange versions with peers.
+    Membership,
+    /// Time to send our versions to peers.
+    Gossip,
+    /// A peer's versions: push it what it lacks.
+    Digest {
+        from: String,
+        versions: BTreeMap<String, Version>,
+    },
+    /// Peers' records to merge; answered once durable when a peer asked.
+    Merge(Vec<SourceRecord>, Option<Answer>),
 }
 
 /// A source as the API returns it: its spec plus live status.
@@ -94,8 +128,10 @@ pub struct LiveSources {
 /// A source's live status.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceStatus {
-    /// The node that runs the source.
-    pub owner: String,
+    /// The node that runs the source (its name); none while membership settles.
+    pub owner: Option<String>,
+    /// The owner's node id.
+    pub owner_id: Option<String>,
     pub state: SourceState,
     pub last_run: Option<RunRecord>,
     pub next_run: Option<DateTime<Utc>>,
@@ -141,11 +177,123 @@ impl OrchestratorState {
     /// Does this node run the source?
     fn runs_here(&self, record: &SourceRecord) -> bool {
         let spec = &record.spec;
-        !record.deleted
-            && spec.enabled
-            && !spec.isolated
-            && placement::owner(&spec.id, [self.args.node_id.as_str()])
-                == Some(self.args.node_id.as_str())
+        !record.deleted && spec.enabled && !spec.isolated && self.args.cluster.owns(&spec.id)
+    }
+
+    /// Sends our versions to every peer.
+    async fn gossip(&self) -> Result<(), AdminError> {
+        if self.args.cluster.node_peers().is_empty() {
+            return Ok(());
+        }
+        let versions = self
+            .blocking(|s| {
+                Ok(s.sources()?
+                    .into_iter()
+                    .map(|r| (r.spec.id, r.version))
+                    .collect::<BTreeMap<_, _>>())
+            })
+            .await?;
+        self.args.cluster.cast_all(&Notice::SourceDigest {
+            from: self.args.node_id.clone(),
+            versions,
+        });
+        Ok(())
+    }
+
+    /// Pushes to `peer` every record newer than its `versions`.
+    async fn push_newer(
+        &self,
+        peer: &str,
+        versions: BTreeMap<String, Version>,
+    ) -> Result<(), AdminError> {
+        let newer: Vec<SourceRecord> = self
+            .blocking(|s| s.sources())
+            .await?
+            .into_iter()
+            .filter(|r| versions.get(&r.spec.id).is_none_or(|v| *v < r.version))
+            .collect();
+        for chunk in newer.chunks(PUSH_CHUNK) {
+            self.args
+                .cluster
+                .cast_to(peer, &Notice::Sources(chunk.to_vec()));
+        }
+        Ok(())
+    }
+
+    /// Keeps each record newer than ours; returns those kept.
+    async fn merge(&self, records: Vec<SourceRecord>) -> Result<Vec<SourceRecord>, AdminError> {
+        let kept = self
+            .blocking(move |s| {
+                let mut kept = Vec::new();
+                for record in records {
+                    if !crate::domain::spec::is_slug(&record.spec.id) {
+                        continue;
+                    }
+                    let newer = s
+                        .source(&record.spec.id)?
+                        .is_none_or(|local| local.version < record.version);
+                    if newer {
+                        s.put_source(&record)?;
+                        kept.push(record);
+                    }
+                }
+                if !kept.is_empty() {
+                    s.flush()?;
+                }
+                Ok(kept)
+            })
+            .await?;
+        for record in &kept {
+            tracing::info!(source = %record.spec.id, deleted = record.deleted, from = %record.version.node, "source record merged from a peer");
+            self.changed(
+                &record.spec.id,
+                if record.deleted {
+                    "deleted"
+                } else {
+                    "replicated"
+                },
+            );
+            self.reconcile_one(record);
+        }
+        Ok(kept)
+    }
+
+    /// Answers an admin write: at once if it failed, else once replicated.
+    fn answer_write<T: Send + 'static>(
+        &self,
+        reply: Reply<T>,
+        result: Result<(SourceRecord, Result<T, AdminError>), AdminError>,
+    ) {
+        match result {
+            Ok((record, answer)) => self.reply_after_replicated(&record, reply, answer),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Replies once a peer has stored `record` too (bounded; see [`REPLICATE_TIMEOUT`]).
+    fn reply_after_replicated<T: Send + 'static>(
+        &self,
+        record: &SourceRecord,
+        reply: Reply<T>,
+        result: Result<T, AdminError>,
+    ) {
+        let pending = self
+            .args
+            .cluster
+            .ask_all(&Request::Sources(vec![record.clone()]), REPLICATE_TIMEOUT);
+        if pending.asked() == 0 {
+            let _ = reply.send(result);
+            return;
+        }
+        let id = record.spec.id.clone();
+        tokio::spawn(async move {
+            if pending.first(|r| matches!(r, Response::Ok)).await.is_none() {
+                tracing::warn!(source = %id, "no peer stored the source in time; gossip will carry it");
+            }
+            let _ = reply.send(result);
+        });
     }
 
     fn reconcile_one(&self, record: &SourceRecord) {
@@ -243,9 +391,13 @@ impl OrchestratorState {
                     .and_then(|c| c.by_source.get(&spec.id))
                     .copied()
                     .unwrap_or(0);
+                let owner_id = self.args.cluster.owner_of(&spec.id);
                 SourceView {
                     status: SourceStatus {
-                        owner: self.args.node_name.clone(),
+                        owner: owner_id
+                            .as_deref()
+                            .and_then(|id| self.args.cluster.name_of(id)),
+                        owner_id,
                         state,
                         last_run,
                         next_run: runtime.and_then(|r| r.next_run),
@@ -308,10 +460,11 @@ impl OrchestratorState {
                     let record = self.save(record).await?;
                     tracing::info!(source = %record.spec.id, url = %record.spec.url, "source created");
                     self.changed(&record.spec.id, "created");
-                    self.view(record).await
+                    let view = self.view(record.clone()).await;
+                    Ok((record, view))
                 }
                 .await;
-                let _ = reply.send(result);
+                self.answer_write(reply, result);
             }
             OrchestratorMsg::Replace(spec, reply) => {
                 let result = async {
@@ -326,10 +479,11 @@ impl OrchestratorState {
                     let record = self.save(record).await?;
                     tracing::info!(source = %record.spec.id, "source replaced");
                     self.changed(&record.spec.id, "replaced");
-                    self.view(record).await
+                    let view = self.view(record.clone()).await;
+                    Ok((record, view))
                 }
                 .await;
-                let _ = reply.send(result);
+                self.answer_write(reply, result);
             }
             OrchestratorMsg::Delete(id, reply) => {
                 let result = async {
@@ -340,13 +494,13 @@ impl OrchestratorState {
                         updated_at: Utc::now(),
                         ..previous
                     };
-                    self.save(record).await?;
+                    let record = self.save(record).await?;
                     tracing::info!(source = %id, "source deleted");
                     self.changed(&id, "deleted");
-                    Ok(())
+                    Ok((record, Ok(())))
                 }
                 .await;
-                let _ = reply.send(result);
+                self.answer_write(reply, result);
             }
             OrchestratorMsg::RunNow(id, reply) => {
                 let result = async {
@@ -357,6 +511,11 @@ impl OrchestratorState {
                     if record.spec.isolated {
                         return Err(AdminError::Conflict(ISOLATION_UNAVAILABLE.into()));
                     }
+                    let owner = self.args.cluster.owner_of(&id);
+                    if let Some(owner) = owner.filter(|o| *o != self.args.node_id) {
+                        // The owner runs it: ask it, off this mailbox.
+                        return Ok(Some(owner));
+                    }
                     match self
                         .scrapers
                         .call(
@@ -365,14 +524,36 @@ impl OrchestratorState {
                         )
                         .await
                     {
-                        Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(AdminError::Conflict),
+                        Ok(ractor::rpc::CallResult::Success(r)) => {
+                            r.map(|()| None).map_err(AdminError::Conflict)
+                        }
                         _ => Err(AdminError::Store(
                             "the scraper supervisor did not answer".into(),
                         )),
                     }
                 }
                 .await;
-                let _ = reply.send(result);
+                match result {
+                    Ok(Some(owner)) => {
+                        let cluster = self.args.cluster.clone();
+                        tokio::spawn(async move {
+                            let asked = cluster
+                                .call(&owner, &Request::RunNow(id), ASK_TIMEOUT)
+                                .await;
+                            let _ = reply.send(match asked {
+                                Ok(Response::Ok) => Ok(()),
+                                Ok(Response::Error(e)) => Err(AdminError::Conflict(e)),
+                                Ok(other) => {
+                                    Err(AdminError::Store(format!("unexpected answer: {other:?}")))
+                                }
+                                Err(e) => Err(AdminError::Unavailable(e.to_string())),
+                            });
+                        });
+                    }
+                    other => {
+                        let _ = reply.send(other.map(|_| ()));
+                    }
+                }
             }
             OrchestratorMsg::Get(id, reply) => {
                 let result = async { self.view(self.existing(&id).await?).await }.await;
@@ -384,6 +565,36 @@ impl OrchestratorState {
             }
             OrchestratorMsg::ListLive(reply) => {
                 let _ = reply.send(self.list_live().await);
+            }
+            OrchestratorMsg::Membership => {
+                if let Err(e) = self.reconcile_all().await {
+                    tracing::error!(error = %e, "reconcile after a membership change failed");
+                }
+                if let Err(e) = self.gossip().await {
+                    tracing::warn!(error = %e, "gossip failed");
+                }
+            }
+            OrchestratorMsg::Gossip => {
+                if let Err(e) = self.gossip().await {
+                    tracing::warn!(error = %e, "gossip failed");
+                }
+            }
+            OrchestratorMsg::Digest { from, versions } => {
+                if let Err(e) = self.push_newer(&from, versions).await {
+                    tracing::warn!(peer = %from, error = %e, "push to peer failed");
+                }
+            }
+            OrchestratorMsg::Merge(records, answer) => {
+                let result = self.merge(records).await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "merging peers' source records failed");
+                }
+                if let Some(answer) = answer {
+                    answer.send(match result {
+                        Ok(_) => Response::Ok,
+                        Err(e) => Response::Error(e.to_string()),
+                    });
+                }
             }
             OrchestratorMsg::Runs(id, limit, reply) => {
                 let result = async {
@@ -408,9 +619,15 @@ async fn spawn_scrapers(
         collections: args.collections.clone(),
         restart: args.restart,
         events: args.events.clone(),
+        cluster: args.cluster.clone(),
     };
-    let (scrapers, _) =
-        Actor::spawn_linked(None, ScraperSupervisor, sup_args, myself.get_cell()).await?;
+    let (scrapers, _) = Actor::spawn_linked(
+        Some(groups::SCRAPERS.to_owned()),
+        ScraperSupervisor,
+        sup_args,
+        myself.get_cell(),
+    )
+    .await?;
     Ok(scrapers)
 }
 
@@ -430,7 +647,17 @@ impl Actor for Orchestrator {
             scrapers,
             failures: FailureWindow::default(),
         };
+        let mut changes = state.args.cluster.changes();
         state.reconcile_all().await?;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if me.cast(OrchestratorMsg::Membership).is_err() {
+                    break;
+                }
+            }
+        });
+        myself.send_interval(GOSSIP_EVERY, || OrchestratorMsg::Gossip);
         Ok(state)
     }
 

@@ -12,12 +12,14 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::aggregator::AggregatorMsg;
 use super::scraper_supervisor::ScraperSupervisorMsg;
 use super::ASK_TIMEOUT;
+use crate::cluster::wire::Notice;
+use crate::cluster::Cluster;
 use crate::domain::{ItemBatch, RunRecord, SourceSpec};
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
@@ -39,6 +41,8 @@ pub struct ScraperArgs {
     pub events: Events,
     /// Told of every run, so the counts outlive this actor.
     pub supervisor: ActorRef<ScraperSupervisorMsg>,
+    /// Peers are told of every run, so a new owner keeps the schedule.
+    pub cluster: Cluster,
 }
 
 #[derive(RactorMessage)]
@@ -54,7 +58,7 @@ pub enum ScraperMsg {
 
 /// A scraper's snapshot. Its run counts are kept by the ScraperSupervisor
 /// (`Totals`), which outlives the actor.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScraperStats {
     pub source: String,
     pub running: bool,
@@ -289,6 +293,10 @@ impl Actor for Scraper {
                 let saved = record.clone();
                 tokio::task::spawn_blocking(move || store.record_run(&id, &saved)).await??;
                 let source = &state.args.spec.id;
+                state.args.cluster.cast_all(&Notice::Run {
+                    source: source.clone(),
+                    run: record.clone(),
+                });
                 let _ = state
                     .args
                     .supervisor

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::collection_supervisor::CollectionSupervisorMsg;
 use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperStats};
@@ -34,6 +34,7 @@ pub struct ScraperSupervisorArgs {
     pub collections: ActorRef<CollectionSupervisorMsg>,
     pub restart: RestartPolicy,
     pub events: Events,
+    pub cluster: crate::cluster::Cluster,
 }
 
 #[derive(RactorMessage)]
@@ -58,7 +59,7 @@ pub enum ScraperSupervisorMsg {
 }
 
 /// Where a source's scraper is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceState {
     Scheduled,
@@ -70,7 +71,7 @@ pub enum SourceState {
 
 /// A source's run counts on this node since it was placed here; kept by the
 /// supervisor, so a scraper's restart does not lose them.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Totals {
     pub runs: u64,
     pub errors: u64,
@@ -79,7 +80,7 @@ pub struct Totals {
 }
 
 /// A source's live status on its owner node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceRuntime {
     pub totals: Totals,
     pub state: SourceState,
@@ -147,6 +148,7 @@ impl ScraperSupervisorState {
                 run_now,
                 events: self.args.events.clone(),
                 supervisor: myself.clone(),
+                cluster: self.args.cluster.clone(),
             };
             Actor::spawn_linked(None, Scraper, args, myself.get_cell())
                 .await

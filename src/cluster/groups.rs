@@ -4,3 +4,15 @@
 pub const ORCHESTRATOR: &str = "gleaner.orchestrator";
 /// The node's CollectionSupervisor (collection summaries, aggregators).
 pub const COLLECTIONS: &str = "gleaner.collections";
+/// The node's ScraperSupervisor (what runs here, for peers asking).
+pub const SCRAPERS: &str = "gleaner.scrapers";
+/// The node's Replicator (catches up on collections from peers).
+pub const REPLICATOR: &str = "gleaner.replicator";
+/// The process group every node's Peer actor joins.
+pub const PEERS: &str = "gleaner.peers";
+
+/// The registered name of a node's Peer actor: unique per process start, so
+/// a restarted node's actor never collides with its predecessor's proxy.
+pub fn peer(boot: &str) -> String {
+    format!("gleaner.peer.{boot}")
+}

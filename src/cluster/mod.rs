@@ -1,6 +1,14 @@
-//! The cluster side of a node. For now a node is a cluster of one: [`placement`]
-//! already decides ownership by rendezvous hashing over the members, and
-//! [`groups`] names the actors that other parts look up.
+//! The cluster side of a node: the member view ([`view`]), what nodes say to
+//! each other ([`wire`]), the handle the rest of the node uses to read the
+//! view and reach peers ([`handle`]), placement by rendezvous hashing
+//! ([`placement`]), and the names actors are found by ([`groups`]). The
+//! actors that drive it are `actors::membership`, `actors::peer` and
+//! `actors::replicator`.
 
 pub mod groups;
+pub mod handle;
 pub mod placement;
+pub mod view;
+pub mod wire;
+
+pub use handle::Cluster;

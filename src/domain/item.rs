@@ -56,6 +56,15 @@ pub struct ItemBatch {
     pub items: Vec<Item>,
 }
 
+/// A batch as it travels between nodes: which node first accepted it, and
+/// its number in that node's sequence for the collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicatedBatch {
+    pub origin: String,
+    pub seq: u64,
+    pub batch: ItemBatch,
+}
+
 /// An item as a collection keeps and serves it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredItem {
@@ -80,6 +89,27 @@ pub enum Upsert {
 }
 
 impl StoredItem {
+    /// Merges a copy of an item from another node's snapshot: the later
+    /// observation wins, first_seen is the earliest either saw. Commutative,
+    /// so replicas converge whatever order copies arrive in.
+    pub fn merge_copy(old: Option<StoredItem>, copy: StoredItem) -> StoredItem {
+        match old {
+            None => copy,
+            Some(old) => {
+                let first_seen = old.first_seen.min(copy.first_seen);
+                let mut winner = if (copy.last_seen, copy.version, &copy.hash)
+                    > (old.last_seen, old.version, &old.hash)
+                {
+                    copy
+                } else {
+                    old
+                };
+                winner.first_seen = first_seen;
+                winner
+            }
+        }
+    }
+
     /// Merges a freshly scraped item into what is stored (if anything):
     /// first_seen is kept, last_seen moves on, the version goes up only when
     /// the content changed.
@@ -103,6 +133,13 @@ impl StoredItem {
                 },
                 Upsert::Inserted,
             ),
+            // An older observation arriving late (a replica catching up, or
+            // two nodes scraping during a partition) never overwrites newer
+            // content: every node ends with the same item whatever the order.
+            Some(mut old) if seen < old.last_seen => {
+                old.first_seen = old.first_seen.min(seen);
+                (old, Upsert::Unchanged)
+            }
             Some(mut old) => {
                 old.last_seen = old.last_seen.max(seen);
                 old.source = source.to_owned();

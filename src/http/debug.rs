@@ -23,6 +23,8 @@ use crate::actors::collection_supervisor::CollectionSupervisorMsg;
 use crate::actors::orchestrator::{LiveSources, OrchestratorMsg};
 use crate::actors::scraper_supervisor::SourceState;
 use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR};
+use crate::cluster::wire::{Request, Response};
+use crate::cluster::Cluster;
 
 /// One actor in the supervision tree.
 #[derive(Debug, Serialize)]
@@ -78,8 +80,13 @@ fn state_name(s: SourceState) -> &'static str {
     }
 }
 
-/// This node's part of the debug state.
-async fn local_state(state: &AppState) -> Result<Value, ApiError> {
+/// This node's part of the debug state: its member entry and its actor tree
+/// (also what a peer's `Stats` request gets).
+pub async fn node_state(
+    cluster: &Cluster,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<Value, ApiError> {
+    let me = cluster.me();
     let LiveSources {
         sources,
         runtimes,
@@ -129,7 +136,7 @@ async fn local_state(state: &AppState) -> Result<Value, ApiError> {
         .collect();
     let tree = ActorNode::new(
         "NodeSupervisor",
-        state.node_name.clone(),
+        me.name.clone(),
         "running",
         Value::Null,
         vec![
@@ -167,32 +174,66 @@ async fn local_state(state: &AppState) -> Result<Value, ApiError> {
         .collect();
     let owned = runtimes.len();
     let member = json!({
-        "name": state.node_name,
-        "node_id": state.node_id,
-        "address": state.http_addr.to_string(),
-        "role": "node",
+        "name": me.name,
+        "node_id": me.node_id,
+        "address": me.cluster,
+        "http": me.http,
+        "role": me.role,
         "state": "up",
-        "started_at": state.started_at,
-        "uptime_secs": (Utc::now() - state.started_at).num_seconds().max(0),
+        "started_at": started_at,
+        "uptime_secs": (Utc::now() - started_at).num_seconds().max(0),
         "sources_owned": owned,
         "memory_rss_bytes": rss_bytes(),
     });
     Ok(json!({
         "member": member,
-        "node": { "name": state.node_name, "tree": tree, "sources": sources, "collections": collections },
+        "node": { "name": me.name, "tree": tree, "sources": sources, "collections": collections },
     }))
 }
 
 pub async fn state(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     auth::require(&req, state.admin_token.as_deref())?;
-    let local = local_state(&state).await?;
+    let local = node_state(&state.cluster, state.started_at).await?;
+    let mut members = vec![local["member"].clone()];
+    let mut nodes = vec![local["node"].clone()];
+    // Every other member's part, asked of all at once; one that does not
+    // answer is listed with its state and why.
+    let answers = state
+        .cluster
+        .ask_all(&Request::Stats, PEER_STATS_TIMEOUT)
+        .all()
+        .await;
+    for m in state.cluster.members().into_iter().skip(1) {
+        match answers.get(&m.node_id) {
+            Some(Ok(Response::Stats(v))) => {
+                let mut member = v["member"].clone();
+                member["state"] = json!(m.state);
+                members.push(member);
+                nodes.push(v["node"].clone());
+            }
+            other => {
+                let why = match other {
+                    Some(Ok(r)) => format!("unexpected answer: {r:?}"),
+                    Some(Err(e)) => e.to_string(),
+                    None => "not reachable".to_owned(),
+                };
+                members.push(json!({
+                    "name": m.name, "node_id": m.node_id, "address": m.address, "http": m.http,
+                    "role": m.role, "state": m.state, "error": why,
+                }));
+            }
+        }
+    }
     Ok(HttpResponse::Ok().json(json!({
         "self": state.node_name,
         "generated_at": Utc::now(),
-        "members": [local["member"]],
-        "nodes": [local["node"]],
+        "members": members,
+        "nodes": nodes,
     })))
 }
+
+/// How long `/debug/state` waits for each peer's part.
+const PEER_STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Heartbeat comment interval, so proxies keep the stream open.
 const KEEPALIVE: Duration = Duration::from_secs(15);

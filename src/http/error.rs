@@ -70,6 +70,7 @@ impl From<AdminError> for ApiError {
             AdminError::NotFound(_) => ApiError::NotFound(e.to_string()),
             AdminError::Conflict(m) => ApiError::Conflict(m),
             AdminError::Store(m) => ApiError::Internal(anyhow::anyhow!(m)),
+            AdminError::Unavailable(m) => ApiError::Unavailable(m),
         }
     }
 }

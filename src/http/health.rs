@@ -1,5 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (the node's actors are up
-//! and it is not shutting down).
+//! `/healthz` (the process answers) and `/readyz` (the node's actors are up,
+//! its cluster membership has settled, and it is not shutting down).
 
 use std::sync::atomic::Ordering;
 
@@ -19,6 +19,11 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         && ractor::registry::where_is(groups::COLLECTIONS).is_some();
     if !state.ready.load(Ordering::Acquire) || !actors_up {
         return Err(ApiError::Unavailable("the node is not ready".into()));
+    }
+    if !state.cluster.settled() {
+        return Err(ApiError::Unavailable(
+            "the node is still finding its cluster peers".into(),
+        ));
     }
     Ok(HttpResponse::Ok().json(json!({ "status": "ready", "node": state.node_name })))
 }

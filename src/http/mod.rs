@@ -7,6 +7,7 @@
 //! [`auth`] checks bearer tokens.
 
 pub mod auth;
+pub mod cluster;
 pub mod collections;
 pub mod debug;
 pub mod error;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub read_token: Option<String>,
     /// False until the node's actors are up, and again once shutdown starts.
     pub ready: Arc<AtomicBool>,
+    pub cluster: crate::cluster::Cluster,
 }
 
 /// Registers every route on an actix `App`.
@@ -82,6 +84,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/v1/collections/{name}/items/{key}")
             .route(web::get().to(collections::item))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/cluster")
+            .route(web::get().to(cluster::members))
             .default_service(web::to(method_not_allowed)),
     )
     .service(web::resource("/debug/state").route(web::get().to(debug::state)))

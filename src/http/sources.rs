@@ -8,9 +8,59 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{accepted, ask, auth, read_body, AppState};
-use crate::actors::orchestrator::OrchestratorMsg;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::actors::orchestrator::{OrchestratorMsg, SourceView};
 use crate::cluster::groups::ORCHESTRATOR;
+use crate::cluster::wire::{Request, Response};
 use crate::domain::SourceSpec;
+
+/// How long a status view waits for an owner node's live state.
+const OWNER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Fills in the live state of sources that another node runs, asking each
+/// owner once. An owner that does not answer leaves the view as stored
+/// (owner, last run and counts are replicated; state and next run are not).
+async fn with_owners_status(state: &AppState, views: &mut [SourceView]) {
+    let me = &state.cluster.me().node_id;
+    let owners: BTreeSet<String> = views
+        .iter()
+        .filter_map(|v| v.status.owner_id.clone())
+        .filter(|o| o != me)
+        .collect();
+    let asks = owners.into_iter().map(|owner| async move {
+        let answer = state
+            .cluster
+            .call(&owner, &Request::Runtimes, OWNER_STATUS_TIMEOUT)
+            .await;
+        (owner, answer)
+    });
+    let answers: BTreeMap<String, _> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(owner, answer)| match answer {
+            Ok(Response::Runtimes(r)) => Some((owner, r)),
+            _ => None,
+        })
+        .collect();
+    for view in views.iter_mut() {
+        let status = &mut view.status;
+        let Some(runtime) = status
+            .owner_id
+            .as_ref()
+            .and_then(|o| answers.get(o))
+            .and_then(|r| r.get(&view.spec.id))
+        else {
+            continue;
+        };
+        if view.spec.enabled && !view.spec.isolated {
+            status.state = runtime.state;
+            status.last_error = runtime.last_error.clone().or(status.last_error.take());
+        }
+        status.next_run = runtime.next_run;
+        status.restarts = runtime.restarts;
+    }
+}
 
 fn admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     auth::require(req, state.admin_token.as_deref())
@@ -68,7 +118,8 @@ pub async fn create(
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     admin(&req, &state)?;
-    let views = ask(ORCHESTRATOR, OrchestratorMsg::List).await??;
+    let mut views = ask(ORCHESTRATOR, OrchestratorMsg::List).await??;
+    with_owners_status(&state, &mut views).await;
     Ok(HttpResponse::Ok().json(json!({ "sources": views })))
 }
 
@@ -79,6 +130,9 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     admin(&req, &state)?;
     let view = ask(ORCHESTRATOR, |r| OrchestratorMsg::Get(id.into_inner(), r)).await??;
+    let mut views = [view];
+    with_owners_status(&state, &mut views).await;
+    let [view] = views;
     Ok(HttpResponse::Ok().json(view))
 }
 

@@ -6,7 +6,10 @@
 //! - `sources`: source id -> [`SourceRecord`] (tombstones included);
 //! - `runs`: `source id \0 start time (big-endian micros)` -> [`RunRecord`], bounded per source;
 //! - `collections`: collection name -> [`CollectionMeta`];
-//! - `items:{collection}`: item key -> [`StoredItem`].
+//! - `items:{collection}`: item key -> [`StoredItem`];
+//! - `log:{collection}`: `origin node id \0 sequence (big-endian)` -> [`ReplicatedBatch`],
+//!   the batches applied to the collection, kept so peers can pull what they
+//!   missed (the newest [`Store::log_retained`] per origin).
 //!
 //! Every method blocks (sled does disk I/O): async callers run them on
 //! `spawn_blocking`. Writes are durable only after [`Store::flush`], which
@@ -18,12 +21,16 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::domain::{ItemBatch, RunRecord, SourceRecord, StoredItem, Upsert};
+use crate::domain::{ItemBatch, ReplicatedBatch, RunRecord, SourceRecord, StoredItem, Upsert};
 
 /// Runs kept per source; older ones are dropped.
 pub const RUNS_KEPT: usize = 100;
 
 const ITEMS_PREFIX: &str = "items:";
+const LOG_PREFIX: &str = "log:";
+
+/// Batches kept in the log per collection and origin, by default.
+pub const LOG_RETAINED: u64 = 10_000;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,8 @@ pub enum StoreError {
         what: &'static str,
         source: serde_json::Error,
     },
+    #[error("the storage task failed: {0}")]
+    Task(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -53,6 +62,19 @@ pub struct BatchOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionMeta {
     pub last_update: DateTime<Utc>,
+    /// The last batch applied from each origin node (by sequence number).
+    #[serde(default)]
+    pub heads: BTreeMap<String, u64>,
+}
+
+/// What the log holds after a sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogSlice {
+    Batches(Vec<ReplicatedBatch>),
+    /// Batches asked for are gone; the oldest kept is `first`.
+    Truncated {
+        first: u64,
+    },
 }
 
 /// The sled handle and its trees; cheap to clone.
@@ -63,6 +85,7 @@ pub struct Store {
     sources: sled::Tree,
     runs: sled::Tree,
     collections: sled::Tree,
+    log_retained: u64,
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
@@ -87,7 +110,14 @@ impl Store {
             runs: db.open_tree("runs")?,
             collections: db.open_tree("collections")?,
             db,
+            log_retained: LOG_RETAINED,
         })
+    }
+
+    /// Keeps `n` batches per collection and origin in the log (at least 1).
+    pub fn with_log_retained(mut self, n: u64) -> Store {
+        self.log_retained = n.max(1);
+        self
     }
 
     /// Makes every write so far durable.
@@ -159,9 +189,61 @@ impl Store {
             .collect()
     }
 
-    /// Upserts a batch into its collection, atomically: an item keeps its
-    /// first_seen, its version goes up only when its content changed.
+    /// Upserts a batch into its collection (no log entry, no heads): for
+    /// tests and tools; nodes use [`Store::apply_replicated`].
     pub fn apply_batch(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
+        let outcome = self.upsert_items(batch)?;
+        self.update_meta(&batch.collection, batch.fetched_at, None)?;
+        Ok(outcome)
+    }
+
+    /// Applies a batch from `origin` with sequence number `seq`: upserts its
+    /// items atomically, appends it to the collection's log (dropping the
+    /// oldest beyond the retention) and records the collection's head for
+    /// the origin. Applying the same batch twice changes nothing.
+    pub fn apply_replicated(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
+        let outcome = self.upsert_items(&rb.batch)?;
+        let log = self.log_tree(&rb.batch.collection)?;
+        log.insert(log_key(&rb.origin, rb.seq), encode(rb))?;
+        if rb.seq > self.log_retained {
+            let cut = rb.seq - self.log_retained;
+            let stale: Vec<sled::IVec> = log
+                .range(log_key(&rb.origin, 0)..=log_key(&rb.origin, cut))
+                .keys()
+                .collect::<std::result::Result<_, _>>()?;
+            for k in stale {
+                log.remove(k)?;
+            }
+        }
+        self.update_meta(
+            &rb.batch.collection,
+            rb.batch.fetched_at,
+            Some((&rb.origin, rb.seq)),
+        )?;
+        Ok(outcome)
+    }
+
+    fn update_meta(
+        &self,
+        collection: &str,
+        fetched_at: DateTime<Utc>,
+        head: Option<(&str, u64)>,
+    ) -> Result<()> {
+        let mut meta = self.collection(collection)?.unwrap_or(CollectionMeta {
+            last_update: fetched_at,
+            heads: BTreeMap::new(),
+        });
+        meta.last_update = meta.last_update.max(fetched_at);
+        if let Some((origin, seq)) = head {
+            let h = meta.heads.entry(origin.to_owned()).or_default();
+            *h = (*h).max(seq);
+        }
+        self.collections
+            .insert(collection.as_bytes(), encode(&meta))?;
+        Ok(())
+    }
+
+    fn upsert_items(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
         let tree = self.items_tree(&batch.collection)?;
         let mut outcome = BatchOutcome::default();
         let mut writes = sled::Batch::default();
@@ -175,12 +257,11 @@ impl Store {
                     .map(|b| decode::<StoredItem>("item", &b))
                     .transpose()?,
             };
-            if let Some(old) = &old {
-                if old.source != batch.source {
-                    *outcome.taken_from.entry(old.source.clone()).or_default() += 1;
-                }
-            }
+            let old_source = old.as_ref().map(|o| o.source.clone());
             let (stored, how) = StoredItem::merge(old, item, &batch.source, batch.fetched_at);
+            if let Some(from) = old_source.filter(|s| *s != stored.source) {
+                *outcome.taken_from.entry(from).or_default() += 1;
+            }
             match how {
                 Upsert::Inserted => outcome.inserted += 1,
                 Upsert::Changed => outcome.changed += 1,
@@ -192,12 +273,99 @@ impl Store {
             writes.insert(key.as_bytes(), encode(stored));
         }
         tree.apply_batch(writes)?;
-        let meta = CollectionMeta {
-            last_update: batch.fetched_at,
-        };
-        self.collections
-            .insert(batch.collection.as_bytes(), encode(&meta))?;
         Ok(outcome)
+    }
+
+    /// Merges copies of items from a peer's snapshot (the later observation
+    /// of each wins) and raises the collection's heads to at least `heads`.
+    /// Returns how many items were new here.
+    pub fn restore(
+        &self,
+        collection: &str,
+        items: &[StoredItem],
+        heads: Option<&BTreeMap<String, u64>>,
+    ) -> Result<u64> {
+        let tree = self.items_tree(collection)?;
+        let mut writes = sled::Batch::default();
+        let mut inserted = 0;
+        let mut last = None;
+        for copy in items {
+            let old = tree
+                .get(copy.key.as_bytes())?
+                .map(|b| decode::<StoredItem>("item", &b))
+                .transpose()?;
+            inserted += u64::from(old.is_none());
+            last = last.max(Some(copy.last_seen));
+            let merged = StoredItem::merge_copy(old, copy.clone());
+            writes.insert(copy.key.as_bytes(), encode(&merged));
+        }
+        tree.apply_batch(writes)?;
+        let mut meta = self.collection(collection)?;
+        if meta.is_none() && last.is_none() && heads.is_none() {
+            return Ok(0);
+        }
+        let now = last.unwrap_or_else(Utc::now);
+        let m = meta.get_or_insert_with(|| CollectionMeta {
+            last_update: now,
+            heads: BTreeMap::new(),
+        });
+        m.last_update = m.last_update.max(now);
+        for (origin, seq) in heads.into_iter().flatten() {
+            let h = m.heads.entry(origin.clone()).or_default();
+            *h = (*h).max(*seq);
+        }
+        self.collections.insert(collection.as_bytes(), encode(m))?;
+        Ok(inserted)
+    }
+
+    /// Every collection's heads.
+    pub fn heads(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
+        Ok(self
+            .collections()?
+            .into_iter()
+            .map(|(name, meta)| (name, meta.heads))
+            .collect())
+    }
+
+    /// One collection's heads (empty if it does not exist here).
+    pub fn heads_of(&self, collection: &str) -> Result<BTreeMap<String, u64>> {
+        Ok(self
+            .collection(collection)?
+            .map(|m| m.heads)
+            .unwrap_or_default())
+    }
+
+    /// Up to `max` logged batches of `origin` in `collection` after `after`,
+    /// in order; or where the log now starts if batches after `after` are gone.
+    pub fn log_after(
+        &self,
+        collection: &str,
+        origin: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<LogSlice> {
+        let log = self.log_tree(collection)?;
+        let mut out = Vec::new();
+        for entry in log.range(log_key(origin, after.saturating_add(1))..=log_key(origin, u64::MAX))
+        {
+            let (_, v) = entry?;
+            let rb: ReplicatedBatch = decode("log entry", &v)?;
+            if out.is_empty() && rb.seq != after + 1 {
+                return Ok(LogSlice::Truncated { first: rb.seq });
+            }
+            out.push(rb);
+            if out.len() >= max {
+                break;
+            }
+        }
+        if out.is_empty() {
+            let head = self.heads_of(collection)?.get(origin).copied().unwrap_or(0);
+            if head > after {
+                // The head moved past `after` but nothing is logged: all truncated.
+                return Ok(LogSlice::Truncated { first: head + 1 });
+            }
+        }
+        Ok(LogSlice::Batches(out))
     }
 
     /// Names of every collection that has received a batch.
@@ -278,9 +446,20 @@ impl Store {
         Ok((out, false))
     }
 
+    fn log_tree(&self, collection: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(format!("{LOG_PREFIX}{collection}"))?)
+    }
+
     fn items_tree(&self, collection: &str) -> Result<sled::Tree> {
         Ok(self.db.open_tree(format!("{ITEMS_PREFIX}{collection}"))?)
     }
+}
+
+fn log_key(origin: &str, seq: u64) -> Vec<u8> {
+    let mut key = origin.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }
 
 fn run_prefix(source: &str) -> Vec<u8> {

@@ -41,6 +41,8 @@ where
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
+    /// The cluster address the node advertises (empty without a cookie).
+    pub cluster_addr: String,
     pub data_dir: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     client: reqwest::Client,
@@ -116,12 +118,117 @@ impl NodeConfig {
     pub async fn start(self) -> Node {
         Node::start(self).await
     }
+
+    /// Runs the node expecting it to exit by itself within `within`;
+    /// returns whether it exited 0, and its output.
+    pub fn run_to_exit(&self, within: Duration) -> (bool, String) {
+        let mut child = self.command().spawn().expect("the gleaner binary starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, _rx) = mpsc::channel();
+        pump(child.stdout.take().unwrap(), logs.clone(), tx.clone());
+        pump(child.stderr.take().unwrap(), logs.clone(), tx);
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Let the pumps drain what the process wrote before it exited.
+        let drained = Instant::now() + Duration::from_secs(2);
+        let mut last = 0;
+        while Instant::now() < drained {
+            let n = logs.lock().unwrap().len();
+            if n == last && n > 0 {
+                break;
+            }
+            last = n;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = logs.lock().unwrap().join("\n");
+        assert!(
+            status.is_some(),
+            "the node did not exit within {within:?}:\n{out}"
+        );
+        (status.unwrap().success(), out)
+    }
+}
+
+/// The cookie the tests' clusters share.
+pub const COOKIE: &str = "test-cluster-cookie-0123456789abcdef";
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Ports, names and data directories for a cluster of test nodes that all
+/// know each other as seeds.
+pub struct ClusterPlan {
+    pub ports: Vec<u16>,
+    pub dir: tempfile::TempDir,
+}
+
+impl ClusterPlan {
+    pub fn new(n: usize) -> ClusterPlan {
+        ClusterPlan {
+            ports: (0..n).map(|_| free_port()).collect(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn seeds(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}"))
+    }
+
+    /// Node `i` (0-based) of the plan: named `n{i}`.
+    pub fn config(&self, i: usize) -> NodeConfig {
+        NodeConfig::new(&self.data_dir(i))
+            .env("GLEANER_NODE_NAME", &format!("n{i}"))
+            .env("GLEANER_CLUSTER_PORT", &self.ports[i].to_string())
+            .env("GLEANER_SEEDS", &self.seeds())
+            .env("GLEANER_COOKIE", COOKIE)
+    }
+}
+
+/// Waits until every node sees exactly `names` as members, all up.
+pub async fn wait_for_members(nodes: &[&Node], names: &[&str], within: Duration) {
+    let mut want: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (n.to_string(), "up".to_string()))
+        .collect();
+    want.sort();
+    for node in nodes {
+        wait_until(
+            &format!("node {} to see members {names:?}", node.addr),
+            within,
+            || async { (node.members().await == want).then_some(()) },
+        )
+        .await;
+    }
 }
 
 fn pump(
     stream: impl std::io::Read + Send + 'static,
     logs: Arc<Mutex<Vec<String>>>,
-    addr: mpsc::Sender<SocketAddr>,
+    addr: mpsc::Sender<(SocketAddr, String)>,
 ) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
@@ -129,7 +236,8 @@ fn pump(
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["message"] == "http server listening" {
                     if let Some(a) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
-                        let _ = addr.send(a);
+                        let cluster = v["cluster_addr"].as_str().unwrap_or("").to_owned();
+                        let _ = addr.send((a, cluster));
                     }
                 }
             }
@@ -146,7 +254,7 @@ impl Node {
         pump(child.stdout.take().unwrap(), logs.clone(), tx.clone());
         pump(child.stderr.take().unwrap(), logs.clone(), tx);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
+        let (addr, cluster_addr) = loop {
             if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
                 break addr;
             }
@@ -165,6 +273,7 @@ impl Node {
         let node = Node {
             child,
             addr,
+            cluster_addr,
             data_dir: config.data_dir,
             logs,
             client,
@@ -313,6 +422,54 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{name} {}", self.pid());
+    }
+
+    /// The members this node sees, as (name, state) pairs sorted by name.
+    pub async fn members(&self) -> Vec<(String, String)> {
+        let (status, body) = self.get("/api/v1/cluster").await;
+        assert_eq!(status, 200, "{body}");
+        let mut out: Vec<(String, String)> = body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_owned(),
+                    m["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The items' keys of a collection, sorted (empty if it does not exist yet).
+    pub async fn item_keys(&self, collection: &str) -> Vec<String> {
+        let (status, _) = self
+            .get(&format!("/api/v1/collections/{collection}/items?limit=1"))
+            .await;
+        if status == 404 {
+            return Vec::new();
+        }
+        let mut keys: Vec<String> = self
+            .all_items(collection)
+            .await
+            .iter()
+            .map(|i| i["key"].as_str().unwrap().to_owned())
+            .collect();
+        keys.sort();
+        keys
     }
 
     pub fn logs(&self) -> Vec<String> {

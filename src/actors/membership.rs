@@ -1,0 +1,436 @@
+//! Membership: the node's place in the cluster. It runs ractor_cluster's
+//! NodeServer (cookie-authenticated, transitive, so the nodes form a full
+//! mesh) and the node's Peer actor, both as linked children; it dials the
+//! seeds and the addresses of the discovery name (re-resolved at each round,
+//! with a backoff per address), sends a heartbeat to every peer at each tick,
+//! and keeps the [`MemberView`]. Each change is published on the
+//! [`Cluster`] handle, which wakes the Orchestrator and the Replicator.
+//!
+//! ractor_cluster's own pings never declare a frozen peer dead, so a peer is
+//! judged by our heartbeats alone (suspect, then down after the timeout), or
+//! at once when its session closes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, RactorMessage};
+use serde::Serialize;
+
+use super::peer::{Peer, PeerArgs, PeerMsg};
+use crate::cluster::groups;
+use crate::cluster::handle::{status, MemberStatus, Peer as PeerRef, Published};
+use crate::cluster::view::{Heard, MemberState, MemberView, NodeInfo};
+use crate::cluster::{wire, Cluster};
+use crate::settings::ClusterSettings;
+use crate::store::Store;
+
+pub struct Membership;
+
+pub struct MembershipArgs {
+    pub settings: ClusterSettings,
+    pub cluster: Cluster,
+    pub store: Store,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(RactorMessage)]
+pub enum MembershipMsg {
+    /// Heartbeat out, judge silence, dial if due.
+    Tick,
+    /// A peer's heartbeat.
+    Heard(NodeInfo),
+    /// A dial round ended; these targets failed.
+    Dialed(Vec<String>),
+    Stats(RpcReplyPort<MembershipStats>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MembershipStats {
+    pub settled: bool,
+    pub members: Vec<MemberStatus>,
+    /// Cluster sessions open (authenticated or not).
+    pub sessions: usize,
+}
+
+/// Longest wait between attempts to dial an address that keeps failing.
+const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(10);
+/// First wait after a failed dial.
+const DIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// How long one dial (DNS and TCP connect) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct MembershipState {
+    args: MembershipArgs,
+    view: MemberView,
+    server: ActorRef<NodeServerMessage>,
+    started: Instant,
+    /// A dial round is in progress.
+    dialing: bool,
+    dialed_once: bool,
+    settled: bool,
+    /// Per target: when to try next, and the current backoff.
+    backoff: BTreeMap<String, (Instant, Duration)>,
+    /// Peers (by boot id) whose Peer actor has been seen in the process group,
+    /// so its absence later means the session closed.
+    seen: HashSet<String>,
+    /// Names already warned about, so a duplicate is logged once.
+    warned: HashSet<String>,
+}
+
+/// Forwards the NodeServer's session events to the Membership actor.
+struct SessionEvents(ActorRef<MembershipMsg>);
+
+impl NodeEventSubscription for SessionEvents {
+    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        tracing::info!(peer = %ses.peer_addr, "cluster session closed");
+        let _ = self.0.cast(MembershipMsg::Tick);
+    }
+    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        tracing::info!(peer = %ses.peer_addr, "cluster session ready");
+        let _ = self.0.cast(MembershipMsg::Tick);
+    }
+}
+
+/// Remote Peer actors in the process group, by registered name.
+fn remote_peers() -> BTreeMap<String, ActorRef<PeerMsg>> {
+    ractor::pg::get_members(&groups::PEERS.to_owned())
+        .into_iter()
+        .filter(|cell| !cell.get_id().is_local())
+        .filter_map(|cell| Some((cell.get_name()?, ActorRef::from(cell))))
+        .collect()
+}
+
+/// Tries every target once; returns those that could not be reached.
+async fn dial(server: ActorRef<NodeServerMessage>, targets: Vec<String>) -> Vec<String> {
+    let connected: HashSet<std::net::SocketAddr> = match server
+        .call(NodeServerMessage::GetSessions, Some(DIAL_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(sessions)) => {
+            let mut addrs = HashSet::new();
+            for ses in sessions.values() {
+                if let Some(name) = &ses.peer_name {
+                    if let Ok(Ok(found)) = tokio::time::timeout(
+                        DIAL_TIMEOUT,
+                        tokio::net::lookup_host(name.connection_string.clone()),
+                    )
+                    .await
+                    {
+                        addrs.extend(found);
+                    }
+                }
+            }
+            addrs
+        }
+        _ => HashSet::new(),
+    };
+    let mut failed = Vec::new();
+    for target in targets {
+        let resolved =
+            tokio::time::timeout(DIAL_TIMEOUT, tokio::net::lookup_host(target.clone())).await;
+        let addrs: Vec<_> = match resolved {
+            Ok(Ok(a)) => a.collect(),
+            _ => {
+                tracing::debug!(%target, "peer address does not resolve");
+                failed.push(target);
+                continue;
+            }
+        };
+        for addr in addrs {
+            if connected.contains(&addr) {
+                continue;
+            }
+            match tokio::time::timeout(DIAL_TIMEOUT, ractor_cluster::client_connect(&server, addr))
+                .await
+            {
+                Ok(Ok(())) => tracing::info!(%target, %addr, "dialled peer"),
+                Ok(Err(e)) => {
+                    tracing::debug!(%target, %addr, error = %e, "peer not reachable");
+                    failed.push(target.clone());
+                }
+                Err(_) => failed.push(target.clone()),
+            }
+        }
+    }
+    failed
+}
+
+impl MembershipState {
+    fn publish(&self) {
+        let peers_by_name = remote_peers();
+        let mut members = vec![status(self.view.me(), MemberState::Up)];
+        let mut peers = Vec::new();
+        for m in self.view.members() {
+            members.push(status(&m.info, m.state));
+            if m.state == MemberState::Down {
+                continue;
+            }
+            if let Some(actor) = peers_by_name.get(&groups::peer(&m.info.boot)) {
+                peers.push(PeerRef {
+                    info: m.info.clone(),
+                    actor: actor.clone(),
+                });
+            }
+        }
+        self.args.cluster.publish(Published {
+            settled: self.settled,
+            members,
+            owners: self.view.owners(),
+            peers,
+        });
+    }
+
+    /// Targets due for a dial now.
+    async fn due_targets(&mut self) -> Vec<String> {
+        let s = &self.args.settings;
+        let mut targets: Vec<String> = s.seeds.clone();
+        if let Some(name) = &s.discovery_dns {
+            // Every address of the name is a peer on the cluster port.
+            if let Ok(Ok(addrs)) = tokio::time::timeout(
+                DIAL_TIMEOUT,
+                tokio::net::lookup_host((name.as_str(), s.port)),
+            )
+            .await
+            {
+                targets.extend(addrs.map(|a| a.to_string()));
+            }
+        }
+        let me = &self.view.me().cluster;
+        let now = Instant::now();
+        targets.retain(|t| t != me);
+        targets.sort();
+        targets.dedup();
+        targets
+            .into_iter()
+            .filter(|t| self.backoff.get(t).is_none_or(|(next, _)| *next <= now))
+            .collect()
+    }
+
+    fn settle_if_ready(&mut self) -> bool {
+        if self.settled {
+            return false;
+        }
+        let s = &self.args.settings;
+        let elapsed = self.started.elapsed();
+        let no_peers_configured = s.seeds.is_empty() && s.discovery_dns.is_none();
+        let everyone_heard = self.dialed_once
+            && elapsed >= s.heartbeat * 2
+            && remote_peers().keys().all(|name| {
+                self.view
+                    .members()
+                    .any(|m| groups::peer(&m.info.boot) == *name)
+            });
+        if no_peers_configured || everyone_heard || elapsed >= s.peer_timeout {
+            self.settled = true;
+            tracing::info!(
+                members = self.view.members().count() + 1,
+                waited_ms = elapsed.as_millis() as u64,
+                "membership settled"
+            );
+            return true;
+        }
+        false
+    }
+}
+
+impl Actor for Membership {
+    type Msg = MembershipMsg;
+    type State = MembershipState;
+    type Arguments = MembershipArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: MembershipArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let me = args.cluster.me().clone();
+        let s = &args.settings;
+        // The cluster-level name carries the boot id: a restarted node must not
+        // be taken for its own stale session. Duplicate display names are
+        // caught by our heartbeats instead (see MemberView::heard).
+        let cluster_name = format!("{}-{}", me.name.replace(['@', ':'], "_"), &me.boot[..8]);
+        let server = NodeServer::new(
+            s.port,
+            s.cookie.clone(),
+            cluster_name,
+            s.advertise.clone(),
+            None,
+            Some(NodeConnectionMode::Transitive),
+        )
+        .with_listen_addr(s.listen_ip);
+        let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+        server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "gleaner.membership".into(),
+            subscription: Box::new(SessionEvents(myself.clone())),
+        })?;
+        Actor::spawn_linked(
+            Some(groups::peer(&me.boot)),
+            Peer,
+            PeerArgs {
+                membership: myself.clone(),
+                store: args.store.clone(),
+                cluster: args.cluster.clone(),
+                started_at: args.started_at,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        tracing::info!(
+            addr = %me.cluster,
+            seeds = ?s.seeds,
+            discovery = ?s.discovery_dns,
+            "cluster listening"
+        );
+        myself.send_interval(s.heartbeat, || MembershipMsg::Tick);
+        let _ = myself.cast(MembershipMsg::Tick);
+        Ok(MembershipState {
+            view: MemberView::new(me, s.peer_timeout),
+            server,
+            started: Instant::now(),
+            dialing: false,
+            dialed_once: false,
+            settled: false,
+            backoff: BTreeMap::new(),
+            seen: HashSet::new(),
+            warned: HashSet::new(),
+            args,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .stop_children_and_wait(None, Some(Duration::from_secs(2)))
+            .await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MembershipMsg::Tick => {
+                let peers = remote_peers();
+                let beat = wire::encode(&wire::Notice::Heartbeat(state.view.me().clone()));
+                for peer in peers.values() {
+                    let _ = peer.cast(PeerMsg::Cast(beat.clone()));
+                }
+                let boots: Vec<String> =
+                    state.view.members().map(|m| m.info.boot.clone()).collect();
+                for boot in boots {
+                    if peers.contains_key(&groups::peer(&boot)) {
+                        state.seen.insert(boot);
+                    } else if state.seen.remove(&boot) {
+                        state.view.disconnected(&boot);
+                    }
+                }
+                let changed = state.view.tick(Instant::now());
+                let settled_now = state.settle_if_ready();
+                if changed || settled_now {
+                    state.publish();
+                } else {
+                    // Peer actor references may have changed without a state change.
+                    state.publish();
+                }
+                if !state.dialing {
+                    let targets = state.due_targets().await;
+                    if !targets.is_empty() || !state.dialed_once {
+                        state.dialing = true;
+                        let server = state.server.clone();
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            let failed = dial(server, targets).await;
+                            let _ = me.cast(MembershipMsg::Dialed(failed));
+                        });
+                    }
+                }
+            }
+            MembershipMsg::Dialed(failed) => {
+                state.dialing = false;
+                state.dialed_once = true;
+                let now = Instant::now();
+                let failed: HashSet<String> = failed.into_iter().collect();
+                for target in &failed {
+                    let delay = state
+                        .backoff
+                        .get(target)
+                        .map_or(DIAL_BACKOFF, |(_, d)| (*d * 2).min(MAX_DIAL_BACKOFF));
+                    state.backoff.insert(target.clone(), (now + delay, delay));
+                }
+                // Reached targets are checked again a little later (a session can drop).
+                let reached: Vec<String> = state
+                    .backoff
+                    .keys()
+                    .filter(|t| !failed.contains(*t))
+                    .cloned()
+                    .collect();
+                for t in reached {
+                    state.backoff.insert(t, (now + DIAL_BACKOFF, DIAL_BACKOFF));
+                }
+            }
+            MembershipMsg::Heard(info) => {
+                let name = info.name.clone();
+                let known = state
+                    .view
+                    .get(&info.node_id)
+                    .map(|m| (m.state, m.info.boot.clone()));
+                match state.view.heard(info.clone(), Instant::now()) {
+                    Heard::Member => {
+                        let fresh = known
+                            .as_ref()
+                            .is_none_or(|(st, boot)| *st != MemberState::Up || *boot != info.boot);
+                        if fresh {
+                            tracing::info!(peer = %name, node_id = %info.node_id, addr = %info.cluster, "member up");
+                            state.publish();
+                        }
+                    }
+                    Heard::DuplicateOfUs => {
+                        if state.warned.insert(info.boot.clone()) {
+                            tracing::warn!(peer_addr = %info.cluster, %name, "a younger node claims this node's name; it is not admitted");
+                        }
+                    }
+                    Heard::WeAreTheDuplicate => {
+                        let reason = format!(
+                            "another node named '{name}' (at {}) is already a member of the cluster: \
+                             give this node a unique GLEANER_NODE_NAME",
+                            info.cluster
+                        );
+                        tracing::error!(%name, peer_addr = %info.cluster, "node name already taken");
+                        state.args.cluster.fatal(reason);
+                    }
+                    Heard::DuplicateOfMember(holder) => {
+                        if state.warned.insert(info.boot.clone()) {
+                            tracing::warn!(%name, holder = %holder, peer_addr = %info.cluster, "a node claims a member's name; it is not admitted");
+                        }
+                    }
+                }
+            }
+            MembershipMsg::Stats(reply) => {
+                let sessions = match state
+                    .server
+                    .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
+                    .await
+                {
+                    Ok(ractor::rpc::CallResult::Success(s)) => s.len(),
+                    _ => 0,
+                };
+                let _ = reply.send(MembershipStats {
+                    settled: state.settled,
+                    members: state.args.cluster.members(),
+                    sessions,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! Peer: the one actor of a node that other nodes reach. It joins the
+//! `gleaner.peers` process group, so every node finds every other's; its
+//! messages carry [`crate::cluster::wire`] values as JSON. It answers nothing
+//! itself: it decodes and hands each message to the local actor in charge
+//! (Membership for heartbeats, Orchestrator for the source registry,
+//! CollectionSupervisor for item batches, the store for logs and snapshots),
+//! so a slow disk never delays a heartbeat.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+
+use super::collection_supervisor::CollectionSupervisorMsg;
+use super::membership::MembershipMsg;
+use super::orchestrator::OrchestratorMsg;
+use super::scraper_supervisor::ScraperSupervisorMsg;
+use super::ASK_TIMEOUT;
+use crate::cluster::groups;
+use crate::cluster::handle::Answer;
+use crate::cluster::wire::{self, Notice, Request, Response};
+use crate::store::{LogSlice, Store};
+
+pub struct Peer;
+
+pub struct PeerArgs {
+    pub membership: ActorRef<MembershipMsg>,
+    pub store: Store,
+    pub cluster: crate::cluster::Cluster,
+    /// When this process started, for the stats answer.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The two shapes that cross nodes; both carry JSON (see the module doc).
+#[derive(RactorClusterMessage)]
+pub enum PeerMsg {
+    /// A [`Notice`].
+    Cast(Vec<u8>),
+    /// A [`Request`], answered with a [`Response`].
+    #[rpc]
+    Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+/// Runs blocking store work and answers with its result.
+fn answer_blocking(
+    store: &Store,
+    answer: Answer,
+    f: impl FnOnce(&Store) -> crate::store::Result<Response> + Send + 'static,
+) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let result = tokio::task::spawn_blocking(move || f(&store)).await;
+        answer.send(match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Response::Error(e.to_string()),
+            Err(e) => Response::Error(e.to_string()),
+        });
+    });
+}
+
+fn local<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
+    ractor::registry::where_is(name).map(ActorRef::from)
+}
+
+impl Peer {
+    fn notice(args: &PeerArgs, notice: Notice) {
+        match notice {
+            Notice::Heartbeat(info) => {
+                let _ = args.membership.cast(MembershipMsg::Heard(info));
+            }
+            Notice::SourceDigest { from, versions } => {
+                if let Some(o) = local::<OrchestratorMsg>(groups::ORCHESTRATOR) {
+                    let _ = o.cast(OrchestratorMsg::Digest { from, versions });
+                }
+            }
+            Notice::Sources(records) => {
+                if let Some(o) = local::<OrchestratorMsg>(groups::ORCHESTRATOR) {
+                    let _ = o.cast(OrchestratorMsg::Merge(records, None));
+                }
+            }
+            Notice::Run { source, run } => {
+                let store = args.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = store.record_run(&source, &run) {
+                        tracing::warn!(%source, error = %e, "replicated run not recorded");
+                    }
+                });
+            }
+        }
+    }
+
+    fn request(args: &PeerArgs, request: Request, answer: Answer) {
+        match request {
+            Request::Sources(records) => match local::<OrchestratorMsg>(groups::ORCHESTRATOR) {
+                Some(o) => {
+                    if let Err(e) = o.cast(OrchestratorMsg::Merge(records, Some(answer))) {
+                        tracing::warn!(error = %e, "orchestrator unreachable");
+                    }
+                }
+                None => answer.send(Response::Error("the orchestrator is restarting".into())),
+            },
+            Request::Batch(batch) => match local::<CollectionSupervisorMsg>(groups::COLLECTIONS) {
+                Some(c) => {
+                    if let Err(e) = c.cast(CollectionSupervisorMsg::Replica(batch, answer)) {
+                        tracing::warn!(error = %e, "collections unreachable");
+                    }
+                }
+                None => answer.send(Response::Error("the collections are restarting".into())),
+            },
+            Request::Heads => {
+                answer_blocking(&args.store, answer, |s| Ok(Response::Heads(s.heads()?)))
+            }
+            Request::Pull {
+                collection,
+                origin,
+                after,
+                max,
+            } => answer_blocking(&args.store, answer, move |s| {
+                Ok(
+                    match s.log_after(&collection, &origin, after, max.min(1024))? {
+                        LogSlice::Batches(b) => Response::Batches(b),
+                        LogSlice::Truncated { first } => Response::Truncated { first },
+                    },
+                )
+            }),
+            Request::Snapshot {
+                collection,
+                after,
+                limit,
+            } => answer_blocking(&args.store, answer, move |s| {
+                let heads = s.heads_of(&collection)?;
+                let (items, more) =
+                    s.items(&collection, after.as_deref(), limit.min(2000), |_| true)?;
+                Ok(Response::Snapshot { items, heads, more })
+            }),
+            Request::Runtimes => {
+                tokio::spawn(async move {
+                    let response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
+                        Some(s) => match s
+                            .call(ScraperSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
+                            .await
+                        {
+                            Ok(ractor::rpc::CallResult::Success(r)) => Response::Runtimes(r),
+                            _ => Response::Error("the scrapers did not answer".into()),
+                        },
+                        None => Response::Error("the scrapers are restarting".into()),
+                    };
+                    answer.send(response);
+                });
+            }
+            Request::RunNow(id) => {
+                tokio::spawn(async move {
+                    let response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
+                        Some(s) => match s
+                            .call(|r| ScraperSupervisorMsg::RunNow(id, r), Some(ASK_TIMEOUT))
+                            .await
+                        {
+                            Ok(ractor::rpc::CallResult::Success(Ok(()))) => Response::Ok,
+                            Ok(ractor::rpc::CallResult::Success(Err(e))) => Response::Error(e),
+                            _ => Response::Error("the scrapers did not answer".into()),
+                        },
+                        None => Response::Error("the scrapers are restarting".into()),
+                    };
+                    answer.send(response);
+                });
+            }
+            Request::Stats => {
+                let (cluster, started_at) = (args.cluster.clone(), args.started_at);
+                tokio::spawn(async move {
+                    answer.send(
+                        match crate::http::debug::node_state(&cluster, started_at).await {
+                            Ok(v) => Response::Stats(v),
+                            Err(e) => Response::Error(e.to_string()),
+                        },
+                    );
+                });
+            }
+        }
+    }
+}
+
+impl Actor for Peer {
+    type Msg = PeerMsg;
+    type State = PeerArgs;
+    type Arguments = PeerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: PeerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ractor::pg::join(groups::PEERS.to_owned(), vec![myself.get_cell()]);
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PeerMsg::Cast(bytes) => match wire::decode::<Notice>(&bytes) {
+                Ok(n) => Peer::notice(state, n),
+                Err(e) => tracing::warn!(error = %e, "notice dropped"),
+            },
+            PeerMsg::Call(bytes, reply) => {
+                let answer = Answer::new(reply);
+                match wire::decode::<Request>(&bytes) {
+                    Ok(r) => Peer::request(state, r, answer),
+                    Err(e) => answer.send(Response::Error(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}

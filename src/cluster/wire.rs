@@ -1,0 +1,102 @@
+//! What nodes say to each other. Every node runs one Peer actor (the only
+//! actor other nodes can reach); its two message variants carry these types
+//! encoded as JSON, so a frame from another version that does not decode is
+//! an error we answer, never a panic in the transport. Variants may be added;
+//! never rename one or change a field's type.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::view::NodeInfo;
+use crate::actors::scraper_supervisor::SourceRuntime;
+pub use crate::domain::ReplicatedBatch;
+use crate::domain::{RunRecord, SourceRecord, StoredItem, Version};
+
+/// One node's applied batches per collection: origin node id -> last sequence number.
+pub type Heads = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// One-way messages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Notice {
+    /// "I am here": sent to every peer at each heartbeat interval.
+    Heartbeat(NodeInfo),
+    /// The sender's source versions, so the receiver can push what the sender lacks.
+    SourceDigest {
+        from: String,
+        versions: BTreeMap<String, Version>,
+    },
+    /// Source records the receiver should merge (last writer wins).
+    Sources(Vec<SourceRecord>),
+    /// A run finished on its owner.
+    Run { source: String, run: RunRecord },
+}
+
+/// Questions, each answered by one [`Response`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Merge these records; answered once they are durable.
+    Sources(Vec<SourceRecord>),
+    /// Apply this batch; answered once it is durable.
+    Batch(ReplicatedBatch),
+    /// The receiver's applied sequence numbers.
+    Heads,
+    /// Batches of `origin` in `collection` after `after`, at most `max`.
+    Pull {
+        collection: String,
+        origin: String,
+        after: u64,
+        max: usize,
+    },
+    /// A page of the collection's items after `after` (item key order).
+    Snapshot {
+        collection: String,
+        after: Option<String>,
+        limit: usize,
+    },
+    /// The runtime of every source the receiver runs.
+    Runtimes,
+    /// Run this source now (the receiver owns it); never forwarded further.
+    RunNow(String),
+    /// The receiver's part of the debug state.
+    Stats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    /// The batch is durable (or was already applied).
+    Applied {
+        seq: u64,
+    },
+    /// The batch is ahead of what the receiver has: it will pull the rest first.
+    Gap {
+        have: u64,
+    },
+    Heads(Heads),
+    Batches(Vec<ReplicatedBatch>),
+    /// The log no longer holds the batches asked for; the first it holds is `first`.
+    Truncated {
+        first: u64,
+    },
+    Snapshot {
+        items: Vec<StoredItem>,
+        /// The sender's heads for the collection when the page was read.
+        heads: BTreeMap<String, u64>,
+        more: bool,
+    },
+    Runtimes(BTreeMap<String, SourceRuntime>),
+    Stats(Value),
+    Error(String),
+}
+
+/// Encodes a wire value (these types always serialise).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("wire types always serialise")
+}
+
+/// Decodes a wire value, or says why it could not.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("undecodable cluster message: {e}"))
+}

@@ -1,0 +1,429 @@
+//! The cluster, through real `gleaner node` processes on loopback: each with
+//! its own data directory, HTTP port and cluster port, all seeded with each
+//! other and sharing a cookie. The fixture site's own request log tells
+//! which pages were fetched, whoever fetched them.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::fixture::FixtureSite;
+use common::{catalogue_spec, wait_for_members, wait_until, ClusterPlan, Node, COOKIE};
+use serde_json::Value;
+
+const FORM: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A source that scrapes one catalogue page (20 items of its own).
+fn page_source(site: &FixtureSite, id: &str, page: u32, every_secs: u64) -> Value {
+    let mut spec = catalogue_spec(id, &site.url(&format!("/catalogue/page-{page}.html")));
+    spec["schedule"]["every_secs"] = every_secs.into();
+    spec["extract"]["next_page"]["max_pages"] = 1.into();
+    spec
+}
+
+fn page_path(page: u32) -> String {
+    format!("/catalogue/page-{page}.html")
+}
+
+/// Each source's owner as one node sees it.
+async fn owners(node: &Node) -> BTreeMap<String, Option<String>> {
+    let (status, body) = node.get("/api/v1/sources").await;
+    assert_eq!(status, 200, "{body}");
+    body["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_owned(),
+                s["status"]["owner"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every node agrees on every source's owner, among `allowed`,
+/// and returns the agreed owners.
+async fn agreed_owners(
+    nodes: &[&Node],
+    sources: usize,
+    allowed: &[&str],
+) -> BTreeMap<String, String> {
+    wait_until("every node to agree on the owners", SETTLE, || async {
+        let first = owners(nodes[0]).await;
+        if first.len() != sources {
+            return None;
+        }
+        for node in &nodes[1..] {
+            if owners(node).await != first {
+                return None;
+            }
+        }
+        let agreed: BTreeMap<String, String> = first
+            .into_iter()
+            .map(|(id, o)| Some((id, o?)))
+            .collect::<Option<_>>()?;
+        agreed
+            .values()
+            .all(|o| allowed.contains(&o.as_str()))
+            .then_some(agreed)
+    })
+    .await
+}
+
+/// Which nodes run a scraper for `source` now, by their debug state.
+async fn running_on(nodes: &[&Node], source: &str) -> Vec<String> {
+    let mut on = Vec::new();
+    for node in nodes {
+        let (status, body) = node.get("/debug/state").await;
+        assert_eq!(status, 200, "{body}");
+        let local = &body["nodes"][0];
+        let scrapers = &local["tree"]["children"][0]["children"][0]["children"];
+        if scrapers
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["id"] == source))
+        {
+            on.push(local["name"].as_str().unwrap().to_owned());
+        }
+    }
+    on
+}
+
+/// Waits until every node returns exactly `want` keys for the collection.
+async fn wait_for_items(nodes: &[&Node], collection: &str, want: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    for node in nodes {
+        keys = wait_until(
+            &format!("{want} items on node {}", node.addr),
+            SETTLE,
+            || async {
+                let k = node.item_keys(collection).await;
+                (k.len() == want).then_some(k)
+            },
+        )
+        .await;
+    }
+    keys
+}
+
+async fn start_all(plan: &ClusterPlan, order: &[usize]) -> BTreeMap<usize, Node> {
+    let mut nodes = BTreeMap::new();
+    for &i in order {
+        nodes.insert(i, plan.config(i).start().await);
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_form_one_cluster_in_any_order_and_refuse_strangers() {
+    for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+        let plan = ClusterPlan::new(3);
+        let nodes = start_all(&plan, &order).await;
+        let all: Vec<&Node> = nodes.values().collect();
+        wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+        let (_, body) = all[0].get("/api/v1/cluster").await;
+        assert_eq!(body["self"], "n0");
+        assert_eq!(body["members"][0]["name"], "n0", "self first: {body}");
+        assert!(body["members"].as_array().unwrap().iter().all(
+            |m| m["role"] == "node" && m["address"].as_str().unwrap().starts_with("127.0.0.1:")
+        ));
+    }
+
+    let plan = ClusterPlan::new(3);
+    let nodes = start_all(&plan, &[0, 1, 2]).await;
+    let all: Vec<&Node> = nodes.values().collect();
+    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+
+    // A node with the wrong cookie dials every member and never joins.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = common::NodeConfig::new(stranger_dir.path())
+        .env("GLEANER_NODE_NAME", "stranger")
+        .env("GLEANER_CLUSTER_PORT", "0")
+        .env("GLEANER_SEEDS", &plan.seeds())
+        .env("GLEANER_COOKIE", "not-the-cluster-cookie-at-all-000")
+        .start()
+        .await;
+    // Its handshakes fail (the transport logs why), and it sees only itself.
+    wait_until("the stranger's handshakes to fail", FORM, || async {
+        let refused = stranger
+            .logs()
+            .iter()
+            .chain(all.iter().flat_map(|n| n.logs()).collect::<Vec<_>>().iter())
+            .any(|l| l.contains("authentication failure"));
+        refused.then_some(())
+    })
+    .await;
+    assert_eq!(stranger.members().await, [("stranger".into(), "up".into())]);
+    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+
+    // A second node named n1 is refused, says why, and n1 stays the member it was.
+    let (_, before) = all[1].get("/api/v1/cluster").await;
+    let dup_dir = tempfile::tempdir().unwrap();
+    let (ok, out) = common::NodeConfig::new(dup_dir.path())
+        .env("GLEANER_NODE_NAME", "n1")
+        .env("GLEANER_CLUSTER_PORT", "0")
+        .env("GLEANER_SEEDS", &plan.seeds())
+        .env("GLEANER_COOKIE", COOKIE)
+        .run_to_exit(Duration::from_secs(30));
+    assert!(!ok, "a duplicate name must not run:\n{out}");
+    assert!(out.contains("already a member"), "{out}");
+    assert!(out.contains("GLEANER_NODE_NAME"), "{out}");
+    let (_, after) = all[1].get("/api/v1/cluster").await;
+    assert_eq!(before["members"][0], after["members"][0]);
+    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sources_spread_and_every_node_serves_every_item() {
+    let site = FixtureSite::start().await;
+    let plan = ClusterPlan::new(3);
+    let nodes = start_all(&plan, &[0, 1, 2]).await;
+    let all: Vec<&Node> = nodes.values().collect();
+    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+
+    for page in 1..=12 {
+        all[0]
+            .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
+            .await;
+    }
+    let owners = agreed_owners(&all, 12, &["n0", "n1", "n2"]).await;
+    let spread: BTreeSet<&String> = owners.values().collect();
+    assert!(spread.len() >= 2, "12 sources all on one node: {owners:?}");
+    // Every node returns the whole collection: 12 pages of 20 items.
+    let keys = wait_for_items(&all, "books", 240).await;
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 240);
+    // Each page was fetched once in the cluster: one scraper per source.
+    for page in 1..=12 {
+        assert_eq!(site.hits(&page_path(page)), 1, "page {page}");
+    }
+    // The same item reads the same on every node.
+    let key = &keys[0];
+    let mut seen = Vec::new();
+    for node in &all {
+        let (status, item) = node
+            .get(&format!("/api/v1/collections/books/items/{key}"))
+            .await;
+        assert_eq!(status, 200);
+        seen.push((item["data"].clone(), item["version"].clone()));
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+
+    // Replace and delete on another node reach every node.
+    let mut spec = page_source(&site, "s1", 13, 3600);
+    spec["collection"] = "other".into();
+    let (status, body) = all[2].put("/api/v1/sources/s1", &spec).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = all[1].delete("/api/v1/sources/s2").await;
+    assert_eq!(status, 204);
+    for node in &all {
+        wait_until("the replace and the delete everywhere", SETTLE, || async {
+            let s1 = node.source("s1").await;
+            let (gone, _) = node.get("/api/v1/sources/s2").await;
+            (s1["collection"] == "other" && gone == 404).then_some(())
+        })
+        .await;
+    }
+    wait_for_items(&all, "other", 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_owner_s_sources_run_on_a_survivor_and_nothing_is_lost() {
+    let site = FixtureSite::start().await;
+    let plan = ClusterPlan::new(3);
+    let mut nodes = start_all(&plan, &[0, 1, 2]).await;
+    {
+        let all: Vec<&Node> = nodes.values().collect();
+        wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+        for page in 1..=6 {
+            all[0]
+                .create_source(&page_source(&site, &format!("s{page}"), page, 1))
+                .await;
+        }
+        wait_for_items(&all, "books", 120).await;
+    }
+    let owners = {
+        let all: Vec<&Node> = nodes.values().collect();
+        agreed_owners(&all, 6, &["n0", "n1", "n2"]).await
+    };
+    let (victim_source, victim) = owners.iter().next().unwrap();
+    let victim_idx: usize = victim[1..].parse().unwrap();
+    let page: u32 = victim_source[1..].parse().unwrap();
+    nodes.get_mut(&victim_idx).unwrap().kill9();
+    let hits_at_kill = site.hits(&page_path(page));
+    nodes.remove(&victim_idx);
+
+    let survivors: Vec<&Node> = nodes.values().collect();
+    let names: Vec<String> = (0..3)
+        .filter(|i| *i != victim_idx)
+        .map(|i| format!("n{i}"))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // The fixture sees the victim's page fetched again: only a survivor can have.
+    wait_until(
+        "a survivor to scrape the dead node's source",
+        SETTLE,
+        || async { (site.hits(&page_path(page)) > hits_at_kill).then_some(()) },
+    )
+    .await;
+    let moved = agreed_owners(&survivors, 6, &names).await;
+    for (id, owner) in &owners {
+        if owner != victim {
+            assert_eq!(moved[id], *owner, "{id} moved though its owner lived");
+        }
+    }
+    // Everything collected before the kill is still served, by both survivors.
+    wait_for_items(&survivors, "books", 120).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_owner_loses_its_sources_and_gets_them_back_once() {
+    let site = FixtureSite::start().await;
+    let plan = ClusterPlan::new(3);
+    let nodes = start_all(&plan, &[0, 1, 2]).await;
+    let all: Vec<&Node> = nodes.values().collect();
+    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+    for page in 1..=6 {
+        all[0]
+            .create_source(&page_source(&site, &format!("s{page}"), page, 1))
+            .await;
+    }
+    wait_for_items(&all, "books", 120).await;
+    let owners = agreed_owners(&all, 6, &["n0", "n1", "n2"]).await;
+    let (source, frozen) = owners.iter().next().unwrap();
+    let frozen_idx: usize = frozen[1..].parse().unwrap();
+    let page: u32 = source[1..].parse().unwrap();
+
+    nodes[&frozen_idx].signal("STOP");
+    let hits_at_stop = site.hits(&page_path(page));
+    let others: Vec<&Node> = (0..3)
+        .filter(|i| *i != frozen_idx)
+        .map(|i| &nodes[&i])
+        .collect();
+    let names: Vec<String> = (0..3)
+        .filter(|i| *i != frozen_idx)
+        .map(|i| format!("n{i}"))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // The others see it down, move its sources, and the page is fetched again.
+    for node in &others {
+        wait_until("the frozen node to be marked down", SETTLE, || async {
+            node.members()
+                .await
+                .iter()
+                .any(|(n, s)| n == frozen && s == "down")
+                .then_some(())
+        })
+        .await;
+    }
+    agreed_owners(&others, 6, &names).await;
+    wait_until(
+        "a survivor to scrape the frozen node's source",
+        SETTLE,
+        || async { (site.hits(&page_path(page)) > hits_at_stop).then_some(()) },
+    )
+    .await;
+
+    nodes[&frozen_idx].signal("CONT");
+    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+    let back = agreed_owners(&all, 6, &["n0", "n1", "n2"]).await;
+    assert_eq!(back, owners, "placement returns to where it was");
+    // One scraper per source in the whole cluster.
+    for id in owners.keys() {
+        wait_until(&format!("one scraper for {id}"), SETTLE, || async {
+            (running_on(&all, id).await.len() == 1).then_some(())
+        })
+        .await;
+    }
+    // No item twice, on any node.
+    let keys = wait_for_items(&all, "books", 120).await;
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_and_new_nodes_catch_up() {
+    let site = FixtureSite::start().await;
+    let plan = ClusterPlan::new(4);
+    let mut nodes = start_all(&plan, &[0, 1, 2]).await;
+    {
+        let all: Vec<&Node> = nodes.values().collect();
+        wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+        for page in 1..=3 {
+            all[0]
+                .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
+                .await;
+        }
+        wait_for_items(&all, "books", 60).await;
+    }
+    // n2 goes away; sources and items change while it is gone.
+    assert!(nodes.get_mut(&2).unwrap().terminate());
+    nodes.remove(&2);
+    {
+        let up: Vec<&Node> = nodes.values().collect();
+        for page in 4..=6 {
+            up[1]
+                .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
+                .await;
+        }
+        let (status, _) = up[0].delete("/api/v1/sources/s1").await;
+        assert_eq!(status, 204);
+        wait_for_items(&up, "books", 120).await;
+    }
+    // It returns on its data directory and catches up; a new node does too.
+    nodes.insert(2, plan.config(2).start().await);
+    nodes.insert(3, plan.config(3).start().await);
+    let all: Vec<&Node> = nodes.values().collect();
+    wait_for_members(&all, &["n0", "n1", "n2", "n3"], FORM).await;
+    for node in [&nodes[&2], &nodes[&3]] {
+        wait_until(
+            "the sources to reach a returning or new node",
+            SETTLE,
+            || async {
+                let ids: BTreeSet<String> = owners(node).await.into_keys().collect();
+                let want: BTreeSet<String> = (2..=6).map(|p| format!("s{p}")).collect();
+                (ids == want).then_some(())
+            },
+        )
+        .await;
+    }
+    let keys = wait_for_items(&all, "books", 120).await;
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_lose_two_one_after_the_other() {
+    let site = FixtureSite::start().await;
+    let plan = ClusterPlan::new(5);
+    let mut nodes = start_all(&plan, &[0, 1, 2, 3, 4]).await;
+    let names = ["n0", "n1", "n2", "n3", "n4"];
+    {
+        let all: Vec<&Node> = nodes.values().collect();
+        wait_for_members(&all, &names, FORM).await;
+        for page in 1..=10 {
+            all[0]
+                .create_source(&page_source(&site, &format!("s{page}"), page, 1))
+                .await;
+        }
+        wait_for_items(&all, "books", 200).await;
+    }
+    let mut alive: Vec<usize> = vec![0, 1, 2, 3, 4];
+    for victim in [4usize, 1] {
+        nodes.get_mut(&victim).unwrap().kill9();
+        nodes.remove(&victim);
+        alive.retain(|i| *i != victim);
+        let hits: Vec<usize> = (1..=10).map(|p| site.hits(&page_path(p))).collect();
+        let up: Vec<&Node> = nodes.values().collect();
+        let up_names: Vec<String> = alive.iter().map(|i| format!("n{i}")).collect();
+        let up_names: Vec<&str> = up_names.iter().map(String::as_str).collect();
+        agreed_owners(&up, 10, &up_names).await;
+        // Every source is scraped again after the kill: nothing left unscraped.
+        wait_until("every source to run again", SETTLE, || async {
+            (1..=10)
+                .all(|p| site.hits(&page_path(p)) > hits[p as usize - 1])
+                .then_some(())
+        })
+        .await;
+        wait_for_items(&up, "books", 200).await;
+    }
+}
