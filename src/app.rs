@@ -53,7 +53,8 @@ impl App {
         let (dir, cache) = (settings.data_dir.clone(), settings.cache_bytes);
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache))
             .await?
-            .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+            .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?
+            .with_log_retained(settings.log_retained);
         let node_id = store.node_id()?;
         let listener = std::net::TcpListener::bind(settings.http_addr)
             .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;

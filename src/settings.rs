@@ -125,6 +125,10 @@ pub struct NodeArgs {
     /// File holding the cookie (a Swarm secret).
     #[arg(long, env = "GLEANER_COOKIE_FILE")]
     pub cookie_file: Option<PathBuf>,
+    /// Item batches kept per collection and origin node for peers that fall
+    /// behind [default: 10000]; a peer further behind copies the collection.
+    #[arg(long, env = "GLEANER_LOG_RETAINED")]
+    pub log_retained: Option<u64>,
     /// Interval between heartbeats to each peer, in ms [default: 300].
     #[arg(long, env = "GLEANER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -164,6 +168,7 @@ impl NodeArgs {
             discovery_dns: self.discovery_dns.or(file.discovery_dns),
             cookie: self.cookie.or(file.cookie),
             cookie_file: self.cookie_file.or(file.cookie_file),
+            log_retained: self.log_retained.or(file.log_retained),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             peer_timeout_ms: self.peer_timeout_ms.or(file.peer_timeout_ms),
         }
@@ -195,6 +200,8 @@ pub struct Settings {
     pub fetch: FetchConfig,
     pub max_html_depth: usize,
     pub cache_bytes: u64,
+    /// Batches kept in each collection's log per origin.
+    pub log_retained: u64,
     pub restart: RestartPolicy,
     /// Cluster membership; `None` runs a cluster of one (no listener).
     pub cluster: Option<ClusterSettings>,
@@ -296,6 +303,7 @@ impl Settings {
             fetch,
             max_html_depth: a.max_html_depth.unwrap_or(512),
             cache_bytes: a.cache_mb.unwrap_or(64) * 1024 * 1024,
+            log_retained: a.log_retained.unwrap_or(crate::store::LOG_RETAINED).max(1),
             restart: RestartPolicy {
                 backoff: Duration::from_millis(a.restart_backoff_ms.unwrap_or(500)),
                 max_backoff: Duration::from_secs(60),

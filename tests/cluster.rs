@@ -346,6 +346,7 @@ async fn restarted_and_new_nodes_catch_up() {
     let site = FixtureSite::start().await;
     let plan = ClusterPlan::new(4);
     let mut nodes = start_all(&plan, &[0, 1, 2]).await;
+
     {
         let all: Vec<&Node> = nodes.values().collect();
         wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
@@ -389,6 +390,58 @@ async fn restarted_and_new_nodes_catch_up() {
     }
     let keys = wait_for_items(&all, "books", 120).await;
     assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 120);
+    // Both came through the peers' logs.
+    for i in [2, 3] {
+        let r = replicator(&nodes[&i]).await;
+        assert!(r["pulled"].as_u64().unwrap() > 0, "n{i}: {r}");
+    }
+}
+
+/// A node's Replicator stats, from its debug state.
+async fn replicator(node: &Node) -> Value {
+    let (_, body) = node.get("/debug/state").await;
+    body["nodes"][0]["tree"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "Replicator")
+        .map(|c| c["stats"].clone())
+        .expect("a Replicator in the tree")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_the_peers_logs_copies_the_collection() {
+    let site = FixtureSite::start().await;
+    let plan = ClusterPlan::new(3);
+    // Logs keep one batch per origin: a new node cannot pull from the start.
+    let short = |i| plan.config(i).env("GLEANER_LOG_RETAINED", "1");
+    let mut nodes = BTreeMap::new();
+    nodes.insert(0, short(0).start().await);
+    nodes.insert(1, short(1).start().await);
+    {
+        let two: Vec<&Node> = nodes.values().collect();
+        wait_for_members(&two, &["n0", "n1"], FORM).await;
+        // Three sources on two nodes: one node made at least two batches.
+        for page in 1..=3 {
+            two[0]
+                .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
+                .await;
+        }
+        wait_for_items(&two, "books", 60).await;
+    }
+    nodes.insert(2, short(2).start().await);
+    let all: Vec<&Node> = nodes.values().collect();
+    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+    let keys = wait_for_items(&all, "books", 60).await;
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 60);
+    let r = replicator(&nodes[&2]).await;
+    assert!(r["snapshots"].as_u64().unwrap() >= 1, "{r}");
+    // The copy carried the heads: later batches arrive live, in order.
+    let (status, _) = all[0]
+        .post("/api/v1/sources", &page_source(&site, "s4", 4, 3600))
+        .await;
+    assert_eq!(status, 201);
+    wait_for_items(&all, "books", 80).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

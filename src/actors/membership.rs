@@ -54,6 +54,11 @@ pub struct MembershipStats {
     pub sessions: usize,
 }
 
+/// Largest cluster frame accepted: one item batch is at most one page's
+/// items, and a page is capped at 10 MiB by default; pulls and snapshots are
+/// cut well below this.
+const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Longest wait between attempts to dial an address that keeps failing.
 const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(10);
 /// First wait after a failed dial.
@@ -66,6 +71,8 @@ pub struct MembershipState {
     view: MemberView,
     server: ActorRef<NodeServerMessage>,
     started: Instant,
+    /// When the last tick ran, to notice that this process itself was frozen.
+    last_tick: Instant,
     /// A dial round is in progress.
     dialing: bool,
     dialed_once: bool,
@@ -261,7 +268,8 @@ impl Actor for Membership {
             None,
             Some(NodeConnectionMode::Transitive),
         )
-        .with_listen_addr(s.listen_ip);
+        .with_listen_addr(s.listen_ip)
+        .with_max_inbound_frame_size(MAX_FRAME_BYTES);
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "gleaner.membership".into(),
@@ -291,6 +299,7 @@ impl Actor for Membership {
             view: MemberView::new(me, s.peer_timeout),
             server,
             started: Instant::now(),
+            last_tick: Instant::now(),
             dialing: false,
             dialed_once: false,
             settled: false,
@@ -320,6 +329,18 @@ impl Actor for Membership {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             MembershipMsg::Tick => {
+                let now = Instant::now();
+                let gap = now.saturating_duration_since(state.last_tick);
+                state.last_tick = now;
+                if gap > state.args.settings.peer_timeout / 2 {
+                    // We were not running: peers' heartbeats may be queued
+                    // behind this tick. Judge them from now on.
+                    tracing::warn!(
+                        paused_ms = gap.as_millis() as u64,
+                        "this node was not running; peers get a fresh timeout"
+                    );
+                    state.view.forgive(now);
+                }
                 let peers = remote_peers();
                 let beat = wire::encode(&wire::Notice::Heartbeat(state.view.me().clone()));
                 for peer in peers.values() {
@@ -334,14 +355,11 @@ impl Actor for Membership {
                         state.view.disconnected(&boot);
                     }
                 }
-                let changed = state.view.tick(Instant::now());
-                let settled_now = state.settle_if_ready();
-                if changed || settled_now {
-                    state.publish();
-                } else {
-                    // Peer actor references may have changed without a state change.
-                    state.publish();
-                }
+                state.view.tick(now);
+                state.settle_if_ready();
+                // Published at every tick: peers' actor references can change
+                // without a state change (a restart within the timeout).
+                state.publish();
                 if !state.dialing {
                     let targets = state.due_targets().await;
                     if !targets.is_empty() || !state.dialed_once {

@@ -21,6 +21,10 @@ use crate::store::{LogSlice, Store};
 
 pub struct Peer;
 
+/// About how many bytes of batches one pull answer carries (far below the
+/// cluster's frame limit).
+const PULL_BYTES: usize = 4 * 1024 * 1024;
+
 pub struct PeerArgs {
     pub membership: ActorRef<MembershipMsg>,
     pub store: Store,
@@ -115,7 +119,7 @@ impl Peer {
                 max,
             } => answer_blocking(&args.store, answer, move |s| {
                 Ok(
-                    match s.log_after(&collection, &origin, after, max.min(1024))? {
+                    match s.log_after(&collection, &origin, after, max.min(1024), PULL_BYTES)? {
                         LogSlice::Batches(b) => Response::Batches(b),
                         LogSlice::Truncated { first } => Response::Truncated { first },
                     },

@@ -31,8 +31,8 @@ const PULL_BATCHES: usize = 128;
 /// Pulls per collection and origin in one round (the next round goes on).
 const PULLS_PER_ROUND: usize = 64;
 /// Items per snapshot page.
-const SNAPSHOT_PAGE: usize = 1000;
-/// Most pages one snapshot copies (100 million items).
+const SNAPSHOT_PAGE: usize = 200;
+/// Most pages one snapshot copies (20 million items).
 const SNAPSHOT_PAGES: usize = 100_000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -134,6 +134,18 @@ impl MemberView {
         Heard::Member
     }
 
+    /// This node itself was not running for a while (a frozen process, a
+    /// suspended VM): the silence it measured is its own, so every member
+    /// that is not known down is given a fresh timeout instead of being
+    /// declared down by a clock that did not see it.
+    pub fn forgive(&mut self, now: Instant) {
+        for m in self.members.values_mut() {
+            if !m.disconnected {
+                m.last_heard = m.last_heard.max(now);
+            }
+        }
+    }
+
     /// The session to the peer with this boot id closed: it is down at once.
     pub fn disconnected(&mut self, boot: &str) {
         if let Some(m) = self.members.values_mut().find(|m| m.info.boot == boot) {
@@ -217,9 +229,25 @@ mod tests {
         assert!(v.tick(t0 + Duration::from_secs(3)));
         assert_eq!(v.owners(), ["A"]);
         v.heard(info("b", "B", 1), t0 + Duration::from_secs(4));
-        assert!(!v.tick(t0 + Duration::from_secs(4)), "a heartbeat revives at once");
+        assert!(
+            !v.tick(t0 + Duration::from_secs(4)),
+            "a heartbeat revives at once"
+        );
         assert_eq!(v.owners(), ["A", "B"]);
         v.disconnected("B-1");
+        assert_eq!(v.owners(), ["A"]);
+    }
+
+    #[test]
+    fn a_node_that_was_frozen_itself_does_not_condemn_its_peers() {
+        let t0 = Instant::now();
+        let mut v = MemberView::new(info("a", "A", 1), Duration::from_secs(3));
+        v.heard(info("b", "B", 1), t0);
+        let woke = t0 + Duration::from_secs(60);
+        v.forgive(woke);
+        assert!(!v.tick(woke));
+        assert_eq!(v.owners(), ["A", "B"]);
+        assert!(v.tick(woke + Duration::from_secs(3)));
         assert_eq!(v.owners(), ["A"]);
     }
 

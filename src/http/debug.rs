@@ -21,8 +21,9 @@ use super::{ask, auth, AppState};
 use crate::actors::aggregator::AggregatorStats;
 use crate::actors::collection_supervisor::CollectionSupervisorMsg;
 use crate::actors::orchestrator::{LiveSources, OrchestratorMsg};
+use crate::actors::replicator::{ReplicatorMsg, ReplicatorStats};
 use crate::actors::scraper_supervisor::SourceState;
-use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR};
+use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR, REPLICATOR};
 use crate::cluster::wire::{Request, Response};
 use crate::cluster::Cluster;
 
@@ -94,6 +95,7 @@ pub async fn node_state(
     } = ask(ORCHESTRATOR, OrchestratorMsg::ListLive).await??;
     let aggregators: Vec<AggregatorStats> =
         ask(COLLECTIONS, CollectionSupervisorMsg::Stats).await?;
+    let replicator: ReplicatorStats = ask(REPLICATOR, ReplicatorMsg::Stats).await?;
 
     let scrapers: Vec<ActorNode> = sources
         .iter()
@@ -159,6 +161,13 @@ pub async fn node_state(
                 "running",
                 json!({ "collections": aggregators.len() }),
                 collection_actors,
+            ),
+            ActorNode::new(
+                "Replicator",
+                "replicator",
+                "running",
+                json!(replicator),
+                Vec::new(),
             ),
         ],
     );
