@@ -173,6 +173,14 @@ async fn nodes_form_one_cluster_in_any_order_and_refuse_strangers() {
     let (_, after) = all[1].get("/api/v1/cluster").await;
     assert_eq!(before["members"][0], after["members"][0]);
     wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+
+    // Peers without a cookie: refused at start, with the setting to fix.
+    let lone_dir = tempfile::tempdir().unwrap();
+    let (ok, out) = common::NodeConfig::new(lone_dir.path())
+        .env("GLEANER_SEEDS", &plan.seeds())
+        .run_to_exit(Duration::from_secs(30));
+    assert!(!ok);
+    assert!(out.contains("GLEANER_COOKIE"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -209,6 +217,24 @@ async fn sources_spread_and_every_node_serves_every_item() {
         seen.push((item["data"].clone(), item["version"].clone()));
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+
+    // One call on any node gathers every node's actors.
+    let (status, state) = all[1].get("/debug/state").await;
+    assert_eq!(status, 200);
+    let nodes: BTreeSet<&str> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, BTreeSet::from(["n0", "n1", "n2"]), "{state}");
+    let listed: usize = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["sources"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(listed, 12, "each source listed once, by its owner");
 
     // Replace and delete on another node reach every node.
     let mut spec = page_source(&site, "s1", 13, 3600);

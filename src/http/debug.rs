@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::{ask, auth, AppState};
 use crate::actors::aggregator::AggregatorStats;
 use crate::actors::collection_supervisor::CollectionSupervisorMsg;
-use crate::actors::orchestrator::{LiveSources, OrchestratorMsg};
+use crate::actors::orchestrator::{LiveSources, OrchestratorMsg, SourceView};
 use crate::actors::replicator::{ReplicatorMsg, ReplicatorStats};
 use crate::actors::scraper_supervisor::SourceState;
 use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR, REPLICATOR};
@@ -182,6 +182,10 @@ pub async fn node_state(
         })
         .collect();
     let owned = runtimes.len();
+    let owned_sources: Vec<&SourceView> = sources
+        .iter()
+        .filter(|v| v.status.owner_id.as_ref().is_none_or(|o| *o == me.node_id))
+        .collect();
     let member = json!({
         "name": me.name,
         "node_id": me.node_id,
@@ -196,7 +200,8 @@ pub async fn node_state(
     });
     Ok(json!({
         "member": member,
-        "node": { "name": me.name, "tree": tree, "sources": sources, "collections": collections },
+        // Each node lists the sources it owns, so a cluster-wide view shows each once.
+        "node": { "name": me.name, "tree": tree, "sources": owned_sources, "collections": collections },
     }))
 }
 

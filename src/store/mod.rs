@@ -537,7 +537,9 @@ mod tests {
     #[test]
     fn the_log_serves_what_it_keeps_and_says_when_it_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap().with_log_retained(3);
+        let store = Store::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_log_retained(3);
         for seq in 1..=5 {
             let url = format!("u{seq}");
             store
@@ -584,7 +586,11 @@ mod tests {
             store.apply_batch(first).unwrap();
             store.apply_batch(second).unwrap();
             let (items, _) = store.items("books", None, 10, |_| true).unwrap();
-            (items[0].data.clone(), items[0].first_seen, items[0].last_seen)
+            (
+                items[0].data.clone(),
+                items[0].first_seen,
+                items[0].last_seen,
+            )
         };
         assert_eq!(read(&older, &newer), read(&newer, &older));
         // A snapshot copy merges the same way: the later observation wins.

@@ -2,7 +2,7 @@
 //! address the test nodes are allowed to fetch), plus a *canary* listener on
 //! 127.0.0.1 that only counts what reaches it: a node must never reach it.
 //!
-//! Routes: a 20-page catalogue, a 3-page cycle, a paginated JSON API, a page
+//! Routes: a 20-page catalogue, any number of single catalogue pages, a 3-page cycle, a paginated JSON API, a page
 //! that changes on demand, failures, a page of markup-looking text, and
 //! hostile responses (gzip bomb, deep nesting, huge and endless bodies,
 //! redirects to the metadata address, to loopback, and to itself).
@@ -13,7 +13,7 @@ use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -26,7 +26,8 @@ pub const CATALOGUE_PAGES: u32 = 20;
 pub const ITEMS_PER_PAGE: u32 = 20;
 
 struct Site {
-    log: Mutex<Vec<String>>,
+    /// Every request's path and query, with when it arrived.
+    log: Mutex<Vec<(Instant, String)>>,
     revision: AtomicU32,
     canary_hits: AtomicUsize,
     canary: OnceLock<SocketAddr>,
@@ -87,8 +88,19 @@ impl FixtureSite {
             .lock()
             .unwrap()
             .iter()
-            .filter(|p| p.starts_with(prefix))
+            .filter(|(_, p)| p.starts_with(prefix))
             .count()
+    }
+
+    /// When the first request for exactly `path` after `after` arrived.
+    pub fn first_hit_after(&self, path: &str, after: Instant) -> Option<Instant> {
+        self.site
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, p)| *at > after && p == path)
+            .map(|(at, _)| *at)
     }
 
     /// Builds the large hostile bodies now, so that no request waits on them.
@@ -224,10 +236,19 @@ async fn route(State(site): State<Arc<Site>>, uri: Uri) -> Response {
     let path_and_query = uri
         .path_and_query()
         .map_or(uri.path().to_owned(), |p| p.to_string());
-    site.log.lock().unwrap().push(path_and_query);
+    site.log
+        .lock()
+        .unwrap()
+        .push((Instant::now(), path_and_query));
     let path = uri.path();
     if let Some(n) = numbered(path, "/catalogue/page-", ".html") {
         if (1..=CATALOGUE_PAGES).contains(&n) {
+            return html(catalogue_page(n));
+        }
+    }
+    // Any number of distinct one-page catalogues, for many-source runs.
+    if let Some(n) = numbered(path, "/single/page-", ".html") {
+        if (1..=100_000).contains(&n) {
             return html(catalogue_page(n));
         }
     }

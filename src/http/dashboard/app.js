@@ -187,8 +187,10 @@ function renderCollections(state) {
   const rows = [];
   for (const node of state.nodes) {
     for (const c of node.collections) {
-      rows.push(el("tr", { class: "source", collection: c.name, on: { click: () => showItems(c.name) } },
-        el("td", {}, c.name), el("td", { class: "items" }, c.items), el("td", {}, ago(c.last_update)),
+      // Every node keeps every collection: in a cluster, say whose copy a row is.
+      const where = state.nodes.length > 1 ? el("small", {}, " @ " + node.name) : "";
+      rows.push(el("tr", { class: "source", collection: c.name, node: node.name, on: { click: () => showItems(c.name) } },
+        el("td", {}, c.name, where), el("td", { class: "items" }, c.items), el("td", {}, ago(c.last_update)),
         el("td", {}, c.batches ?? ""), el("td", {}, c.inserted ?? ""), el("td", {}, c.changed ?? "")));
     }
   }
