@@ -63,6 +63,8 @@ const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_DIAL_BACKOFF: Duration = Duration::from_secs(10);
 /// First wait after a failed dial.
 const DIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Least time between two dial rounds.
+const DIAL_EVERY: Duration = Duration::from_millis(500);
 /// How long one dial (DNS and TCP connect) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -75,6 +77,7 @@ pub struct MembershipState {
     last_tick: Instant,
     /// A dial round is in progress.
     dialing: bool,
+    last_dial: Instant,
     dialed_once: bool,
     settled: bool,
     /// Per target: when to try next, and the current backoff.
@@ -109,6 +112,37 @@ fn remote_peers() -> BTreeMap<String, ActorRef<PeerMsg>> {
         .filter(|cell| !cell.get_id().is_local())
         .filter_map(|cell| Some((cell.get_name()?, ActorRef::from(cell))))
         .collect()
+}
+
+/// One round of dialling: the seeds and the discovery name's addresses,
+/// except this node and the targets still backing off.
+struct DialRound {
+    seeds: Vec<String>,
+    discovery: Option<(String, u16)>,
+    me: String,
+    resting: HashSet<String>,
+}
+
+impl DialRound {
+    async fn run(self, server: ActorRef<NodeServerMessage>) -> Vec<String> {
+        let mut targets = self.seeds;
+        if let Some((name, port)) = &self.discovery {
+            // Every address of the name is a peer on the cluster port.
+            match tokio::time::timeout(
+                DIAL_TIMEOUT,
+                tokio::net::lookup_host((name.as_str(), *port)),
+            )
+            .await
+            {
+                Ok(Ok(addrs)) => targets.extend(addrs.map(|a| a.to_string())),
+                _ => tracing::debug!(%name, "discovery name does not resolve"),
+            }
+        }
+        targets.retain(|t| *t != self.me && !self.resting.contains(t));
+        targets.sort();
+        targets.dedup();
+        dial(server, targets).await
+    }
 }
 
 /// Tries every target once; returns those that could not be reached.
@@ -189,32 +223,6 @@ impl MembershipState {
             owners: self.view.owners(),
             peers,
         });
-    }
-
-    /// Targets due for a dial now.
-    async fn due_targets(&mut self) -> Vec<String> {
-        let s = &self.args.settings;
-        let mut targets: Vec<String> = s.seeds.clone();
-        if let Some(name) = &s.discovery_dns {
-            // Every address of the name is a peer on the cluster port.
-            if let Ok(Ok(addrs)) = tokio::time::timeout(
-                DIAL_TIMEOUT,
-                tokio::net::lookup_host((name.as_str(), s.port)),
-            )
-            .await
-            {
-                targets.extend(addrs.map(|a| a.to_string()));
-            }
-        }
-        let me = &self.view.me().cluster;
-        let now = Instant::now();
-        targets.retain(|t| t != me);
-        targets.sort();
-        targets.dedup();
-        targets
-            .into_iter()
-            .filter(|t| self.backoff.get(t).is_none_or(|(next, _)| *next <= now))
-            .collect()
     }
 
     fn settle_if_ready(&mut self) -> bool {
@@ -301,6 +309,7 @@ impl Actor for Membership {
             started: Instant::now(),
             last_tick: Instant::now(),
             dialing: false,
+            last_dial: Instant::now() - DIAL_EVERY,
             dialed_once: false,
             settled: false,
             backoff: BTreeMap::new(),
@@ -360,17 +369,29 @@ impl Actor for Membership {
                 // Published at every tick: peers' actor references can change
                 // without a state change (a restart within the timeout).
                 state.publish();
-                if !state.dialing {
-                    let targets = state.due_targets().await;
-                    if !targets.is_empty() || !state.dialed_once {
-                        state.dialing = true;
-                        let server = state.server.clone();
-                        let me = myself.clone();
-                        tokio::spawn(async move {
-                            let failed = dial(server, targets).await;
-                            let _ = me.cast(MembershipMsg::Dialed(failed));
-                        });
-                    }
+                // Dialling (DNS included) runs off this mailbox, so a slow
+                // resolver never delays a heartbeat.
+                if !state.dialing && state.last_dial.elapsed() >= DIAL_EVERY {
+                    state.dialing = true;
+                    state.last_dial = now;
+                    let s = &state.args.settings;
+                    let round = DialRound {
+                        seeds: s.seeds.clone(),
+                        discovery: s.discovery_dns.clone().map(|d| (d, s.port)),
+                        me: state.view.me().cluster.clone(),
+                        resting: state
+                            .backoff
+                            .iter()
+                            .filter(|(_, (next, _))| *next > now)
+                            .map(|(t, _)| t.clone())
+                            .collect(),
+                    };
+                    let server = state.server.clone();
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        let failed = round.run(server).await;
+                        let _ = me.cast(MembershipMsg::Dialed(failed));
+                    });
                 }
             }
             MembershipMsg::Dialed(failed) => {

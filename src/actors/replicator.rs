@@ -35,6 +35,9 @@ const SNAPSHOT_PAGE: usize = 200;
 /// Most pages one snapshot copies (20 million items).
 const SNAPSHOT_PAGES: usize = 100_000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests for a round this soon after one ended are dropped.
+const COALESCE: Duration = Duration::from_millis(100);
 
 pub struct Replicator;
 
@@ -61,6 +64,9 @@ pub struct ReplicatorStats {
 pub struct ReplicatorState {
     args: ReplicatorArgs,
     stats: ReplicatorStats,
+    /// When the last round ended: requests queued during a round are
+    /// served by it, so they are dropped rather than run back to back.
+    last_round: std::time::Instant,
 }
 
 /// Why a round stopped early.
@@ -80,6 +86,11 @@ fn collections() -> Result<ActorRef<CollectionSupervisorMsg>, RoundError> {
 
 impl ReplicatorState {
     async fn ask(&self, peer: &Peer, request: &Request) -> Result<Response, RoundError> {
+        // A frozen peer must not hold a round for long: heads are small.
+        let timeout = match request {
+            Request::Heads => HEADS_TIMEOUT,
+            _ => CALL_TIMEOUT,
+        };
         let fail = |reason: String| RoundError::Peer {
             peer: peer.info.name.clone(),
             reason,
@@ -87,7 +98,7 @@ impl ReplicatorState {
         match self
             .args
             .cluster
-            .call(&peer.info.node_id, request, CALL_TIMEOUT)
+            .call(&peer.info.node_id, request, timeout)
             .await
         {
             Ok(Response::Error(e)) => Err(fail(e)),
@@ -267,6 +278,7 @@ impl Actor for Replicator {
         Ok(ReplicatorState {
             args,
             stats: ReplicatorStats::default(),
+            last_round: std::time::Instant::now() - ROUND_EVERY,
         })
     }
 
@@ -278,7 +290,7 @@ impl Actor for Replicator {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ReplicatorMsg::CatchUp => {
-                if !state.args.cluster.settled() {
+                if !state.args.cluster.settled() || state.last_round.elapsed() < COALESCE {
                     return Ok(());
                 }
                 state.stats.rounds += 1;
@@ -290,6 +302,7 @@ impl Actor for Replicator {
                         state.stats.last_error = Some(e.to_string());
                     }
                 }
+                state.last_round = std::time::Instant::now();
                 if state.stats.pulled > pulled {
                     tracing::info!(
                         batches = state.stats.pulled - pulled,
