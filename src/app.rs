@@ -100,6 +100,9 @@ impl App {
             restart: settings.restart,
             events: events.clone(),
             cluster: cluster.clone(),
+            isolation: crate::isolation::Isolation::connect(settings.isolation.clone()).await,
+            cookie: settings.cluster.as_ref().map(|c| c.cookie.clone()),
+            allow_private_targets: settings.allow_private_targets.clone(),
         };
         let (root, root_done) = Actor::spawn(None, NodeSupervisor, args)
             .await
@@ -235,7 +238,7 @@ fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
 }
 
 /// Resolves on SIGTERM or Ctrl-C, naming which.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
         "interrupt"

@@ -1,5 +1,5 @@
 //! The `gleaner` binary: parse the command line, load settings, start logging,
-//! then build and run a node.
+//! then build and run a node (or a worker, for one isolated source).
 
 use std::process::ExitCode;
 
@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
     let result = match command {
         Command::Node(args) => run_node(args).await,
+        Command::Worker(args) => run_worker(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -20,6 +21,12 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_worker(args: gleaner::settings::WorkerArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args.node.clone())?;
+    gleaner::telemetry::init(&settings.log, settings.log_format)?;
+    gleaner::worker::run(args, settings).await
 }
 
 async fn run_node(args: gleaner::settings::NodeArgs) -> anyhow::Result<()> {

@@ -25,6 +25,22 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: HTTP API, scrapers, collections.
     Node(NodeArgs),
+    /// Run one isolated source and deliver its items to its owner node
+    /// (started by the owner in a container; not for direct use).
+    Worker(WorkerArgs),
+}
+
+/// A worker's settings: a node's, plus the source and its owner.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The source's spec, as JSON.
+    #[arg(long, env = "GLEANER_WORKER_SPEC", hide_env_values = true)]
+    pub spec: String,
+    /// The node id of the owner the worker delivers to.
+    #[arg(long, env = "GLEANER_WORKER_OWNER")]
+    pub owner: String,
 }
 
 /// Log output format.
@@ -129,6 +145,18 @@ pub struct NodeArgs {
     /// behind [default: 10000]; a peer further behind copies the collection.
     #[arg(long, env = "GLEANER_LOG_RETAINED")]
     pub log_retained: Option<u64>,
+    /// The image of worker containers for isolated sources (this node's own image).
+    #[arg(long, env = "GLEANER_WORKER_IMAGE")]
+    pub worker_image: Option<String>,
+    /// The Docker network worker containers join (one that reaches this node).
+    #[arg(long, env = "GLEANER_WORKER_NETWORK")]
+    pub worker_network: Option<String>,
+    /// Memory limit of a worker container, in MiB [default: 256].
+    #[arg(long, env = "GLEANER_WORKER_MEMORY_MB")]
+    pub worker_memory_mb: Option<u64>,
+    /// CPU limit of a worker container, in CPUs [default: 0.5].
+    #[arg(long, env = "GLEANER_WORKER_CPUS")]
+    pub worker_cpus: Option<f64>,
     /// Interval between heartbeats to each peer, in ms [default: 300].
     #[arg(long, env = "GLEANER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -169,6 +197,10 @@ impl NodeArgs {
             cookie: self.cookie.or(file.cookie),
             cookie_file: self.cookie_file.or(file.cookie_file),
             log_retained: self.log_retained.or(file.log_retained),
+            worker_image: self.worker_image.or(file.worker_image),
+            worker_network: self.worker_network.or(file.worker_network),
+            worker_memory_mb: self.worker_memory_mb.or(file.worker_memory_mb),
+            worker_cpus: self.worker_cpus.or(file.worker_cpus),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             peer_timeout_ms: self.peer_timeout_ms.or(file.peer_timeout_ms),
         }
@@ -205,6 +237,10 @@ pub struct Settings {
     pub restart: RestartPolicy,
     /// Cluster membership; `None` runs a cluster of one (no listener).
     pub cluster: Option<ClusterSettings>,
+    /// How worker containers for isolated sources are made.
+    pub isolation: crate::isolation::IsolationConfig,
+    /// As given, to pass on to worker containers.
+    pub allow_private_targets: Option<String>,
 }
 
 /// How a node joins the cluster.
@@ -261,6 +297,18 @@ impl Settings {
             );
         }
         let cluster = cluster_settings(&a, http_addr)?;
+        let cpus = a.worker_cpus.unwrap_or(0.5);
+        if !(0.01..=64.0).contains(&cpus) {
+            bail!("GLEANER_WORKER_CPUS must be between 0.01 and 64");
+        }
+        let isolation = crate::isolation::IsolationConfig {
+            image: a.worker_image.clone().filter(|i| !i.trim().is_empty()),
+            network: a.worker_network.clone().filter(|n| !n.trim().is_empty()),
+            memory_bytes: (a.worker_memory_mb.unwrap_or(256).max(16) * 1024 * 1024) as i64,
+            nano_cpus: (cpus * 1e9) as i64,
+            pids_limit: 128,
+        };
+        let allow_private_targets = a.allow_private_targets.clone();
         let targets = match a.allow_private_targets.as_deref() {
             None => TargetPolicy::PublicOnly,
             Some(s) => s
@@ -293,6 +341,8 @@ impl Settings {
         };
         Ok(Settings {
             cluster,
+            isolation,
+            allow_private_targets,
             http_addr,
             data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             node_name,
@@ -423,6 +473,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Node(a) => a,
+            Command::Worker(w) => w.node,
         }
     }
 

@@ -21,6 +21,7 @@
 
 pub mod aggregator;
 pub mod collection_supervisor;
+pub mod courier;
 pub mod endpoint;
 pub mod membership;
 pub mod node_supervisor;
@@ -29,6 +30,7 @@ pub mod peer;
 pub mod replicator;
 pub mod scraper;
 pub mod scraper_supervisor;
+pub mod worker_supervisor;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

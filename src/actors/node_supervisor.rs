@@ -37,6 +37,9 @@ pub struct NodeArgs {
     pub restart: RestartPolicy,
     pub events: Events,
     pub cluster: Cluster,
+    pub isolation: crate::isolation::Isolation,
+    pub cookie: Option<String>,
+    pub allow_private_targets: Option<String>,
 }
 
 #[derive(RactorMessage)]
@@ -85,6 +88,9 @@ impl NodeState {
                 restart: a.restart,
                 events: a.events.clone(),
                 cluster: a.cluster.clone(),
+                isolation: a.isolation.clone(),
+                cookie: a.cookie.clone(),
+                allow_private_targets: a.allow_private_targets.clone(),
             },
             myself.get_cell(),
         )

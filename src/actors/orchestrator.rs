@@ -26,8 +26,10 @@ use serde::Serialize;
 use super::collection_supervisor::CollectionSupervisorMsg;
 use super::endpoint::CollectionSummary;
 use super::scraper_supervisor::{
-    ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg, SourceRuntime, SourceState,
+    BatchSink, ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg, SourceRuntime,
+    SourceState,
 };
+use super::worker_supervisor::{WorkerSupervisor, WorkerSupervisorArgs, WorkerSupervisorMsg};
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
@@ -35,6 +37,7 @@ use crate::cluster::wire::{Notice, Request, Response};
 use crate::cluster::Cluster;
 use crate::domain::{RunRecord, SourceRecord, SourceSpec, Version};
 use crate::events::{Event, Events};
+use crate::isolation::Isolation;
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
@@ -54,6 +57,11 @@ pub struct OrchestratorArgs {
     pub restart: RestartPolicy,
     pub events: Events,
     pub cluster: Cluster,
+    /// The Docker engine, for isolated sources' worker containers.
+    pub isolation: Isolation,
+    /// The cluster cookie, handed to workers so they can join.
+    pub cookie: Option<String>,
+    pub allow_private_targets: Option<String>,
 }
 
 /// How often the node sends its source versions to its peers.
@@ -139,15 +147,15 @@ pub struct SourceStatus {
     pub items: u64,
     pub last_error: Option<String>,
     pub restarts: u64,
+    /// The worker container of an isolated source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::isolation::WorkerContainer>,
 }
-
-/// Why an isolated source does not run on this build.
-const ISOLATION_UNAVAILABLE: &str =
-    "isolated sources run in worker containers, which this node cannot start yet; it is not run in-process";
 
 pub struct OrchestratorState {
     args: OrchestratorArgs,
     scrapers: ActorRef<ScraperSupervisorMsg>,
+    workers: ActorRef<WorkerSupervisorMsg>,
     failures: FailureWindow,
 }
 
@@ -297,13 +305,25 @@ impl OrchestratorState {
     }
 
     fn reconcile_one(&self, record: &SourceRecord) {
+        let spec = &record.spec;
         let msg = if self.runs_here(record) {
-            ScraperSupervisorMsg::Ensure(Box::new(record.spec.clone()))
+            ScraperSupervisorMsg::Ensure(Box::new(spec.clone()))
         } else {
-            ScraperSupervisorMsg::Remove(record.spec.id.clone())
+            ScraperSupervisorMsg::Remove(spec.id.clone())
         };
         if let Err(e) = self.scrapers.cast(msg) {
-            tracing::error!(source = %record.spec.id, error = %e, "scraper supervisor unreachable");
+            tracing::error!(source = %spec.id, error = %e, "scraper supervisor unreachable");
+        }
+        let isolated_here =
+            !record.deleted && spec.enabled && spec.isolated && self.args.cluster.owns(&spec.id);
+        let msg = if isolated_here {
+            let version = format!("{}-{}", record.version.millis, record.version.node);
+            WorkerSupervisorMsg::Ensure(Box::new(spec.clone()), version)
+        } else {
+            WorkerSupervisorMsg::Remove(spec.id.clone())
+        };
+        if let Err(e) = self.workers.cast(msg) {
+            tracing::error!(source = %spec.id, error = %e, "worker supervisor unreachable");
         }
     }
 
@@ -332,7 +352,7 @@ impl OrchestratorState {
         BTreeMap<String, SourceRuntime>,
         BTreeMap<String, CollectionSummary>,
     ) {
-        let runtimes = match self
+        let mut runtimes = match self
             .scrapers
             .call(ScraperSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
             .await
@@ -340,6 +360,13 @@ impl OrchestratorState {
             Ok(ractor::rpc::CallResult::Success(s)) => s,
             _ => BTreeMap::new(),
         };
+        if let Ok(ractor::rpc::CallResult::Success(workers)) = self
+            .workers
+            .call(WorkerSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
+            .await
+        {
+            runtimes.extend(workers.iter().map(|(id, w)| (id.clone(), w.as_runtime())));
+        }
         let summaries = match self
             .args
             .collections
@@ -376,8 +403,6 @@ impl OrchestratorState {
                 let runtime = runtimes.get(&spec.id);
                 let (state, last_error) = if !spec.enabled {
                     (SourceState::Disabled, None)
-                } else if spec.isolated {
-                    (SourceState::Failed, Some(ISOLATION_UNAVAILABLE.to_string()))
                 } else {
                     match runtime {
                         Some(r) => (r.state, r.last_error.clone()),
@@ -404,6 +429,7 @@ impl OrchestratorState {
                         items,
                         last_error,
                         restarts: runtime.map_or(0, |r| r.restarts),
+                        container: runtime.and_then(|r| r.container.clone()),
                     },
                     spec: record.spec,
                     version: record.version,
@@ -509,7 +535,10 @@ impl OrchestratorState {
                         return Err(AdminError::Conflict(format!("source '{id}' is disabled")));
                     }
                     if record.spec.isolated {
-                        return Err(AdminError::Conflict(ISOLATION_UNAVAILABLE.into()));
+                        return Err(AdminError::Conflict(
+                            "an isolated source runs on its schedule in its worker container"
+                                .into(),
+                        ));
                     }
                     let owner = self.args.cluster.owner_of(&id);
                     if let Some(owner) = owner.filter(|o| *o != self.args.node_id) {
@@ -608,6 +637,28 @@ impl OrchestratorState {
     }
 }
 
+async fn spawn_workers(
+    myself: &ActorRef<OrchestratorMsg>,
+    args: &OrchestratorArgs,
+) -> Result<ActorRef<WorkerSupervisorMsg>, ActorProcessingErr> {
+    let me = args.cluster.me();
+    let (workers, _) = Actor::spawn_linked(
+        Some(groups::WORKERS.to_owned()),
+        WorkerSupervisor,
+        WorkerSupervisorArgs {
+            isolation: args.isolation.clone(),
+            node_id: me.node_id.clone(),
+            node_name: me.name.clone(),
+            cluster_addr: (!me.cluster.is_empty()).then(|| me.cluster.clone()),
+            cookie: args.cookie.clone(),
+            allow_private_targets: args.allow_private_targets.clone(),
+        },
+        myself.get_cell(),
+    )
+    .await?;
+    Ok(workers)
+}
+
 async fn spawn_scrapers(
     myself: &ActorRef<OrchestratorMsg>,
     args: &OrchestratorArgs,
@@ -616,7 +667,7 @@ async fn spawn_scrapers(
         fetcher: args.fetcher.clone(),
         limits: args.limits.clone(),
         store: args.store.clone(),
-        collections: args.collections.clone(),
+        sink: BatchSink::Collections(args.collections.clone()),
         restart: args.restart,
         events: args.events.clone(),
         cluster: args.cluster.clone(),
@@ -642,9 +693,11 @@ impl Actor for Orchestrator {
         args: OrchestratorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let scrapers = spawn_scrapers(&myself, &args).await?;
+        let workers = spawn_workers(&myself, &args).await?;
         let state = OrchestratorState {
             args,
             scrapers,
+            workers,
             failures: FailureWindow::default(),
         };
         let mut changes = state.args.cluster.changes();
@@ -686,23 +739,29 @@ impl Actor for Orchestrator {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let why = match event {
-            SupervisionEvent::ActorFailed(who, err) if who.get_id() == state.scrapers.get_id() => {
-                err.to_string()
-            }
-            SupervisionEvent::ActorTerminated(who, _, reason)
-                if who.get_id() == state.scrapers.get_id() =>
-            {
-                reason.unwrap_or_else(|| "stopped".into())
+        let (who, why) = match event {
+            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
+            SupervisionEvent::ActorTerminated(who, _, reason) => {
+                (who, reason.unwrap_or_else(|| "stopped".into()))
             }
             _ => return Ok(()),
         };
-        tracing::error!(reason = %why, "scraper supervisor stopped");
-        if state.failures.record(Instant::now(), &state.args.restart) == AfterFailure::GiveUp {
-            return Err(format!("scraper supervisor failed too often: {why}").into());
+        let scrapers = who.get_id() == state.scrapers.get_id();
+        if !scrapers && who.get_id() != state.workers.get_id() {
+            return Ok(());
         }
-        // Restarting it restarts every scraper; reconciling puts them back.
-        state.scrapers = spawn_scrapers(&myself, &state.args).await?;
+        let which = if scrapers { "scraper" } else { "worker" };
+        tracing::error!(reason = %why, supervisor = which, "supervisor stopped");
+        if state.failures.record(Instant::now(), &state.args.restart) == AfterFailure::GiveUp {
+            return Err(format!("the {which} supervisor failed too often: {why}").into());
+        }
+        // Restarting it restarts its children; reconciling puts them back
+        // (worker containers are adopted by their labels).
+        if scrapers {
+            state.scrapers = spawn_scrapers(&myself, &state.args).await?;
+        } else {
+            state.workers = spawn_workers(&myself, &state.args).await?;
+        }
         state.reconcile_all().await?;
         Ok(())
     }

@@ -9,10 +9,12 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
+use super::aggregator::AggregatorMsg;
 use super::collection_supervisor::CollectionSupervisorMsg;
 use super::membership::MembershipMsg;
 use super::orchestrator::OrchestratorMsg;
 use super::scraper_supervisor::ScraperSupervisorMsg;
+use super::worker_supervisor::WorkerSupervisorMsg;
 use super::ASK_TIMEOUT;
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
@@ -137,7 +139,7 @@ impl Peer {
             }),
             Request::Runtimes => {
                 tokio::spawn(async move {
-                    let response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
+                    let mut response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
                         Some(s) => match s
                             .call(ScraperSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
                             .await
@@ -147,6 +149,17 @@ impl Peer {
                         },
                         None => Response::Error("the scrapers are restarting".into()),
                     };
+                    // Isolated sources' workers count as this node's runtimes too.
+                    if let (Response::Runtimes(r), Some(w)) =
+                        (&mut response, local::<WorkerSupervisorMsg>(groups::WORKERS))
+                    {
+                        if let Ok(ractor::rpc::CallResult::Success(workers)) = w
+                            .call(WorkerSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
+                            .await
+                        {
+                            r.extend(workers.iter().map(|(id, s)| (id.clone(), s.as_runtime())));
+                        }
+                    }
                     answer.send(response);
                 });
             }
@@ -166,6 +179,11 @@ impl Peer {
                     answer.send(response);
                 });
             }
+            Request::Deliver(batch) => {
+                tokio::spawn(async move {
+                    answer.send(deliver(batch).await);
+                });
+            }
             Request::Stats => {
                 let (cluster, started_at) = (args.cluster.clone(), args.started_at);
                 tokio::spawn(async move {
@@ -178,6 +196,36 @@ impl Peer {
                 });
             }
         }
+    }
+}
+
+/// Accepts a worker's batch into the local collection as a local scraper's.
+async fn deliver(batch: crate::domain::ItemBatch) -> Response {
+    if !crate::domain::spec::is_slug(&batch.collection) {
+        return Response::Error("not a collection name".into());
+    }
+    let Some(collections) = local::<CollectionSupervisorMsg>(groups::COLLECTIONS) else {
+        return Response::Error("the collections are restarting".into());
+    };
+    let name = batch.collection.clone();
+    let aggregator = match collections
+        .call(
+            |r| CollectionSupervisorMsg::Aggregator(name, r),
+            Some(ASK_TIMEOUT),
+        )
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(Ok(a))) => a,
+        Ok(ractor::rpc::CallResult::Success(Err(e))) => return Response::Error(e),
+        _ => return Response::Error("the collections did not answer".into()),
+    };
+    match aggregator
+        .call(|r| AggregatorMsg::Apply(batch, r), Some(ASK_TIMEOUT * 6))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => Response::Delivered(outcome),
+        Ok(ractor::rpc::CallResult::Success(Err(e))) => Response::Error(e),
+        _ => Response::Error("the aggregator did not answer".into()),
     }
 }
 

@@ -31,10 +31,19 @@ pub struct ScraperSupervisorArgs {
     pub fetcher: Fetcher,
     pub limits: Limits,
     pub store: Store,
-    pub collections: ActorRef<CollectionSupervisorMsg>,
+    /// Where scrapers deliver their batches.
+    pub sink: BatchSink,
     pub restart: RestartPolicy,
     pub events: Events,
     pub cluster: crate::cluster::Cluster,
+}
+
+/// Where a scraper's batches go: on a node, its collection's Aggregator; in
+/// a worker process, the Courier that carries them to the owner node.
+#[derive(Clone)]
+pub enum BatchSink {
+    Collections(ActorRef<CollectionSupervisorMsg>),
+    Fixed(ActorRef<super::aggregator::AggregatorMsg>),
 }
 
 #[derive(RactorMessage)]
@@ -90,6 +99,9 @@ pub struct SourceRuntime {
     pub restarts: u64,
     /// The live scraper's counters, when one runs.
     pub scraper: Option<ScraperStats>,
+    /// The worker container, for an isolated source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::isolation::WorkerContainer>,
 }
 
 enum Phase {
@@ -126,17 +138,18 @@ impl ScraperSupervisorState {
         };
         let started = async {
             let rules = Rules::compile(&spec.extract, &spec.key).map_err(|e| e.to_string())?;
-            let aggregator = match self
-                .args
-                .collections
-                .call(
-                    |r| CollectionSupervisorMsg::Aggregator(spec.collection.clone(), r),
-                    Some(ASK_TIMEOUT),
-                )
-                .await
-            {
-                Ok(ractor::rpc::CallResult::Success(r)) => r?,
-                _ => return Err("the collection supervisor did not answer".to_string()),
+            let aggregator = match &self.args.sink {
+                BatchSink::Fixed(a) => a.clone(),
+                BatchSink::Collections(c) => match c
+                    .call(
+                        |r| CollectionSupervisorMsg::Aggregator(spec.collection.clone(), r),
+                        Some(ASK_TIMEOUT),
+                    )
+                    .await
+                {
+                    Ok(ractor::rpc::CallResult::Success(r)) => r?,
+                    _ => return Err("the collection supervisor did not answer".to_string()),
+                },
             };
             let args = ScraperArgs {
                 spec: spec.clone(),
@@ -339,6 +352,7 @@ impl Actor for ScraperSupervisor {
                         last_error: child.last_error.clone(),
                         restarts: child.restarts,
                         scraper,
+                        container: None,
                     };
                     (id.clone(), runtime)
                 });

@@ -6,6 +6,8 @@ pub const ORCHESTRATOR: &str = "gleaner.orchestrator";
 pub const COLLECTIONS: &str = "gleaner.collections";
 /// The node's ScraperSupervisor (what runs here, for peers asking).
 pub const SCRAPERS: &str = "gleaner.scrapers";
+/// The node's WorkerSupervisor (worker containers of isolated sources).
+pub const WORKERS: &str = "gleaner.workers";
 /// The node's Replicator (catches up on collections from peers).
 pub const REPLICATOR: &str = "gleaner.replicator";
 /// The process group every node's Peer actor joins.

@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::view::NodeInfo;
 use crate::actors::scraper_supervisor::SourceRuntime;
 pub use crate::domain::ReplicatedBatch;
-use crate::domain::{RunRecord, SourceRecord, StoredItem, Version};
+use crate::domain::{ItemBatch, RunRecord, SourceRecord, StoredItem, Version};
+use crate::store::BatchOutcome;
 
 /// One node's applied batches per collection: origin node id -> last sequence number.
 pub type Heads = BTreeMap<String, BTreeMap<String, u64>>;
@@ -61,6 +62,8 @@ pub enum Request {
     RunNow(String),
     /// The receiver's part of the debug state.
     Stats,
+    /// A worker's batch for its owner node to accept as its own.
+    Deliver(ItemBatch),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +91,8 @@ pub enum Response {
     },
     Runtimes(BTreeMap<String, SourceRuntime>),
     Stats(Value),
+    /// The delivered batch is durable (on the owner, and on a peer if one is up).
+    Delivered(BatchOutcome),
     Error(String),
 }
 

@@ -225,6 +225,13 @@ pub async fn state(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
                 members.push(member);
                 nodes.push(v["node"].clone());
             }
+            None if m.role == crate::cluster::view::Role::Worker => {
+                // Workers run one source for their owner, whose tree shows it.
+                members.push(json!({
+                    "name": m.name, "node_id": m.node_id, "address": m.address,
+                    "role": m.role, "state": m.state,
+                }));
+            }
             other => {
                 let why = match other {
                     Some(Ok(r)) => format!("unexpected answer: {r:?}"),

@@ -53,10 +53,11 @@ async fn with_owners_status(state: &AppState, views: &mut [SourceView]) {
         else {
             continue;
         };
-        if view.spec.enabled && !view.spec.isolated {
+        if view.spec.enabled {
             status.state = runtime.state;
             status.last_error = runtime.last_error.clone().or(status.last_error.take());
         }
+        status.container = runtime.container.clone();
         status.next_run = runtime.next_run;
         status.restarts = runtime.restarts;
     }

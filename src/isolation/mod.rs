@@ -1,0 +1,261 @@
+//! Worker containers for isolated sources, through the Docker Engine API
+//! (bollard). This module only speaks to the engine: which containers exist
+//! (found by their labels), starting one for a source, removing one. The
+//! WorkerSupervisor actor decides when.
+//!
+//! A worker container runs `gleaner worker` for one source from the node's
+//! own image. It carries gleaner labels, memory, CPU and pids limits, a
+//! read-only root filesystem (a small tmpfs holds its scratch database), no
+//! capabilities, no-new-privileges and no Docker socket.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions,
+};
+use bollard::Docker;
+
+use crate::domain::SourceSpec;
+
+/// Label keys on worker containers.
+pub const LABEL_ROLE: &str = "org.gleaner.role";
+pub const LABEL_OWNER: &str = "org.gleaner.owner";
+pub const LABEL_SOURCE: &str = "org.gleaner.source";
+pub const LABEL_SPEC: &str = "org.gleaner.spec-version";
+
+/// How worker containers are made.
+#[derive(Debug, Clone)]
+pub struct IsolationConfig {
+    /// The image to run (the node's own); none means isolation is not configured.
+    pub image: Option<String>,
+    /// The Docker network the worker joins (it must reach the owner's cluster port).
+    pub network: Option<String>,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+}
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IsolationError {
+    #[error("the Docker engine is not reachable: {0}")]
+    Unreachable(String),
+    #[error("no worker image is configured: set GLEANER_WORKER_IMAGE to this node's image")]
+    NoImage,
+    #[error("the Docker engine refused: {0}")]
+    Engine(String),
+}
+
+/// A worker container as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerContainer {
+    pub id: String,
+    pub name: String,
+    pub source: String,
+    /// The spec version it was started for.
+    pub spec_version: String,
+    /// The engine's state: created, running, exited, ...
+    pub state: String,
+}
+
+/// Everything a worker needs to run one source.
+#[derive(Debug, Clone)]
+pub struct WorkerPlan {
+    pub spec: SourceSpec,
+    pub spec_version: String,
+    /// This node: the worker's owner.
+    pub owner_id: String,
+    pub owner_name: String,
+    /// The owner's cluster address, the worker's only seed.
+    pub owner_cluster: String,
+    pub cookie: String,
+    /// Passed on as the worker's GLEANER_ALLOW_PRIVATE_TARGETS.
+    pub allow_private_targets: Option<String>,
+}
+
+/// A handle on the engine, or the reason there is none.
+#[derive(Clone)]
+pub struct Isolation {
+    docker: Result<Docker, String>,
+    config: IsolationConfig,
+}
+
+fn engine(e: bollard::errors::Error) -> IsolationError {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => {
+            IsolationError::Engine(message)
+        }
+        other => IsolationError::Unreachable(other.to_string()),
+    }
+}
+
+/// The container name of a source's worker on a node (names are unique per engine).
+pub fn container_name(owner_name: &str, source: &str) -> String {
+    let clean: String = owner_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("gleaner-worker-{clean}-{source}")
+}
+
+impl Isolation {
+    /// Connects to the local engine (DOCKER_HOST or the default socket) and
+    /// agrees on an API version; an unreachable engine is remembered, not fatal.
+    pub async fn connect(config: IsolationConfig) -> Isolation {
+        let docker = match Docker::connect_with_local_defaults() {
+            Ok(d) => d.negotiate_version().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &docker {
+            tracing::info!(error = %e, "no Docker engine: isolated sources cannot run on this node");
+        }
+        Isolation { docker, config }
+    }
+
+    fn docker(&self) -> Result<&Docker, IsolationError> {
+        self.docker
+            .as_ref()
+            .map_err(|e| IsolationError::Unreachable(e.clone()))
+    }
+
+    /// The worker containers this node owns, running or not.
+    pub async fn list(&self, owner_id: &str) -> Result<Vec<WorkerContainer>, IsolationError> {
+        let docker = self.docker()?;
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_ROLE}=worker"),
+                format!("{LABEL_OWNER}={owner_id}"),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let listed = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                Some(WorkerContainer {
+                    id: c.id?,
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    source: labels.get(LABEL_SOURCE)?.clone(),
+                    spec_version: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Creates and starts the worker container for `plan`.
+    pub async fn start(&self, plan: &WorkerPlan) -> Result<WorkerContainer, IsolationError> {
+        let docker = self.docker()?;
+        let image = self.config.image.clone().ok_or(IsolationError::NoImage)?;
+        let name = container_name(&plan.owner_name, &plan.spec.id);
+        let spec_json = serde_json::to_string(&plan.spec).expect("a spec always serialises");
+        let mut env = vec![
+            format!("GLEANER_WORKER_SPEC={spec_json}"),
+            format!("GLEANER_WORKER_OWNER={}", plan.owner_id),
+            format!("GLEANER_SEEDS={}", plan.owner_cluster),
+            format!("GLEANER_COOKIE={}", plan.cookie),
+            format!("GLEANER_NODE_NAME={name}"),
+            format!("GLEANER_CLUSTER_ADVERTISE={name}"),
+            "GLEANER_CLUSTER_PORT=4697".to_owned(),
+            "GLEANER_DATA_DIR=/scratch".to_owned(),
+            "GLEANER_LOG_FORMAT=json".to_owned(),
+        ];
+        if let Some(allow) = &plan.allow_private_targets {
+            env.push(format!("GLEANER_ALLOW_PRIVATE_TARGETS={allow}"));
+        }
+        let labels = HashMap::from([
+            (LABEL_ROLE.to_owned(), "worker".to_owned()),
+            (LABEL_OWNER.to_owned(), plan.owner_id.clone()),
+            (LABEL_SOURCE.to_owned(), plan.spec.id.clone()),
+            (LABEL_SPEC.to_owned(), plan.spec_version.clone()),
+        ]);
+        let host = HostConfig {
+            memory: Some(self.config.memory_bytes),
+            nano_cpus: Some(self.config.nano_cpus),
+            pids_limit: Some(self.config.pids_limit),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            tmpfs: Some(HashMap::from([(
+                "/scratch".to_owned(),
+                "rw,noexec,nosuid,size=64m".to_owned(),
+            )])),
+            network_mode: self.config.network.clone(),
+            ..HostConfig::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec!["worker".to_owned()]),
+            env: Some(env),
+            labels: Some(labels),
+            hostname: Some(name.clone()),
+            host_config: Some(host),
+            ..ContainerCreateBody::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(engine)?;
+        docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(engine)?;
+        tracing::info!(source = %plan.spec.id, container = %created.id, %name, "worker container started");
+        Ok(WorkerContainer {
+            id: created.id,
+            name,
+            source: plan.spec.id.clone(),
+            spec_version: plan.spec_version.clone(),
+            state: "running".to_owned(),
+        })
+    }
+
+    /// Removes a container, running or not.
+    pub async fn remove(&self, id: &str) -> Result<(), IsolationError> {
+        let docker = self.docker()?;
+        match docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(engine(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_valid_for_the_engine() {
+        assert_eq!(
+            container_name("node 1.example", "books"),
+            "gleaner-worker-node-1-example-books"
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! `gleaner worker`: one isolated source, in a container its owner node
+//! started (see [`crate::isolation`]). The worker joins the cluster as a
+//! member of role `worker` (it never owns sources and keeps no collections),
+//! runs the source's scraper on its schedule under a ScraperSupervisor, and
+//! hands each batch to a Courier, which delivers it to the owner node. Its
+//! scratch database (run history, for the schedule) lives on a tmpfs.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ractor::Actor;
+
+use crate::actors::courier::{Courier, CourierArgs};
+use crate::actors::membership::{Membership, MembershipArgs};
+use crate::actors::scraper_supervisor::{
+    BatchSink, ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg,
+};
+use crate::cluster::view::{NodeInfo, Role};
+use crate::cluster::Cluster;
+use crate::domain::SourceSpec;
+use crate::events::Events;
+use crate::scrape::extract::Limits;
+use crate::scrape::fetch::Fetcher;
+use crate::settings::{Settings, WorkerArgs};
+use crate::store::Store;
+
+/// How long the worker waits for its owner to be reachable before it runs anyway
+/// (deliveries then fail, and the scraper's restart policy takes over).
+const OWNER_WAIT: Duration = Duration::from_secs(30);
+
+/// Resolves once the owner has been away (not a member, or down) for
+/// `grace`: a worker whose owner died or moved the source stops scraping,
+/// and the container stays exited until an owner removes it.
+async fn owner_gone(cluster: Cluster, owner: String, grace: Duration) -> String {
+    let mut away_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let present = cluster
+            .members()
+            .iter()
+            .any(|m| m.node_id == owner && m.state != crate::cluster::view::MemberState::Down);
+        match (present, away_since) {
+            (true, _) => away_since = None,
+            (false, None) => away_since = Some(tokio::time::Instant::now()),
+            (false, Some(t)) if t.elapsed() >= grace => {
+                return format!("the owner {owner} has been away for {grace:?}: stopping");
+            }
+            (false, Some(_)) => {}
+        }
+    }
+}
+
+/// Runs the worker until SIGTERM (its container being removed) or a fatal error.
+pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
+    let spec = SourceSpec::from_json(args.spec.as_bytes())
+        .map_err(|e| anyhow::anyhow!("GLEANER_WORKER_SPEC: {e}"))?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("GLEANER_WORKER_SPEC: {e}"))?;
+    let Some(cluster_settings) = settings.cluster.clone() else {
+        bail!("a worker needs its owner: set GLEANER_COOKIE and GLEANER_SEEDS");
+    };
+    std::fs::create_dir_all(&settings.data_dir).context("creating the scratch directory")?;
+    let store =
+        Store::open(&settings.data_dir, 8 * 1024 * 1024).context("opening the scratch database")?;
+    let node_id = store.node_id()?;
+    let started_at = chrono::Utc::now();
+    let me = NodeInfo {
+        node_id,
+        name: settings.node_name.clone(),
+        boot: uuid::Uuid::new_v4().simple().to_string(),
+        started_at: started_at.timestamp_millis(),
+        role: Role::Worker,
+        http: String::new(),
+        cluster: format!("{}:{}", cluster_settings.advertise, cluster_settings.port),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let cluster = Cluster::new(me);
+    let (membership, membership_done) = Actor::spawn(
+        None,
+        Membership,
+        MembershipArgs {
+            settings: cluster_settings,
+            cluster: cluster.clone(),
+            store: store.clone(),
+            started_at,
+        },
+    )
+    .await
+    .context("joining the cluster")?;
+    let events = Events::new(&settings.node_name);
+    let (courier, _) = Actor::spawn(
+        None,
+        Courier,
+        CourierArgs {
+            cluster: cluster.clone(),
+            owner: args.owner.clone(),
+        },
+    )
+    .await?;
+    let (scrapers, scrapers_done) = Actor::spawn(
+        None,
+        ScraperSupervisor,
+        ScraperSupervisorArgs {
+            fetcher: Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?,
+            limits: Limits {
+                max_depth: settings.max_html_depth,
+            },
+            store: store.clone(),
+            sink: BatchSink::Fixed(courier.clone()),
+            restart: settings.restart,
+            events,
+            cluster: cluster.clone(),
+        },
+    )
+    .await?;
+    // Runs are worth starting only once the owner can take the batches.
+    let deadline = tokio::time::Instant::now() + OWNER_WAIT;
+    let mut changes = cluster.changes();
+    while cluster.name_of(&args.owner).is_none() || !cluster.settled() {
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(owner = %args.owner, "the owner is not reachable yet; starting anyway");
+            break;
+        }
+    }
+    tracing::info!(source = %spec.id, owner = %args.owner, "worker running");
+    scrapers.cast(ScraperSupervisorMsg::Ensure(Box::new(spec)))?;
+    let owner_gone = owner_gone(
+        cluster.clone(),
+        args.owner.clone(),
+        settings
+            .cluster
+            .as_ref()
+            .map_or(Duration::from_secs(3), |c| c.peer_timeout)
+            * 2,
+    );
+    let outcome = tokio::select! {
+        why = owner_gone => Err(anyhow::anyhow!(why)),
+        signal = crate::app::shutdown_signal() => {
+            tracing::info!(signal, "worker stopping");
+            Ok(())
+        }
+        reason = cluster.fatal_reason() => Err(anyhow::anyhow!(reason)),
+        _ = scrapers_done => Err(anyhow::anyhow!("the worker's scraper supervisor stopped")),
+        _ = membership_done => Err(anyhow::anyhow!("the worker left the cluster")),
+    };
+    scrapers.stop(None);
+    courier.stop(None);
+    membership.stop(None);
+    let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+    outcome
+}
