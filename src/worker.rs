@@ -57,9 +57,12 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("GLEANER_WORKER_SPEC: {e}"))?;
     spec.validate()
         .map_err(|e| anyhow::anyhow!("GLEANER_WORKER_SPEC: {e}"))?;
-    let Some(cluster_settings) = settings.cluster.clone() else {
+    let Some(mut cluster_settings) = settings.cluster.clone() else {
         bail!("a worker needs its owner: set GLEANER_COOKIE and GLEANER_SEEDS");
     };
+    // Its HTTP address is loopback (it serves none), but peers must reach its
+    // cluster listener: listen on every interface of the container.
+    cluster_settings.listen_ip = std::net::IpAddr::from([0u16; 8]);
     std::fs::create_dir_all(&settings.data_dir).context("creating the scratch directory")?;
     let store =
         Store::open(&settings.data_dir, 8 * 1024 * 1024).context("opening the scratch database")?;

@@ -1,7 +1,7 @@
 //! Isolated sources on the real Docker engine: node containers (the image
 //! from `scripts/image.sh`) with the engine's socket start one worker
 //! container per isolated source, on a network the test creates, next to a
-//! fixture site served by `busybox httpd` from the same base image.
+//! fixture site served by `busybox httpd -vv` (which logs each URL) from the same base image.
 
 mod common;
 
@@ -98,7 +98,7 @@ impl Lab {
             "gleaner-base:bookworm",
             "httpd",
             "-f",
-            "-v",
+            "-vv",
             "-p",
             "8000",
             "-h",
@@ -124,7 +124,7 @@ impl Lab {
         let log = String::from_utf8_lossy(&out.stderr).into_owned()
             + &String::from_utf8_lossy(&out.stdout);
         log.lines()
-            .filter(|l| l.contains(&format!("GET /page-{n}.html")))
+            .filter(|l| l.ends_with(&format!(" url:/page-{n}.html")))
             .count()
     }
 
@@ -177,9 +177,12 @@ impl Lab {
 
     /// This lab's worker containers: (id, name, state, source label).
     fn workers(&self) -> Vec<(String, String, String, String)> {
+        let network = format!("network={}", self.network);
         let out = docker_ok(&[
             "ps",
             "-a",
+            "--filter",
+            &network,
             "--filter",
             "label=org.gleaner.role=worker",
             "--format",
@@ -188,7 +191,7 @@ impl Lab {
         out.lines()
             .filter_map(|l| {
                 let p: Vec<&str> = l.split_whitespace().collect();
-                (p.len() == 4 && p[1].contains(&self.prefix)).then(|| {
+                (p.len() == 4).then(|| {
                     (
                         p[0].to_owned(),
                         p[1].to_owned(),
@@ -203,18 +206,31 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("name={}", self.prefix)])
-            .output();
-        if let Ok(out) = out {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if std::thread::panicking() {
-                    let _ = Command::new("docker")
-                        .args(["logs", "--tail", "30", id])
-                        .status();
-                }
-                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        // Everything on the lab's network (nodes, the site, the workers the
+        // nodes started) and anything named after the lab; then the network.
+        let mut ids = std::collections::BTreeSet::new();
+        for filter in [
+            format!("network={}", self.network),
+            format!("name={}", self.prefix),
+        ] {
+            if let Ok(out) = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output()
+            {
+                ids.extend(
+                    String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned),
+                );
             }
+        }
+        for id in ids {
+            if std::thread::panicking() {
+                let _ = Command::new("docker")
+                    .args(["logs", "--tail", "30", &id])
+                    .status();
+            }
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
         }
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])

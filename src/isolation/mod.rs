@@ -91,13 +91,17 @@ fn engine(e: bollard::errors::Error) -> IsolationError {
     }
 }
 
-/// The container name of a source's worker on a node (names are unique per engine).
-pub fn container_name(owner_name: &str, source: &str) -> String {
+/// The container name of a source's worker on a node. Names are unique per
+/// engine, and several nodes (or clusters) may share one: the owner's id
+/// makes it unique, its display name makes it readable.
+pub fn container_name(owner_name: &str, owner_id: &str, source: &str) -> String {
     let clean: String = owner_name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(24)
         .collect();
-    format!("gleaner-worker-{clean}-{source}")
+    let id: String = owner_id.chars().take(8).collect();
+    format!("gleaner-worker-{source}-{clean}-{id}")
 }
 
 impl Isolation {
@@ -162,7 +166,7 @@ impl Isolation {
     pub async fn start(&self, plan: &WorkerPlan) -> Result<WorkerContainer, IsolationError> {
         let docker = self.docker()?;
         let image = self.config.image.clone().ok_or(IsolationError::NoImage)?;
-        let name = container_name(&plan.owner_name, &plan.spec.id);
+        let name = container_name(&plan.owner_name, &plan.owner_id, &plan.spec.id);
         let spec_json = serde_json::to_string(&plan.spec).expect("a spec always serialises");
         let mut env = vec![
             format!("GLEANER_WORKER_SPEC={spec_json}"),
@@ -173,6 +177,9 @@ impl Isolation {
             format!("GLEANER_CLUSTER_ADVERTISE={name}"),
             "GLEANER_CLUSTER_PORT=4697".to_owned(),
             "GLEANER_DATA_DIR=/scratch".to_owned(),
+            // A worker serves no HTTP; this keeps the image's public default
+            // (which requires an admin token) from applying.
+            "GLEANER_HTTP_ADDR=127.0.0.1:0".to_owned(),
             "GLEANER_LOG_FORMAT=json".to_owned(),
         ];
         if let Some(allow) = &plan.allow_private_targets {
@@ -254,8 +261,8 @@ mod tests {
     #[test]
     fn container_names_are_valid_for_the_engine() {
         assert_eq!(
-            container_name("node 1.example", "books"),
-            "gleaner-worker-node-1-example-books"
+            container_name("node 1.example", "0123456789abcdef", "books"),
+            "gleaner-worker-books-node-1-example-01234567"
         );
     }
 }
