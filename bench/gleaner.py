@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Drives one gleaner node through its HTTP API only, for bench/run.sh.
+
+Subcommands (each prints or writes one JSON result):
+
+  listen LOG PID TIMEOUT          wait for the "http server listening" log line
+                                  (JSON log format) and for /readyz; print the address
+  e2e API SITE PID SOURCES PAGES DEADLINE
+                                  SOURCES catalogue sources of PAGES pages each; pages/s
+                                  and items/s from the first run's start to the last finish
+  cursors API COLLECTION PAGES OUTDIR
+                                  walk the collection (limit=100) and write wrk path
+                                  lists: plain pages and field-filtered pages
+  sched API SITE PID SOURCES COLLECTIONS EVERY WINDOW DEADLINE
+                                  SOURCES tiny sources every EVERY s, spread over
+                                  COLLECTIONS collections: schedule lag, RSS per source
+
+The admin token is read from GLEANER_ADMIN_TOKEN. Every wait is bounded by a
+deadline; every loop by a count.
+"""
+
+import concurrent.futures
+import http.client
+import json
+import math
+import os
+import re
+import sys
+import threading
+import time
+import urllib.parse
+from datetime import datetime
+
+TOKEN = os.environ.get("GLEANER_ADMIN_TOKEN", "")
+WORKERS = 8  # concurrent API clients for bulk registration and reads
+
+
+class Api:
+    """A small keep-alive JSON client, one connection per thread."""
+
+    def __init__(self, base: str):
+        u = urllib.parse.urlsplit(base)
+        assert u.hostname in ("127.0.0.1", "localhost"), "loopback only"
+        self.host, self.port = u.hostname, u.port
+        self.local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        if getattr(self.local, "conn", None) is None:
+            self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        return self.local.conn
+
+    def call(self, method: str, path: str, body=None):
+        """Returns (status, parsed JSON or None); reconnects once on a dropped connection."""
+        headers = {"authorization": f"Bearer {TOKEN}"} if TOKEN else {}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["content-type"] = "application/json"
+        for attempt in range(2):
+            conn = self._conn()
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt == 1:
+                    raise
+        ctype = resp.getheader("content-type") or ""
+        return resp.status, (json.loads(raw) if raw and "json" in ctype else None)
+
+    def must(self, method: str, path: str, body=None, ok=(200,)):
+        status, doc = self.call(method, path, body)
+        if status not in ok:
+            raise SystemExit(f"{method} {path}: HTTP {status}: {doc}")
+        return doc
+
+
+def ts(s: str) -> float:
+    """RFC 3339 (chrono's, up to nanoseconds) to Unix seconds."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", s)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {s}")
+    zone = "+00:00" if m[3] == "Z" else m[3]
+    frac = int(m[2]) / 10 ** len(m[2]) if m[2] else 0.0
+    return datetime.fromisoformat(m[1] + zone).timestamp() + frac
+
+
+def pct(values, p: float):
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v), max(1, math.ceil(p / 100 * len(v)))) - 1]
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A kB figure from /proc/PID/status (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise SystemExit(f"no {key} for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def catalogue_spec(i: int, site: str, pages: int) -> dict:
+    """Source i walks catalogue pages i*pages+1 .. (i+1)*pages via next_page."""
+    return {
+        "id": f"cat-{i:04d}",
+        "url": f"{site}/catalogue/page-{i * pages + 1}.html",
+        "collection": "catalogue",
+        "schedule": {"every_secs": 604800},  # one run in the bench: the first
+        "extract": {
+            "scope": "article.product",
+            "fields": {
+                "title": {"css": "h3 a", "attr": "title"},
+                "price": {"css": ".price", "type": "number"},
+                "url": {"css": "h3 a", "attr": "href", "type": "url"},
+                "tags": {"css": ".tag", "all": True},
+            },
+            "next_page": {"css": "li.next a", "attr": "href", "max_pages": pages},
+        },
+        "key": ["url"],
+    }
+
+
+def tiny_spec(i: int, site: str, every: int, collections: int) -> dict:
+    """Source i scrapes tiny page i into one of `collections` collections."""
+    return {
+        "id": f"tiny-{i:05d}",
+        "url": f"{site}/tiny/{i}.html",
+        "collection": f"tiny-{i % collections:03d}",
+        "schedule": {"every_secs": every, "jitter_secs": 0},
+        "extract": {
+            "scope": "article.product",
+            "fields": {
+                "title": {"css": "h3 a", "attr": "title"},
+                "price": {"css": ".price", "type": "number"},
+                "url": {"css": "h3 a", "attr": "href", "type": "url"},
+            },
+        },
+        "key": ["url"],
+    }
+
+
+def create(api: Api, spec: dict, deadline: float):
+    """POSTs one source: up to 3 attempts on a 5xx or a dropped connection (a 409 after
+    a failed attempt means that attempt went through), none after the deadline.
+    Returns when the node accepted it (time.monotonic()), or None."""
+    for attempt in range(3):
+        if time.monotonic() > deadline:
+            return None
+        try:
+            status, _ = api.call("POST", "/api/v1/sources", spec)
+        except OSError:
+            status = 0
+        if status == 201 or (status == 409 and attempt > 0):
+            return time.monotonic()
+        if 400 <= status < 500:
+            raise SystemExit(f"POST /api/v1/sources: HTTP {status} for {spec['id']}")
+        time.sleep(1.0)  # the node is overloaded: back off before the next attempt
+    return None
+
+
+def post_all(api: Api, specs, deadline: float):
+    """Creates every source with WORKERS concurrent clients, until the deadline;
+    returns the specs the node accepted, the seconds taken, and the acceptance
+    rate (sources/s) of the first and of the last tenth of them."""
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        done = list(pool.map(lambda s: create(api, s, deadline), specs))
+    accepted = sorted(t for t in done if t is not None)
+    tenth = max(1, len(accepted) // 10)
+    rates = (None, None)
+    if len(accepted) >= 20:
+        first = accepted[tenth - 1] - start
+        last = accepted[-1] - accepted[-tenth - 1]
+        rates = (round(tenth / first, 1), round(tenth / last, 1))
+    created = [s for s, t in zip(specs, done, strict=True) if t is not None]
+    return created, time.monotonic() - start, rates
+
+
+def wait_first_runs(api: Api, ids: set, deadline: float, every: float):
+    """Polls GET /sources until every id has a last_run or the deadline passes;
+    returns {id: source} of those that have one."""
+    done = {}
+    while len(done) < len(ids) and time.monotonic() < deadline:
+        try:
+            status, doc = api.call("GET", "/api/v1/sources")
+        except OSError:
+            status, doc = 0, None
+        if status == 200:
+            done = {s["id"]: s for s in doc["sources"] if s["id"] in ids and s["status"].get("last_run")}
+        if len(done) < len(ids):
+            time.sleep(every)
+    return done
+
+
+def cmd_listen(log: str, pid: str, timeout: str) -> None:
+    deadline = time.monotonic() + float(timeout)
+    addr = None
+    while addr is None:
+        if time.monotonic() > deadline:
+            raise SystemExit("the node did not log 'http server listening' in time")
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            raise SystemExit(f"the node exited; see {log}") from None
+        with open(log, errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                fields = rec.get("fields", rec)  # flattened or not
+                if fields.get("message") == "http server listening":
+                    addr = fields["addr"]
+                    break
+        if addr is None:
+            time.sleep(0.05)
+    api = Api(f"http://{addr}")
+    while True:
+        try:
+            if api.call("GET", "/readyz")[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("the node did not become ready in time")
+        time.sleep(0.05)
+    print(addr)
+
+
+def cmd_e2e(base, site, pid, sources, pages, deadline) -> None:
+    api, pid, sources, pages = Api(base), int(pid), int(sources), int(pages)
+    deadline = time.monotonic() + float(deadline)
+    specs = [catalogue_spec(i, site, pages) for i in range(sources)]
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+    created, post_s, _ = post_all(api, specs, deadline)
+    if len(created) < len(specs):
+        raise SystemExit(f"e2e: the node accepted {len(created)} of {len(specs)} sources")
+    done = wait_first_runs(api, {s["id"] for s in specs}, deadline, 0.1)
+    if len(done) < len(specs):
+        raise SystemExit(f"e2e: {len(done)} of {len(specs)} sources finished a run before the deadline")
+    wall = time.monotonic() - wall0
+    cpu = cpu_seconds(pid) - cpu0
+    runs = [s["status"]["last_run"] for s in done.values()]
+    errors = [r["error"] for r in runs if r.get("error")]
+    first = min(ts(r["started_at"]) for r in runs)
+    last = max(ts(r["finished_at"]) for r in runs)
+    n_pages = sum(r["pages"] for r in runs)
+    n_items = sum(r["items"] for r in runs)
+    colls = {c["name"]: c["items"] for c in api.must("GET", "/api/v1/collections")["collections"]}
+    secs = last - first
+    json.dump(
+        {
+            "sources": sources,
+            "pages": n_pages,
+            "items": n_items,
+            "stored_items": colls.get("catalogue", 0),
+            "errors": errors[:5],
+            "seconds": round(secs, 3),
+            "pages_per_s": round(n_pages / secs, 1),
+            "items_per_s": round(n_items / secs, 1),
+            "post_seconds": round(post_s, 3),
+            "wall_seconds": round(wall, 3),
+            "node_cpu_seconds": round(cpu, 2),
+            "node_cpu_ms_per_page": round(1000 * cpu / max(1, n_pages), 3),
+            "node_rss_kib": proc_status(pid, "VmRSS"),
+        },
+        sys.stdout,
+    )
+    print()
+    if errors or n_pages != sources * pages:
+        raise SystemExit(f"e2e: {len(errors)} failed runs, {n_pages} of {sources * pages} pages")
+
+
+def cmd_cursors(base, collection, pages, outdir) -> None:
+    """Walks the collection once (timed) and writes the wrk path lists."""
+    api, pages = Api(base), int(pages)
+    prefix = f"/api/v1/collections/{urllib.parse.quote(collection)}/items?limit=100"
+    plain, cursor, walked, items = [prefix], None, 0, 0
+    start = time.monotonic()
+    for _ in range(pages + 1):  # bounded: the collection has at most `pages` pages
+        path = prefix + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+        doc = api.must("GET", path)
+        walked += 1
+        items += len(doc["items"])
+        cursor = doc.get("next")
+        if not cursor:
+            break
+        plain.append(prefix + f"&cursor={urllib.parse.quote(cursor)}")
+    walk_s = time.monotonic() - start
+    common = [p + "&tags=t1" for p in plain]  # about one item in three matches
+    # One item matches: every request scans the collection from its cursor to the end.
+    rare = [prefix + "&title=" + urllib.parse.quote("Book 7")]
+    for name, paths in (("plain", plain), ("common", common), ("rare", rare)):
+        with open(os.path.join(outdir, f"query-{name}.txt"), "w") as f:
+            f.write("\n".join(paths) + "\n")
+    # Sanity: the filters select what they should.
+    doc = api.must("GET", common[len(common) // 2])
+    assert doc["items"] and all("t1" in i["data"]["tags"] for i in doc["items"]), "tags filter"
+    doc = api.must("GET", rare[0])
+    assert [i["data"]["title"] for i in doc["items"]] == ["Book 7"], "title filter"
+    json.dump(
+        {
+            "pages_walked": walked,
+            "items_walked": items,
+            "walk_seconds": round(walk_s, 3),
+            "walk_items_per_s": round(items / walk_s, 1),
+        },
+        sys.stdout,
+    )
+    print()
+
+
+def cmd_sched(base, site, pid, sources, collections, every, window, deadline) -> None:
+    api, pid, n, every, window = Api(base), int(pid), int(sources), int(every), float(window)
+    collections = int(collections)
+    start = time.monotonic()
+    deadline = start + float(deadline)
+    api.must("GET", "/api/v1/sources")
+    idle = proc_status(pid, "VmRSS")
+    specs = [tiny_spec(i, site, every, collections) for i in range(1, n + 1)]
+    # An overloaded node may refuse some sources or not run them all in time: the
+    # bench goes on with what it got and reports it.
+    # Registration gets two thirds of the deadline, the first runs the rest.
+    specs, post_s, (rate_first, rate_last) = post_all(api, specs, start + (deadline - start) * 2 / 3)
+    first = wait_first_runs(api, {s["id"] for s in specs}, deadline, max(1.0, n / 2000))
+    # The measured window: every source has run once; now let the schedule go on.
+    t0 = time.time()
+    rss_max = 0
+    while time.time() - t0 < window:  # one RSS sample a second, bounded by the window
+        rss_max = max(rss_max, proc_status(pid, "VmRSS"))
+        time.sleep(min(1.0, max(0.0, window - (time.time() - t0))))
+    rss = proc_status(pid, "VmRSS")
+    rss_max = max(rss_max, rss)
+    t1 = time.time()
+
+    read_deadline = time.monotonic() + 120
+
+    def runs(spec):
+        if time.monotonic() > read_deadline:
+            return None
+        try:
+            status, doc = api.call("GET", f"/api/v1/sources/{spec['id']}/runs?limit=100")
+        except OSError:
+            return None
+        return doc["runs"] if status == 200 else None
+
+    read0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        histories = list(pool.map(runs, specs))
+    read_s = time.monotonic() - read0
+    unread = sum(h is None for h in histories)
+    histories = [h for h in histories if h is not None]
+    lag, s2s, durations, failed, in_window = [], [], [], 0, 0
+    for hist in histories:
+        hist = sorted(hist, key=lambda r: r["started_at"])
+        for prev, cur in zip(hist, hist[1:], strict=False):
+            start = ts(cur["started_at"])
+            if not t0 <= start < t1:
+                continue
+            in_window += 1
+            failed += bool(cur.get("error"))
+            durations.append(cur["duration_ms"] / 1000)
+            if prev.get("error"):
+                continue  # after a failure the next run is due after a backoff, not every_secs
+            # Lag: how late the run started against the node's own rule, every_secs
+            # after the previous run finished (jitter 0).
+            lag.append(start - (ts(prev["finished_at"]) + every))
+            # Start to start, less the period: lag plus the previous run's duration.
+            s2s.append(start - ts(prev["started_at"]) - every)
+
+    def ms(v):
+        return None if v is None else round(v * 1000, 1)
+
+    mean_d = sum(durations) / len(durations) if durations else 0.0
+    json.dump(
+        {
+            "sources": n,
+            "registered": len(specs),
+            "first_runs_done": len(first),
+            "collections": collections,
+            "every_secs": every,
+            "window_seconds": round(t1 - t0, 1),
+            "register_seconds": round(post_s, 2),
+            "register_per_s": round(len(specs) / post_s, 1),
+            "register_per_s_first_tenth": rate_first,
+            "register_per_s_last_tenth": rate_last,
+            "runs_in_window": in_window,
+            "runs_failed": failed,
+            "runs_per_s": round(in_window / (t1 - t0), 1),
+            "runs_per_s_nominal": round(len(specs) / every, 1),
+            "run_ms_mean": ms(mean_d),
+            "lag_ms_p50": ms(pct(lag, 50)),
+            "lag_ms_p99": ms(pct(lag, 99)),
+            "lag_ms_max": ms(max(lag) if lag else None),
+            "start_to_start_over_ms_p99": ms(pct(s2s, 99)),
+            "idle_rss_kib": idle,
+            "rss_kib": rss,
+            "rss_max_kib": rss_max,
+            "rss_per_source_kib": round((rss - idle) / max(1, len(specs)), 2),
+            "runs_read_seconds": round(read_s, 2),
+            "histories_unread": unread,
+        },
+        sys.stdout,
+    )
+    print()
+
+
+def main() -> None:
+    cmds = {"listen": cmd_listen, "e2e": cmd_e2e, "cursors": cmd_cursors, "sched": cmd_sched}
+    if len(sys.argv) < 2 or sys.argv[1] not in cmds:
+        raise SystemExit(__doc__)
+    cmds[sys.argv[1]](*sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
