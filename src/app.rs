@@ -101,6 +101,7 @@ impl App {
             events: events.clone(),
             cluster: cluster.clone(),
             isolation: crate::isolation::Isolation::connect(settings.isolation.clone()).await,
+            flusher: crate::store::Flusher::start(store.clone()),
             cookie: settings.cluster.as_ref().map(|c| c.cookie.clone()),
             allow_private_targets: settings.allow_private_targets.clone(),
         };

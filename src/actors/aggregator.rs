@@ -2,13 +2,14 @@
 //!
 //! - Scrapers on this node send it item batches (`Apply`). It numbers each
 //!   one in this node's sequence for the collection, upserts it and appends
-//!   it to the collection's log, flushes, and sends it to every peer. The
+//!   it to the collection's log, sends it to every peer, and has it flushed
+//!   with whatever else is pending (group commit, see `store::Flusher`). The
 //!   scraper's answer comes once the batch is durable here and on one peer
 //!   (or at once when no peer is up; after [`REPLICA_TIMEOUT`] it comes
 //!   anyway, and peers catch up from the log).
 //! - Peers' batches arrive as `Replica`: applied in each origin's sequence
 //!   order (a batch ahead of that is refused with `Gap`, and the Replicator
-//!   pulls what is missing), flushed, then acknowledged.
+//!   pulls what is missing), then acknowledged once a flush covers them.
 //! - Snapshot pages from a peer arrive as `Restore` (a node too far behind).
 //!
 //! After each change it sends the new summary to its Endpoint.
@@ -27,7 +28,7 @@ use crate::cluster::wire::{Request, Response};
 use crate::cluster::Cluster;
 use crate::domain::{ItemBatch, ReplicatedBatch, StoredItem};
 use crate::events::{Event, Events};
-use crate::store::{BatchOutcome, Store, StoreError};
+use crate::store::{BatchOutcome, Flusher, Store, StoreError};
 
 /// How long a scraper's batch waits for a peer's acknowledgement.
 pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,6 +41,8 @@ pub struct AggregatorArgs {
     pub endpoint: ActorRef<EndpointMsg>,
     pub events: Events,
     pub cluster: Cluster,
+    /// Group commit: batches are acknowledged once a flush covers them.
+    pub flusher: Flusher,
 }
 
 #[derive(RactorMessage)]
@@ -92,19 +95,16 @@ impl AggregatorState {
         }
     }
 
-    /// Applies and flushes a numbered batch, then updates counts.
+    /// Applies a numbered batch (not yet flushed: see the Flusher), then
+    /// updates counts.
     async fn apply(&mut self, rb: ReplicatedBatch) -> Result<BatchOutcome, StoreError> {
         let store = self.args.store.clone();
         let source = rb.batch.source.clone();
         let fetched_at = rb.batch.fetched_at;
         let (origin, seq) = (rb.origin.clone(), rb.seq);
-        let outcome = tokio::task::spawn_blocking(move || {
-            let outcome = store.apply_replicated(&rb)?;
-            store.flush()?;
-            Ok::<_, StoreError>(outcome)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let outcome = tokio::task::spawn_blocking(move || store.apply_replicated(&rb))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         self.stats.heads.insert(origin, seq);
         self.count(&outcome, &source, Some(fetched_at));
         Ok(outcome)
@@ -216,20 +216,24 @@ impl Actor for Aggregator {
                 state.stats.batches += 1;
                 // Sent from here, in sequence order; waited for elsewhere, so
                 // this mailbox never waits on a peer (whose aggregator may be
-                // waiting on us).
+                // waiting on us) nor on the disk (the next batch applies while
+                // this one is flushed, with others, by the Flusher).
                 let pending = state.args.cluster.ask_all(&request, REPLICA_TIMEOUT);
-                if pending.asked() == 0 {
-                    let _ = reply.send(Ok(outcome));
-                    return Ok(());
-                }
+                let flusher = state.args.flusher.clone();
                 let collection = state.stats.collection.clone();
                 tokio::spawn(async move {
+                    if let Err(e) = flusher.flushed().await {
+                        let _ = reply.send(Err(format!("storing the batch: {e}")));
+                        return;
+                    }
                     let asked = pending.asked();
-                    let acked = pending
-                        .first(|r| matches!(r, Response::Applied { .. }))
-                        .await;
-                    if acked.is_none() {
-                        tracing::warn!(%collection, seq, peers = asked, "no peer acknowledged the batch in time; peers will pull it from the log");
+                    if asked > 0 {
+                        let acked = pending
+                            .first(|r| matches!(r, Response::Applied { .. }))
+                            .await;
+                        if acked.is_none() {
+                            tracing::warn!(%collection, seq, peers = asked, "no peer acknowledged the batch in time; peers will pull it from the log");
+                        }
                     }
                     let _ = reply.send(Ok(outcome));
                 });
@@ -250,7 +254,13 @@ impl Actor for Aggregator {
                     match state.apply(rb).await {
                         Ok(_) => {
                             state.stats.replicated += 1;
-                            answer.send(Response::Applied { seq });
+                            let flusher = state.args.flusher.clone();
+                            tokio::spawn(async move {
+                                answer.send(match flusher.flushed().await {
+                                    Ok(()) => Response::Applied { seq },
+                                    Err(e) => Response::Error(e),
+                                });
+                            });
                         }
                         Err(e) => {
                             tracing::error!(collection = %state.stats.collection, error = %e, "replicated batch not applied");

@@ -21,12 +21,13 @@ use crate::cluster::Cluster;
 use crate::domain::{ReplicatedBatch, StoredItem};
 use crate::events::Events;
 use crate::settings::RestartPolicy;
-use crate::store::Store;
+use crate::store::{Flusher, Store};
 
 pub struct CollectionSupervisor;
 
 pub struct CollectionSupervisorArgs {
     pub store: Store,
+    pub flusher: Flusher,
     pub cluster: Cluster,
     pub restart: RestartPolicy,
     pub events: Events,
@@ -100,6 +101,7 @@ impl CollectionSupervisor {
             endpoint: endpoint.clone(),
             events: state.args.events.clone(),
             cluster: state.args.cluster.clone(),
+            flusher: state.args.flusher.clone(),
         };
         let aggregator = match Actor::spawn_linked(None, Aggregator, args, cell).await {
             Ok((a, _)) => a,

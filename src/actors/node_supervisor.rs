@@ -38,6 +38,7 @@ pub struct NodeArgs {
     pub events: Events,
     pub cluster: Cluster,
     pub isolation: crate::isolation::Isolation,
+    pub flusher: crate::store::Flusher,
     pub cookie: Option<String>,
     pub allow_private_targets: Option<String>,
 }
@@ -67,6 +68,7 @@ impl NodeState {
             CollectionSupervisor,
             CollectionSupervisorArgs {
                 store: a.store.clone(),
+                flusher: a.flusher.clone(),
                 cluster: a.cluster.clone(),
                 restart: a.restart,
                 events: a.events.clone(),

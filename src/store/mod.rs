@@ -15,6 +15,10 @@
 //! `spawn_blocking`. Writes are durable only after [`Store::flush`], which
 //! callers do before acknowledging anything.
 
+mod flusher;
+
+pub use flusher::Flusher;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -123,6 +127,12 @@ impl Store {
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// A small key in the meta tree (not flushed).
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key, value)?;
         Ok(())
     }
 
