@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{wait_until, ADMIN_TOKEN, COOKIE};
 use serde_json::Value;
 
-const IMAGE: &str = "gleaner:dev";
+const IMAGE: &str = "gleaner:test";
 const WITHIN: Duration = Duration::from_secs(60);
 
 fn docker(args: &[&str]) -> (bool, String) {

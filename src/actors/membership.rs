@@ -141,6 +141,20 @@ impl DialRound {
         targets.retain(|t| *t != self.me && !self.resting.contains(t));
         targets.sort();
         targets.dedup();
+        // Discovery names list this node too, by address: leave those out.
+        let own: HashSet<std::net::SocketAddr> = match tokio::time::timeout(
+            DIAL_TIMEOUT,
+            tokio::net::lookup_host(self.me.clone()),
+        )
+        .await
+        {
+            Ok(Ok(addrs)) => addrs.collect(),
+            _ => HashSet::new(),
+        };
+        targets.retain(|t| {
+            t.parse::<std::net::SocketAddr>()
+                .map_or(true, |a| !own.contains(&a))
+        });
         dial(server, targets).await
     }
 }

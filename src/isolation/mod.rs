@@ -198,6 +198,8 @@ impl Isolation {
             readonly_rootfs: Some(true),
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            // The image's /data volume goes unused (an anonymous volume,
+            // removed with the container: see `remove`).
             tmpfs: Some(HashMap::from([(
                 "/scratch".to_owned(),
                 "rw,noexec,nosuid,size=64m".to_owned(),
@@ -235,7 +237,7 @@ impl Isolation {
         })
     }
 
-    /// Removes a container, running or not.
+    /// Removes a container, running or not, with its anonymous volumes.
     pub async fn remove(&self, id: &str) -> Result<(), IsolationError> {
         let docker = self.docker()?;
         match docker
