@@ -326,6 +326,7 @@ async fn isolated_sources_run_in_locked_down_workers_that_are_replaced_and_remov
     let n1 = lab.node(1, &[0]);
     n0.ready().await;
     n1.ready().await;
+    let posted = std::time::Instant::now();
     assert_eq!(
         n0.send(
             reqwest::Method::POST,
@@ -343,6 +344,15 @@ async fn isolated_sources_run_in_locked_down_workers_that_are_replaced_and_remov
             .then(|| c["id"].as_str().unwrap().to_owned())
     })
     .await;
+    wait_until("the worker's first fetch", WITHIN, || async {
+        (lab.hits(1) > 0).then_some(())
+    })
+    .await;
+    // A figure for the notes (not asserted): POST to the worker's first fetch.
+    eprintln!(
+        "worker start latency: POST to first fetch {} ms",
+        posted.elapsed().as_millis()
+    );
     for n in [&n0, &n1] {
         wait_until("the worker's items everywhere", WITHIN, || async {
             (n.items("iso").await == 20).then_some(())
@@ -485,4 +495,40 @@ async fn workers_are_adopted_after_a_restart_and_follow_their_source_to_a_new_ow
         (lab.hits(3) > hits).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_an_engine_an_isolated_source_fails_visibly_and_never_runs_in_process() {
+    let site = common::fixture::FixtureSite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::NodeConfig::new(dir.path())
+        .env(
+            "DOCKER_HOST",
+            &format!("unix://{}/no-engine.sock", dir.path().display()),
+        )
+        .env("GLEANER_WORKER_IMAGE", IMAGE)
+        .start()
+        .await;
+    let mut spec = common::catalogue_spec("iso", &site.url("/catalogue/page-7.html"));
+    spec["isolated"] = true.into();
+    spec["schedule"]["every_secs"] = 1.into();
+    node.create_source(&spec).await;
+    let status = wait_until("the engine's error on the source", WITHIN, || async {
+        let s = node.source("iso").await;
+        (s["status"]["state"] == "failed").then(|| s["status"].clone())
+    })
+    .await;
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("Docker engine"), "{status}");
+    // The node shows it as a worker (never a Scraper), and never fetched the page.
+    let (_, debug) = node.get("/debug/state").await;
+    assert!(
+        !debug.to_string().contains("\"kind\":\"Scraper\""),
+        "{debug}"
+    );
+    assert_eq!(site.hits("/catalogue/page-7.html"), 0);
+    let (status, body) = node
+        .post("/api/v1/sources/iso/run", &serde_json::json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
 }

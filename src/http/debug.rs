@@ -102,8 +102,14 @@ pub async fn node_state(
         .filter_map(|view| {
             let runtime = runtimes.get(&view.spec.id)?;
             let totals = runtime.totals;
+            // An isolated source runs in a worker container, not a Scraper here.
+            let kind = if view.spec.isolated {
+                "Worker"
+            } else {
+                "Scraper"
+            };
             Some(ActorNode::new(
-                "Scraper",
+                kind,
                 view.spec.id.clone(),
                 state_name(runtime.state),
                 json!({
@@ -115,6 +121,7 @@ pub async fn node_state(
                     "next_run": runtime.next_run,
                     "last_error": runtime.last_error,
                     "restarts": runtime.restarts,
+                    "container": runtime.container,
                 }),
                 Vec::new(),
             ))
