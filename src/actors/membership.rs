@@ -215,8 +215,9 @@ async fn dial(server: ActorRef<NodeServerMessage>, targets: Vec<String>) -> Vec<
 }
 
 impl MembershipState {
-    fn publish(&self) {
-        let peers_by_name = remote_peers();
+    /// Publishes the view; `peers_by_name` is the process group as the
+    /// caller just read it.
+    fn publish(&self, peers_by_name: &BTreeMap<String, ActorRef<PeerMsg>>) {
         let mut members = vec![status(self.view.me(), MemberState::Up)];
         let mut peers = Vec::new();
         for m in self.view.members() {
@@ -239,16 +240,16 @@ impl MembershipState {
         });
     }
 
-    fn settle_if_ready(&mut self) -> bool {
+    fn settle_if_ready(&mut self, peers_by_name: &BTreeMap<String, ActorRef<PeerMsg>>) {
         if self.settled {
-            return false;
+            return;
         }
         let s = &self.args.settings;
         let elapsed = self.started.elapsed();
         let no_peers_configured = s.seeds.is_empty() && s.discovery_dns.is_none();
         let everyone_heard = self.dialed_once
             && elapsed >= s.heartbeat * 2
-            && remote_peers().keys().all(|name| {
+            && peers_by_name.keys().all(|name| {
                 self.view
                     .members()
                     .any(|m| groups::peer(&m.info.boot) == *name)
@@ -260,9 +261,7 @@ impl MembershipState {
                 waited_ms = elapsed.as_millis() as u64,
                 "membership settled"
             );
-            return true;
         }
-        false
     }
 }
 
@@ -379,10 +378,10 @@ impl Actor for Membership {
                     }
                 }
                 state.view.tick(now);
-                state.settle_if_ready();
+                state.settle_if_ready(&peers);
                 // Published at every tick: peers' actor references can change
                 // without a state change (a restart within the timeout).
-                state.publish();
+                state.publish(&peers);
                 // Dialling (DNS included) runs off this mailbox, so a slow
                 // resolver never delays a heartbeat.
                 if !state.dialing && state.last_dial.elapsed() >= DIAL_EVERY {
@@ -444,7 +443,7 @@ impl Actor for Membership {
                             .is_none_or(|(st, boot)| *st != MemberState::Up || *boot != info.boot);
                         if fresh {
                             tracing::info!(peer = %name, node_id = %info.node_id, addr = %info.cluster, "member up");
-                            state.publish();
+                            state.publish(&remote_peers());
                         }
                     }
                     Heard::DuplicateOfUs => {

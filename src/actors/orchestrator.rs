@@ -29,7 +29,9 @@ use super::scraper_supervisor::{
     BatchSink, ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg, SourceRuntime,
     SourceState,
 };
-use super::worker_supervisor::{WorkerSupervisor, WorkerSupervisorArgs, WorkerSupervisorMsg};
+use super::worker_supervisor::{
+    add_worker_runtimes, WorkerSupervisor, WorkerSupervisorArgs, WorkerSupervisorMsg,
+};
 use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
@@ -360,13 +362,7 @@ impl OrchestratorState {
             Ok(ractor::rpc::CallResult::Success(s)) => s,
             _ => BTreeMap::new(),
         };
-        if let Ok(ractor::rpc::CallResult::Success(workers)) = self
-            .workers
-            .call(WorkerSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
-            .await
-        {
-            runtimes.extend(workers.iter().map(|(id, w)| (id.clone(), w.as_runtime())));
-        }
+        add_worker_runtimes(&mut runtimes, &self.workers).await;
         let summaries = match self
             .args
             .collections

@@ -14,7 +14,7 @@ use super::collection_supervisor::CollectionSupervisorMsg;
 use super::membership::MembershipMsg;
 use super::orchestrator::OrchestratorMsg;
 use super::scraper_supervisor::ScraperSupervisorMsg;
-use super::worker_supervisor::WorkerSupervisorMsg;
+use super::worker_supervisor::{add_worker_runtimes, WorkerSupervisorMsg};
 use super::ASK_TIMEOUT;
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
@@ -153,12 +153,7 @@ impl Peer {
                     if let (Response::Runtimes(r), Some(w)) =
                         (&mut response, local::<WorkerSupervisorMsg>(groups::WORKERS))
                     {
-                        if let Ok(ractor::rpc::CallResult::Success(workers)) = w
-                            .call(WorkerSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
-                            .await
-                        {
-                            r.extend(workers.iter().map(|(id, s)| (id.clone(), s.as_runtime())));
-                        }
+                        add_worker_runtimes(r, &w).await;
                     }
                     answer.send(response);
                 });

@@ -83,6 +83,20 @@ impl WorkerStatus {
     }
 }
 
+/// Adds the workers' statuses, as runtimes, to the scrapers' runtimes of
+/// this node (a source runs either as a scraper or as a worker).
+pub async fn add_worker_runtimes(
+    runtimes: &mut BTreeMap<String, SourceRuntime>,
+    workers: &ActorRef<WorkerSupervisorMsg>,
+) {
+    if let Ok(ractor::rpc::CallResult::Success(statuses)) = workers
+        .call(WorkerSupervisorMsg::Statuses, Some(super::ASK_TIMEOUT))
+        .await
+    {
+        runtimes.extend(statuses.iter().map(|(id, s)| (id.clone(), s.as_runtime())));
+    }
+}
+
 pub struct WorkerSupervisorState {
     args: WorkerSupervisorArgs,
     desired: BTreeMap<String, (SourceSpec, String)>,

@@ -225,11 +225,7 @@ impl Cluster {
         peer.actor
             .cast(PeerMsg::Call(wire::encode(request), tx.into()))
             .map_err(|_| CallError::Unreachable(peer.info.name.clone()))?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(bytes)) => wire::decode(&bytes).map_err(CallError::Decode),
-            Ok(Err(_)) => Err(CallError::Unreachable(peer.info.name)),
-            Err(_) => Err(CallError::Timeout(peer.info.name)),
-        }
+        await_answer(peer.info.name, rx, timeout).await
     }
 
     /// Sends `request` to every full node that is not down, in order (so
@@ -311,17 +307,27 @@ impl PendingAnswers {
     pub async fn all(self) -> BTreeMap<String, Result<Response, CallError>> {
         let timeout = self.timeout;
         let answers = self.waiting.into_iter().map(|(node, rx)| async move {
-            let result = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(bytes)) => wire::decode(&bytes).map_err(CallError::Decode),
-                Ok(Err(_)) => Err(CallError::Unreachable(node.clone())),
-                Err(_) => Err(CallError::Timeout(node.clone())),
-            };
+            let result = await_answer(node.clone(), rx, timeout).await;
             (node, result)
         });
         futures_util::future::join_all(answers)
             .await
             .into_iter()
             .collect()
+    }
+}
+
+/// Waits at most `timeout` for a peer's answer and decodes it; `who` names
+/// the peer in the error.
+async fn await_answer(
+    who: String,
+    rx: tokio::sync::oneshot::Receiver<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Response, CallError> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(bytes)) => wire::decode(&bytes).map_err(CallError::Decode),
+        Ok(Err(_)) => Err(CallError::Unreachable(who)),
+        Err(_) => Err(CallError::Timeout(who)),
     }
 }
 

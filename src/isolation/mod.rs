@@ -78,7 +78,7 @@ pub struct WorkerPlan {
 /// A handle on the engine, or the reason there is none.
 #[derive(Clone)]
 pub struct Isolation {
-    docker: Result<Docker, String>,
+    docker: Result<Docker, IsolationError>,
     config: IsolationConfig,
 }
 
@@ -106,22 +106,29 @@ pub fn container_name(owner_name: &str, owner_id: &str, source: &str) -> String 
 
 impl Isolation {
     /// Connects to the local engine (DOCKER_HOST or the default socket) and
-    /// agrees on an API version; an unreachable engine is remembered, not fatal.
+    /// agrees on an API version; an unreachable engine is remembered, not
+    /// fatal. Without a worker image there is nothing to start, so the engine
+    /// is not asked at all.
     pub async fn connect(config: IsolationConfig) -> Isolation {
-        let docker = match Docker::connect_with_local_defaults() {
-            Ok(d) => d.negotiate_version().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let docker = if config.image.is_none() {
+            Err(IsolationError::NoImage)
+        } else {
+            match Docker::connect_with_local_defaults() {
+                Ok(d) => d
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| IsolationError::Unreachable(e.to_string())),
+                Err(e) => Err(IsolationError::Unreachable(e.to_string())),
+            }
         };
         if let Err(e) = &docker {
-            tracing::info!(error = %e, "no Docker engine: isolated sources cannot run on this node");
+            tracing::info!(error = %e, "isolated sources cannot run on this node");
         }
         Isolation { docker, config }
     }
 
     fn docker(&self) -> Result<&Docker, IsolationError> {
-        self.docker
-            .as_ref()
-            .map_err(|e| IsolationError::Unreachable(e.clone()))
+        self.docker.as_ref().map_err(Clone::clone)
     }
 
     /// The worker containers this node owns, running or not.
