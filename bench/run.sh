@@ -17,6 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 usage() { sed -n '2,16p' "$ROOT/bench/run.sh" | sed 's/^# \{0,1\}//'; }
 
@@ -52,19 +54,7 @@ TOTAL_PAGES=$((SOURCES * PAGES))
 say() { printf '\n==> %s\n' "$*"; }
 
 # --- packages -------------------------------------------------------------
-SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-# (Debian's package may also start the system's nginx on port 80; the bench runs its own.)
+need_packages nginx wrk python3-venv
 
 VENV=bench/.venv
 PY=$VENV/bin/python
@@ -96,54 +86,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# free_port: a port no one listens on now, on 127.0.0.1.
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_port PORT: until something accepts on 127.0.0.1:PORT (bounded: 10 s).
-wait_port() {
-  local _
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
-
-# start_node NAME: a fresh node (HTTP and cluster ports picked by the OS) with its
-# own data dir; sets node_pid and node_url. Private targets: loopback only.
-start_node() {
-  GLEANER_CONFIG=/dev/null GLEANER_DATA_DIR="$WORK/$1" GLEANER_HTTP_ADDR=127.0.0.1:0 \
-    GLEANER_CLUSTER_PORT=0 GLEANER_ALLOW_PRIVATE_TARGETS=127.0.0.0/8 GLEANER_LOG_FORMAT=json \
-    GLEANER_LOG=info GLEANER_NODE_NAME=bench "$WORK/gleaner" node >"$WORK/$1.log" 2>&1 &
-  node_pid=$!
-  node_url="http://$(python3 bench/gleaner.py listen "$WORK/$1.log" "$node_pid" 60)"
-  echo "node $1 (pid $node_pid) at $node_url"
-}
-
-# stop_node: SIGTERM, then up to 20 s for the graceful shutdown, then SIGKILL.
-stop_node() {
-  local _
-  kill -TERM "$node_pid" 2>/dev/null || true
-  for _ in $(seq 200); do
-    kill -0 "$node_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$node_pid" 2>/dev/null || true
-  wait "$node_pid" 2>/dev/null || true
-  node_pid=""
-}
-
-# wrk_json NAME CONNECTIONS THREADS URL PATHS: a wrk run over the listed paths,
-# its output kept as NAME.txt and its figures as NAME.json.
-wrk_json() {
-  wrk -t"$3" -c"$2" -d"${WRK_SECS}s" --timeout 10s --latency -s bench/paths.lua "$4" -- "$5" \
-    >"$OUT/$1.txt"
-  python3 bench/wrkstat.py <"$OUT/$1.txt" | tee "$OUT/$1.json"
-}
 
 # --- build -----------------------------------------------------------------
 say "build (cargo build --release --locked, and benches/extract.rs)"
@@ -184,42 +126,7 @@ watch_pid=$!
 # mark NAME: a phase starts now (the report splits the CPU watch by phase).
 mark() { echo "$(date +%s.%N) $1" >>"$OUT/phases.txt"; }
 
-site_port=$(free_port)
-mkdir -p "$WORK/nginx/tmp"
-user_line=""
-[ "$(id -u)" -eq 0 ] && user_line="user root;" # workers must read the private scratch dir
-cat >"$WORK/nginx/nginx.conf" <<EOF
-$user_line
-daemon off;
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_timeout 120s;
-  keepalive_requests 1000000;
-  open_file_cache max=20000 inactive=120s;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
-  types { text/html html; text/plain txt; }
-  default_type application/octet-stream;
-  server {
-    listen 127.0.0.1:$site_port;
-    root $WORK/site;
-  }
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
-nginx_pid=$!
-wait_port "$site_port"
-SITE="http://127.0.0.1:$site_port"
-echo "nginx (pid $nginx_pid) serves the fixture at $SITE"
+start_nginx
 
 # --- 1. the limits -----------------------------------------------------------
 say "raw parse and extraction in memory (cargo bench --bench extract)"

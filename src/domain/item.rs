@@ -1,8 +1,12 @@
 //! Items: what extraction yields ([`Item`]), how scrapers hand them over
-//! ([`ItemBatch`]), and what a collection keeps ([`StoredItem`]).
+//! ([`ItemBatch`]), what a collection keeps ([`StoredItem`]), and a stored
+//! item read in place ([`ItemRef`]).
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// One extracted record and its stable key.
@@ -66,8 +70,15 @@ pub struct ReplicatedBatch {
 }
 
 /// An item as a collection keeps and serves it.
+///
+/// The hash comes first on purpose: stored as JSON, an item reads
+/// `{"hash":"<32 hex>",` followed by exactly what the API shows of it, so the
+/// store serves pages without parsing them (see `store::ItemBytes`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredItem {
+    /// Content hash of `data` (32 hex characters), to detect changes
+    /// without comparing maps.
+    pub hash: String,
     pub key: String,
     pub data: Map<String, Value>,
     pub first_seen: DateTime<Utc>,
@@ -76,8 +87,33 @@ pub struct StoredItem {
     pub version: u64,
     /// The source that last wrote the item.
     pub source: String,
-    /// Content hash of `data`, to detect changes without comparing maps.
-    pub hash: String,
+}
+
+/// A stored item as the API shows it, read in place: borrowed from the
+/// store's bytes, with `data` kept as the raw JSON it was stored as. It
+/// serialises exactly as [`StoredItem`] does, less the content hash, so a
+/// page of items is written without building a single `Value`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ItemRef<'a> {
+    #[serde(borrow)]
+    pub key: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    /// RFC 3339, as [`StoredItem`] wrote it.
+    #[serde(borrow)]
+    pub first_seen: Cow<'a, str>,
+    #[serde(borrow)]
+    pub last_seen: Cow<'a, str>,
+    pub version: u64,
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+}
+
+impl ItemRef<'_> {
+    /// The item's fields, parsed (for filters).
+    pub fn fields(&self) -> serde_json::Result<Map<String, Value>> {
+        serde_json::from_str(self.data.get())
+    }
 }
 
 /// What an upsert did to one item.
@@ -182,6 +218,18 @@ mod tests {
         let c = Item::new(data(json!({"x": 1, "y": 3})), &[]);
         assert_eq!(a.key, b.key);
         assert_ne!(a.key, c.key);
+    }
+
+    #[test]
+    fn an_item_read_in_place_serialises_as_the_stored_item_without_its_hash() {
+        let item = Item::new(data(json!({"t": "a \"q\" é", "n": [1, 2.5]})), &[]);
+        let (stored, _) = StoredItem::merge(None, &item, "src", Utc::now());
+        let bytes = serde_json::to_vec(&stored).unwrap();
+        let read: ItemRef = serde_json::from_slice(&bytes).unwrap();
+        let mut expected = serde_json::to_value(&stored).unwrap();
+        expected.as_object_mut().unwrap().remove("hash");
+        assert_eq!(serde_json::to_value(&read).unwrap(), expected);
+        assert_eq!(read.fields().unwrap(), stored.data);
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod item;
 pub mod record;
 pub mod spec;
 
-pub use item::{Item, ItemBatch, ReplicatedBatch, StoredItem, Upsert};
+pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
 pub use record::{RunRecord, SourceRecord, Version};
 pub use spec::{
     ExtractSpec, FieldRule, FieldSpec, FieldType, Format, NextPage, Schedule, SourceSpec, SpecError,

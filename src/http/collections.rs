@@ -16,6 +16,7 @@ use crate::actors::collection_supervisor::CollectionSupervisorMsg;
 use crate::cluster::groups::COLLECTIONS;
 use crate::domain::spec::is_slug;
 use crate::domain::StoredItem;
+use crate::store::{Store, StoreError};
 
 /// Items per page when `limit` is not given, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 100;
@@ -166,44 +167,107 @@ pub async fn items(
     let query = parse_query(req.query_string())?;
     let name = name.into_inner();
     let store = state.store.clone();
-    let (limit, after, filters) = (query.limit, query.after.clone(), query.filters.clone());
-    let (items, more) = blocking(move || {
-        known_collection(&store, &name)?;
-        let keep = |item: &StoredItem| {
-            filters
-                .iter()
-                .all(|(f, v)| field_matches(item.data.get(f), v))
-        };
-        Ok(store.items(&name, after.as_deref(), limit, keep)?)
+    let page = if query.format == OutputFormat::Csv {
+        blocking(move || csv_page(&store, &name, &query)).await?
+    } else if query.filters.is_empty() {
+        // At most MAX_LIMIT items read in place: cheaper on this worker
+        // than a hop to the blocking pool and back.
+        json_page(&store, &name, &query)?
+    } else {
+        // A filter may scan the whole collection.
+        blocking(move || json_page(&store, &name, &query)).await?
+    };
+    let mut response = HttpResponse::Ok();
+    if let Some(n) = &page.next {
+        response.insert_header((NEXT_CURSOR_HEADER, n.as_str()));
+    }
+    Ok(response.content_type(page.content_type).body(page.body))
+}
+
+/// A rendered page of items.
+struct Page {
+    body: Vec<u8>,
+    content_type: &'static str,
+    next: Option<String>,
+}
+
+/// A JSON or NDJSON page, written straight from the stored bytes: each item
+/// is copied as stored, less its hash (`store::ItemBytes::write_view`).
+fn json_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError> {
+    known_collection(store, name)?;
+    let json = q.format == OutputFormat::Json;
+    let mut body = Vec::with_capacity(q.limit.min(100) * 512);
+    if json {
+        body.extend_from_slice(b"{\"items\":[");
+    }
+    let (mut n, mut last, mut more) = (0usize, String::new(), false);
+    store.each_item(name, q.after.as_deref(), |item| {
+        if !q.filters.is_empty() {
+            let fields = item
+                .item_ref()?
+                .fields()
+                .map_err(|source| StoreError::Corrupt {
+                    what: "item",
+                    source,
+                })?;
+            if !matches_all(&fields, &q.filters) {
+                return Ok(true);
+            }
+        }
+        if n == q.limit {
+            more = true;
+            return Ok(false);
+        }
+        if json && n > 0 {
+            body.push(b',');
+        }
+        item.write_view(&mut body)?;
+        if !json {
+            body.push(b'\n');
+        }
+        n += 1;
+        last.clear();
+        last.push_str(item.key());
+        Ok(true)
+    })?;
+    let next = more.then(|| encode_cursor(&last));
+    if json {
+        body.extend_from_slice(b"],\"next\":");
+        serde_json::to_writer(&mut body, &next).map_err(|e| ApiError::Internal(e.into()))?;
+        body.push(b'}');
+    }
+    Ok(Page {
+        body,
+        content_type: if json {
+            "application/json"
+        } else {
+            "application/x-ndjson"
+        },
+        next,
     })
-    .await?;
+}
+
+fn csv_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError> {
+    known_collection(store, name)?;
+    let keep = |item: &StoredItem| matches_all(&item.data, &q.filters);
+    let (items, more) = store.items(name, q.after.as_deref(), q.limit, keep)?;
     let next = if more {
         items.last().map(|i| encode_cursor(&i.key))
     } else {
         None
     };
-    let views: Vec<ItemView> = items.iter().map(ItemView::from).collect();
-    let mut response = HttpResponse::Ok();
-    if let Some(n) = &next {
-        response.insert_header((NEXT_CURSOR_HEADER, n.as_str()));
-    }
-    Ok(match query.format {
-        OutputFormat::Json => response.json(json!({ "items": views, "next": next })),
-        OutputFormat::Ndjson => {
-            let mut body = Vec::new();
-            for v in &views {
-                serde_json::to_writer(&mut body, v).map_err(|e| ApiError::Internal(e.into()))?;
-                body.push(b'\n');
-            }
-            response.content_type("application/x-ndjson").body(body)
-        }
-        OutputFormat::Csv => response
-            .content_type("text/csv; charset=utf-8")
-            .body(to_csv(&items)?),
+    Ok(Page {
+        body: to_csv(&items)?,
+        content_type: "text/csv; charset=utf-8",
+        next,
     })
 }
 
-fn known_collection(store: &crate::store::Store, name: &str) -> Result<(), ApiError> {
+fn matches_all(data: &Map<String, Value>, filters: &[(String, String)]) -> bool {
+    filters.iter().all(|(f, v)| field_matches(data.get(f), v))
+}
+
+fn known_collection(store: &Store, name: &str) -> Result<(), ApiError> {
     let missing = || ApiError::NotFound(format!("collection '{name}' not found"));
     if !is_slug(name) {
         return Err(missing());

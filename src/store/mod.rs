@@ -23,9 +23,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
-use crate::domain::{ItemBatch, ReplicatedBatch, RunRecord, SourceRecord, StoredItem, Upsert};
+use crate::domain::{
+    ItemBatch, ItemRef, ReplicatedBatch, RunRecord, SourceRecord, StoredItem, Upsert,
+};
 
 /// Runs kept per source; older ones are dropped.
 pub const RUNS_KEPT: usize = 100;
@@ -92,7 +94,7 @@ pub struct Store {
     log_retained: u64,
 }
 
-fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { what, source })
 }
 
@@ -431,6 +433,26 @@ impl Store {
             .transpose()
     }
 
+    /// Visits the items in key order after `after`, as stored, until
+    /// `visit` returns false.
+    pub fn each_item(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        mut visit: impl FnMut(ItemBytes<'_>) -> Result<bool>,
+    ) -> Result<()> {
+        for entry in items_after(&self.items_tree(collection)?, after) {
+            let (key, bytes) = entry?;
+            if !visit(ItemBytes {
+                key: &key,
+                bytes: &bytes,
+            })? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Up to `limit` items in key order after `after`, keeping those `keep`
     /// accepts; also says whether more items remain past the last one returned.
     pub fn items(
@@ -440,15 +462,7 @@ impl Store {
         limit: usize,
         keep: impl Fn(&StoredItem) -> bool,
     ) -> Result<(Vec<StoredItem>, bool)> {
-        let tree = self.items_tree(collection)?;
-        let range = match after {
-            Some(k) => {
-                let mut start = k.as_bytes().to_vec();
-                start.push(0);
-                tree.range(start..)
-            }
-            None => tree.iter(),
-        };
+        let range = items_after(&self.items_tree(collection)?, after);
         let mut out = Vec::with_capacity(limit.min(1024));
         for v in range.values() {
             let item: StoredItem = decode("item", &v?)?;
@@ -469,6 +483,66 @@ impl Store {
 
     fn items_tree(&self, collection: &str) -> Result<sled::Tree> {
         Ok(self.db.open_tree(format!("{ITEMS_PREFIX}{collection}"))?)
+    }
+}
+
+/// One stored item, as the store holds it.
+pub struct ItemBytes<'a> {
+    key: &'a [u8],
+    bytes: &'a [u8],
+}
+
+/// `{"hash":"` + 32 hex characters + `",`: how every item written since
+/// [`StoredItem`] put its hash first begins.
+const HASH_PREFIX: &[u8] = b"{\"hash\":\"";
+const HASH_MEMBER_LEN: usize = HASH_PREFIX.len() + 32 + 2;
+
+impl ItemBytes<'_> {
+    /// The item's key.
+    pub fn key(&self) -> &str {
+        std::str::from_utf8(self.key).unwrap_or_default()
+    }
+
+    /// Reads the item in place.
+    pub fn item_ref(&self) -> Result<ItemRef<'_>> {
+        decode("item", self.bytes)
+    }
+
+    /// Appends the item as the API shows it (the stored object without its
+    /// hash). Items written with the hash first are copied as they are;
+    /// older ones are re-encoded.
+    pub fn write_view(&self, out: &mut Vec<u8>) -> Result<()> {
+        let b = self.bytes;
+        let hash_first = b.len() > HASH_MEMBER_LEN
+            && b.starts_with(HASH_PREFIX)
+            && b[HASH_PREFIX.len()..HASH_MEMBER_LEN - 2]
+                .iter()
+                .all(u8::is_ascii_hexdigit)
+            && &b[HASH_MEMBER_LEN - 2..HASH_MEMBER_LEN] == b"\",";
+        if hash_first {
+            out.push(b'{');
+            out.extend_from_slice(&b[HASH_MEMBER_LEN..]);
+        } else {
+            serde_json::to_writer(out, &self.item_ref()?).map_err(|source| {
+                StoreError::Corrupt {
+                    what: "item",
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The items of `tree` whose key sorts after `after` (all without it).
+fn items_after(tree: &sled::Tree, after: Option<&str>) -> sled::Iter {
+    match after {
+        Some(k) => {
+            let mut start = k.as_bytes().to_vec();
+            start.push(0);
+            tree.range(start..)
+        }
+        None => tree.iter(),
     }
 }
 
