@@ -121,6 +121,7 @@ impl App {
             admin_token: settings.admin_token.clone(),
             read_token: settings.read_token.clone(),
             ready: ready.clone(),
+            pages: http::collections::PageCache::new(settings.query_cache_bytes),
         });
         let server = HttpServer::new(move || {
             actix_web::App::new()

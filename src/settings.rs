@@ -111,6 +111,9 @@ pub struct NodeArgs {
     /// sled page cache, in MiB [default: 64].
     #[arg(long, env = "GLEANER_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// Rendered pages of items kept for repeated queries, in MiB; 0 turns the cache off [default: 64].
+    #[arg(long, env = "GLEANER_QUERY_CACHE_MB")]
+    pub query_cache_mb: Option<u64>,
     /// First delay before restarting a failed scraper, in ms; it doubles each time [default: 500].
     #[arg(long, env = "GLEANER_RESTART_BACKOFF_MS")]
     pub restart_backoff_ms: Option<u64>,
@@ -187,6 +190,7 @@ impl NodeArgs {
             fetch_retries: self.fetch_retries.or(file.fetch_retries),
             max_html_depth: self.max_html_depth.or(file.max_html_depth),
             cache_mb: self.cache_mb.or(file.cache_mb),
+            query_cache_mb: self.query_cache_mb.or(file.query_cache_mb),
             restart_backoff_ms: self.restart_backoff_ms.or(file.restart_backoff_ms),
             restart_intensity: self.restart_intensity.or(file.restart_intensity),
             restart_window_secs: self.restart_window_secs.or(file.restart_window_secs),
@@ -232,6 +236,8 @@ pub struct Settings {
     pub fetch: FetchConfig,
     pub max_html_depth: usize,
     pub cache_bytes: u64,
+    /// The query cache's budget (0: off).
+    pub query_cache_bytes: u64,
     /// Batches kept in each collection's log per origin.
     pub log_retained: u64,
     pub restart: RestartPolicy,
@@ -353,6 +359,7 @@ impl Settings {
             fetch,
             max_html_depth: a.max_html_depth.unwrap_or(512),
             cache_bytes: a.cache_mb.unwrap_or(64) * 1024 * 1024,
+            query_cache_bytes: a.query_cache_mb.unwrap_or(64) * 1024 * 1024,
             log_retained: a.log_retained.unwrap_or(crate::store::LOG_RETAINED).max(1),
             restart: RestartPolicy {
                 backoff: Duration::from_millis(a.restart_backoff_ms.unwrap_or(500)),

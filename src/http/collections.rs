@@ -3,7 +3,10 @@
 //! Item pages are read from the store directly on a blocking thread; counts
 //! come from the collections' Endpoints.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -166,6 +169,12 @@ pub async fn items(
     reader(&req, &state)?;
     let query = parse_query(req.query_string())?;
     let name = name.into_inner();
+    // Read before rendering: a change made meanwhile makes this page stale at once.
+    let generation = state.store.items_generation(&name);
+    let cache_key = (name.clone(), req.query_string().to_owned());
+    if let Some(page) = state.pages.get(&cache_key, generation) {
+        return Ok(page_response(&page));
+    }
     let store = state.store.clone();
     let page = if query.format == OutputFormat::Csv {
         blocking(move || csv_page(&store, &name, &query)).await?
@@ -177,18 +186,69 @@ pub async fn items(
         // A filter may scan the whole collection.
         blocking(move || json_page(&store, &name, &query)).await?
     };
+    let page = Arc::new(page);
+    state.pages.put(cache_key, generation, page.clone());
+    Ok(page_response(&page))
+}
+
+fn page_response(page: &Page) -> HttpResponse {
     let mut response = HttpResponse::Ok();
     if let Some(n) = &page.next {
         response.insert_header((NEXT_CURSOR_HEADER, n.as_str()));
     }
-    Ok(response.content_type(page.content_type).body(page.body))
+    response
+        .content_type(page.content_type)
+        .body(page.body.clone())
 }
 
 /// A rendered page of items.
-struct Page {
-    body: Vec<u8>,
+pub struct Page {
+    body: Bytes,
     content_type: &'static str,
     next: Option<String>,
+}
+
+/// (collection, query string)
+type PageKey = (String, String);
+
+/// Rendered pages of items, each kept with the generation of its collection
+/// it was rendered at (`Store::items_generation`) and served again only
+/// while that is still the collection's generation: a query never sees
+/// items older than the last change made before it. Bounded in bytes, and
+/// off with a budget of 0.
+pub struct PageCache {
+    pages: Option<quick_cache::sync::Cache<PageKey, (u64, Arc<Page>), PageWeight>>,
+}
+
+#[derive(Clone)]
+struct PageWeight;
+
+impl quick_cache::Weighter<PageKey, (u64, Arc<Page>)> for PageWeight {
+    fn weight(&self, key: &PageKey, (_, page): &(u64, Arc<Page>)) -> u64 {
+        (key.0.len() + key.1.len() + page.body.len() + 128) as u64
+    }
+}
+
+impl PageCache {
+    pub fn new(budget_bytes: u64) -> PageCache {
+        PageCache {
+            pages: (budget_bytes > 0).then(|| {
+                let estimated_pages = (budget_bytes / (32 * 1024)).max(16) as usize;
+                quick_cache::sync::Cache::with_weighter(estimated_pages, budget_bytes, PageWeight)
+            }),
+        }
+    }
+
+    fn get(&self, key: &PageKey, generation: u64) -> Option<Arc<Page>> {
+        let (at, page) = self.pages.as_ref()?.get(key)?;
+        (at == generation).then_some(page)
+    }
+
+    fn put(&self, key: PageKey, generation: u64, page: Arc<Page>) {
+        if let Some(pages) = &self.pages {
+            pages.insert(key, (generation, page));
+        }
+    }
 }
 
 /// A JSON or NDJSON page, written straight from the stored bytes: each item
@@ -237,7 +297,7 @@ fn json_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError
         body.push(b'}');
     }
     Ok(Page {
-        body,
+        body: body.into(),
         content_type: if json {
             "application/json"
         } else {
@@ -257,7 +317,7 @@ fn csv_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError>
         None
     };
     Ok(Page {
-        body: to_csv(&items)?,
+        body: to_csv(&items)?.into(),
         content_type: "text/csv; charset=utf-8",
         next,
     })

@@ -44,6 +44,8 @@ pub struct AppState {
     /// False until the node's actors are up, and again once shutdown starts.
     pub ready: Arc<AtomicBool>,
     pub cluster: crate::cluster::Cluster,
+    /// Rendered pages of items (see `collections::PageCache`).
+    pub pages: collections::PageCache,
 }
 
 /// Registers every route on an actix `App`.

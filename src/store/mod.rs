@@ -19,7 +19,8 @@ mod flusher;
 
 pub use flusher::Flusher;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -92,6 +93,9 @@ pub struct Store {
     runs: sled::Tree,
     collections: sled::Tree,
     log_retained: u64,
+    /// Per collection, bumped after every change to its items: a reader that
+    /// saw the same number before and after knows its page is still current.
+    generations: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T> {
@@ -117,6 +121,7 @@ impl Store {
             collections: db.open_tree("collections")?,
             db,
             log_retained: LOG_RETAINED,
+            generations: Arc::default(),
         })
     }
 
@@ -285,7 +290,24 @@ impl Store {
             writes.insert(key.as_bytes(), encode(stored));
         }
         tree.apply_batch(writes)?;
+        self.items_changed(&batch.collection);
         Ok(outcome)
+    }
+
+    /// The collection's generation: it changes whenever its items do.
+    pub fn items_generation(&self, collection: &str) -> u64 {
+        let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations.get(collection).copied().unwrap_or(0)
+    }
+
+    fn items_changed(&self, collection: &str) {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        match generations.get_mut(collection) {
+            Some(g) => *g += 1,
+            None => {
+                generations.insert(collection.to_owned(), 1);
+            }
+        }
     }
 
     /// Merges copies of items from a peer's snapshot (the later observation
@@ -312,6 +334,7 @@ impl Store {
             writes.insert(copy.key.as_bytes(), encode(&merged));
         }
         tree.apply_batch(writes)?;
+        self.items_changed(collection);
         let mut meta = self.collection(collection)?;
         if meta.is_none() && last.is_none() && heads.is_none() {
             return Ok(0);
