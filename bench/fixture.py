@@ -69,7 +69,7 @@ def main() -> None:
         {
             "pages": pages,
             "items_per_page": ITEMS_PER_PAGE,
-            "page_bytes_mean": round(total / pages),
+            "page_bytes_mean": round(total / pages) if pages else 0,
             "tiny_pages": tiny,
             "sha256": digest.hexdigest(),
         },

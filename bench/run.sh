@@ -159,6 +159,12 @@ for q in plain common rare; do
   wrk_json "query-$q" "$conns" 1 "$node_url" "$WORK/query-$q.txt"
 done
 stop_node
+say "query API without the query cache: the same data, the node restarted"
+GLEANER_QUERY_CACHE_MB=0 start_node e2e
+for q in plain common; do
+  wrk_json "query-$q-uncached" "$QUERY_CONNECTIONS" 1 "$node_url" "$WORK/query-$q.txt"
+done
+stop_node
 
 # --- 3. Scrapy -----------------------------------------------------------------
 # scrapy_run NAME CONCURRENCY PROCESSES: the sources split evenly over PROCESSES

@@ -348,15 +348,18 @@ impl OrchestratorState {
         Ok(record)
     }
 
+    /// The live state of the sources run here (only `ids`, when given),
+    /// and every collection's summary.
     async fn live(
         &self,
+        ids: Option<Vec<String>>,
     ) -> (
         BTreeMap<String, SourceRuntime>,
         BTreeMap<String, CollectionSummary>,
     ) {
         let mut runtimes = match self
             .scrapers
-            .call(ScraperSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
+            .call(|r| ScraperSupervisorMsg::Statuses(ids, r), Some(ASK_TIMEOUT))
             .await
         {
             Ok(ractor::rpc::CallResult::Success(s)) => s,
@@ -383,6 +386,9 @@ impl OrchestratorState {
 
     async fn views_live(&self, records: Vec<SourceRecord>) -> Result<LiveSources, AdminError> {
         let ids: Vec<String> = records.iter().map(|r| r.spec.id.clone()).collect();
+        // A few sources: ask for those alone (a create must not cost one
+        // call per source of the node).
+        let only = (ids.len() <= 16).then(|| ids.clone());
         let last_runs = self
             .blocking(move |s| {
                 ids.iter()
@@ -390,7 +396,7 @@ impl OrchestratorState {
                     .collect::<crate::store::Result<Vec<_>>>()
             })
             .await?;
-        let (runtimes, summaries) = self.live().await;
+        let (runtimes, summaries) = self.live(only).await;
         let sources = records
             .into_iter()
             .zip(last_runs)

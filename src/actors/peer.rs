@@ -141,7 +141,10 @@ impl Peer {
                 tokio::spawn(async move {
                     let mut response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
                         Some(s) => match s
-                            .call(ScraperSupervisorMsg::Statuses, Some(ASK_TIMEOUT))
+                            .call(
+                                |r| ScraperSupervisorMsg::Statuses(None, r),
+                                Some(ASK_TIMEOUT),
+                            )
                             .await
                         {
                             Ok(ractor::rpc::CallResult::Success(r)) => Response::Runtimes(r),

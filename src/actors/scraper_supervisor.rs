@@ -5,8 +5,8 @@
 //! intensity (until the spec changes or an operator asks for a run). A failing
 //! source never disturbs another.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -63,8 +63,12 @@ pub enum ScraperSupervisorMsg {
         items: u64,
         failed: bool,
     },
-    /// The runtime status of every source run here.
-    Statuses(RpcReplyPort<BTreeMap<String, SourceRuntime>>),
+    /// The runtime status of the sources run here: all of them, or only
+    /// those listed.
+    Statuses(
+        Option<Vec<String>>,
+        RpcReplyPort<BTreeMap<String, SourceRuntime>>,
+    ),
 }
 
 /// Where a source's scraper is in its life.
@@ -121,9 +125,93 @@ struct Child {
     totals: Totals,
 }
 
+/// What a status needs of a child, taken in the supervisor's mailbox.
+struct ChildSnapshot {
+    id: String,
+    phase: PhaseSnapshot,
+    totals: Totals,
+    last_error: Option<String>,
+    restarts: u64,
+}
+
+enum PhaseSnapshot {
+    Up(ActorRef<ScraperMsg>),
+    BackingOff(DateTime<Utc>),
+    Failed,
+}
+
+impl ChildSnapshot {
+    fn of((id, child): (&String, &Child)) -> ChildSnapshot {
+        ChildSnapshot {
+            id: id.clone(),
+            phase: match &child.phase {
+                Phase::Up(actor) => PhaseSnapshot::Up(actor.clone()),
+                Phase::BackingOff { until } => PhaseSnapshot::BackingOff(*until),
+                Phase::Failed => PhaseSnapshot::Failed,
+            },
+            totals: child.totals,
+            last_error: child.last_error.clone(),
+            restarts: child.restarts,
+        }
+    }
+
+    /// Asks a running scraper for its counters, and puts the status together.
+    async fn status(self) -> (String, SourceRuntime) {
+        let scraper = match &self.phase {
+            PhaseSnapshot::Up(actor) => match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await
+            {
+                Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (state, next_run) = match (&self.phase, &scraper) {
+            (PhaseSnapshot::Up(_), Some(s)) if s.running => (SourceState::Running, None),
+            (PhaseSnapshot::Up(_), Some(s)) => (SourceState::Scheduled, s.next_run),
+            (PhaseSnapshot::Up(_), None) => (SourceState::Scheduled, None),
+            (PhaseSnapshot::BackingOff(until), _) => (SourceState::BackingOff, Some(*until)),
+            (PhaseSnapshot::Failed, _) => (SourceState::Failed, None),
+        };
+        let runtime = SourceRuntime {
+            totals: self.totals,
+            state,
+            next_run,
+            last_error: self.last_error,
+            restarts: self.restarts,
+            scraper,
+            container: None,
+        };
+        (self.id, runtime)
+    }
+}
+
 pub struct ScraperSupervisorState {
     args: ScraperSupervisorArgs,
     children: BTreeMap<String, Child>,
+    rules: RulesCache,
+}
+
+/// Compiled rules shared by the sources that extract alike (a fleet often
+/// runs one template over many start URLs): one copy of the selectors per
+/// distinct (extract, key), held by the scrapers that use it.
+#[derive(Default)]
+struct RulesCache {
+    by_spec: HashMap<String, Weak<Rules>>,
+}
+
+impl RulesCache {
+    fn get(&mut self, spec: &SourceSpec) -> Result<Arc<Rules>, String> {
+        let id = serde_json::to_string(&(&spec.extract, &spec.key)).map_err(|e| e.to_string())?;
+        if let Some(rules) = self.by_spec.get(&id).and_then(Weak::upgrade) {
+            return Ok(rules);
+        }
+        let rules = Arc::new(Rules::compile(&spec.extract, &spec.key).map_err(|e| e.to_string())?);
+        if self.by_spec.len() >= 64 && self.by_spec.len().is_power_of_two() {
+            self.by_spec.retain(|_, r| r.strong_count() > 0);
+        }
+        self.by_spec.insert(id, Arc::downgrade(&rules));
+        Ok(rules)
+    }
 }
 
 impl ScraperSupervisorState {
@@ -137,7 +225,7 @@ impl ScraperSupervisorState {
             None => return,
         };
         let started = async {
-            let rules = Rules::compile(&spec.extract, &spec.key).map_err(|e| e.to_string())?;
+            let rules = self.rules.get(&spec)?;
             let aggregator = match &self.args.sink {
                 BatchSink::Fixed(a) => a.clone(),
                 BatchSink::Collections(c) => match c
@@ -153,7 +241,7 @@ impl ScraperSupervisorState {
             };
             let args = ScraperArgs {
                 spec: spec.clone(),
-                rules: Arc::new(rules),
+                rules,
                 fetcher: self.args.fetcher.clone(),
                 limits: self.args.limits.clone(),
                 store: self.args.store.clone(),
@@ -234,6 +322,7 @@ impl Actor for ScraperSupervisor {
         Ok(ScraperSupervisorState {
             args,
             children: BTreeMap::new(),
+            rules: RulesCache::default(),
         })
     }
 
@@ -327,37 +416,22 @@ impl Actor for ScraperSupervisor {
                     state.spawn(&myself, &id, true).await;
                 }
             }
-            ScraperSupervisorMsg::Statuses(reply) => {
-                let asks = state.children.iter().map(|(id, child)| async move {
-                    let scraper = match &child.phase {
-                        Phase::Up(actor) => {
-                            match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await {
-                                Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    };
-                    let (state, next_run) = match (&child.phase, &scraper) {
-                        (Phase::Up(_), Some(s)) if s.running => (SourceState::Running, None),
-                        (Phase::Up(_), Some(s)) => (SourceState::Scheduled, s.next_run),
-                        (Phase::Up(_), None) => (SourceState::Scheduled, None),
-                        (Phase::BackingOff { until }, _) => (SourceState::BackingOff, Some(*until)),
-                        (Phase::Failed, _) => (SourceState::Failed, None),
-                    };
-                    let runtime = SourceRuntime {
-                        totals: child.totals,
-                        state,
-                        next_run,
-                        last_error: child.last_error.clone(),
-                        restarts: child.restarts,
-                        scraper,
-                        container: None,
-                    };
-                    (id.clone(), runtime)
+            ScraperSupervisorMsg::Statuses(only, reply) => {
+                // A snapshot of each child now; its scraper is asked from a
+                // task, so this mailbox (which every run reports to) never
+                // waits on thousands of scrapers.
+                let children: Vec<ChildSnapshot> = match only {
+                    None => state.children.iter().map(ChildSnapshot::of).collect(),
+                    Some(ids) => ids
+                        .iter()
+                        .filter_map(|id| state.children.get_key_value(id))
+                        .map(ChildSnapshot::of)
+                        .collect(),
+                };
+                tokio::spawn(async move {
+                    let asks = children.into_iter().map(ChildSnapshot::status);
+                    let _ = reply.send(join_all(asks).await.into_iter().collect());
                 });
-                let statuses = join_all(asks).await.into_iter().collect();
-                let _ = reply.send(statuses);
             }
         }
         Ok(())

@@ -20,8 +20,8 @@ mod flusher;
 pub use flusher::Flusher;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -603,6 +603,53 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn pages_copy_stored_items_and_re_encode_older_ones_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let gen0 = store.items_generation("books");
+        store
+            .apply_batch(&batch("s", &[("a", 1), ("b", 2)]))
+            .unwrap();
+        assert!(
+            store.items_generation("books") > gen0,
+            "a write moves the generation"
+        );
+        let mut views = Vec::new();
+        store
+            .each_item("books", None, |item| {
+                let mut out = Vec::new();
+                item.write_view(&mut out)?;
+                views.push(serde_json::from_slice::<serde_json::Value>(&out).unwrap());
+                Ok(true)
+            })
+            .unwrap();
+        let stored: Vec<StoredItem> = store.items("books", None, 10, |_| true).unwrap().0;
+        for (view, item) in views.iter().zip(&stored) {
+            let mut expected = serde_json::to_value(item).unwrap();
+            expected.as_object_mut().unwrap().remove("hash");
+            assert_eq!(view, &expected);
+            // An item written before the hash came first reads the same.
+            let mut legacy = serde_json::to_value(item).unwrap();
+            let hash = legacy.as_object_mut().unwrap().remove("hash").unwrap();
+            legacy["hash"] = hash;
+            let legacy = serde_json::to_vec(&legacy).unwrap();
+            assert!(!legacy.starts_with(HASH_PREFIX));
+            let mut out = Vec::new();
+            ItemBytes {
+                key: item.key.as_bytes(),
+                bytes: &legacy,
+            }
+            .write_view(&mut out)
+            .unwrap();
+            assert_eq!(
+                &serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+                view
+            );
+        }
+        assert_eq!(views.len(), 2);
     }
 
     #[test]
