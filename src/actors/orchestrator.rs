@@ -359,7 +359,10 @@ impl OrchestratorState {
     ) {
         let mut runtimes = match self
             .scrapers
-            .call(|r| ScraperSupervisorMsg::Statuses(ids, r), Some(ASK_TIMEOUT))
+            .call(
+                |r| ScraperSupervisorMsg::Statuses(ids, r),
+                Some(ASK_TIMEOUT),
+            )
             .await
         {
             Ok(ractor::rpc::CallResult::Success(s)) => s,

@@ -158,11 +158,12 @@ impl ChildSnapshot {
     /// Asks a running scraper for its counters, and puts the status together.
     async fn status(self) -> (String, SourceRuntime) {
         let scraper = match &self.phase {
-            PhaseSnapshot::Up(actor) => match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await
-            {
-                Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-                _ => None,
-            },
+            PhaseSnapshot::Up(actor) => {
+                match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await {
+                    Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         let (state, next_run) = match (&self.phase, &scraper) {
