@@ -7,6 +7,13 @@ use clap::Parser;
 use gleaner::app::App;
 use gleaner::settings::{Cli, Command, Settings};
 
+/// jemalloc instead of glibc's malloc: with a thread per core, the blocking
+/// pool and sled's threads, glibc's per-thread arenas kept freed memory
+/// resident, and malloc itself was a tenth of a node's CPU under load
+/// (bench/profile.sh).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
