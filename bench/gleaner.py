@@ -336,6 +336,10 @@ def cmd_sched(base, site, pid, sources, collections, every, window, deadline) ->
     # Registration gets two thirds of the deadline, the first runs the rest.
     specs, post_s, (rate_first, rate_last) = post_all(api, specs, start + (deadline - start) * 2 / 3)
     first = wait_first_runs(api, {s["id"] for s in specs}, deadline, max(1.0, n / 2000))
+    # Every source has run once and waits for its next run (a run takes a few ms of
+    # every_secs): the memory of a registered, idle source, before the window's runs
+    # add their history and log entries.
+    rss_ran_once = proc_status(pid, "VmRSS")
     # The measured window: every source has run once; now let the schedule go on.
     t0 = time.time()
     rss_max = 0
@@ -410,6 +414,8 @@ def cmd_sched(base, site, pid, sources, collections, every, window, deadline) ->
             "rss_kib": rss,
             "rss_max_kib": rss_max,
             "rss_per_source_kib": round((rss - idle) / max(1, len(specs)), 2),
+            "rss_ran_once_kib": rss_ran_once,
+            "rss_per_idle_source_kib": round((rss_ran_once - idle) / max(1, len(specs)), 2),
             "runs_read_seconds": round(read_s, 2),
             "histories_unread": unread,
         },
