@@ -34,9 +34,16 @@ def extract_bench(results: str) -> dict:
     parse = re.search(r"raw html5ever parse:\s+([\d.]+) pages/s", text)
     full = re.search(r"gleaner extraction:\s+([\d.]+) pages/s", text)
     size = re.search(r"page: ([\d.]+) KiB", text)
+    ratio = re.search(r"extraction / raw parse: ([\d.]+)", text)
     if not (parse and full):
         raise SystemExit("extract.txt: no figures from cargo bench --bench extract")
-    return {"parse": float(parse[1]), "extract": float(full[1]), "kib": float(size[1]) if size else None}
+    return {
+        "parse": float(parse[1]),
+        "extract": float(full[1]),
+        # The median of the rounds' ratios (the two alternate in rounds).
+        "ratio": float(ratio[1]) if ratio else float(full[1]) / float(parse[1]),
+        "kib": float(size[1]) if size else None,
+    }
 
 
 def scrapy_runs(results: str) -> list:
@@ -281,7 +288,7 @@ def main() -> None:
             f"{g / many['pages_per_s']:.2f}",
         ),
         ("gleaner / raw fetch", f"{g / fetch['requests_per_s']:.3f}"),
-        ("extraction / raw parse (in memory, 1 core)", f"{ext['extract'] / ext['parse']:.2f}"),
+        ("extraction / raw parse (in memory, 1 core)", f"{ext['ratio']:.2f}"),
         ("gleaner end to end / extraction on 1 core", f"{g / ext['extract']:.2f}"),
     ]
     query_rows = [
@@ -353,7 +360,7 @@ def main() -> None:
             f"{g / limit:.2f}",
             verdict(g >= limit / 2),
         ),
-        ("extraction ≥ 60% of the raw parse", f"{ext['extract'] / ext['parse']:.0%}", verdict(ext["extract"] >= 0.6 * ext["parse"])),
+        ("extraction ≥ 60% of the raw parse", f"{ext['ratio']:.0%}", verdict(ext["ratio"] >= 0.6)),
         (
             "query ≥ 20,000 requests/s, p99 ≤ 10 ms (100-item pages)",
             f"{n(plain['requests_per_s'])}/s, p99 {plain['p99_ms']} ms; without the cache "
