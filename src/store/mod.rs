@@ -30,10 +30,9 @@ use crate::domain::{
     ItemBatch, ItemRef, ReplicatedBatch, RunRecord, SourceRecord, StoredItem, Upsert,
 };
 
-/// Runs kept per source; older ones are dropped.
+/// Runs kept per source; older ones are dropped. About one run in 16 trims
+/// its source's history, and [`Store::runs`] shows the newest RUNS_KEPT.
 pub const RUNS_KEPT: usize = 100;
-/// About one run in 16 trims its source's history to
-/// RUNS_KEPT; [`Store::runs`] shows the newest RUNS_KEPT.
 
 const ITEMS_PREFIX: &str = "items:";
 const LOG_PREFIX: &str = "log:";
