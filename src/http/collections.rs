@@ -1,7 +1,8 @@
 //! Read routes on collections: the list with counts, pages of items (JSON,
 //! NDJSON or CSV, with an opaque cursor and field filters), and one item.
-//! Item pages are read from the store directly on a blocking thread; counts
-//! come from the collections' Endpoints.
+//! Item pages are read from the store directly (on a blocking thread when a
+//! filter may scan the collection, or for CSV) and kept in a [`PageCache`];
+//! counts come from the collections' Endpoints.
 
 use std::sync::Arc;
 

@@ -491,19 +491,20 @@ impl Store {
         limit: usize,
         keep: impl Fn(&StoredItem) -> bool,
     ) -> Result<(Vec<StoredItem>, bool)> {
-        let range = items_after(&self.items_tree(collection)?, after);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for v in range.values() {
-            let item: StoredItem = decode("item", &v?)?;
+        let (mut out, mut more) = (Vec::with_capacity(limit.min(1024)), false);
+        self.each_item(collection, after, |item| {
+            let item: StoredItem = decode("item", item.bytes)?;
             if !keep(&item) {
-                continue;
+                return Ok(true);
             }
             if out.len() == limit {
-                return Ok((out, true));
+                more = true;
+                return Ok(false);
             }
             out.push(item);
-        }
-        Ok((out, false))
+            Ok(true)
+        })?;
+        Ok((out, more))
     }
 
     fn log_tree(&self, collection: &str) -> Result<sled::Tree> {
