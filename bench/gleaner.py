@@ -112,6 +112,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The fields both kinds of fixture page share (the same markup per product).
+FIELDS = {
+    "title": {"css": "h3 a", "attr": "title"},
+    "price": {"css": ".price", "type": "number"},
+    "url": {"css": "h3 a", "attr": "href", "type": "url"},
+}
+
+
 def catalogue_spec(i: int, site: str, pages: int) -> dict:
     """Source i walks catalogue pages i*pages+1 .. (i+1)*pages via next_page."""
     return {
@@ -121,12 +129,7 @@ def catalogue_spec(i: int, site: str, pages: int) -> dict:
         "schedule": {"every_secs": 604800},  # one run in the bench: the first
         "extract": {
             "scope": "article.product",
-            "fields": {
-                "title": {"css": "h3 a", "attr": "title"},
-                "price": {"css": ".price", "type": "number"},
-                "url": {"css": "h3 a", "attr": "href", "type": "url"},
-                "tags": {"css": ".tag", "all": True},
-            },
+            "fields": {**FIELDS, "tags": {"css": ".tag", "all": True}},
             "next_page": {"css": "li.next a", "attr": "href", "max_pages": pages},
         },
         "key": ["url"],
@@ -142,11 +145,7 @@ def tiny_spec(i: int, site: str, every: int, collections: int) -> dict:
         "schedule": {"every_secs": every, "jitter_secs": 0},
         "extract": {
             "scope": "article.product",
-            "fields": {
-                "title": {"css": "h3 a", "attr": "title"},
-                "price": {"css": ".price", "type": "number"},
-                "url": {"css": "h3 a", "attr": "href", "type": "url"},
-            },
+            "fields": FIELDS,
         },
         "key": ["url"],
     }

@@ -50,6 +50,16 @@ wrk_json() {
   python3 bench/wrkstat.py <"$OUT/$1.txt" | tee "$OUT/$1.json"
 }
 
+# bench_env: no inherited GLEANER_* setting (it would change what is
+# measured), and room for many connections.
+bench_env() {
+  local var
+  for var in $(compgen -e); do
+    case "$var" in GLEANER_*) unset "$var" ;; esac
+  done
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+}
+
 # need_packages PKG...: installs the Debian packages whose command is missing
 # (python3-venv: when Python cannot make a virtualenv; linux-perf: perf).
 need_packages() {

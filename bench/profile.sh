@@ -26,10 +26,7 @@ WRK_SECS=10
 DEADLINE=600
 
 need_packages nginx wrk linux-perf
-for var in $(compgen -e); do
-  case "$var" in GLEANER_*) unset "$var" ;; esac
-done
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+bench_env
 
 OUT=bench/out
 mkdir -p "$OUT"

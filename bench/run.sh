@@ -65,11 +65,7 @@ if ! "$PY" -c 'import scrapy, matplotlib' >/dev/null 2>&1; then
   "$PY" -m pip install -q -r bench/requirements.txt
 fi
 
-# Inherited node settings would change what is measured.
-for var in $(compgen -e); do
-  case "$var" in GLEANER_*) unset "$var" ;; esac
-done
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+bench_env
 
 # --- scratch space and cleanup ---------------------------------------------
 OUT=bench/out
