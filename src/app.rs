@@ -3,11 +3,18 @@
 //! works for both ports; the bound addresses are logged and exposed), then
 //! run until SIGTERM or Ctrl-C and shut down in order: stop taking requests,
 //! stop the actors, leave the cluster, flush the store.
+//!
+//! A watchdog thread, outside the async runtime, bounds what a stuck disk can
+//! do: SIGTERM always ends the process with status 0 within [`HARD_STOP`]
+//! (whatever was not flushed was never acknowledged), and a store that failed
+//! (an I/O error from sled, or a flush that never returns) ends it with
+//! [`EXIT_STORE_FAILED`] so that Docker or systemd restarts the node on a
+//! fresh open of its data.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{middleware, web, HttpServer};
 use anyhow::Context;
@@ -29,6 +36,14 @@ use crate::store::Store;
 /// 10 s stop grace period).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The longest a node takes to exit after SIGTERM, stuck or not (Swarm's
+/// default stop grace period is 10 s).
+pub const HARD_STOP: Duration = Duration::from_secs(8);
+
+/// Exit status of a node whose store failed and must be opened afresh
+/// (EX_TEMPFAIL: restarting it is the cure).
+pub const EXIT_STORE_FAILED: i32 = 75;
+
 /// A running node.
 pub struct App {
     http_addr: SocketAddr,
@@ -39,6 +54,7 @@ pub struct App {
     cluster: Cluster,
     store: Store,
     ready: Arc<AtomicBool>,
+    store_stall: Duration,
 }
 
 impl App {
@@ -54,7 +70,8 @@ impl App {
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache))
             .await?
             .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?
-            .with_log_retained(settings.log_retained);
+            .with_log_retained(settings.log_retained)
+            .with_disk_reserve(settings.disk_reserve_bytes);
         let node_id = store.node_id()?;
         let listener = std::net::TcpListener::bind(settings.http_addr)
             .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;
@@ -89,6 +106,7 @@ impl App {
         };
         let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
         let events = Events::new(&settings.node_name);
+        let flusher = crate::store::Flusher::start(store.clone());
         let args = NodeArgs {
             store: store.clone(),
             node_name: settings.node_name.clone(),
@@ -101,7 +119,7 @@ impl App {
             events: events.clone(),
             cluster: cluster.clone(),
             isolation: crate::isolation::Isolation::connect(settings.isolation.clone()).await,
-            flusher: crate::store::Flusher::start(store.clone()),
+            flusher: flusher.clone(),
             cookie: settings.cluster.as_ref().map(|c| c.cookie.clone()),
             allow_private_targets: settings.allow_private_targets.clone(),
         };
@@ -122,6 +140,7 @@ impl App {
             read_token: settings.read_token.clone(),
             ready: ready.clone(),
             pages: http::collections::PageCache::new(settings.query_cache_bytes),
+            flusher,
         });
         let server = HttpServer::new(move || {
             actix_web::App::new()
@@ -153,6 +172,7 @@ impl App {
             cluster,
             store,
             ready,
+            store_stall: settings.store_stall,
         })
     }
 
@@ -172,12 +192,14 @@ impl App {
             cluster,
             store,
             ready,
+            store_stall,
             ..
         } = self;
+        let stopping = watchdog(store.clone(), store_stall)?;
         let handle = server.handle();
         let mut serving = tokio::spawn(server);
         let outcome = tokio::select! {
-            signal = shutdown_signal() => {
+            signal = stop_requested(&stopping) => {
                 tracing::info!(signal, "shutting down");
                 Ok(())
             }
@@ -193,9 +215,15 @@ impl App {
             membership.stop(Some("shutdown".into()));
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, done).await;
         }
-        tokio::task::spawn_blocking(move || store.flush())
-            .await?
-            .context("flushing the database")?;
+        // Bounded: a stuck disk must not hold the exit (the watchdog ends
+        // the process at HARD_STOP anyway). Nothing unflushed was acknowledged.
+        let flush = tokio::task::spawn_blocking(move || store.flush());
+        match tokio::time::timeout(SHUTDOWN_GRACE, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "final flush failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "final flush panicked"),
+            Err(_) => tracing::error!("final flush did not return in time"),
+        }
         tracing::info!("stopped");
         outcome
     }
@@ -239,6 +267,42 @@ fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
     Ok(probe.local_addr()?.port())
 }
 
+/// Starts the watchdog thread (see the module doc) and returns the flag it
+/// shares with the signal handlers: set once SIGTERM or SIGINT arrived.
+fn watchdog(store: Store, stall: Duration) -> anyhow::Result<Arc<AtomicBool>> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stopping.clone())
+            .context("installing the signal handlers")?;
+    }
+    let flag = stopping.clone();
+    std::thread::Builder::new()
+        .name("gleaner-watchdog".into())
+        .spawn(move || {
+            let mut exit_by = None;
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                let stopping = flag.load(Ordering::Acquire);
+                if stopping && *exit_by.get_or_insert_with(|| Instant::now() + HARD_STOP) <= Instant::now() {
+                    tracing::warn!(after_ms = HARD_STOP.as_millis() as u64, "shutdown did not finish in time, exiting");
+                    std::process::exit(0);
+                }
+                if let Some(age) = store.oldest_flush().filter(|age| *age >= stall) {
+                    store.fail(format!("a flush has not returned for {} s", age.as_secs()));
+                }
+                if let Some(reason) = store.failed() {
+                    if stopping {
+                        std::process::exit(0);
+                    }
+                    tracing::error!(%reason, status = EXIT_STORE_FAILED, "the store cannot recover in this process, exiting so that the node is restarted");
+                    std::process::exit(EXIT_STORE_FAILED);
+                }
+            }
+        })
+        .context("starting the watchdog thread")?;
+    Ok(stopping)
+}
+
 /// Resolves on SIGTERM or Ctrl-C, naming which.
 pub(crate) async fn shutdown_signal() -> &'static str {
     let ctrl_c = async {
@@ -259,4 +323,22 @@ pub(crate) async fn shutdown_signal() -> &'static str {
     }
     #[cfg(not(unix))]
     ctrl_c.await
+}
+
+/// Resolves on SIGTERM or Ctrl-C, or once the watchdog's handlers saw one
+/// (tokio's own handlers are installed after them and may miss the first).
+async fn stop_requested(stopping: &AtomicBool) -> &'static str {
+    let seen = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if stopping.load(Ordering::Acquire) {
+                return "terminate";
+            }
+        }
+    };
+    tokio::select! {
+        s = shutdown_signal() => s,
+        s = seen => s,
+    }
 }

@@ -114,6 +114,15 @@ pub struct NodeArgs {
     /// Rendered pages of items kept for repeated queries, in MiB; 0 turns the cache off [default: 64].
     #[arg(long, env = "GLEANER_QUERY_CACHE_MB")]
     pub query_cache_mb: Option<u64>,
+    /// Free space kept on the data directory's filesystem, in MiB: below it
+    /// writes are refused (HTTP 507 `disk_full`) until space returns
+    /// [default: 64].
+    #[arg(long, env = "GLEANER_DISK_RESERVE_MB")]
+    pub disk_reserve_mb: Option<u64>,
+    /// A flush that has not returned after this many seconds fails the
+    /// store, and the node exits to be restarted [default: 30].
+    #[arg(long, env = "GLEANER_STORE_STALL_SECS")]
+    pub store_stall_secs: Option<u64>,
     /// First delay before restarting a failed scraper, in ms; it doubles each time [default: 500].
     #[arg(long, env = "GLEANER_RESTART_BACKOFF_MS")]
     pub restart_backoff_ms: Option<u64>,
@@ -191,6 +200,8 @@ impl NodeArgs {
             max_html_depth: self.max_html_depth.or(file.max_html_depth),
             cache_mb: self.cache_mb.or(file.cache_mb),
             query_cache_mb: self.query_cache_mb.or(file.query_cache_mb),
+            disk_reserve_mb: self.disk_reserve_mb.or(file.disk_reserve_mb),
+            store_stall_secs: self.store_stall_secs.or(file.store_stall_secs),
             restart_backoff_ms: self.restart_backoff_ms.or(file.restart_backoff_ms),
             restart_intensity: self.restart_intensity.or(file.restart_intensity),
             restart_window_secs: self.restart_window_secs.or(file.restart_window_secs),
@@ -240,6 +251,10 @@ pub struct Settings {
     pub query_cache_bytes: u64,
     /// Batches kept in each collection's log per origin.
     pub log_retained: u64,
+    /// Free bytes kept on the data directory's filesystem.
+    pub disk_reserve_bytes: u64,
+    /// How long a flush may take before the store is declared failed.
+    pub store_stall: Duration,
     pub restart: RestartPolicy,
     /// Cluster membership; `None` runs a cluster of one (no listener).
     pub cluster: Option<ClusterSettings>,
@@ -361,6 +376,10 @@ impl Settings {
             cache_bytes: a.cache_mb.unwrap_or(64) * 1024 * 1024,
             query_cache_bytes: a.query_cache_mb.unwrap_or(64) * 1024 * 1024,
             log_retained: a.log_retained.unwrap_or(crate::store::LOG_RETAINED).max(1),
+            disk_reserve_bytes: a
+                .disk_reserve_mb
+                .map_or(crate::store::guard::DEFAULT_RESERVE, |mb| mb * 1024 * 1024),
+            store_stall: Duration::from_secs(a.store_stall_secs.unwrap_or(30).max(1)),
             restart: RestartPolicy {
                 backoff: Duration::from_millis(a.restart_backoff_ms.unwrap_or(500)),
                 max_backoff: Duration::from_secs(60),

@@ -64,8 +64,11 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
     // cluster listener: listen on every interface of the container.
     cluster_settings.listen_ip = std::net::IpAddr::from([0u16; 8]);
     std::fs::create_dir_all(&settings.data_dir).context("creating the scratch directory")?;
-    let store =
-        Store::open(&settings.data_dir, 8 * 1024 * 1024).context("opening the scratch database")?;
+    // The scratch database lives on a 64 MiB tmpfs and holds only run
+    // history: a small reserve keeps sled clear of a full disk there.
+    let store = Store::open(&settings.data_dir, 8 * 1024 * 1024)
+        .context("opening the scratch database")?
+        .with_disk_reserve(4 * 1024 * 1024);
     let node_id = store.node_id()?;
     let started_at = chrono::Utc::now();
     let me = NodeInfo {

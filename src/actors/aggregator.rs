@@ -259,7 +259,7 @@ impl Actor for Aggregator {
                             tokio::spawn(async move {
                                 answer.send(match flusher.flushed().await {
                                     Ok(()) => Response::Applied { seq },
-                                    Err(e) => Response::Error(e),
+                                    Err(e) => Response::Error(e.to_string()),
                                 });
                             });
                         }

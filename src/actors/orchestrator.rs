@@ -43,7 +43,7 @@ use crate::isolation::Isolation;
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub struct Orchestrator;
 
@@ -84,6 +84,22 @@ pub enum AdminError {
     Store(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The disk is below its free-space reserve; writes resume once it is not.
+    #[error("{0}")]
+    DiskFull(String),
+    /// The store failed or did not answer in time.
+    #[error("{0}")]
+    StorageUnavailable(String),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::DiskFull { .. } => AdminError::DiskFull(e.to_string()),
+            StoreError::Unavailable(_) => AdminError::StorageUnavailable(e.to_string()),
+            other => AdminError::Store(other.to_string()),
+        }
+    }
 }
 
 type Reply<T> = RpcReplyPort<Result<T, AdminError>>;
@@ -174,7 +190,7 @@ impl OrchestratorState {
         tokio::task::spawn_blocking(move || f(store))
             .await
             .map_err(store_err)?
-            .map_err(store_err)
+            .map_err(AdminError::from)
     }
 
     fn changed(&self, source: &str, change: &'static str) {

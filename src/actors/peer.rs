@@ -184,9 +184,10 @@ impl Peer {
             }
             Request::Stats => {
                 let (cluster, started_at) = (args.cluster.clone(), args.started_at);
+                let storage = args.store.storage_status(true);
                 tokio::spawn(async move {
                     answer.send(
-                        match crate::http::debug::node_state(&cluster, started_at).await {
+                        match crate::http::debug::node_state(&cluster, started_at, storage).await {
                             Ok(v) => Response::Stats(v),
                             Err(e) => Response::Error(e.to_string()),
                         },

@@ -289,8 +289,11 @@ impl Actor for Scraper {
                 state.stats.running = false;
                 state.stats.last_run = Some(record.clone());
                 // A small write (sled writes out in its own threads): here,
-                // rather than two thread hops per run.
-                state.args.store.record_run(&state.args.spec.id, &record)?;
+                // rather than two thread hops per run. A full disk refuses
+                // it: the run still shows in the status, only not in history.
+                if let Err(e) = state.args.store.record_run(&state.args.spec.id, &record) {
+                    tracing::warn!(source = %state.args.spec.id, error = %e, "run not recorded");
+                }
                 let source = &state.args.spec.id;
                 state.args.cluster.cast_all(&Notice::Run {
                     source: source.clone(),

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::{ask, auth, blocking, AppState};
+use super::{ask, auth, blocking, durable, AppState};
 use crate::actors::collection_supervisor::CollectionSupervisorMsg;
 use crate::cluster::groups::COLLECTIONS;
 use crate::domain::spec::is_slug;
@@ -174,6 +174,7 @@ pub async fn items(
     let generation = state.store.items_generation(&name);
     let cache_key = (name.clone(), req.query_string().to_owned());
     if let Some(page) = state.pages.get(&cache_key, generation) {
+        durable(&state, &cache_key.0).await?;
         return Ok(page_response(&page));
     }
     let store = state.store.clone();
@@ -187,6 +188,8 @@ pub async fn items(
         // A filter may scan the whole collection.
         blocking(move || json_page(&store, &name, &query)).await?
     };
+    // Only what a flush covers is served (or cached).
+    durable(&state, &cache_key.0).await?;
     let page = Arc::new(page);
     state.pages.put(cache_key, generation, page.clone());
     Ok(page_response(&page))
@@ -387,6 +390,7 @@ pub async fn item(
     })
     .await?;
     let (name, item) = found;
+    durable(&state, &name).await?;
     let mut body =
         serde_json::to_value(ItemView::from(&item)).map_err(|e| ApiError::Internal(e.into()))?;
     body["collection"] = json!(name);

@@ -86,6 +86,7 @@ fn state_name(s: SourceState) -> &'static str {
 pub async fn node_state(
     cluster: &Cluster,
     started_at: chrono::DateTime<Utc>,
+    storage: crate::store::StorageStatus,
 ) -> Result<Value, ApiError> {
     let me = cluster.me();
     let LiveSources {
@@ -204,6 +205,7 @@ pub async fn node_state(
         "uptime_secs": (Utc::now() - started_at).num_seconds().max(0),
         "sources_owned": owned,
         "memory_rss_bytes": rss_bytes(),
+        "storage": storage,
     });
     Ok(json!({
         "member": member,
@@ -214,7 +216,12 @@ pub async fn node_state(
 
 pub async fn state(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     auth::require(&req, state.admin_token.as_deref())?;
-    let local = node_state(&state.cluster, state.started_at).await?;
+    let local = node_state(
+        &state.cluster,
+        state.started_at,
+        state.store.storage_status(true),
+    )
+    .await?;
     let mut members = vec![local["member"].clone()];
     let mut nodes = vec![local["node"].clone()];
     // Every other member's part, asked of all at once; one that does not

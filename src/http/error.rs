@@ -29,6 +29,12 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("{0}")]
     Unavailable(String),
+    /// The data directory's disk is below its free-space reserve (507).
+    #[error("{0}")]
+    DiskFull(String),
+    /// The store failed or did not answer in time (503).
+    #[error("{0}")]
+    StorageUnavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -50,6 +56,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::DiskFull(_) => "disk_full",
+            ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -71,13 +79,20 @@ impl From<AdminError> for ApiError {
             AdminError::Conflict(m) => ApiError::Conflict(m),
             AdminError::Store(m) => ApiError::Internal(anyhow::anyhow!(m)),
             AdminError::Unavailable(m) => ApiError::Unavailable(m),
+            AdminError::DiskFull(m) => ApiError::DiskFull(m),
+            AdminError::StorageUnavailable(m) => ApiError::StorageUnavailable(m),
         }
     }
 }
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.into())
+        use crate::store::StoreError;
+        match e {
+            StoreError::DiskFull { .. } => ApiError::DiskFull(e.to_string()),
+            StoreError::Unavailable(_) => ApiError::StorageUnavailable(e.to_string()),
+            other => ApiError::Internal(other.into()),
+        }
     }
 }
 
@@ -91,6 +106,8 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers) and `/readyz` (the node's actors are up,
-//! its cluster membership has settled, and it is not shutting down).
+//! its cluster membership has settled, its store takes writes, and it is not
+//! shutting down). Neither touches sled: a stuck disk cannot hang them.
 
 use std::sync::atomic::Ordering;
 
@@ -24,6 +25,20 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         return Err(ApiError::Unavailable(
             "the node is still finding its cluster peers".into(),
         ));
+    }
+    let storage = state.store.storage_status(true);
+    if let Some(message) = &storage.error {
+        // The one error shape, with the storage state beside it; 503 as for
+        // any node that is not ready (writes themselves answer 507).
+        let code = if storage.state == "disk_full" {
+            "disk_full"
+        } else {
+            "storage_unavailable"
+        };
+        return Ok(HttpResponse::ServiceUnavailable().json(json!({
+            "error": { "code": code, "message": message },
+            "storage": storage,
+        })));
     }
     Ok(HttpResponse::Ok().json(json!({ "status": "ready", "node": state.node_name })))
 }

@@ -46,6 +46,8 @@ pub struct AppState {
     pub cluster: crate::cluster::Cluster,
     /// Rendered pages of items (see `collections::PageCache`).
     pub pages: collections::PageCache,
+    /// Group commit; readers wait on it for writes not yet flushed.
+    pub flusher: crate::store::Flusher,
 }
 
 /// Registers every route on an actix `App`.
@@ -173,13 +175,39 @@ pub async fn read_body(
     Ok(body.freeze())
 }
 
-/// Runs blocking store work off the async workers.
+/// Time allowed for one piece of store work behind a request.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs blocking store work off the async workers; a store that does not
+/// answer in [`STORE_TIMEOUT`] is a 503, never a hung request.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    match tokio::time::timeout(STORE_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(done) => done.map_err(|e| ApiError::Internal(e.into()))?,
+        Err(_) => Err(stalled()),
+    }
+}
+
+fn stalled() -> ApiError {
+    ApiError::StorageUnavailable(format!(
+        "storage did not answer within {} s",
+        STORE_TIMEOUT.as_secs()
+    ))
+}
+
+/// Waits until every item write to `collection` that a reader may have
+/// seen is flushed (at once when it already is): nothing is served that a
+/// crash could take back.
+pub async fn durable(state: &AppState, collection: &str) -> Result<(), ApiError> {
+    if state.store.durable(collection) {
+        return Ok(());
+    }
+    match tokio::time::timeout(STORE_TIMEOUT, state.flusher.flushed()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(stalled()),
+    }
 }
 
 /// A 202 with a small JSON body.

@@ -5,9 +5,9 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Store;
+use super::{Store, StoreError};
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
 /// A cheap, cloneable handle on the node's flushing task.
 #[derive(Clone)]
@@ -29,13 +29,13 @@ impl Flusher {
                 let store = store.clone();
                 let result = tokio::task::spawn_blocking(move || store.flush())
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                    .map_err(|e| StoreError::Task(e.to_string()))
+                    .and_then(|r| r);
                 if let Err(e) = &result {
                     tracing::error!(error = %e, waiters = waiters.len(), "flush failed");
                 }
                 for w in waiters {
-                    let _ = w.send(result.clone());
+                    let _ = w.send(result.as_ref().map(|_| ()).map_err(StoreError::shared));
                 }
             }
         });
@@ -43,12 +43,11 @@ impl Flusher {
     }
 
     /// Resolves once every write made before this call is durable.
-    pub async fn flushed(&self) -> Result<(), String> {
+    pub async fn flushed(&self) -> Result<(), StoreError> {
+        let stopped = || StoreError::Unavailable("the flusher stopped".to_owned());
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(tx)
-            .map_err(|_| "the flusher stopped".to_owned())?;
-        rx.await.map_err(|_| "the flusher stopped".to_owned())?
+        self.tx.send(tx).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }
 

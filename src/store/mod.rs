@@ -13,15 +13,22 @@
 //!
 //! Every method blocks (sled does disk I/O): async callers run them on
 //! `spawn_blocking`. Writes are durable only after [`Store::flush`], which
-//! callers do before acknowledging anything.
+//! callers do before acknowledging anything, and readers of items check
+//! [`Store::durable`] before they answer, so nothing unflushed is served.
+//!
+//! A full or failing disk never reaches sled unannounced: writes are refused
+//! below a free-space reserve, and an I/O error fails the store for good
+//! ([`guard`]).
 
 mod flusher;
+pub mod guard;
 
 pub use flusher::Flusher;
+pub use guard::StorageStatus;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -52,9 +59,33 @@ pub enum StoreError {
     },
     #[error("the storage task failed: {0}")]
     Task(String),
+    #[error("the disk is full: {free} bytes free in {dir}, below the reserve of {reserve} bytes; writes resume once space is freed")]
+    DiskFull {
+        dir: String,
+        free: u64,
+        reserve: u64,
+    },
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// The same failure for another waiter: the kinds callers act on are
+    /// kept, any other one is told as unavailable storage.
+    pub fn shared(&self) -> StoreError {
+        match self {
+            StoreError::DiskFull { dir, free, reserve } => StoreError::DiskFull {
+                dir: dir.clone(),
+                free: *free,
+                reserve: *reserve,
+            },
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
 
 /// What one batch did to a collection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,9 +125,24 @@ pub struct Store {
     runs: sled::Tree,
     collections: sled::Tree,
     log_retained: u64,
-    /// Per collection, bumped after every change to its items: a reader that
-    /// saw the same number before and after knows its page is still current.
-    generations: Arc<Mutex<HashMap<String, u64>>>,
+    /// Per collection: how far its item writes have gone and been flushed.
+    generations: Arc<Mutex<HashMap<String, Generations>>>,
+    /// Held shared by each item write from its start to its end, and
+    /// exclusively by a flush while it notes which writes it covers.
+    writing: Arc<RwLock<()>>,
+    guard: Arc<guard::Guard>,
+}
+
+/// One collection's write counters.
+#[derive(Debug, Clone, Copy, Default)]
+struct Generations {
+    /// Item writes begun.
+    begun: u64,
+    /// Bumped after every change to the items: a reader that saw the same
+    /// number before and after knows its page is still current.
+    changed: u64,
+    /// Item writes (counted as `begun`) that a finished flush covers.
+    durable: u64,
 }
 
 fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T> {
@@ -123,7 +169,51 @@ impl Store {
             db,
             log_retained: LOG_RETAINED,
             generations: Arc::default(),
+            writing: Arc::default(),
+            guard: Arc::new(guard::Guard::new(dir, guard::DEFAULT_RESERVE)),
         })
+    }
+
+    /// Refuses writes while the data directory's filesystem has fewer than
+    /// `bytes` free.
+    pub fn with_disk_reserve(mut self, bytes: u64) -> Store {
+        self.guard = Arc::new(guard::Guard::new(self.guard.dir(), bytes));
+        self
+    }
+
+    /// The disk's state; `fresh` looks at the free space now.
+    pub fn storage_status(&self, fresh: bool) -> StorageStatus {
+        self.guard.status(fresh)
+    }
+
+    /// Why the store failed, if it did: it then refuses every call until
+    /// the process opens it again.
+    pub fn failed(&self) -> Option<String> {
+        self.guard.failed().map(str::to_owned)
+    }
+
+    /// Marks the store failed (a flush that never returns, say).
+    pub fn fail(&self, reason: String) {
+        self.guard.fail(reason);
+    }
+
+    /// How long the oldest flush in progress has been running.
+    pub fn oldest_flush(&self) -> Option<std::time::Duration> {
+        self.guard.oldest_flush()
+    }
+
+    /// Runs a write: refused up front on a full disk or a failed store, and
+    /// an I/O error from it fails the store.
+    fn write<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.guard.writable()?;
+        f().inspect_err(|e| self.guard.note(e))
+    }
+
+    /// Runs a read, refused once the store has failed (sled may then hold
+    /// writes that never reached the disk).
+    fn read<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.guard.readable()?;
+        f().inspect_err(|e| self.guard.note(e))
     }
 
     /// Keeps `n` batches per collection and origin in the log (at least 1).
@@ -134,14 +224,46 @@ impl Store {
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.guard.readable()?;
+        let _timer = self.guard.flush_started();
+        let covered: Vec<(String, u64)> = {
+            let _no_write_in_progress = self.writing.write().unwrap_or_else(|e| e.into_inner());
+            let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+            generations
+                .iter()
+                .filter(|(_, g)| g.durable < g.begun)
+                .map(|(name, g)| (name.clone(), g.begun))
+                .collect()
+        };
+        self.db
+            .flush()
+            .map_err(StoreError::from)
+            .inspect_err(|e| self.guard.note(e))?;
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, begun) in covered {
+            if let Some(g) = generations.get_mut(&name) {
+                g.durable = g.durable.max(begun);
+            }
+        }
         Ok(())
+    }
+
+    /// True when every item write to `collection` begun so far is flushed.
+    /// A reader that checks this after reading (and flushes otherwise)
+    /// never serves an item that a crash could take back.
+    pub fn durable(&self, collection: &str) -> bool {
+        let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations
+            .get(collection)
+            .is_none_or(|g| g.durable >= g.begun)
     }
 
     /// A small key in the meta tree (not flushed).
     pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.meta.insert(key, value)?;
-        Ok(())
+        self.write(|| {
+            self.meta.insert(key, value)?;
+            Ok(())
+        })
     }
 
     /// This node's id, created (and flushed) on first use.
@@ -150,15 +272,17 @@ impl Store {
             return Ok(String::from_utf8_lossy(&id).into_owned());
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        self.meta.insert("node_id", id.as_bytes())?;
+        self.write(|| Ok(self.meta.insert("node_id", id.as_bytes())?))?;
         self.flush()?;
         Ok(id)
     }
 
     pub fn put_source(&self, record: &SourceRecord) -> Result<()> {
-        self.sources
-            .insert(record.spec.id.as_bytes(), encode(record))?;
-        Ok(())
+        self.write(|| {
+            self.sources
+                .insert(record.spec.id.as_bytes(), encode(record))?;
+            Ok(())
+        })
     }
 
     pub fn source(&self, id: &str) -> Result<Option<SourceRecord>> {
@@ -179,6 +303,10 @@ impl Store {
 
     /// Appends a run to a source's history, dropping the oldest beyond [`RUNS_KEPT`].
     pub fn record_run(&self, source: &str, run: &RunRecord) -> Result<()> {
+        self.write(|| self.record_run_unguarded(source, run))
+    }
+
+    fn record_run_unguarded(&self, source: &str, run: &RunRecord) -> Result<()> {
         let mut key = run_prefix(source);
         let micros = run.started_at.timestamp_micros().max(0) as u64;
         key.extend_from_slice(&micros.to_be_bytes());
@@ -215,9 +343,11 @@ impl Store {
     /// Upserts a batch into its collection (no log entry, no heads): for
     /// tests and tools; nodes use [`Store::apply_replicated`].
     pub fn apply_batch(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
-        let outcome = self.upsert_items(batch)?;
-        self.update_meta(&batch.collection, batch.fetched_at, None)?;
-        Ok(outcome)
+        self.write(|| {
+            let outcome = self.upsert_items(batch)?;
+            self.update_meta(&batch.collection, batch.fetched_at, None)?;
+            Ok(outcome)
+        })
     }
 
     /// Applies a batch from `origin` with sequence number `seq`: upserts its
@@ -225,6 +355,10 @@ impl Store {
     /// oldest beyond the retention) and records the collection's head for
     /// the origin. Applying the same batch twice changes nothing.
     pub fn apply_replicated(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
+        self.write(|| self.apply_replicated_unguarded(rb))
+    }
+
+    fn apply_replicated_unguarded(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
         let outcome = self.upsert_items(&rb.batch)?;
         let log = self.log_tree(&rb.batch.collection)?;
         log.insert(log_key(&rb.origin, rb.seq), encode(rb))?;
@@ -295,31 +429,47 @@ impl Store {
         for (key, stored) in &pending {
             writes.insert(key.as_bytes(), encode(stored));
         }
-        tree.apply_batch(writes)?;
-        self.items_changed(&batch.collection);
+        self.write_items(&batch.collection, &tree, writes)?;
         Ok(outcome)
+    }
+
+    /// Applies a write to a collection's items, counted so that readers
+    /// know whether a flush covers it and whether their page is current.
+    fn write_items(&self, collection: &str, tree: &sled::Tree, writes: sled::Batch) -> Result<()> {
+        let _writing = self.writing.read().unwrap_or_else(|e| e.into_inner());
+        self.with_generations(collection, |g| g.begun += 1);
+        let applied = tree.apply_batch(writes);
+        self.with_generations(collection, |g| g.changed += 1);
+        Ok(applied?)
+    }
+
+    fn with_generations(&self, collection: &str, f: impl FnOnce(&mut Generations)) {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        match generations.get_mut(collection) {
+            Some(g) => f(g),
+            None => f(generations.entry(collection.to_owned()).or_default()),
+        }
     }
 
     /// The collection's generation: it changes whenever its items do.
     pub fn items_generation(&self, collection: &str) -> u64 {
         let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        generations.get(collection).copied().unwrap_or(0)
-    }
-
-    fn items_changed(&self, collection: &str) {
-        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        match generations.get_mut(collection) {
-            Some(g) => *g += 1,
-            None => {
-                generations.insert(collection.to_owned(), 1);
-            }
-        }
+        generations.get(collection).map_or(0, |g| g.changed)
     }
 
     /// Merges copies of items from a peer's snapshot (the later observation
     /// of each wins) and raises the collection's heads to at least `heads`.
     /// Returns how many items were new here.
     pub fn restore(
+        &self,
+        collection: &str,
+        items: &[StoredItem],
+        heads: Option<&BTreeMap<String, u64>>,
+    ) -> Result<u64> {
+        self.write(|| self.restore_unguarded(collection, items, heads))
+    }
+
+    fn restore_unguarded(
         &self,
         collection: &str,
         items: &[StoredItem],
@@ -339,8 +489,7 @@ impl Store {
             let merged = StoredItem::merge_copy(old, copy.clone());
             writes.insert(copy.key.as_bytes(), encode(&merged));
         }
-        tree.apply_batch(writes)?;
-        self.items_changed(collection);
+        self.write_items(collection, &tree, writes)?;
         let mut meta = self.collection(collection)?;
         if meta.is_none() && last.is_none() && heads.is_none() {
             return Ok(0);
@@ -431,10 +580,12 @@ impl Store {
     }
 
     pub fn collection(&self, name: &str) -> Result<Option<CollectionMeta>> {
-        self.collections
-            .get(name.as_bytes())?
-            .map(|b| decode("collection", &b))
-            .transpose()
+        self.read(|| {
+            self.collections
+                .get(name.as_bytes())?
+                .map(|b| decode("collection", &b))
+                .transpose()
+        })
     }
 
     /// Counts a collection's items, in total and per source (a full scan: done
@@ -456,10 +607,12 @@ impl Store {
     }
 
     pub fn item(&self, collection: &str, key: &str) -> Result<Option<StoredItem>> {
-        self.items_tree(collection)?
-            .get(key.as_bytes())?
-            .map(|b| decode("item", &b))
-            .transpose()
+        self.read(|| {
+            self.items_tree(collection)?
+                .get(key.as_bytes())?
+                .map(|b| decode("item", &b))
+                .transpose()
+        })
     }
 
     /// Visits the items in key order after `after`, as stored, until
@@ -470,6 +623,7 @@ impl Store {
         after: Option<&str>,
         mut visit: impl FnMut(ItemBytes<'_>) -> Result<bool>,
     ) -> Result<()> {
+        self.guard.readable()?;
         for entry in items_after(&self.items_tree(collection)?, after) {
             let (key, bytes) = entry?;
             if !visit(ItemBytes {
