@@ -29,6 +29,10 @@ use crate::store::Store;
 
 pub struct Scraper;
 
+/// The run's code when the aggregator refused its items (refined into the
+/// storage state's own code when this node's disk is at fault).
+const STORE_REFUSED: &str = "store_refused";
+
 pub struct ScraperArgs {
     pub spec: SourceSpec,
     pub rules: Arc<Rules>,
@@ -130,6 +134,7 @@ impl ScraperState {
                     inserted: 0,
                     changed: 0,
                     error: Some(format!("invalid url: {e}")),
+                    code: None,
                 }));
                 return;
             }
@@ -160,6 +165,7 @@ async fn run_once(
         inserted: 0,
         changed: 0,
         error: None,
+        code: None,
     };
     while let Some(page) = pager.next_page().await {
         let page = match page {
@@ -189,6 +195,7 @@ async fn run_once(
             }
             Ok(ractor::rpc::CallResult::Success(Err(e))) => {
                 record.error = Some(format!("storing items: {e}"));
+                record.code = Some(STORE_REFUSED.into());
                 break;
             }
             Ok(_) | Err(_) => {
@@ -284,7 +291,15 @@ impl Actor for Scraper {
                     state.start_run(&myself);
                 }
             }
-            ScraperMsg::Finished(record) => {
+            ScraperMsg::Finished(mut record) => {
+                // A full or failed disk here is not the source's fault: the
+                // run is kept as failed, and the schedule simply goes on.
+                let storage = state.args.store.storage_status(false);
+                let node_at_fault =
+                    record.code.as_deref() == Some(STORE_REFUSED) && !storage.is_ok();
+                if node_at_fault {
+                    record.code = Some(storage.code().into());
+                }
                 state.run = None;
                 state.stats.running = false;
                 state.stats.last_run = Some(record.clone());
@@ -316,8 +331,10 @@ impl Actor for Scraper {
                     error: record.error.clone(),
                 });
                 if let Some(error) = record.error {
-                    tracing::warn!(source = %source, pages = record.pages, items = record.items, %error, "run failed");
-                    return Err(Box::new(RunFailed { message: error }));
+                    tracing::warn!(source = %source, pages = record.pages, items = record.items, code = record.code.as_deref(), %error, "run failed");
+                    if !node_at_fault {
+                        return Err(Box::new(RunFailed { message: error }));
+                    }
                 }
                 tracing::info!(
                     source = %source,

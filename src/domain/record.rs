@@ -53,4 +53,8 @@ pub struct RunRecord {
     pub changed: u64,
     /// Why the run failed, if it did; pages before the failure are kept.
     pub error: Option<String>,
+    /// A stable code for the failure, where one applies (`disk_full`,
+    /// `storage_unavailable`: the node refused the items, not the site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }

@@ -61,6 +61,14 @@ impl StorageStatus {
     pub fn is_ok(&self) -> bool {
         self.state == "ok"
     }
+
+    /// The error code that refusals because of this state carry.
+    pub fn code(&self) -> &'static str {
+        match self.state {
+            "disk_full" => "disk_full",
+            _ => "storage_unavailable",
+        }
+    }
 }
 
 /// A flush in progress; dropping it ends the timing.

@@ -964,6 +964,7 @@ mod tests {
                 inserted: 0,
                 changed: 0,
                 error: None,
+                code: None,
             };
             store.record_run("s", &run).unwrap();
         }

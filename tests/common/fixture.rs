@@ -29,6 +29,8 @@ struct Site {
     /// Every request's path and query, with when it arrived.
     log: Mutex<Vec<(Instant, String)>>,
     revision: AtomicU32,
+    /// Pages served under /growing/, each with items never seen before.
+    grown: AtomicU32,
     canary_hits: AtomicUsize,
     canary: OnceLock<SocketAddr>,
 }
@@ -44,6 +46,7 @@ impl FixtureSite {
         let site = Arc::new(Site {
             log: Mutex::new(Vec::new()),
             revision: AtomicU32::new(1),
+            grown: AtomicU32::new(0),
             canary_hits: AtomicUsize::new(0),
             canary: OnceLock::new(),
         });
@@ -267,6 +270,22 @@ async fn route(State(site): State<Arc<Site>>, uri: Uri) -> Response {
             };
             return html(page(&products, Some(next)));
         }
+    }
+    // Every request, 20 items never served before, with ~1 KiB titles: a
+    // collection that grows until the disk fills.
+    if path.starts_with("/growing/") {
+        let n = site.grown.fetch_add(1, Ordering::SeqCst);
+        let filler = "lorem ipsum dolor sit amet ".repeat(40);
+        let products: String = (0..ITEMS_PER_PAGE)
+            .map(|k| {
+                let i = n * ITEMS_PER_PAGE + k;
+                product(i, &format!("/growing/item-{i}.html"), &format!("{i}.00")).replace(
+                    &format!("title=\"Book {i}\""),
+                    &format!("title=\"Book {i} {filler}\""),
+                )
+            })
+            .collect();
+        return html(page(&products, None));
     }
     match path {
         "/api/items" => {
