@@ -5,6 +5,10 @@
 //!   fail fast with 507 `disk_full`, `/readyz` says why, the node recovers by
 //!   itself once space returns, SIGTERM exits 0, and no item that a query ever
 //!   returned is missing after a restart;
+//! - the same disk filling with the reserve turned off, so that sled itself
+//!   runs out of space: the node exits with status 75 instead of hanging,
+//!   and a restart (what Docker or systemd does) serves every item a query
+//!   ever returned;
 //! - kill -9 while sources write: every item a query returned survives.
 //!
 //! Without the right to mount (not root), the disk test says so and skips,
@@ -323,6 +327,64 @@ async fn kill_9_while_writing_loses_nothing_that_was_served() {
     let lost = missing(&served, &now);
     eprintln!(
         "kill -9: {} items served, {} lost",
+        served.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} served items lost: {lost:?}",
+        lost.len()
+    );
+}
+
+#[tokio::test]
+async fn sled_out_of_space_ends_the_node_for_a_restart_and_loses_nothing_served() {
+    let Some(disk) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let site = FixtureSite::start().await;
+    let config = || {
+        NodeConfig::new(disk.path())
+            .env("GLEANER_DISK_RESERVE_MB", "0")
+            .env("GLEANER_STORE_STALL_SECS", "3")
+            .env("GLEANER_CACHE_MB", "8")
+    };
+    let mut node = config().start().await;
+    let filler = fill_until(disk.path(), "filler", 2 * 1024 * 1024);
+    for i in 0..5 {
+        node.create_source(&growing_spec(&format!("grow{i}"), &site))
+            .await;
+    }
+    let reader = Reader::start(&node, "growing", Duration::from_secs(180));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let code = loop {
+        if let Some(code) = node.exited() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node neither filled its disk nor exited in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (served, _) = reader.finish().await;
+    assert_eq!(code, Some(75), "{}", node.logs().join("\n"));
+    assert!(
+        node.logs()
+            .iter()
+            .any(|l| l.contains("exiting so that the node is restarted")),
+        "the node did not say why it exited"
+    );
+    if let Some(why) = node.logs().iter().find(|l| l.contains("the store failed")) {
+        eprintln!("sled out of space: {why}");
+    }
+    drop(node);
+    std::fs::remove_file(&filler).unwrap();
+    let node = config().start().await;
+    let now = node.item_keys("growing").await;
+    let lost = missing(&served, &now);
+    eprintln!(
+        "sled out of space: exit {code:?}, {} items served, {} lost",
         served.len(),
         lost.len()
     );

@@ -424,6 +424,12 @@ impl Node {
         }
     }
 
+    /// The exit code if the process has exited (`Some(None)`: by a signal),
+    /// without waiting.
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
     /// Sends a signal by name (`STOP`, `CONT`, ...).
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
