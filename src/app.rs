@@ -275,6 +275,20 @@ fn watchdog(store: Store, stall: Duration) -> anyhow::Result<Arc<AtomicBool>> {
         signal_hook::flag::register(signal, stopping.clone())
             .context("installing the signal handlers")?;
     }
+    // A wedged sled shows as a flush that never returns: keep one asked for
+    // every few seconds (nearly free when nothing is dirty), so the stall
+    // limit catches a wedge even while nothing writes.
+    let probe = store.clone();
+    std::thread::Builder::new()
+        .name("gleaner-store-probe".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(2));
+            if probe.failed().is_some() {
+                return;
+            }
+            let _ = probe.flush();
+        })
+        .context("starting the store probe thread")?;
     let flag = stopping.clone();
     std::thread::Builder::new()
         .name("gleaner-watchdog".into())
