@@ -384,10 +384,13 @@ impl Actor for ScraperSupervisor {
                 // A changed spec runs at once, so its effect shows without waiting a period.
                 let mut run_now = false;
                 if let Some(child) = state.children.get_mut(&id) {
-                    if child.spec == spec && !matches!(child.phase, Phase::Failed { .. }) {
+                    // Unchanged (a membership change re-sends every spec): a
+                    // failed source keeps its retry time rather than all of
+                    // them running at once on each change.
+                    if child.spec == spec {
                         return Ok(());
                     }
-                    run_now = child.spec != spec;
+                    run_now = true;
                     ScraperSupervisorState::stop_child(child).await;
                     child.spec = spec;
                     child.failures.reset();
