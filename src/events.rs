@@ -37,10 +37,12 @@ pub enum Event {
         delay_ms: u64,
         error: String,
     },
-    /// A source failed too often and was given up on.
+    /// A source failed too often and was given up on; it tries a run again
+    /// after `retry_in_ms`.
     SourceFailed {
         source: String,
         error: String,
+        retry_in_ms: u64,
     },
     CollectionUpdated {
         collection: String,

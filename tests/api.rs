@@ -178,6 +178,47 @@ async fn duplicates_unknowns_bodies_and_routes() {
 }
 
 #[tokio::test]
+async fn locator_faults_say_what_is_wrong_and_the_bearer_scheme_has_no_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    let mut spec = catalogue_spec("books", "http://127.0.0.2:1/catalogue/page-1.html");
+    spec["extract"]["fields"]["title"]["css"] = json!("h3:has(");
+    let (status, body) = node.post("/api/v1/sources", &spec).await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["error"]["field"], "extract.fields.title.css", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("unclosed `:has(`"), "{body}");
+    assert!(!message.contains("report"), "{body}");
+
+    let json_spec = json!({
+        "id": "api", "url": "http://127.0.0.2:1/api/items?page=1", "collection": "api",
+        "extract": { "format": "json", "scope": "/data/items", "fields": { "name": "/~2" } }
+    });
+    let (status, body) = node.post("/api/v1/sources", &json_spec).await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["error"]["field"], "extract.fields.name.path", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("'~'"),
+        "{body}"
+    );
+
+    // RFC 9110: the scheme's case does not matter.
+    for scheme in ["bearer", "BEARER"] {
+        let rb = node
+            .anonymous(Method::GET, "/api/v1/sources")
+            .header("authorization", format!("{scheme} {ADMIN_TOKEN}"));
+        let (status, body) = node.send(rb).await;
+        assert_eq!(status, 200, "{scheme}: {body}");
+        assert_eq!(body["sources"], json!([]), "nothing invalid was stored");
+    }
+    let rb = node
+        .anonymous(Method::GET, "/api/v1/sources")
+        .header("authorization", format!("Basic {ADMIN_TOKEN}"));
+    let (status, body) = node.send(rb).await;
+    assert_error(status, &body, 401, "unauthorized");
+}
+
+#[tokio::test]
 async fn admin_routes_need_the_token_read_routes_only_when_one_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeConfig::new(dir.path())

@@ -1,12 +1,14 @@
 //! The whole pipeline on one node, through HTTP: a source is scraped from a
 //! real local fixture site, its items land in a collection in sled, and the
-//! collection is queried. Also: changes, failures, delete, replace, and a
+//! collection is queried. Also: changes, failures, healing, delete, replace, and a
 //! `kill -9` followed by a restart on the same data directory.
 
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use common::fixture::FixtureSite;
 use common::{catalogue_spec, wait_until, NodeConfig};
@@ -266,6 +268,120 @@ async fn a_failing_source_ends_failed_and_disturbs_no_other() {
         (site.hits("/fail") > 6).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_failed_source_heals_by_itself_once_its_site_recovers() {
+    const OUTAGE: Duration = Duration::from_secs(10);
+    let site = FixtureSite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One fetch per run, one quick restart, then given up on.
+    let node = NodeConfig::new(dir.path())
+        .env("GLEANER_FETCH_RETRIES", "0")
+        .env("GLEANER_RESTART_INTENSITY", "1")
+        .start()
+        .await;
+    let recovers_at = site.fail_for(OUTAGE);
+    let mut spec = catalogue_spec("flaky", &site.url("/flaky.html"));
+    spec["collection"] = json!("flaky");
+    spec["schedule"] = json!({ "every_secs": 1 });
+    spec["extract"].as_object_mut().unwrap().remove("next_page");
+    node.create_source(&spec).await;
+
+    let parked = wait_until(
+        "the source to be failed with a next_run",
+        OUTAGE,
+        || async {
+            let s = node.source("flaky").await;
+            (s["status"]["state"] == "failed" && s["status"]["next_run"].is_string()).then_some(s)
+        },
+    )
+    .await;
+    let error = parked["status"]["last_error"].as_str().unwrap();
+    assert!(error.contains("500"), "{parked}");
+    assert_eq!(parked["status"]["restarts"], 1, "{parked}");
+
+    // While the site is down the source shows `failed` with the time of its
+    // next try, tries one run at a time (never the quick restarts again) on
+    // a delay that doubles, and shows `failed` again after each.
+    let mut retries: Vec<DateTime<Utc>> = Vec::new();
+    while Instant::now() < recovers_at {
+        let s = node.source("flaky").await;
+        let status = &s["status"];
+        match status["state"].as_str().unwrap() {
+            "failed" => {
+                let at: DateTime<Utc> = status["next_run"].as_str().unwrap().parse().unwrap();
+                if retries.last() != Some(&at) {
+                    retries.push(at);
+                }
+            }
+            // A try in progress.
+            "running" | "scheduled" => {}
+            other => panic!("a failed source's try went {other}: {s}"),
+        }
+        assert_eq!(status["restarts"], 1, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(retries.len() >= 3, "tries during the outage: {retries:?}");
+    let gaps: Vec<i64> = retries
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    // Delays of 1, 2, 4, 8 s: each gap between tries a delay longer than
+    // the one before (give or take the length of a failed try).
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0] + 1000),
+        "the delay between tries should double: {retries:?}"
+    );
+    // The first run, its restart, and one fetch per try.
+    let fetched = site.hits("/flaky.html");
+    assert!(
+        fetched <= 2 + retries.len(),
+        "{fetched} fetches for {} tries",
+        retries.len()
+    );
+
+    // The site is back: the next try succeeds, and the source is scheduled
+    // again with its items, without anyone asking.
+    let healed = wait_until(
+        "the source to be scheduled again after the site recovered",
+        Duration::from_secs(40),
+        || async {
+            let s = node.source("flaky").await;
+            let ok = s["status"]["state"] == "scheduled"
+                && s["status"]["last_run"]["error"].is_null()
+                && s["status"]["last_run"]["items"] == 5;
+            ok.then_some(s)
+        },
+    )
+    .await;
+    let took = recovers_at.elapsed();
+    eprintln!(
+        "healed {took:?} after the site recovered ({} tries during the outage)",
+        retries.len()
+    );
+    assert!(healed["status"]["next_run"].is_string(), "{healed}");
+    assert_eq!(node.item_keys("flaky").await.len(), 5);
+    // At most one delay after the recovery: the last one shown, plus slack.
+    let last_delay = gaps.last().copied().unwrap_or(1000) as u64;
+    assert!(
+        took < Duration::from_millis(2 * last_delay + 5000),
+        "{took:?}"
+    );
+
+    // The success forgot the failures: a new outage gets the quick restart
+    // first again, rather than being given up on at once.
+    site.fail_for(Duration::from_secs(3));
+    let again = wait_until(
+        "a quick restart after a new failure",
+        Duration::from_secs(20),
+        || async {
+            let s = node.source("flaky").await;
+            (s["status"]["restarts"] == 2).then_some(s)
+        },
+    )
+    .await;
+    assert!(!again["status"]["last_error"].is_null(), "{again}");
 }
 
 #[tokio::test]

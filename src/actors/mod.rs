@@ -83,6 +83,75 @@ impl FailureWindow {
     }
 }
 
+/// The longest a source given up on waits before it tries again by itself.
+pub const HEAL_MAX_DELAY: Duration = Duration::from_secs(3600);
+
+/// How long a source given up on (`failed`) waits before it tries one run
+/// again by itself, after its `give_ups`-th give-up since its last success:
+/// its schedule period (at least a second) the first time, doubled each
+/// further time, at most [`HEAL_MAX_DELAY`]. A short outage of a site then
+/// heals within about a period of its end, and a site that stays down costs
+/// one request an hour.
+pub fn heal_delay(period: Duration, give_ups: u32) -> Duration {
+    let factor = 2u32.saturating_pow(give_ups.saturating_sub(1).min(31));
+    period
+        .max(Duration::from_secs(1))
+        .saturating_mul(factor)
+        .min(HEAL_MAX_DELAY)
+}
+
+/// What a supervisor should do after a source's run failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRunFailure {
+    /// Restart after this delay (within the restart intensity).
+    RestartIn(Duration),
+    /// Given up on: the source is `failed`, and tries one run again after
+    /// this delay ([`heal_delay`]).
+    RetryIn(Duration),
+}
+
+/// A source's failures since its last successful run: restarts with backoff
+/// while the [`FailureWindow`] allows, then given up on and retried on the
+/// long [`heal_delay`]; a failed retry is given up on again at once, with the
+/// delay doubled. A success forgets it all.
+#[derive(Debug, Default, Clone)]
+pub struct SourceFailures {
+    window: FailureWindow,
+    give_ups: u32,
+}
+
+impl SourceFailures {
+    /// Records a failed run at `now` of a source scheduled every `period`.
+    pub fn record(
+        &mut self,
+        now: Instant,
+        policy: &RestartPolicy,
+        period: Duration,
+    ) -> AfterRunFailure {
+        match self.window.record(now, policy) {
+            AfterFailure::RestartIn(delay) if self.give_ups == 0 => {
+                AfterRunFailure::RestartIn(delay)
+            }
+            _ => {
+                self.give_ups = self.give_ups.saturating_add(1);
+                AfterRunFailure::RetryIn(heal_delay(period, self.give_ups))
+            }
+        }
+    }
+
+    /// Times the source was given up on since its last success.
+    pub fn give_ups(&self) -> u32 {
+        self.give_ups
+    }
+
+    /// Forgets every failure (after a successful run, a changed spec, or a
+    /// run an operator asked for).
+    pub fn reset(&mut self) {
+        self.window.reset();
+        self.give_ups = 0;
+    }
+}
+
 /// Time allowed for one actor to answer another's request.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -118,6 +187,64 @@ mod tests {
         assert_eq!(
             w.record(later, &policy),
             AfterFailure::RestartIn(Duration::from_millis(100))
+        );
+    }
+
+    #[test]
+    fn heal_delay_is_the_period_doubling_up_to_an_hour() {
+        let min = Duration::from_secs(60);
+        assert_eq!(heal_delay(min, 1), min);
+        assert_eq!(heal_delay(min, 2), 2 * min);
+        assert_eq!(heal_delay(min, 3), 4 * min);
+        assert_eq!(heal_delay(min, 7), HEAL_MAX_DELAY);
+        assert_eq!(heal_delay(min, u32::MAX), HEAL_MAX_DELAY);
+        // A daily source is still retried within the hour; a sub-second
+        // period counts as a second.
+        assert_eq!(heal_delay(Duration::from_secs(86_400), 1), HEAL_MAX_DELAY);
+        assert_eq!(heal_delay(Duration::ZERO, 1), Duration::from_secs(1));
+        assert_eq!(heal_delay(Duration::ZERO, 0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_source_restarts_then_retries_on_a_long_backoff_until_a_success() {
+        let policy = RestartPolicy {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            intensity: 1,
+            window: Duration::from_secs(60),
+        };
+        let period = Duration::from_secs(10);
+        let mut f = SourceFailures::default();
+        let t = Instant::now();
+        assert_eq!(
+            f.record(t, &policy, period),
+            AfterRunFailure::RestartIn(Duration::from_millis(100))
+        );
+        assert_eq!(f.give_ups(), 0);
+        // Over the intensity: given up on, retried after a period.
+        assert_eq!(
+            f.record(t, &policy, period),
+            AfterRunFailure::RetryIn(period)
+        );
+        // A failed retry is given up on at once, even once the window has
+        // passed, with the delay doubled.
+        let later = t + Duration::from_secs(120);
+        assert_eq!(
+            f.record(later, &policy, period),
+            AfterRunFailure::RetryIn(2 * period)
+        );
+        assert_eq!(
+            f.record(later, &policy, period),
+            AfterRunFailure::RetryIn(4 * period)
+        );
+        assert_eq!(f.give_ups(), 3);
+        // A success forgets the window and the give-ups: the next failure
+        // restarts quickly again.
+        f.reset();
+        assert_eq!(f.give_ups(), 0);
+        assert_eq!(
+            f.record(later, &policy, period),
+            AfterRunFailure::RestartIn(Duration::from_millis(100))
         );
     }
 }

@@ -2,12 +2,15 @@
 //! Orchestrator tells it which sources to run (`Ensure`, `Remove`); it spawns
 //! each Scraper linked, and when one fails it restarts it after an exponential
 //! backoff, or marks the source `failed` once failures exceed the restart
-//! intensity (until the spec changes or an operator asks for a run). A failing
-//! source never disturbs another.
+//! intensity. A failed source tries one run again by itself after a long
+//! backoff ([`heal_delay`](super::heal_delay): its period, doubling, at most
+//! an hour), at once if its spec changes or an operator asks for a run, and
+//! is `scheduled` again after its next successful run, its failures
+//! forgotten. A failing source never disturbs another.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
@@ -17,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::collection_supervisor::CollectionSupervisorMsg;
 use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperStats};
-use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use super::{AfterRunFailure, SourceFailures, ASK_TIMEOUT};
 use crate::domain::SourceSpec;
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
@@ -54,7 +57,8 @@ pub enum ScraperSupervisorMsg {
     Remove(String),
     /// Run the source now; revives a failed one. Err if it does not run here.
     RunNow(String, RpcReplyPort<Result<(), String>>),
-    /// Internal: a backoff ended.
+    /// Internal: a backoff ended (a restart's, or a failed source's retry);
+    /// ignored unless `generation` is still the source's.
     Restart { id: String, generation: u64 },
     /// From a Scraper after each run, so the counts outlive the actor.
     RunCounted {
@@ -109,17 +113,25 @@ pub struct SourceRuntime {
 }
 
 enum Phase {
+    /// Between stopping a scraper and spawning the next, within one message.
+    Down,
     Up(ActorRef<ScraperMsg>),
-    BackingOff { until: DateTime<Utc> },
-    Failed,
+    BackingOff {
+        until: DateTime<Utc>,
+    },
+    /// Given up on; tries one run again at `retry_at`.
+    Failed {
+        retry_at: DateTime<Utc>,
+    },
 }
 
 struct Child {
     spec: SourceSpec,
     phase: Phase,
-    /// Bumped at each spawn, so a stale backoff timer is ignored.
+    /// Set from the supervisor's counter at each spawn, so a stale backoff
+    /// or retry timer (one armed before a later spawn) is ignored.
     generation: u64,
-    failures: FailureWindow,
+    failures: SourceFailures,
     last_error: Option<String>,
     restarts: u64,
     totals: Totals,
@@ -135,9 +147,10 @@ struct ChildSnapshot {
 }
 
 enum PhaseSnapshot {
+    Down,
     Up(ActorRef<ScraperMsg>),
     BackingOff(DateTime<Utc>),
-    Failed,
+    Failed(DateTime<Utc>),
 }
 
 impl ChildSnapshot {
@@ -145,9 +158,10 @@ impl ChildSnapshot {
         ChildSnapshot {
             id: id.clone(),
             phase: match &child.phase {
+                Phase::Down => PhaseSnapshot::Down,
                 Phase::Up(actor) => PhaseSnapshot::Up(actor.clone()),
                 Phase::BackingOff { until } => PhaseSnapshot::BackingOff(*until),
-                Phase::Failed => PhaseSnapshot::Failed,
+                Phase::Failed { retry_at } => PhaseSnapshot::Failed(*retry_at),
             },
             totals: child.totals,
             last_error: child.last_error.clone(),
@@ -169,9 +183,9 @@ impl ChildSnapshot {
         let (state, next_run) = match (&self.phase, &scraper) {
             (PhaseSnapshot::Up(_), Some(s)) if s.running => (SourceState::Running, None),
             (PhaseSnapshot::Up(_), Some(s)) => (SourceState::Scheduled, s.next_run),
-            (PhaseSnapshot::Up(_), None) => (SourceState::Scheduled, None),
+            (PhaseSnapshot::Up(_) | PhaseSnapshot::Down, _) => (SourceState::Scheduled, None),
             (PhaseSnapshot::BackingOff(until), _) => (SourceState::BackingOff, Some(*until)),
-            (PhaseSnapshot::Failed, _) => (SourceState::Failed, None),
+            (PhaseSnapshot::Failed(retry_at), _) => (SourceState::Failed, Some(*retry_at)),
         };
         let runtime = SourceRuntime {
             totals: self.totals,
@@ -190,6 +204,10 @@ pub struct ScraperSupervisorState {
     args: ScraperSupervisorArgs,
     children: BTreeMap<String, Child>,
     rules: RulesCache,
+    /// Spawns so far, for the children's generations: unique across
+    /// children, so a timer outliving a removed source cannot match the
+    /// source created again under its id.
+    spawns: u64,
 }
 
 /// Compiled rules shared by the sources that extract alike (a fleet often
@@ -220,7 +238,8 @@ impl ScraperSupervisorState {
     async fn spawn(&mut self, myself: &ActorRef<ScraperSupervisorMsg>, id: &str, run_now: bool) {
         let spec = match self.children.get_mut(id) {
             Some(child) => {
-                child.generation += 1;
+                self.spawns += 1;
+                child.generation = self.spawns;
                 child.spec.clone()
             }
             None => return,
@@ -271,37 +290,52 @@ impl ScraperSupervisorState {
             return;
         };
         child.last_error = Some(error.clone());
-        match child.failures.record(Instant::now(), &self.args.restart) {
-            AfterFailure::RestartIn(delay) => {
+        let period = Duration::from_secs(child.spec.schedule.every_secs);
+        let (id, generation) = (id.to_owned(), child.generation);
+        let delay = match child
+            .failures
+            .record(Instant::now(), &self.args.restart, period)
+        {
+            AfterRunFailure::RestartIn(delay) => {
                 child.restarts += 1;
                 child.phase = Phase::BackingOff {
                     until: Utc::now() + delay,
                 };
-                let (id, generation) = (id.to_owned(), child.generation);
                 tracing::info!(source = %id, delay_ms = delay.as_millis() as u64, %error, "scraper restarting after backoff");
                 self.args.events.publish(Event::BackingOff {
                     source: id.clone(),
                     delay_ms: delay.as_millis() as u64,
-                    error: error.clone(),
-                });
-                myself.send_after(delay, move || ScraperSupervisorMsg::Restart {
-                    id,
-                    generation,
-                });
-            }
-            AfterFailure::GiveUp => {
-                tracing::error!(source = %id, %error, "source failed too often, stopped until its spec changes or a run is asked for");
-                child.phase = Phase::Failed;
-                self.args.events.publish(Event::SourceFailed {
-                    source: id.to_owned(),
                     error,
                 });
+                delay
             }
-        }
+            AfterRunFailure::RetryIn(delay) => {
+                child.phase = Phase::Failed {
+                    retry_at: Utc::now() + delay,
+                };
+                tracing::error!(
+                    source = %id,
+                    give_ups = child.failures.give_ups(),
+                    retry_in_secs = delay.as_secs(),
+                    %error,
+                    "source failed too often; it tries again after the delay, or at once if its spec changes or a run is asked for"
+                );
+                self.args.events.publish(Event::SourceFailed {
+                    source: id.clone(),
+                    error,
+                    retry_in_ms: delay.as_millis() as u64,
+                });
+                delay
+            }
+        };
+        myself.send_after(delay, move || ScraperSupervisorMsg::Restart {
+            id,
+            generation,
+        });
     }
 
     async fn stop_child(child: &mut Child) {
-        if let Phase::Up(actor) = std::mem::replace(&mut child.phase, Phase::Failed) {
+        if let Phase::Up(actor) = std::mem::replace(&mut child.phase, Phase::Down) {
             actor
                 .stop_and_wait(Some("replaced".into()), Some(ASK_TIMEOUT))
                 .await
@@ -324,6 +358,7 @@ impl Actor for ScraperSupervisor {
             args,
             children: BTreeMap::new(),
             rules: RulesCache::default(),
+            spawns: 0,
         })
     }
 
@@ -349,10 +384,13 @@ impl Actor for ScraperSupervisor {
                 // A changed spec runs at once, so its effect shows without waiting a period.
                 let mut run_now = false;
                 if let Some(child) = state.children.get_mut(&id) {
-                    if child.spec == spec && !matches!(child.phase, Phase::Failed) {
+                    // Unchanged (a membership change re-sends every spec): a
+                    // failed source keeps its retry time rather than all of
+                    // them running at once on each change.
+                    if child.spec == spec {
                         return Ok(());
                     }
-                    run_now = child.spec != spec;
+                    run_now = true;
                     ScraperSupervisorState::stop_child(child).await;
                     child.spec = spec;
                     child.failures.reset();
@@ -363,9 +401,9 @@ impl Actor for ScraperSupervisor {
                         id.clone(),
                         Child {
                             spec,
-                            phase: Phase::Failed,
+                            phase: Phase::Down,
                             generation: 0,
-                            failures: FailureWindow::default(),
+                            failures: SourceFailures::default(),
                             last_error: None,
                             restarts: 0,
                             totals: Totals::default(),
@@ -407,13 +445,25 @@ impl Actor for ScraperSupervisor {
                     t.errors += u64::from(failed);
                     t.pages += u64::from(pages);
                     t.items += items;
+                    if !failed {
+                        // A success forgets past failures: the next one
+                        // starts again from the first quick restart.
+                        if child.failures.give_ups() > 0 {
+                            tracing::info!(source = %id, items, "failed source healed: it runs on its schedule again");
+                        }
+                        child.failures.reset();
+                    }
                 }
             }
             ScraperSupervisorMsg::Restart { id, generation } => {
-                let due = state.children.get(&id).is_some_and(|c| {
-                    c.generation == generation && matches!(c.phase, Phase::BackingOff { .. })
+                let due = state.children.get(&id).filter(|c| {
+                    c.generation == generation
+                        && matches!(c.phase, Phase::BackingOff { .. } | Phase::Failed { .. })
                 });
-                if due {
+                if let Some(child) = due {
+                    if matches!(child.phase, Phase::Failed { .. }) {
+                        tracing::info!(source = %id, give_ups = child.failures.give_ups(), "failed source trying a run again");
+                    }
                     state.spawn(&myself, &id, true).await;
                 }
             }

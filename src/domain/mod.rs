@@ -1,8 +1,10 @@
 //! Plain serde types and their validation, with no I/O: what a source asks for
 //! ([`spec`]), what scraping produces and a collection keeps ([`item`]), and
-//! what the node records about sources ([`record`]).
+//! what the node records about sources ([`record`]), and how CSS selectors
+//! and JSON pointers are checked ([`locator`]).
 
 pub mod item;
+pub mod locator;
 pub mod record;
 pub mod spec;
 

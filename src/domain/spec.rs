@@ -417,19 +417,12 @@ impl ExtractSpec {
                 if value.trim().is_empty() {
                     return Err(SpecError::new(field, "must not be empty"));
                 }
-                scraper::Selector::parse(value)
+                super::locator::parse_selector(value)
                     .map(|_| ())
-                    .map_err(|e| SpecError::new(field, format!("invalid CSS selector: {e}")))
+                    .map_err(|e| SpecError::new(field, e))
             }
             Format::Json => {
-                if value.is_empty() || value.starts_with('/') {
-                    Ok(())
-                } else {
-                    Err(SpecError::new(
-                        field,
-                        "must be a JSON pointer: empty or starting with '/'",
-                    ))
-                }
+                super::locator::check_pointer(value).map_err(|e| SpecError::new(field, e))
             }
         }
     }
@@ -563,8 +556,38 @@ mod tests {
                          "next_page": { "path": "/next" } }
         });
         check(v.clone()).unwrap();
-        let mut bad = v;
+        let mut bad = v.clone();
         bad["extract"]["fields"]["name"] = "name".into();
         assert_eq!(field_of(bad), "extract.fields.name.path");
+        // RFC 6901: '~' only as '~0' or '~1'.
+        for pointer in ["/~2", "/~", "/a~b"] {
+            let mut bad = v.clone();
+            bad["extract"]["scope"] = pointer.into();
+            assert_eq!(field_of(bad), "extract.scope", "{pointer}");
+            let mut bad = v.clone();
+            bad["extract"]["fields"]["n"]["path"] = pointer.into();
+            assert_eq!(field_of(bad), "extract.fields.n.path", "{pointer}");
+            let mut bad = v.clone();
+            bad["extract"]["next_page"]["path"] = pointer.into();
+            assert_eq!(field_of(bad), "extract.next_page.path", "{pointer}");
+        }
+        let mut good = v;
+        good["extract"]["scope"] = "/a~1b/~0".into();
+        check(good).unwrap();
+    }
+
+    #[test]
+    fn selector_errors_name_the_field_and_the_fault() {
+        for (css, want) in [
+            (":has(", "unclosed `:has(`"),
+            (":not(", "unclosed `:not(`"),
+            ("ns|a", "namespace prefixes"),
+        ] {
+            let mut v = books();
+            v["extract"]["fields"]["price"]["css"] = css.into();
+            let err = check(v).expect_err(css);
+            assert_eq!(err.field, "extract.fields.price.css");
+            assert!(err.message.contains(want), "{css}: {}", err.message);
+        }
     }
 }

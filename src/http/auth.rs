@@ -16,12 +16,21 @@ pub fn require(req: &HttpRequest, expected: Option<&str>) -> Result<(), ApiError
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     match given {
         Some(given) if tokens_match(given, expected) => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
+}
+
+/// The token of a `Bearer` credential; the scheme is matched without regard
+/// to case (RFC 9110, 11.1), and spaces around the token are dropped.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn tokens_match(given: &str, expected: &str) -> bool {
@@ -47,5 +56,12 @@ mod tests {
         assert!(require(&with("Bearer t"), Some("t")).is_ok());
         assert!(require(&with("Bearer t2"), Some("t")).is_err());
         assert!(require(&with("Basic t"), Some("t")).is_err());
+        // The scheme in any case, as RFC 9110 says.
+        for h in ["bearer t", "BEARER t", "BeArEr t", "Bearer  t "] {
+            assert!(require(&with(h), Some("t")).is_ok(), "{h}");
+        }
+        for h in ["Bearert", "Bearer", "Bearer ", "bearer t2", "Bear t", "t"] {
+            assert!(require(&with(h), Some("t")).is_err(), "{h}");
+        }
     }
 }

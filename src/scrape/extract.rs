@@ -48,7 +48,7 @@ use scraper::{ElementRef, Html, HtmlTreeSink, Selector};
 use serde_json::{Map, Number, Value};
 use url::Url;
 
-use crate::domain::{ExtractSpec, FieldType, Format, Item};
+use crate::domain::{locator, ExtractSpec, FieldType, Format, Item};
 
 /// Bounds on the work one page may cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,18 +231,13 @@ fn compile_json(spec: &ExtractSpec) -> Result<JsonPlan, ExtractError> {
 
 fn css(field: &str, raw: Option<&str>) -> Result<Selector, ExtractError> {
     let raw = raw.ok_or_else(|| locator_error(field, "is required"))?;
-    Selector::parse(raw).map_err(|e| locator_error(field, &format!("invalid css selector: {e}")))
+    locator::parse_selector(raw).map_err(|e| locator_error(field, &e))
 }
 
 fn pointer(field: &str, raw: Option<&str>) -> Result<String, ExtractError> {
-    match raw {
-        None => Err(locator_error(field, "is required")),
-        Some(p) if p.is_empty() || p.starts_with('/') => Ok(p.to_owned()),
-        Some(_) => Err(locator_error(
-            field,
-            "must be a json pointer: empty or starting with '/'",
-        )),
-    }
+    let raw = raw.ok_or_else(|| locator_error(field, "is required"))?;
+    locator::check_pointer(raw).map_err(|e| locator_error(field, &e))?;
+    Ok(raw.to_owned())
 }
 
 fn locator_error(field: &str, message: &str) -> ExtractError {

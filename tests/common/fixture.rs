@@ -3,7 +3,7 @@
 //! 127.0.0.1 that only counts what reaches it: a node must never reach it.
 //!
 //! Routes: a 20-page catalogue, any number of single catalogue pages, a 3-page cycle, a paginated JSON API, a page
-//! that changes on demand, failures, a page of markup-looking text, and
+//! that changes on demand, failures (always, or for a while), a page of markup-looking text, and
 //! hostile responses (gzip bomb, deep nesting, huge and endless bodies,
 //! redirects to the metadata address, to loopback, and to itself).
 
@@ -31,6 +31,8 @@ struct Site {
     revision: AtomicU32,
     /// Pages served under /growing/, each with items never seen before.
     grown: AtomicU32,
+    /// /flaky.html answers 500 until then.
+    flaky_until: Mutex<Instant>,
     canary_hits: AtomicUsize,
     canary: OnceLock<SocketAddr>,
 }
@@ -47,6 +49,7 @@ impl FixtureSite {
             log: Mutex::new(Vec::new()),
             revision: AtomicU32::new(1),
             grown: AtomicU32::new(0),
+            flaky_until: Mutex::new(Instant::now()),
             canary_hits: AtomicUsize::new(0),
             canary: OnceLock::new(),
         });
@@ -110,6 +113,14 @@ impl FixtureSite {
     pub fn prepare_hostile(&self) {
         gzip_bomb();
         deep_page();
+    }
+
+    /// Makes /flaky.html answer 500 for `outage` from now (a page of 5
+    /// products otherwise); returns when it recovers.
+    pub fn fail_for(&self, outage: Duration) -> Instant {
+        let until = Instant::now() + outage;
+        *self.site.flaky_until.lock().unwrap() = until;
+        until
     }
 
     /// Changes the prices on /changing.html.
@@ -322,6 +333,15 @@ async fn route(State(site): State<Arc<Site>>, uri: Uri) -> Response {
             None,
         )),
         "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, "failing on purpose").into_response(),
+        "/flaky.html" => {
+            if Instant::now() < *site.flaky_until.lock().unwrap() {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "down for a while").into_response();
+            }
+            let products: String = (1..=5)
+                .map(|i| product(i, &format!("/flaky/item-{i}.html"), &format!("{i}.25")))
+                .collect();
+            html(page(&products, None))
+        }
         "/missing" => StatusCode::NOT_FOUND.into_response(),
         "/hostile/gzip-bomb" => (
             [(header::CONTENT_TYPE, "text/html"), (header::CONTENT_ENCODING, "gzip")],
