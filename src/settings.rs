@@ -167,6 +167,10 @@ pub struct NodeArgs {
     /// is shown `suspect` from a third of that.
     #[arg(long, env = "GLEANER_PEER_TIMEOUT_MS")]
     pub peer_timeout_ms: Option<u64>,
+    /// Time an inbound cluster connection has to authenticate, in ms
+    /// [default: 5000]; the node closes it after that.
+    #[arg(long, env = "GLEANER_CLUSTER_HANDSHAKE_TIMEOUT_MS")]
+    pub cluster_handshake_timeout_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -207,6 +211,9 @@ impl NodeArgs {
             worker_cpus: self.worker_cpus.or(file.worker_cpus),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             peer_timeout_ms: self.peer_timeout_ms.or(file.peer_timeout_ms),
+            cluster_handshake_timeout_ms: self
+                .cluster_handshake_timeout_ms
+                .or(file.cluster_handshake_timeout_ms),
         }
     }
 }
@@ -262,6 +269,8 @@ pub struct ClusterSettings {
     pub cookie: String,
     pub heartbeat: Duration,
     pub peer_timeout: Duration,
+    /// How long an inbound connection may take to authenticate.
+    pub handshake_timeout: Duration,
 }
 
 /// Cookies shorter than this are refused: the handshake is only as strong as the cookie.
@@ -431,6 +440,8 @@ fn cluster_settings(
     if peer_timeout < heartbeat * 3 {
         bail!("GLEANER_PEER_TIMEOUT_MS must be at least three heartbeats");
     }
+    let handshake_timeout =
+        Duration::from_millis(a.cluster_handshake_timeout_ms.unwrap_or(5000).max(100));
     Ok(Some(ClusterSettings {
         port,
         listen_ip,
@@ -440,6 +451,7 @@ fn cluster_settings(
         cookie,
         heartbeat,
         peer_timeout,
+        handshake_timeout,
     }))
 }
 

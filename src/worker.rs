@@ -67,6 +67,9 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
     let store =
         Store::open(&settings.data_dir, 8 * 1024 * 1024).context("opening the scratch database")?;
     let node_id = store.node_id()?;
+    let listener =
+        crate::cluster::guard::bind(cluster_settings.listen_ip, cluster_settings.port).await?;
+    cluster_settings.port = listener.local_addr()?.port();
     let started_at = chrono::Utc::now();
     let me = NodeInfo {
         node_id,
@@ -84,6 +87,7 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         Membership,
         MembershipArgs {
             settings: cluster_settings,
+            listener,
             cluster: cluster.clone(),
             store: store.clone(),
             started_at,
