@@ -567,6 +567,7 @@ mod tests {
         assert_eq!(c.seeds, ["a:1", "b:2"]);
         assert_eq!((c.advertise.as_str(), c.port), ("127.0.0.1", 4697));
         assert!(c.listen_ip.is_loopback());
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
         let short = Settings::resolve(args(&["--config", "/dev/null", "--cookie", "short"]));
         assert!(short.unwrap_err().to_string().contains("at least"));
     }

@@ -80,6 +80,8 @@ pub struct MembershipState {
     server: ActorRef<NodeServerMessage>,
     /// The guard's accept loop; its connections end with it.
     guard: tokio::task::JoinHandle<()>,
+    /// The guard's port: the one peers are told to dial.
+    public_port: u16,
     started: Instant,
     /// When the last tick ran, to notice that this process itself was frozen.
     last_tick: Instant,
@@ -352,6 +354,7 @@ impl Actor for Membership {
             view: MemberView::new(me, s.peer_timeout),
             server,
             guard,
+            public_port,
             started: Instant::now(),
             last_tick: Instant::now(),
             dialing: false,
@@ -386,6 +389,11 @@ impl Actor for Membership {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             MembershipMsg::Tick => {
+                // A respawned NodeServer listener announces its own new
+                // ephemeral port; peers must keep being told the guard's.
+                let _ = state.server.cast(NodeServerMessage::PortChanged {
+                    port: state.public_port,
+                });
                 let now = Instant::now();
                 let gap = now.saturating_duration_since(state.last_tick);
                 state.last_tick = now;

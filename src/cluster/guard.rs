@@ -192,7 +192,10 @@ impl FrameMeter {
 /// them by (the peer's address), each with a connection number so that a
 /// finished connection never removes a newer one's entry.
 #[derive(Clone, Default)]
-struct Pending(Arc<Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>>);
+struct Pending(Arc<Mutex<Waiting>>);
+
+/// Label → (connection number, where to say "authenticated").
+type Waiting = HashMap<String, (u64, oneshot::Sender<()>)>;
 
 impl Pending {
     fn insert(&self, label: &str, id: u64) -> oneshot::Receiver<()> {
@@ -214,7 +217,7 @@ impl Pending {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, oneshot::Sender<()>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -295,8 +298,9 @@ impl Guard {
                         }
                     };
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        // Counted, and warned about in bulk: an attack must
+                        // not cost a log line per connection.
                         refused += 1;
-                        tracing::debug!(%peer, "cluster connection refused: too many unauthenticated");
                         if last_warn.is_none_or(|t| t.elapsed() >= REFUSAL_WARN_EVERY) {
                             tracing::warn!(
                                 refused,

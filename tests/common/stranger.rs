@@ -26,7 +26,9 @@ pub enum Abuse {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub abuse: Abuse,
-    /// From connecting to the node closing the connection (or giving up).
+    /// How long the connection took to be established.
+    pub connect: Duration,
+    /// From connected to the node closing the connection (or giving up).
     pub open_for: Duration,
     /// The node closed it (EOF or reset) before `wait` ran out.
     pub closed: bool,
@@ -72,14 +74,18 @@ pub fn name_frame(i: usize) -> Vec<u8> {
 /// Opens one connection, abuses it, and waits (at most `wait`) for the node
 /// to close it.
 pub async fn visit(addr: SocketAddr, abuse: Abuse, i: usize, wait: Duration) -> Outcome {
+    let asked = Instant::now();
+    let connected = tokio::time::timeout(wait, TcpStream::connect(addr)).await;
+    let connect = asked.elapsed();
     let start = Instant::now();
     let outcome = |closed, answered| Outcome {
         abuse,
+        connect,
         open_for: start.elapsed(),
         closed,
         answered,
     };
-    let Ok(Ok(mut conn)) = tokio::time::timeout(wait, TcpStream::connect(addr)).await else {
+    let Ok(Ok(mut conn)) = connected else {
         // Not even accepted: nothing held.
         return outcome(true, 0);
     };
