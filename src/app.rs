@@ -84,9 +84,9 @@ impl App {
             }
             Some(c) => {
                 let mut c = c.clone();
-                if c.port == 0 {
-                    c.port = free_port(c.listen_ip)?;
-                }
+                let listener = crate::cluster::guard::bind(c.listen_ip, c.port).await?;
+                // Port 0 picked a free one: peers are told the bound port.
+                c.port = listener.local_addr()?.port();
                 let me = node_info(&settings, &node_id, http_addr, Some(&c), started_at);
                 let cluster = Cluster::new(me);
                 let (membership, done) = Actor::spawn(
@@ -94,6 +94,7 @@ impl App {
                     Membership,
                     MembershipArgs {
                         settings: c,
+                        listener,
                         cluster: cluster.clone(),
                         store: store.clone(),
                         started_at,
@@ -258,13 +259,6 @@ fn node_info(
         cluster: cluster_addr,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }
-}
-
-/// A port free on `ip` now (the cluster listener is bound by ractor_cluster,
-/// which needs the number up front so peers can be told it).
-fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
-    let probe = std::net::TcpListener::bind((ip, 0)).context("finding a free cluster port")?;
-    Ok(probe.local_addr()?.port())
 }
 
 /// Starts the watchdog thread (see the module doc) and returns the flag it

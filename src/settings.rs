@@ -176,6 +176,10 @@ pub struct NodeArgs {
     /// is shown `suspect` from a third of that.
     #[arg(long, env = "GLEANER_PEER_TIMEOUT_MS")]
     pub peer_timeout_ms: Option<u64>,
+    /// Time an inbound cluster connection has to authenticate, in ms
+    /// [default: 5000]; the node closes it after that.
+    #[arg(long, env = "GLEANER_CLUSTER_HANDSHAKE_TIMEOUT_MS")]
+    pub cluster_handshake_timeout_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -218,6 +222,9 @@ impl NodeArgs {
             worker_cpus: self.worker_cpus.or(file.worker_cpus),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             peer_timeout_ms: self.peer_timeout_ms.or(file.peer_timeout_ms),
+            cluster_handshake_timeout_ms: self
+                .cluster_handshake_timeout_ms
+                .or(file.cluster_handshake_timeout_ms),
         }
     }
 }
@@ -277,6 +284,8 @@ pub struct ClusterSettings {
     pub cookie: String,
     pub heartbeat: Duration,
     pub peer_timeout: Duration,
+    /// How long an inbound connection may take to authenticate.
+    pub handshake_timeout: Duration,
 }
 
 /// Cookies shorter than this are refused: the handshake is only as strong as the cookie.
@@ -450,6 +459,8 @@ fn cluster_settings(
     if peer_timeout < heartbeat * 3 {
         bail!("GLEANER_PEER_TIMEOUT_MS must be at least three heartbeats");
     }
+    let handshake_timeout =
+        Duration::from_millis(a.cluster_handshake_timeout_ms.unwrap_or(5000).max(100));
     Ok(Some(ClusterSettings {
         port,
         listen_ip,
@@ -459,6 +470,7 @@ fn cluster_settings(
         cookie,
         heartbeat,
         peer_timeout,
+        handshake_timeout,
     }))
 }
 
@@ -574,6 +586,7 @@ mod tests {
         assert_eq!(c.seeds, ["a:1", "b:2"]);
         assert_eq!((c.advertise.as_str(), c.port), ("127.0.0.1", 4697));
         assert!(c.listen_ip.is_loopback());
+        assert_eq!(c.handshake_timeout, Duration::from_secs(5));
         let short = Settings::resolve(args(&["--config", "/dev/null", "--cookie", "short"]));
         assert!(short.unwrap_err().to_string().contains("at least"));
     }

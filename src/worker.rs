@@ -70,6 +70,9 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         .context("opening the scratch database")?
         .with_disk_reserve(4 * 1024 * 1024);
     let node_id = store.node_id()?;
+    let listener =
+        crate::cluster::guard::bind(cluster_settings.listen_ip, cluster_settings.port).await?;
+    cluster_settings.port = listener.local_addr()?.port();
     let started_at = chrono::Utc::now();
     let me = NodeInfo {
         node_id,
@@ -87,6 +90,7 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         Membership,
         MembershipArgs {
             settings: cluster_settings,
+            listener,
             cluster: cluster.clone(),
             store: store.clone(),
             started_at,

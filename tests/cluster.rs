@@ -506,3 +506,142 @@ async fn five_nodes_lose_two_one_after_the_other() {
         wait_for_items(&up, "books", 200).await;
     }
 }
+
+/// A stranger opens 1,000 connections to a node's cluster port (half
+/// handshakes, partial length prefixes, frames declared 64 MiB long, random
+/// bytes): the node closes each within its handshake deadline, keeps its
+/// memory bounded and its HTTP answering, and a node with the cookie joins
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_on_the_cluster_port_are_closed_in_time_and_cost_little() {
+    use common::stranger::{mix, visit, Abuse};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const HANDSHAKE: Duration = Duration::from_secs(2);
+    // Slack for a loaded machine: scheduling, and the stranger's own writes.
+    const MARGIN: Duration = Duration::from_secs(3);
+    const RSS_BOUND_KIB: u64 = 150 * 1024;
+    const CONNECTIONS: usize = 1000;
+
+    let plan = ClusterPlan::new(2);
+    let handshake_ms = HANDSHAKE.as_millis().to_string();
+    let n0 = plan
+        .config(0)
+        .env("GLEANER_CLUSTER_HANDSHAKE_TIMEOUT_MS", &handshake_ms)
+        .start()
+        .await;
+    let pid = n0.pid();
+    let rss_before = n0.rss_kib();
+    let fds_before = common::open_fds(pid);
+
+    // RSS and /healthz, sampled until the attack is over.
+    let over = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let over = over.clone();
+        let healthz = n0.url("/healthz");
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let (mut peak, mut slowest, mut probes) = (0u64, Duration::ZERO, 0u32);
+            while !over.load(Ordering::Acquire) {
+                tick.tick().await;
+                peak = peak.max(common::rss_kib(pid));
+                let asked = std::time::Instant::now();
+                let answer = client
+                    .get(&healthz)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                let status = answer.map(|r| r.status().as_u16());
+                assert!(
+                    matches!(status, Ok(200)),
+                    "/healthz during the attack: {status:?}"
+                );
+                slowest = slowest.max(asked.elapsed());
+                probes += 1;
+            }
+            (peak, slowest, probes)
+        })
+    };
+
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", plan.ports[0]).parse().unwrap();
+    let attack_started = std::time::Instant::now();
+    let mut attack = tokio::task::JoinSet::new();
+    for (i, abuse) in mix(CONNECTIONS).into_iter().enumerate() {
+        attack.spawn(visit(addr, abuse, i, HANDSHAKE + MARGIN));
+    }
+    // A node with the cookie starts while the attack is under way.
+    let n1 = plan.config(1).start().await;
+    let outcomes = attack.join_all().await;
+    let attack_took = attack_started.elapsed();
+    let rss_at_end = n0.rss_kib();
+    wait_for_members(&[&n0, &n1], &["n0", "n1"], FORM).await;
+    over.store(true, Ordering::Release);
+    let (peak, slowest, probes) = watcher.await.unwrap();
+
+    // Every connection was closed by the node, within the deadline.
+    let still_open = outcomes.iter().filter(|o| !o.closed).count();
+    assert_eq!(still_open, 0, "connections the node left open");
+    // From the stranger's connect to the node's close, queueing included.
+    let longest = outcomes
+        .iter()
+        .map(|o| o.connect + o.open_for)
+        .max()
+        .unwrap();
+    assert!(longest <= HANDSHAKE + MARGIN, "open for {longest:?}");
+    // Some were admitted and cut by the deadline, the rest refused at once.
+    let admitted = outcomes
+        .iter()
+        .filter(|o| o.open_for >= HANDSHAKE - Duration::from_millis(200))
+        .count();
+    assert!(admitted > 0, "no connection was held until the deadline");
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.abuse == Abuse::HalfHandshake && o.answered > 0),
+        "the guard let no handshake through"
+    );
+    assert!(
+        n0.logs().iter().any(|l| l.contains("refusing more")),
+        "the cap on unauthenticated connections never applied"
+    );
+    assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
+    assert!(probes > 0);
+    // The node lets go of the sockets too.
+    wait_until("the node to close the strangers' sockets", FORM, || async {
+        (common::open_fds(pid) <= fds_before + 16).then_some(())
+    })
+    .await;
+    let rss_after = n0.rss_kib();
+    let refused: Vec<Duration> = outcomes
+        .iter()
+        .map(|o| o.open_for)
+        .filter(|d| *d < HANDSHAKE - Duration::from_millis(200))
+        .collect();
+    let refused_longest = refused.iter().max().copied().unwrap_or_default();
+    let slowest_connect = outcomes.iter().map(|o| o.connect).max().unwrap();
+    // Per kind: count, held to the deadline, longest open of those closed before it.
+    let mut by_abuse = BTreeMap::new();
+    for o in &outcomes {
+        let e =
+            by_abuse
+                .entry(format!("{:?}", o.abuse))
+                .or_insert((0usize, 0usize, Duration::ZERO));
+        e.0 += 1;
+        if o.open_for >= HANDSHAKE - Duration::from_millis(200) {
+            e.1 += 1;
+        } else {
+            e.2 = e.2.max(o.open_for);
+        }
+    }
+    eprintln!(
+        "cluster port under {CONNECTIONS} strangers: RSS before {rss_before} KiB, peak during \
+         {peak} KiB, at the attack's end {rss_at_end} KiB, after {rss_after} KiB; attack took \
+         {attack_took:?}; longest open {longest:?}; held to the deadline {admitted}; closed \
+         before it {}, the longest of those open {refused_longest:?}; \
+         by kind (count, held to the deadline, longest open of the others) {by_abuse:?}; \
+         slowest connect {slowest_connect:?}; slowest /healthz {slowest:?} over {probes} probes",
+        refused.len()
+    );
+}

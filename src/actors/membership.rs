@@ -1,6 +1,7 @@
 //! Membership: the node's place in the cluster. It runs ractor_cluster's
 //! NodeServer (cookie-authenticated, transitive, so the nodes form a full
-//! mesh) and the node's Peer actor, both as linked children; it dials the
+//! mesh) behind the guard on the cluster port ([`crate::cluster::guard`]),
+//! and the node's Peer actor, both as linked children; it dials the
 //! seeds and the addresses of the discovery name (re-resolved at each round,
 //! with a backoff per address), sends a heartbeat to every peer at each tick,
 //! and keeps the [`MemberView`]. Each change is published on the
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 use super::peer::{Peer, PeerArgs, PeerMsg};
 use crate::cluster::groups;
+use crate::cluster::guard::{Guard, Limits};
 use crate::cluster::handle::{status, MemberStatus, Peer as PeerRef, Published};
 use crate::cluster::view::{Heard, MemberState, MemberView, NodeInfo};
 use crate::cluster::{wire, Cluster};
@@ -30,6 +32,9 @@ pub struct Membership;
 
 pub struct MembershipArgs {
     pub settings: ClusterSettings,
+    /// The public cluster port, bound (see [`crate::cluster::guard::bind`]);
+    /// its port is the one advertised to peers.
+    pub listener: tokio::net::TcpListener,
     pub cluster: Cluster,
     pub store: Store,
     pub started_at: chrono::DateTime<chrono::Utc>,
@@ -69,9 +74,14 @@ const DIAL_EVERY: Duration = Duration::from_millis(500);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct MembershipState {
-    args: MembershipArgs,
+    settings: ClusterSettings,
+    cluster: Cluster,
     view: MemberView,
     server: ActorRef<NodeServerMessage>,
+    /// The guard's accept loop; its connections end with it.
+    guard: tokio::task::JoinHandle<()>,
+    /// The guard's port: the one peers are told to dial.
+    public_port: u16,
     started: Instant,
     /// When the last tick ran, to notice that this process itself was frozen.
     last_tick: Instant,
@@ -232,7 +242,7 @@ impl MembershipState {
                 });
             }
         }
-        self.args.cluster.publish(Published {
+        self.cluster.publish(Published {
             settled: self.settled,
             members,
             owners: self.view.owners(),
@@ -244,7 +254,7 @@ impl MembershipState {
         if self.settled {
             return;
         }
-        let s = &self.args.settings;
+        let s = &self.settings;
         let elapsed = self.started.elapsed();
         let no_peers_configured = s.seeds.is_empty() && s.discovery_dns.is_none();
         let everyone_heard = self.dialed_once
@@ -275,41 +285,65 @@ impl Actor for Membership {
         myself: ActorRef<Self::Msg>,
         args: MembershipArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let me = args.cluster.me().clone();
-        let s = &args.settings;
+        let MembershipArgs {
+            settings,
+            listener,
+            cluster,
+            store,
+            started_at,
+        } = args;
+        let me = cluster.me().clone();
+        let public_port = listener.local_addr()?.port();
+        let s = &settings;
         // The cluster-level name carries the boot id: a restarted node must not
         // be taken for its own stale session. Duplicate display names are
         // caught by our heartbeats instead (see MemberView::heard).
         let cluster_name = format!("{}-{}", me.name.replace(['@', ':'], "_"), &me.boot[..8]);
+        // The NodeServer's own listener takes no peer: it is bound to an
+        // ephemeral loopback port, and peers reach the NodeServer through the
+        // guard on the public port.
         let server = NodeServer::new(
-            s.port,
+            0,
             s.cookie.clone(),
             cluster_name,
             s.advertise.clone(),
             None,
             Some(NodeConnectionMode::Transitive),
         )
-        .with_listen_addr(s.listen_ip)
+        .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into())
         .with_max_inbound_frame_size(MAX_FRAME_BYTES);
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+        // What peers are told to dial (transitive mode): the guard's port. The
+        // listener's own PortChanged (its ephemeral port) is already queued
+        // ahead of this one, so this one wins.
+        server.cast(NodeServerMessage::PortChanged { port: public_port })?;
+        let guard = Guard::new(listener, Limits::new(s.handshake_timeout));
+        server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "gleaner.guard".into(),
+            subscription: Box::new(guard.events()),
+        })?;
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "gleaner.membership".into(),
             subscription: Box::new(SessionEvents(myself.clone())),
         })?;
+        let guard = tokio::spawn(guard.run(server.clone()));
         Actor::spawn_linked(
             Some(groups::peer(&me.boot)),
             Peer,
             PeerArgs {
                 membership: myself.clone(),
-                store: args.store.clone(),
-                cluster: args.cluster.clone(),
-                started_at: args.started_at,
+                store,
+                cluster: cluster.clone(),
+                started_at,
             },
             myself.get_cell(),
         )
         .await?;
+        let s = &settings;
         tracing::info!(
             addr = %me.cluster,
+            port = public_port,
+            handshake_timeout_ms = s.handshake_timeout.as_millis() as u64,
             seeds = ?s.seeds,
             discovery = ?s.discovery_dns,
             "cluster listening"
@@ -319,6 +353,8 @@ impl Actor for Membership {
         Ok(MembershipState {
             view: MemberView::new(me, s.peer_timeout),
             server,
+            guard,
+            public_port,
             started: Instant::now(),
             last_tick: Instant::now(),
             dialing: false,
@@ -328,15 +364,17 @@ impl Actor for Membership {
             backoff: BTreeMap::new(),
             seen: HashSet::new(),
             warned: HashSet::new(),
-            args,
+            settings,
+            cluster,
         })
     }
 
     async fn post_stop(
         &self,
         myself: ActorRef<Self::Msg>,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.guard.abort();
         myself
             .stop_children_and_wait(None, Some(Duration::from_secs(2)))
             .await;
@@ -351,10 +389,15 @@ impl Actor for Membership {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             MembershipMsg::Tick => {
+                // A respawned NodeServer listener announces its own new
+                // ephemeral port; peers must keep being told the guard's.
+                let _ = state.server.cast(NodeServerMessage::PortChanged {
+                    port: state.public_port,
+                });
                 let now = Instant::now();
                 let gap = now.saturating_duration_since(state.last_tick);
                 state.last_tick = now;
-                if gap > state.args.settings.peer_timeout / 2 {
+                if gap > state.settings.peer_timeout / 2 {
                     // We were not running: peers' heartbeats may be queued
                     // behind this tick. Judge them from now on.
                     tracing::warn!(
@@ -387,7 +430,7 @@ impl Actor for Membership {
                 if !state.dialing && state.last_dial.elapsed() >= DIAL_EVERY {
                     state.dialing = true;
                     state.last_dial = now;
-                    let s = &state.args.settings;
+                    let s = &state.settings;
                     let round = DialRound {
                         seeds: s.seeds.clone(),
                         discovery: s.discovery_dns.clone().map(|d| (d, s.port)),
@@ -458,7 +501,7 @@ impl Actor for Membership {
                             info.cluster
                         );
                         tracing::error!(%name, peer_addr = %info.cluster, "node name already taken");
-                        state.args.cluster.fatal(reason);
+                        state.cluster.fatal(reason);
                     }
                     Heard::DuplicateOfMember(holder) => {
                         if state.warned.insert(info.boot.clone()) {
@@ -478,7 +521,7 @@ impl Actor for Membership {
                 };
                 let _ = reply.send(MembershipStats {
                     settled: state.settled,
-                    members: state.args.cluster.members(),
+                    members: state.cluster.members(),
                     sessions,
                 });
             }
