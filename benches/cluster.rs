@@ -12,14 +12,17 @@
 //! `cargo bench --bench cluster` (GLEANER_BENCH_RUNS sets the runs per
 //! figure, default 10). It prints a table; docs/cluster.md records one run.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+// The integration tests' harnesses (tests/it/harness/); the bench uses a few.
+#[path = "../tests/it/harness/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::fixture::FixtureSite;
-use common::{wait_until, ClusterPlan, Node, NodeConfig};
+use harness::cluster::{wait_for_members, ClusterPlan};
+use harness::fixture::FixtureSite;
+use harness::{wait_until, Node, NodeConfig};
 use serde_json::Value;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -31,7 +34,7 @@ fn quiet(config: NodeConfig) -> NodeConfig {
 }
 
 fn spec(site: &FixtureSite, id: &str, collection: &str, page: u32, every_secs: u64) -> Value {
-    let mut spec = common::catalogue_spec(id, &site.url(&format!("/single/page-{page}.html")));
+    let mut spec = harness::catalogue_spec(id, &site.url(&format!("/single/page-{page}.html")));
     spec["collection"] = collection.into();
     spec["schedule"]["every_secs"] = every_secs.into();
     spec["extract"]["next_page"]["max_pages"] = 1.into();
@@ -47,7 +50,7 @@ async fn cluster(n: usize) -> (ClusterPlan, BTreeMap<usize, Node>) {
     let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let all: Vec<&Node> = nodes.values().collect();
-    common::wait_for_members(&all, &names, WITHIN).await;
+    wait_for_members(&all, &names, WITHIN).await;
     (plan, nodes)
 }
 

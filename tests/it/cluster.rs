@@ -3,13 +3,15 @@
 //! other and sharing a cookie. The fixture site's own request log tells
 //! which pages were fetched, whoever fetched them.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::fixture::FixtureSite;
-use common::{catalogue_spec, wait_for_members, wait_until, ClusterPlan, Node, COOKIE};
+use crate::harness::cluster::{
+    agreed_owners, index_of, wait_down, wait_for_items, wait_for_members, Cluster, ClusterPlan,
+    Member,
+};
+use crate::harness::fixture::{page_path, page_spec, FixtureSite};
+use crate::harness::{wait_until, Node, NodeConfig, COOKIE};
 use serde_json::Value;
 
 const FORM: Duration = Duration::from_secs(30);
@@ -17,60 +19,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// A source that scrapes one catalogue page (20 items of its own).
 fn page_source(site: &FixtureSite, id: &str, page: u32, every_secs: u64) -> Value {
-    let mut spec = catalogue_spec(id, &site.url(&format!("/catalogue/page-{page}.html")));
-    spec["schedule"]["every_secs"] = every_secs.into();
-    spec["extract"]["next_page"]["max_pages"] = 1.into();
-    spec
-}
-
-fn page_path(page: u32) -> String {
-    format!("/catalogue/page-{page}.html")
-}
-
-/// Each source's owner as one node sees it.
-async fn owners(node: &Node) -> BTreeMap<String, Option<String>> {
-    let (status, body) = node.get("/api/v1/sources").await;
-    assert_eq!(status, 200, "{body}");
-    body["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_owned(),
-                s["status"]["owner"].as_str().map(str::to_owned),
-            )
-        })
-        .collect()
-}
-
-/// Waits until every node agrees on every source's owner, among `allowed`,
-/// and returns the agreed owners.
-async fn agreed_owners(
-    nodes: &[&Node],
-    sources: usize,
-    allowed: &[&str],
-) -> BTreeMap<String, String> {
-    wait_until("every node to agree on the owners", SETTLE, || async {
-        let first = owners(nodes[0]).await;
-        if first.len() != sources {
-            return None;
-        }
-        for node in &nodes[1..] {
-            if owners(node).await != first {
-                return None;
-            }
-        }
-        let agreed: BTreeMap<String, String> = first
-            .into_iter()
-            .map(|(id, o)| Some((id, o?)))
-            .collect::<Option<_>>()?;
-        agreed
-            .values()
-            .all(|o| allowed.contains(&o.as_str()))
-            .then_some(agreed)
-    })
-    .await
+    page_spec(id, &site.url(&page_path(page)), every_secs)
 }
 
 /// Which nodes run a scraper for `source` now, by their debug state.
@@ -91,38 +40,12 @@ async fn running_on(nodes: &[&Node], source: &str) -> Vec<String> {
     on
 }
 
-/// Waits until every node returns exactly `want` keys for the collection.
-async fn wait_for_items(nodes: &[&Node], collection: &str, want: usize) -> Vec<String> {
-    let mut keys = Vec::new();
-    for node in nodes {
-        keys = wait_until(
-            &format!("{want} items on node {}", node.addr),
-            SETTLE,
-            || async {
-                let k = node.item_keys(collection).await;
-                (k.len() == want).then_some(k)
-            },
-        )
-        .await;
-    }
-    keys
-}
-
-async fn start_all(plan: &ClusterPlan, order: &[usize]) -> BTreeMap<usize, Node> {
-    let mut nodes = BTreeMap::new();
-    for &i in order {
-        nodes.insert(i, plan.config(i).start().await);
-    }
-    nodes
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_form_one_cluster_in_any_order_and_refuse_strangers() {
     for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
-        let plan = ClusterPlan::new(3);
-        let nodes = start_all(&plan, &order).await;
-        let all: Vec<&Node> = nodes.values().collect();
-        wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+        let c = Cluster::start(ClusterPlan::new(3), &order).await;
+        c.formed(FORM).await;
+        let all = c.all();
         let (_, body) = all[0].get("/api/v1/cluster").await;
         assert_eq!(body["self"], "n0");
         assert_eq!(body["members"][0]["name"], "n0", "self first: {body}");
@@ -131,17 +54,16 @@ async fn nodes_form_one_cluster_in_any_order_and_refuse_strangers() {
         ));
     }
 
-    let plan = ClusterPlan::new(3);
-    let nodes = start_all(&plan, &[0, 1, 2]).await;
-    let all: Vec<&Node> = nodes.values().collect();
-    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+    let c = Cluster::start(ClusterPlan::new(3), &[0, 1, 2]).await;
+    c.formed(FORM).await;
+    let all = c.all();
 
     // A node with the wrong cookie dials every member and never joins.
     let stranger_dir = tempfile::tempdir().unwrap();
-    let stranger = common::NodeConfig::new(stranger_dir.path())
+    let stranger = NodeConfig::new(stranger_dir.path())
         .env("GLEANER_NODE_NAME", "stranger")
         .env("GLEANER_CLUSTER_PORT", "0")
-        .env("GLEANER_SEEDS", &plan.seeds())
+        .env("GLEANER_SEEDS", &c.plan.seeds())
         .env("GLEANER_COOKIE", "not-the-cluster-cookie-at-all-000")
         .start()
         .await;
@@ -156,15 +78,15 @@ async fn nodes_form_one_cluster_in_any_order_and_refuse_strangers() {
     })
     .await;
     assert_eq!(stranger.members().await, [("stranger".into(), "up".into())]);
-    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+    c.formed(FORM).await;
 
     // A second node named n1 is refused, says why, and n1 stays the member it was.
     let (_, before) = all[1].get("/api/v1/cluster").await;
     let dup_dir = tempfile::tempdir().unwrap();
-    let (ok, out) = common::NodeConfig::new(dup_dir.path())
+    let (ok, out) = NodeConfig::new(dup_dir.path())
         .env("GLEANER_NODE_NAME", "n1")
         .env("GLEANER_CLUSTER_PORT", "0")
-        .env("GLEANER_SEEDS", &plan.seeds())
+        .env("GLEANER_SEEDS", &c.plan.seeds())
         .env("GLEANER_COOKIE", COOKIE)
         .run_to_exit(Duration::from_secs(30));
     assert!(!ok, "a duplicate name must not run:\n{out}");
@@ -172,12 +94,12 @@ async fn nodes_form_one_cluster_in_any_order_and_refuse_strangers() {
     assert!(out.contains("GLEANER_NODE_NAME"), "{out}");
     let (_, after) = all[1].get("/api/v1/cluster").await;
     assert_eq!(before["members"][0], after["members"][0]);
-    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+    c.formed(FORM).await;
 
     // Peers without a cookie: refused at start, with the setting to fix.
     let lone_dir = tempfile::tempdir().unwrap();
-    let (ok, out) = common::NodeConfig::new(lone_dir.path())
-        .env("GLEANER_SEEDS", &plan.seeds())
+    let (ok, out) = NodeConfig::new(lone_dir.path())
+        .env("GLEANER_SEEDS", &c.plan.seeds())
         .run_to_exit(Duration::from_secs(30));
     assert!(!ok);
     assert!(out.contains("GLEANER_COOKIE"), "{out}");
@@ -186,21 +108,20 @@ async fn nodes_form_one_cluster_in_any_order_and_refuse_strangers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sources_spread_and_every_node_serves_every_item() {
     let site = FixtureSite::start().await;
-    let plan = ClusterPlan::new(3);
-    let nodes = start_all(&plan, &[0, 1, 2]).await;
-    let all: Vec<&Node> = nodes.values().collect();
-    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+    let c = Cluster::start(ClusterPlan::new(3), &[0, 1, 2]).await;
+    c.formed(FORM).await;
+    let all = c.all();
 
     for page in 1..=12 {
         all[0]
             .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
             .await;
     }
-    let owners = agreed_owners(&all, 12, &["n0", "n1", "n2"]).await;
+    let owners = agreed_owners(&all, 12, &c.names(), SETTLE).await;
     let spread: BTreeSet<&String> = owners.values().collect();
     assert!(spread.len() >= 2, "12 sources all on one node: {owners:?}");
     // Every node returns the whole collection: 12 pages of 20 items.
-    let keys = wait_for_items(&all, "books", 240).await;
+    let keys = wait_for_items(&all, "books", 240, SETTLE).await;
     assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 240);
     // Each page was fetched once in the cluster: one scraper per source.
     for page in 1..=12 {
@@ -251,41 +172,35 @@ async fn sources_spread_and_every_node_serves_every_item() {
         })
         .await;
     }
-    wait_for_items(&all, "other", 20).await;
+    wait_for_items(&all, "other", 20, SETTLE).await;
+}
+
+/// A cluster of `n` nodes scraping `sources` catalogue pages (one source each,
+/// every second), with every item on every node.
+async fn scraping(site: &FixtureSite, n: usize, sources: u32) -> Cluster {
+    let c = Cluster::start(ClusterPlan::new(n), &(0..n).collect::<Vec<_>>()).await;
+    c.formed(FORM).await;
+    let all = c.all();
+    for page in 1..=sources {
+        all[0]
+            .create_source(&page_source(site, &format!("s{page}"), page, 1))
+            .await;
+    }
+    wait_for_items(&all, "books", sources as usize * 20, SETTLE).await;
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_owner_s_sources_run_on_a_survivor_and_nothing_is_lost() {
     let site = FixtureSite::start().await;
-    let plan = ClusterPlan::new(3);
-    let mut nodes = start_all(&plan, &[0, 1, 2]).await;
-    {
-        let all: Vec<&Node> = nodes.values().collect();
-        wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
-        for page in 1..=6 {
-            all[0]
-                .create_source(&page_source(&site, &format!("s{page}"), page, 1))
-                .await;
-        }
-        wait_for_items(&all, "books", 120).await;
-    }
-    let owners = {
-        let all: Vec<&Node> = nodes.values().collect();
-        agreed_owners(&all, 6, &["n0", "n1", "n2"]).await
-    };
+    let mut c = scraping(&site, 3, 6).await;
+    let owners = agreed_owners(&c.all(), 6, &c.names(), SETTLE).await;
     let (victim_source, victim) = owners.iter().next().unwrap();
-    let victim_idx: usize = victim[1..].parse().unwrap();
     let page: u32 = victim_source[1..].parse().unwrap();
-    nodes.get_mut(&victim_idx).unwrap().kill9();
+    c.kill9(index_of(victim));
     let hits_at_kill = site.hits(&page_path(page));
-    nodes.remove(&victim_idx);
 
-    let survivors: Vec<&Node> = nodes.values().collect();
-    let names: Vec<String> = (0..3)
-        .filter(|i| *i != victim_idx)
-        .map(|i| format!("n{i}"))
-        .collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let survivors = c.all();
     // The fixture sees the victim's page fetched again: only a survivor can have.
     wait_until(
         "a survivor to scrape the dead node's source",
@@ -293,57 +208,34 @@ async fn a_killed_owner_s_sources_run_on_a_survivor_and_nothing_is_lost() {
         || async { (site.hits(&page_path(page)) > hits_at_kill).then_some(()) },
     )
     .await;
-    let moved = agreed_owners(&survivors, 6, &names).await;
+    let moved = agreed_owners(&survivors, 6, &c.names(), SETTLE).await;
     for (id, owner) in &owners {
         if owner != victim {
             assert_eq!(moved[id], *owner, "{id} moved though its owner lived");
         }
     }
     // Everything collected before the kill is still served, by both survivors.
-    wait_for_items(&survivors, "books", 120).await;
+    wait_for_items(&survivors, "books", 120, SETTLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_owner_loses_its_sources_and_gets_them_back_once() {
     let site = FixtureSite::start().await;
-    let plan = ClusterPlan::new(3);
-    let nodes = start_all(&plan, &[0, 1, 2]).await;
-    let all: Vec<&Node> = nodes.values().collect();
-    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
-    for page in 1..=6 {
-        all[0]
-            .create_source(&page_source(&site, &format!("s{page}"), page, 1))
-            .await;
-    }
-    wait_for_items(&all, "books", 120).await;
-    let owners = agreed_owners(&all, 6, &["n0", "n1", "n2"]).await;
+    let c = scraping(&site, 3, 6).await;
+    let all = c.all();
+    let owners = agreed_owners(&all, 6, &c.names(), SETTLE).await;
     let (source, frozen) = owners.iter().next().unwrap();
-    let frozen_idx: usize = frozen[1..].parse().unwrap();
+    let frozen_idx = index_of(frozen);
     let page: u32 = source[1..].parse().unwrap();
 
-    nodes[&frozen_idx].signal("STOP");
+    c.nodes[&frozen_idx].signal("STOP");
     let hits_at_stop = site.hits(&page_path(page));
-    let others: Vec<&Node> = (0..3)
-        .filter(|i| *i != frozen_idx)
-        .map(|i| &nodes[&i])
-        .collect();
-    let names: Vec<String> = (0..3)
-        .filter(|i| *i != frozen_idx)
-        .map(|i| format!("n{i}"))
-        .collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let others = c.others(frozen_idx);
     // The others see it down, move its sources, and the page is fetched again.
     for node in &others {
-        wait_until("the frozen node to be marked down", SETTLE, || async {
-            node.members()
-                .await
-                .iter()
-                .any(|(n, s)| n == frozen && s == "down")
-                .then_some(())
-        })
-        .await;
+        wait_down(*node, frozen, SETTLE).await;
     }
-    agreed_owners(&others, 6, &names).await;
+    agreed_owners(&others, 6, &c.other_names(frozen_idx), SETTLE).await;
     wait_until(
         "a survivor to scrape the frozen node's source",
         SETTLE,
@@ -351,9 +243,9 @@ async fn a_frozen_owner_loses_its_sources_and_gets_them_back_once() {
     )
     .await;
 
-    nodes[&frozen_idx].signal("CONT");
-    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
-    let back = agreed_owners(&all, 6, &["n0", "n1", "n2"]).await;
+    c.nodes[&frozen_idx].signal("CONT");
+    c.formed(FORM).await;
+    let back = agreed_owners(&all, 6, &c.names(), SETTLE).await;
     assert_eq!(back, owners, "placement returns to where it was");
     // One scraper per source in the whole cluster.
     for id in owners.keys() {
@@ -363,31 +255,29 @@ async fn a_frozen_owner_loses_its_sources_and_gets_them_back_once() {
         .await;
     }
     // No item twice, on any node.
-    let keys = wait_for_items(&all, "books", 120).await;
+    let keys = wait_for_items(&all, "books", 120, SETTLE).await;
     assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 120);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarted_and_new_nodes_catch_up() {
     let site = FixtureSite::start().await;
-    let plan = ClusterPlan::new(4);
-    let mut nodes = start_all(&plan, &[0, 1, 2]).await;
+    let mut c = Cluster::start(ClusterPlan::new(4), &[0, 1, 2]).await;
 
     {
-        let all: Vec<&Node> = nodes.values().collect();
-        wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
+        c.formed(FORM).await;
+        let all = c.all();
         for page in 1..=3 {
             all[0]
                 .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
                 .await;
         }
-        wait_for_items(&all, "books", 60).await;
+        wait_for_items(&all, "books", 60, SETTLE).await;
     }
     // n2 goes away; sources and items change while it is gone.
-    assert!(nodes.get_mut(&2).unwrap().terminate());
-    nodes.remove(&2);
+    assert!(c.terminate(2));
     {
-        let up: Vec<&Node> = nodes.values().collect();
+        let up = c.all();
         for page in 4..=6 {
             up[1]
                 .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
@@ -395,30 +285,30 @@ async fn restarted_and_new_nodes_catch_up() {
         }
         let (status, _) = up[0].delete("/api/v1/sources/s1").await;
         assert_eq!(status, 204);
-        wait_for_items(&up, "books", 120).await;
+        wait_for_items(&up, "books", 120, SETTLE).await;
     }
     // It returns on its data directory and catches up; a new node does too.
-    nodes.insert(2, plan.config(2).start().await);
-    nodes.insert(3, plan.config(3).start().await);
-    let all: Vec<&Node> = nodes.values().collect();
-    wait_for_members(&all, &["n0", "n1", "n2", "n3"], FORM).await;
-    for node in [&nodes[&2], &nodes[&3]] {
+    c.add(2, |n| n).await;
+    c.add(3, |n| n).await;
+    c.formed(FORM).await;
+    let all = c.all();
+    for node in [&c.nodes[&2], &c.nodes[&3]] {
         wait_until(
             "the sources to reach a returning or new node",
             SETTLE,
             || async {
-                let ids: BTreeSet<String> = owners(node).await.into_keys().collect();
+                let ids: BTreeSet<String> = node.seen_owners().await?.into_keys().collect();
                 let want: BTreeSet<String> = (2..=6).map(|p| format!("s{p}")).collect();
                 (ids == want).then_some(())
             },
         )
         .await;
     }
-    let keys = wait_for_items(&all, "books", 120).await;
+    let keys = wait_for_items(&all, "books", 120, SETTLE).await;
     assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 120);
     // Both came through the peers' logs.
     for i in [2, 3] {
-        let r = replicator(&nodes[&i]).await;
+        let r = replicator(&c.nodes[&i]).await;
         assert!(r["pulled"].as_u64().unwrap() > 0, "n{i}: {r}");
     }
 }
@@ -438,64 +328,46 @@ async fn replicator(node: &Node) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_behind_the_peers_logs_copies_the_collection() {
     let site = FixtureSite::start().await;
-    let plan = ClusterPlan::new(3);
     // Logs keep one batch per origin: a new node cannot pull from the start.
-    let short = |i| plan.config(i).env("GLEANER_LOG_RETAINED", "1");
-    let mut nodes = BTreeMap::new();
-    nodes.insert(0, short(0).start().await);
-    nodes.insert(1, short(1).start().await);
+    let short = |n: NodeConfig| n.env("GLEANER_LOG_RETAINED", "1");
+    let mut c = Cluster::start(ClusterPlan::new(3), &[]).await;
+    c.add(0, short).await;
+    c.add(1, short).await;
     {
-        let two: Vec<&Node> = nodes.values().collect();
-        wait_for_members(&two, &["n0", "n1"], FORM).await;
+        c.formed(FORM).await;
+        let two = c.all();
         // Three sources on two nodes: one node made at least two batches.
         for page in 1..=3 {
             two[0]
                 .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
                 .await;
         }
-        wait_for_items(&two, "books", 60).await;
+        wait_for_items(&two, "books", 60, SETTLE).await;
     }
-    nodes.insert(2, short(2).start().await);
-    let all: Vec<&Node> = nodes.values().collect();
-    wait_for_members(&all, &["n0", "n1", "n2"], FORM).await;
-    let keys = wait_for_items(&all, "books", 60).await;
+    c.add(2, short).await;
+    c.formed(FORM).await;
+    let all = c.all();
+    let keys = wait_for_items(&all, "books", 60, SETTLE).await;
     assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 60);
-    let r = replicator(&nodes[&2]).await;
+    let r = replicator(&c.nodes[&2]).await;
     assert!(r["snapshots"].as_u64().unwrap() >= 1, "{r}");
     // The copy carried the heads: later batches arrive live, in order.
     let (status, _) = all[0]
         .post("/api/v1/sources", &page_source(&site, "s4", 4, 3600))
         .await;
     assert_eq!(status, 201);
-    wait_for_items(&all, "books", 80).await;
+    wait_for_items(&all, "books", 80, SETTLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_nodes_lose_two_one_after_the_other() {
     let site = FixtureSite::start().await;
-    let plan = ClusterPlan::new(5);
-    let mut nodes = start_all(&plan, &[0, 1, 2, 3, 4]).await;
-    let names = ["n0", "n1", "n2", "n3", "n4"];
-    {
-        let all: Vec<&Node> = nodes.values().collect();
-        wait_for_members(&all, &names, FORM).await;
-        for page in 1..=10 {
-            all[0]
-                .create_source(&page_source(&site, &format!("s{page}"), page, 1))
-                .await;
-        }
-        wait_for_items(&all, "books", 200).await;
-    }
-    let mut alive: Vec<usize> = vec![0, 1, 2, 3, 4];
+    let mut c = scraping(&site, 5, 10).await;
     for victim in [4usize, 1] {
-        nodes.get_mut(&victim).unwrap().kill9();
-        nodes.remove(&victim);
-        alive.retain(|i| *i != victim);
+        c.kill9(victim);
         let hits: Vec<usize> = (1..=10).map(|p| site.hits(&page_path(p))).collect();
-        let up: Vec<&Node> = nodes.values().collect();
-        let up_names: Vec<String> = alive.iter().map(|i| format!("n{i}")).collect();
-        let up_names: Vec<&str> = up_names.iter().map(String::as_str).collect();
-        agreed_owners(&up, 10, &up_names).await;
+        let up = c.all();
+        agreed_owners(&up, 10, &c.names(), SETTLE).await;
         // Every source is scraped again after the kill: nothing left unscraped.
         wait_until("every source to run again", SETTLE, || async {
             (1..=10)
@@ -503,7 +375,7 @@ async fn five_nodes_lose_two_one_after_the_other() {
                 .then_some(())
         })
         .await;
-        wait_for_items(&up, "books", 200).await;
+        wait_for_items(&up, "books", 200, SETTLE).await;
     }
 }
 
@@ -514,7 +386,7 @@ async fn five_nodes_lose_two_one_after_the_other() {
 /// meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strangers_on_the_cluster_port_are_closed_in_time_and_cost_little() {
-    use common::stranger::{mix, visit, Abuse};
+    use crate::harness::stranger::{mix, visit, Abuse};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -533,7 +405,7 @@ async fn strangers_on_the_cluster_port_are_closed_in_time_and_cost_little() {
         .await;
     let pid = n0.pid();
     let rss_before = n0.rss_kib();
-    let fds_before = common::open_fds(pid);
+    let fds_before = crate::harness::node::open_fds(pid);
 
     // RSS and /healthz, sampled until the attack is over.
     let over = Arc::new(AtomicBool::new(false));
@@ -546,7 +418,7 @@ async fn strangers_on_the_cluster_port_are_closed_in_time_and_cost_little() {
             let (mut peak, mut slowest, mut probes) = (0u64, Duration::ZERO, 0u32);
             while !over.load(Ordering::Acquire) {
                 tick.tick().await;
-                peak = peak.max(common::rss_kib(pid));
+                peak = peak.max(crate::harness::node::rss_kib(pid));
                 let asked = std::time::Instant::now();
                 let answer = client
                     .get(&healthz)
@@ -610,7 +482,7 @@ async fn strangers_on_the_cluster_port_are_closed_in_time_and_cost_little() {
     assert!(probes > 0);
     // The node lets go of the sockets too.
     wait_until("the node to close the strangers' sockets", FORM, || async {
-        (common::open_fds(pid) <= fds_before + 16).then_some(())
+        (crate::harness::node::open_fds(pid) <= fds_before + 16).then_some(())
     })
     .await;
     let rss_after = n0.rss_kib();

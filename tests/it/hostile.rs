@@ -5,12 +5,10 @@
 //! source within its limits, with nothing sent where it must not go, while the
 //! node stays healthy and within its memory bound.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::fixture::FixtureSite;
-use common::{catalogue_spec, NodeConfig};
+use crate::harness::fixture::FixtureSite;
+use crate::harness::{catalogue_spec, NodeConfig};
 use serde_json::json;
 
 /// The node's resident memory must stay under this after all of it (the body

@@ -3,15 +3,13 @@
 //! collection is queried. Also: changes, failures, healing, delete, replace, and a
 //! `kill -9` followed by a restart on the same data directory.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use common::fixture::FixtureSite;
-use common::{catalogue_spec, wait_until, NodeConfig};
+use crate::harness::fixture::FixtureSite;
+use crate::harness::{catalogue_spec, wait_until, NodeConfig};
 use serde_json::{json, Value};
 
 const RUN: Duration = Duration::from_secs(30);

@@ -3,12 +3,10 @@
 //! container per isolated source, on a network the test creates, next to a
 //! fixture site served by `busybox httpd -vv` (which logs each URL) from the same base image.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{wait_until, ADMIN_TOKEN, COOKIE};
+use crate::harness::{wait_until, ADMIN_TOKEN, COOKIE};
 use serde_json::Value;
 
 const IMAGE: &str = "gleaner:test";
@@ -73,7 +71,7 @@ impl Lab {
         for n in 1..=20 {
             std::fs::write(
                 pages.path().join(format!("page-{n}.html")),
-                common::fixture::catalogue_page(n),
+                crate::harness::fixture::catalogue_page(n),
             )
             .unwrap();
         }
@@ -311,7 +309,7 @@ impl NodeBox {
 }
 
 fn isolated_spec(lab: &Lab, id: &str, page: u32) -> Value {
-    let mut spec = common::catalogue_spec(id, &lab.page_url(page));
+    let mut spec = crate::harness::catalogue_spec(id, &lab.page_url(page));
     spec["collection"] = "iso".into();
     spec["isolated"] = true.into();
     spec["schedule"]["every_secs"] = 1.into();
@@ -499,9 +497,9 @@ async fn workers_are_adopted_after_a_restart_and_follow_their_source_to_a_new_ow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_an_engine_an_isolated_source_fails_visibly_and_never_runs_in_process() {
-    let site = common::fixture::FixtureSite::start().await;
+    let site = crate::harness::fixture::FixtureSite::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let node = common::NodeConfig::new(dir.path())
+    let node = crate::harness::NodeConfig::new(dir.path())
         .env(
             "DOCKER_HOST",
             &format!("unix://{}/no-engine.sock", dir.path().display()),
@@ -509,7 +507,7 @@ async fn without_an_engine_an_isolated_source_fails_visibly_and_never_runs_in_pr
         .env("GLEANER_WORKER_IMAGE", IMAGE)
         .start()
         .await;
-    let mut spec = common::catalogue_spec("iso", &site.url("/catalogue/page-7.html"));
+    let mut spec = crate::harness::catalogue_spec("iso", &site.url("/catalogue/page-7.html"));
     spec["isolated"] = true.into();
     spec["schedule"]["every_secs"] = 1.into();
     node.create_source(&spec).await;

@@ -2,9 +2,7 @@
 //! JSON error shape everywhere, tokens, body limits, unknown routes, and the
 //! refusal to serve a non-loopback address without an admin token.
 
-mod common;
-
-use common::{catalogue_spec, NodeConfig, ADMIN_TOKEN};
+use crate::harness::{catalogue_spec, NodeConfig, ADMIN_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -14,8 +14,6 @@
 //! Without the right to mount (not root), the disk test says so and skips,
 //! except under CI (`CI=true`), where it fails instead.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fixture::FixtureSite;
-use common::{catalogue_spec, wait_until, Node, NodeConfig};
+use crate::harness::fixture::FixtureSite;
+use crate::harness::{catalogue_spec, wait_until, Node, NodeConfig};
 use serde_json::{json, Value};
 
 /// A tmpfs mounted for one test, unmounted when dropped.

@@ -3,11 +3,9 @@
 //! policy; the canary (127.0.0.1) is not, and must never see a request. Every
 //! test is bounded by the fetcher's own timeouts, never by a sleep.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fixture::FixtureSite;
+use crate::harness::fixture::FixtureSite;
 use gleaner::scrape::fetch::{FetchConfig, FetchError, Fetched, Fetcher, TargetPolicy};
 use url::Url;
 

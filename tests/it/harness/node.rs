@@ -1,11 +1,7 @@
-//! Shared test helpers: real `gleaner node` processes ([`Node`]), a real local
-//! fixture web site ([`fixture::FixtureSite`]), and [`wait_until`], which polls a
-//! condition against a deadline instead of sleeping a fixed time.
-
-#![allow(dead_code)]
-
-pub mod fixture;
-pub mod stranger;
+//! A real `gleaner node` process ([`Node`], started from a [`NodeConfig`]) on
+//! loopback with its own data directory, the HTTP client that talks to it (and
+//! to node containers: [`Api`]), and [`wait_until`], which polls a condition
+//! against a deadline instead of sleeping a fixed time.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,6 +11,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use super::cluster::members_in;
 
 /// The token the tests' nodes use for admin routes.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -38,7 +36,112 @@ where
     }
 }
 
+/// The HTTP client of one node's API (a process here, or a container): the
+/// node's address and the bearer token it sends. Clones share the address,
+/// which a container's restart changes ([`Api::set_addr`]).
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    addr: Arc<Mutex<String>>,
+    token: Option<String>,
+}
+
+impl Api {
+    /// A client of `addr` (`host:port`); `timeout` bounds each request.
+    pub fn new(addr: &str, token: Option<&str>, timeout: Option<Duration>) -> Api {
+        let mut client = reqwest::Client::builder().no_proxy();
+        if let Some(t) = timeout {
+            client = client.timeout(t);
+        }
+        Api {
+            client: client.build().unwrap(),
+            addr: Arc::new(Mutex::new(addr.to_owned())),
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// The node's `host:port` now.
+    pub fn addr(&self) -> String {
+        self.addr.lock().unwrap().clone()
+    }
+
+    pub fn set_addr(&self, addr: &str) {
+        *self.addr.lock().unwrap() = addr.to_owned();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    /// A request builder with the token attached.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let rb = self.client.request(method, self.url(path));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// A request builder without any token.
+    pub fn anonymous(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// Sends; the status and the body as JSON (Null if empty or not JSON), or
+    /// None when the node does not answer.
+    pub async fn try_send(&self, rb: reqwest::RequestBuilder) -> Option<(u16, Value)> {
+        let r = rb.send().await.ok()?;
+        let status = r.status().as_u16();
+        let body = r.bytes().await.ok()?;
+        Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    /// Sends and returns the status and the body as JSON (Null if empty or
+    /// not JSON); the node must answer.
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = rb.send().await.expect("the node answers");
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap_or_default();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// GET with the token; None when the node does not answer.
+    pub async fn try_get(&self, path: &str) -> Option<(u16, Value)> {
+        self.try_send(self.request(reqwest::Method::GET, path))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::PUT, path).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, within: Duration) {
+        wait_until(&format!("{} /readyz", self.addr()), within, || async {
+            let (status, _) = self.try_get("/readyz").await?;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+}
+
 /// A `gleaner node` process on loopback, port 0, with its own data directory.
+/// Its HTTP client ([`Api`], with the configured token) is reached through it:
+/// `node.get(path)`.
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
@@ -46,8 +149,15 @@ pub struct Node {
     pub cluster_addr: String,
     pub data_dir: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
-    client: reqwest::Client,
-    token: Option<String>,
+    api: Api,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 /// How to start a node.
@@ -187,60 +297,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Ports, names and data directories for a cluster of test nodes that all
-/// know each other as seeds.
-pub struct ClusterPlan {
-    pub ports: Vec<u16>,
-    pub dir: tempfile::TempDir,
-}
-
-impl ClusterPlan {
-    pub fn new(n: usize) -> ClusterPlan {
-        ClusterPlan {
-            ports: (0..n).map(|_| free_port()).collect(),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    pub fn seeds(&self) -> String {
-        self.ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    pub fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{i}"))
-    }
-
-    /// Node `i` (0-based) of the plan: named `n{i}`.
-    pub fn config(&self, i: usize) -> NodeConfig {
-        NodeConfig::new(&self.data_dir(i))
-            .env("GLEANER_NODE_NAME", &format!("n{i}"))
-            .env("GLEANER_CLUSTER_PORT", &self.ports[i].to_string())
-            .env("GLEANER_SEEDS", &self.seeds())
-            .env("GLEANER_COOKIE", COOKIE)
-    }
-}
-
-/// Waits until every node sees exactly `names` as members, all up.
-pub async fn wait_for_members(nodes: &[&Node], names: &[&str], within: Duration) {
-    let mut want: Vec<(String, String)> = names
-        .iter()
-        .map(|n| (n.to_string(), "up".to_string()))
-        .collect();
-    want.sort();
-    for node in nodes {
-        wait_until(
-            &format!("node {} to see members {names:?}", node.addr),
-            within,
-            || async { (node.members().await == want).then_some(()) },
-        )
-        .await;
-    }
-}
-
 fn pump(
     stream: impl std::io::Read + Send + 'static,
     logs: Arc<Mutex<Vec<String>>>,
@@ -285,75 +341,28 @@ impl Node {
                 "node did not start listening within 30 s"
             );
         };
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let node = Node {
             child,
             addr,
             cluster_addr,
             data_dir: config.data_dir,
             logs,
-            client,
-            token: config.token,
+            api: Api::new(&addr.to_string(), config.token.as_deref(), None),
         };
-        let probe = node.client.clone();
-        let url = node.url("/readyz");
-        wait_until("the node is ready", Duration::from_secs(30), || {
-            let (probe, url) = (probe.clone(), url.clone());
-            async move {
-                let r = probe.get(&url).send().await.ok()?;
-                r.status().is_success().then_some(())
-            }
+        wait_until("the node is ready", Duration::from_secs(30), || async {
+            let r = node
+                .anonymous(reqwest::Method::GET, "/readyz")
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
         })
         .await;
         node
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// A request builder with the node's token attached.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.client.request(method, self.url(path));
-        match &self.token {
-            Some(t) => rb.bearer_auth(t),
-            None => rb,
-        }
-    }
-
-    /// A request builder without any token.
-    pub fn anonymous(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, self.url(path))
-    }
-
-    /// Sends and returns the status and the body as JSON (Null if empty or not JSON).
-    pub async fn send(&self, rb: reqwest::RequestBuilder) -> (u16, Value) {
-        let r = rb.send().await.expect("the node answers");
-        let status = r.status().as_u16();
-        let body = r.bytes().await.unwrap_or_default();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-    }
-
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(self.request(reqwest::Method::GET, path)).await
-    }
-
-    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.send(self.request(reqwest::Method::POST, path).json(body))
-            .await
-    }
-
-    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.send(self.request(reqwest::Method::PUT, path).json(body))
-            .await
-    }
-
-    pub async fn delete(&self, path: &str) -> (u16, Value) {
-        self.send(self.request(reqwest::Method::DELETE, path)).await
     }
 
     /// Creates a source, asserting 201.
@@ -455,19 +464,7 @@ impl Node {
     pub async fn members(&self) -> Vec<(String, String)> {
         let (status, body) = self.get("/api/v1/cluster").await;
         assert_eq!(status, 200, "{body}");
-        let mut out: Vec<(String, String)> = body["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["name"].as_str().unwrap().to_owned(),
-                    m["state"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        out.sort();
-        out
+        members_in(&body).unwrap_or_else(|| panic!("members in {body}"))
     }
 
     /// The items' keys of a collection, sorted (empty if it does not exist yet).
@@ -507,26 +504,4 @@ impl Drop for Node {
             );
         }
     }
-}
-
-/// A catalogue source on the fixture site, as a JSON spec.
-pub fn catalogue_spec(id: &str, url: &str) -> Value {
-    serde_json::json!({
-        "id": id,
-        "url": url,
-        "collection": "books",
-        "schedule": { "every_secs": 3600 },
-        "extract": {
-            "format": "html",
-            "scope": "article.product",
-            "fields": {
-                "title": { "css": "h3 a", "attr": "title" },
-                "price": { "css": ".price", "type": "number" },
-                "url":   { "css": "h3 a", "attr": "href", "type": "url" },
-                "tags":  { "css": ".tag", "all": true }
-            },
-            "next_page": { "css": "li.next a", "attr": "href", "max_pages": 50 }
-        },
-        "key": ["url"]
-    })
 }

@@ -12,17 +12,15 @@
 //!
 //! These tests need a Docker engine: without one they fail, saying so.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::harness::fixture::catalogue_page;
+use crate::harness::{catalogue_spec, wait_until, ADMIN_TOKEN, COOKIE};
 use chrono::{DateTime, Utc};
-use common::fixture::catalogue_page;
-use common::{catalogue_spec, wait_until, ADMIN_TOKEN, COOKIE};
 use serde_json::Value;
 
 /// The tag the tests build and run.
@@ -980,7 +978,7 @@ async fn the_swarm_stack_forms_one_cluster() {
     made.tags.push(local_ref.clone());
     made.volumes = (1..=3).map(|s| format!("{p}-data-{s}")).collect();
     made.stack = Some(p.clone());
-    let port = common::free_port().to_string();
+    let port = crate::harness::node::free_port().to_string();
     let env = [
         ("GLEANER_IMAGE", local_ref.as_str()),
         ("GLEANER_HTTP_PORT", port.as_str()),

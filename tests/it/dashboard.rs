@@ -6,14 +6,12 @@
 //! error, and show scraped markup as text without running it. A screenshot is
 //! written to `target/screenshots/dashboard.png`.
 
-mod common;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixture::FixtureSite;
-use common::{catalogue_spec, wait_until, NodeConfig, ADMIN_TOKEN};
+use crate::harness::fixture::FixtureSite;
+use crate::harness::{catalogue_spec, wait_until, NodeConfig, ADMIN_TOKEN};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 

@@ -7,8 +7,6 @@
 //! hostile responses (gzip bomb, deep nesting, huge and endless bodies,
 //! redirects to the metadata address, to loopback, and to itself).
 
-#![allow(dead_code)]
-
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -127,6 +125,42 @@ impl FixtureSite {
     pub fn set_revision(&self, rev: u32) {
         self.site.revision.store(rev, Ordering::SeqCst);
     }
+}
+
+/// A catalogue source on the fixture site, as a JSON spec.
+pub fn catalogue_spec(id: &str, url: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "url": url,
+        "collection": "books",
+        "schedule": { "every_secs": 3600 },
+        "extract": {
+            "format": "html",
+            "scope": "article.product",
+            "fields": {
+                "title": { "css": "h3 a", "attr": "title" },
+                "price": { "css": ".price", "type": "number" },
+                "url":   { "css": "h3 a", "attr": "href", "type": "url" },
+                "tags":  { "css": ".tag", "all": true }
+            },
+            "next_page": { "css": "li.next a", "attr": "href", "max_pages": 50 }
+        },
+        "key": ["url"]
+    })
+}
+
+/// A source that scrapes the one catalogue page at `url` (20 items of its
+/// own) every `every_secs`.
+pub fn page_spec(id: &str, url: &str, every_secs: u64) -> serde_json::Value {
+    let mut spec = catalogue_spec(id, url);
+    spec["schedule"]["every_secs"] = every_secs.into();
+    spec["extract"]["next_page"]["max_pages"] = 1.into();
+    spec
+}
+
+/// The path of catalogue page `page`.
+pub fn page_path(page: u32) -> String {
+    format!("/catalogue/page-{page}.html")
 }
 
 fn html(body: String) -> Response {

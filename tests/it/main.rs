@@ -1,0 +1,22 @@
+//! gleaner's integration tests, in one binary: every area is a module here and
+//! shares the harnesses in [`harness`] (real `gleaner node` processes, a real
+//! local fixture web site, the real Docker engine). Nothing of gleaner's own is
+//! mocked: the tests drive the built binary over HTTP and TCP, and the library
+//! only where an area tests it directly (the fetcher).
+//!
+//! Run it all with `cargo test --test it` (part of `cargo test`), one area with
+//! `cargo test --test it cluster::`, one test by a part of its name.
+//! `containers::` and `isolation::` need a Docker engine and build the image
+//! with `scripts/image.sh`; `dashboard::` needs Chromium and chromedriver.
+
+mod harness;
+
+mod api;
+mod cluster;
+mod containers;
+mod dashboard;
+mod faults;
+mod fetch;
+mod hostile;
+mod isolation;
+mod pipeline;
