@@ -13,381 +13,38 @@
 //! These tests need a Docker engine: without one they fail, saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::harness::fixture::catalogue_page;
-use crate::harness::{catalogue_spec, wait_until, ADMIN_TOKEN, COOKIE};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
-/// The tag the tests build and run.
-const IMAGE: &str = "gleaner:test";
+use crate::harness::cluster::{
+    agreed_owners, wait_down, wait_for_items, wait_for_members, wait_for_up,
+};
+use crate::harness::docker::{
+    docker, docker_try, docker_with, exclusive, image, inspect, prefix, repo_root, Cleanup, Hit,
+    Network, NodeBox, NodeRun, Site,
+};
+use crate::harness::fixture::{page_path, page_spec};
+use crate::harness::{wait_until, COOKIE};
+
 const FORM: Duration = Duration::from_secs(90);
 const SETTLE: Duration = Duration::from_secs(60);
 /// Sources in the fault tests: one catalogue page (20 items) each, every second.
 const SOURCES: u32 = 6;
 const ITEMS: usize = SOURCES as usize * 20;
 
-/// One container test at a time: each runs three nodes on a two-core machine,
-/// and the Swarm test changes the engine's mode.
-static DOCKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------- docker CLI
-
-/// Runs `docker ARGS`; its trimmed stdout, or an error with its stderr.
-fn docker_try(args: &[&str]) -> Result<String, String> {
-    docker_with(args, None, &[])
-}
-
-fn docker_with(args: &[&str], input: Option<&str>, env: &[(&str, &str)]) -> Result<String, String> {
-    let mut cmd = Command::new("docker");
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("docker {}: {e}", args.join(" ")))?;
-    if let Some(input) = input {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| e.to_string())?;
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Runs `docker ARGS`, panicking with its error output if it fails.
-fn docker(args: &[&str]) -> String {
-    docker_try(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Fails the test at once, and clearly, when no engine answers.
-fn require_docker() {
-    if let Err(e) = docker_try(&["info", "--format", "{{.ServerVersion}}"]) {
-        panic!(
-            "these tests need a Docker engine and `docker info` failed: {e}\n\
-             (start the engine, or run the other test files with `cargo test --test NAME`)"
-        );
-    }
-}
-
-fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Builds the image once per test run through `scripts/image.sh` (which reuses
-/// the base image when it exists, and cargo's and the engine's caches).
-fn image() -> &'static str {
-    // A failed build is remembered: the other tests fail at once with its output.
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let started = Instant::now();
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/image.sh"))
-            .arg(IMAGE)
-            .current_dir(repo_root())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("bash scripts/image.sh: {e}"))?;
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            return Err(format!("scripts/image.sh {IMAGE} failed:\n{log}"));
-        }
-        eprintln!(
-            "image {IMAGE} ready in {:.1} s:\n{}",
-            started.elapsed().as_secs_f64(),
-            log.lines()
-                .filter(|l| l.starts_with("==>"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        Ok(())
-    });
-    if let Err(e) = built {
-        panic!("{e}");
-    }
-    IMAGE
-}
-
-/// The base image scripts/image.sh made (it has busybox).
-fn base_image() -> String {
-    std::env::var("GLEANER_BASE_IMAGE").unwrap_or_else(|_| "gleaner-base:bookworm".into())
-}
-
-/// A name prefix unique to this process and test.
-fn prefix(test: &str) -> String {
-    format!("glt{}{}", std::process::id(), test)
-}
-
-// ---------------------------------------------------------------- cleanup
-
-/// Everything a test made in the engine, removed on drop (also on panic, when
-/// it first prints the containers' last log lines).
-#[derive(Default)]
-struct Made {
-    containers: Mutex<Vec<String>>,
-    /// Containers whose logs are shown on failure but that something else
-    /// removes (a stack's tasks).
-    watched: Vec<String>,
-    networks: Vec<String>,
-    stack: Option<String>,
-    volumes: Vec<String>,
-    secrets: Vec<String>,
-    tags: Vec<String>,
-    left_swarm: bool,
-}
-
-impl Made {
-    fn container(&self, name: &str) {
-        self.containers.lock().unwrap().push(name.to_owned());
-    }
-}
-
-impl Drop for Made {
-    fn drop(&mut self) {
-        let containers = self.containers.lock().unwrap().clone();
-        if std::thread::panicking() {
-            for c in containers.iter().chain(&self.watched) {
-                let logs =
-                    docker_with(&["logs", "--tail", "40", c], None, &[]).unwrap_or_else(|e| e);
-                eprintln!("--- last log lines of container {c} ---\n{logs}");
-            }
-        }
-        for c in &containers {
-            let _ = docker_try(&["rm", "-f", "-v", c]);
-        }
-        if let Some(stack) = &self.stack {
-            let _ = docker_try(&["stack", "rm", stack]);
-            // Bounded: the tasks stop within their grace period.
-            let label = format!("label=com.docker.stack.namespace={stack}");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                match docker_try(&["ps", "-aq", "--filter", &label]) {
-                    Ok(ids) if ids.is_empty() => break,
-                    Err(_) => break,
-                    _ => std::thread::sleep(Duration::from_millis(250)),
-                }
-            }
-            let _ = docker_try(&["network", "rm", &format!("{stack}_cluster")]);
-        }
-        for n in &self.networks {
-            let _ = docker_try(&["network", "rm", n]);
-        }
-        for v in &self.volumes {
-            let _ = docker_try(&["volume", "rm", v]);
-        }
-        for s in &self.secrets {
-            let _ = docker_try(&["secret", "rm", s]);
-        }
-        for t in &self.tags {
-            let _ = docker_try(&["image", "rm", t]);
-        }
-        if self.left_swarm {
-            let _ = docker_try(&["swarm", "leave", "--force"]);
-        }
-    }
-}
-
-// ---------------------------------------------------------------- fixture site
-
-/// One request in the fixture's log.
-#[derive(Debug, Clone)]
-struct Hit {
-    at: DateTime<Utc>,
-    ip: String,
-    path: String,
-}
-
-/// `busybox httpd` serving catalogue pages, in a container on the test network.
-struct Web {
-    container: String,
-}
-
-impl Web {
-    fn start(made: &Made, prefix: &str, network: &str, pages: &Path) -> Web {
-        let container = format!("{prefix}web");
-        made.container(&container);
-        let mount = format!("{}:/srv:ro", pages.display());
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            &container,
-            "--network",
-            network,
-            "-v",
-            &mount,
-            &base_image(),
-            "busybox",
-            "httpd",
-            "-f",
-            "-vv",
-            "-p",
-            "8000",
-            "-h",
-            "/srv",
-        ]);
-        Web { container }
-    }
-
-    fn url(&self, page: u32) -> String {
-        format!("http://{}:8000{}", self.container, page_path(page))
-    }
-
-    /// Every page request so far (`-vv` logs `[::ffff:IP]:PORT: url:/path`).
-    fn hits(&self) -> Vec<Hit> {
-        let out = Command::new("docker")
-            .args(["logs", "-t", &self.container])
-            .stdin(Stdio::null())
-            .output()
-            .expect("docker logs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text.lines()
-            .filter_map(|l| {
-                let (ts, rest) = l.split_once(' ')?;
-                let (peer, path) = rest.split_once(": url:")?;
-                let ip = peer
-                    .trim_start_matches('[')
-                    .rsplit_once("]:")?
-                    .0
-                    .trim_start_matches("::ffff:")
-                    .to_owned();
-                Some(Hit {
-                    at: DateTime::parse_from_rfc3339(ts).ok()?.with_timezone(&Utc),
-                    ip,
-                    path: path.trim().to_owned(),
-                })
-            })
-            .collect()
-    }
-}
-
-fn page_path(page: u32) -> String {
-    format!("/catalogue/page-{page}.html")
-}
-
-/// Writes catalogue pages 1..=n under `dir/catalogue/`.
-fn write_pages(dir: &Path, n: u32) {
-    let cat = dir.join("catalogue");
-    std::fs::create_dir_all(&cat).unwrap();
-    for p in 1..=n {
-        std::fs::write(cat.join(format!("page-{p}.html")), catalogue_page(p)).unwrap();
-    }
-}
-
-/// A source that scrapes one page (20 items of its own) every second.
-fn page_source(web: &Web, page: u32) -> Value {
-    let mut spec = catalogue_spec(&format!("s{page}"), &web.url(page));
-    spec["schedule"]["every_secs"] = 1.into();
-    spec["extract"]["next_page"]["max_pages"] = 1.into();
-    spec
-}
-
-// ---------------------------------------------------------------- nodes
-
-/// A gleaner node container, reached on its published port on 127.0.0.1.
-struct NodeC {
-    container: String,
-    name: String,
-    addr: Mutex<String>,
-}
-
 /// Three node containers and the fixture, on one network of the test's own.
 struct Cluster {
-    nodes: Vec<NodeC>,
-    network: String,
-    web: Web,
-    client: reqwest::Client,
-    _pages: tempfile::TempDir,
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
-/// The host address (127.0.0.1:port) of a container's published 8080, once it has one.
-async fn published(container: &str) -> String {
-    wait_until(
-        &format!("a published port for {container}"),
-        SETTLE,
-        || async {
-            let out = docker_try(&["port", container, "8080/tcp"]).ok()?;
-            out.lines()
-                .find(|l| l.starts_with("127.0.0.1:") || l.starts_with("0.0.0.0:"))
-                .map(|l| l.replace("0.0.0.0:", "127.0.0.1:"))
-        },
-    )
-    .await
-}
-
-/// GET with the admin token; None when the node does not answer.
-async fn get_at(client: &reqwest::Client, addr: &str, path: &str) -> Option<(u16, Value)> {
-    let r = client
-        .get(format!("http://{addr}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    let body = r.bytes().await.ok()?;
-    Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
-}
-
-async fn wait_ready(client: &reqwest::Client, addr: &str, within: Duration) {
-    wait_until(&format!("{addr} /readyz"), within, || async {
-        let (status, _) = get_at(client, addr, "/readyz").await?;
-        (status == 200).then_some(())
-    })
-    .await;
+    nodes: Vec<NodeBox>,
+    network: Network,
+    web: Site,
 }
 
 impl Cluster {
-    async fn start(made: &mut Made, prefix: &str) -> Cluster {
-        let image = image();
-        let network = format!("{prefix}net");
-        docker(&["network", "create", &network]);
-        made.networks.push(network.clone());
-        let subnet = docker(&[
-            "network",
-            "inspect",
-            &network,
-            "-f",
-            "{{(index .IPAM.Config 0).Subnet}}",
-        ]);
-        let pages = tempfile::tempdir().unwrap();
-        write_pages(pages.path(), SOURCES);
-        let web = Web::start(made, prefix, &network, pages.path());
+    async fn start(made: &mut Cleanup, prefix: &str) -> Cluster {
+        image();
+        let network = Network::create(made, &format!("{prefix}net"));
+        let web = Site::start(made, &format!("{prefix}web"), &network, SOURCES);
         let names: Vec<String> = (0..3).map(|i| format!("{prefix}n{i}")).collect();
         let mut nodes = Vec::new();
         for (i, container) in names.iter().enumerate() {
@@ -397,224 +54,77 @@ impl Cluster {
                 .map(|n| format!("{n}:4697"))
                 .collect::<Vec<_>>()
                 .join(",");
-            made.container(container);
             let started = Instant::now();
-            // The hostname is the container's name, so the default advertised
-            // host (the hostname) is a name peers resolve on this network.
-            docker(&[
-                "run",
-                "-d",
-                "--name",
+            let node = NodeRun {
                 container,
-                "--hostname",
-                container,
-                "--network",
-                &network,
-                "-p",
-                "127.0.0.1::8080",
-                "-e",
-                &format!("GLEANER_NODE_NAME=n{i}"),
-                "-e",
-                &format!("GLEANER_SEEDS={seeds}"),
-                "-e",
-                &format!("GLEANER_COOKIE={COOKIE}"),
-                "-e",
-                &format!("GLEANER_ADMIN_TOKEN={ADMIN_TOKEN}"),
-                "-e",
-                &format!("GLEANER_ALLOW_PRIVATE_TARGETS={subnet}"),
-                "-e",
-                "GLEANER_RESTART_BACKOFF_MS=200",
-                "-e",
-                "GLEANER_LOG_FORMAT=json",
-                image,
-            ]);
-            let addr = published(container).await;
-            let client = client();
-            wait_ready(&client, &addr, SETTLE).await;
+                name: &format!("n{i}"),
+                network: &network,
+                seeds: &seeds,
+                options: &["-e".into(), "GLEANER_RESTART_BACKOFF_MS=200".into()],
+            }
+            .start(made, SETTLE)
+            .await;
+            node.wait_ready(SETTLE).await;
             eprintln!(
                 "container {container}: docker run to /readyz in {} ms",
                 started.elapsed().as_millis()
             );
-            nodes.push(NodeC {
-                container: container.clone(),
-                name: format!("n{i}"),
-                addr: Mutex::new(addr),
-            });
+            nodes.push(node);
         }
         let cluster = Cluster {
             nodes,
             network,
             web,
-            client: client(),
-            _pages: pages,
         };
         cluster.wait_members(&[0, 1, 2], &[0, 1, 2]).await;
         cluster
     }
 
-    fn addr(&self, i: usize) -> String {
-        self.nodes[i].addr.lock().unwrap().clone()
+    /// The nodes `on`.
+    fn pick(&self, on: &[usize]) -> Vec<&NodeBox> {
+        on.iter().map(|&i| &self.nodes[i]).collect()
     }
 
-    /// Reads node `i`'s published port again (it changes when the container
-    /// restarts or rejoins a network).
-    async fn refresh(&self, i: usize) {
-        let addr = published(&self.nodes[i].container).await;
-        *self.nodes[i].addr.lock().unwrap() = addr;
-    }
-
-    async fn get(&self, i: usize, path: &str) -> Option<(u16, Value)> {
-        get_at(&self.client, &self.addr(i), path).await
+    /// The names of the nodes `on`.
+    fn names(&self, on: &[usize]) -> Vec<String> {
+        on.iter().map(|&i| self.nodes[i].name.clone()).collect()
     }
 
     /// The container's address on the test network.
     fn ip(&self, i: usize) -> String {
-        docker(&[
-            "inspect",
-            "-f",
-            &format!(
-                "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-                self.network
-            ),
-            &self.nodes[i].container,
-        ])
+        self.network.ip(&self.nodes[i].container)
     }
 
     fn name_of(&self, name: &str) -> usize {
         self.nodes.iter().position(|n| n.name == name).unwrap()
     }
 
-    /// Waits until each of `on` sees exactly the nodes `want`, all up.
+    /// Waits until each of `on` sees exactly the nodes `want` up.
     async fn wait_members(&self, on: &[usize], want: &[usize]) {
-        let mut names: Vec<(String, String)> = want
-            .iter()
-            .map(|&i| (self.nodes[i].name.clone(), "up".to_owned()))
-            .collect();
-        names.sort();
-        for &i in on {
-            wait_until(
-                &format!("{} to see {names:?} up", self.nodes[i].name),
-                FORM,
-                || async {
-                    let (status, body) = self.get(i, "/api/v1/cluster").await?;
-                    let got = members(status, &body)?;
-                    let up: Vec<_> = got.into_iter().filter(|(_, s)| s == "up").collect();
-                    (up == names).then_some(())
-                },
-            )
-            .await;
-        }
+        wait_for_up(&self.pick(on), &self.names(want), FORM).await;
     }
 
     /// Waits until node `on` sees node `who` down.
     async fn wait_down(&self, on: usize, who: usize) {
-        let name = self.nodes[who].name.clone();
-        wait_until(
-            &format!("{} to see {name} down", self.nodes[on].name),
-            SETTLE,
-            || async {
-                let (status, body) = self.get(on, "/api/v1/cluster").await?;
-                members(status, &body)?
-                    .iter()
-                    .any(|(n, s)| *n == name && s == "down")
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// Each source's owner as node `i` sees it.
-    async fn owners(&self, i: usize) -> Option<BTreeMap<String, Option<String>>> {
-        let (status, body) = self.get(i, "/api/v1/sources").await?;
-        if status != 200 {
-            return None;
-        }
-        Some(
-            body["sources"]
-                .as_array()?
-                .iter()
-                .map(|s| {
-                    (
-                        s["id"].as_str().unwrap_or_default().to_owned(),
-                        s["status"]["owner"].as_str().map(str::to_owned),
-                    )
-                })
-                .collect(),
-        )
+        wait_down(&self.nodes[on], &self.nodes[who].name, SETTLE).await;
     }
 
     /// Waits until the nodes `on` agree on every source's owner, each among
     /// `allowed`; returns the owners.
     async fn agreed_owners(&self, on: &[usize], allowed: &[usize]) -> BTreeMap<String, String> {
-        let allowed: Vec<String> = allowed
-            .iter()
-            .map(|&i| self.nodes[i].name.clone())
-            .collect();
-        wait_until("the nodes to agree on the owners", SETTLE, || async {
-            let first = self.owners(on[0]).await?;
-            if first.len() != SOURCES as usize {
-                return None;
-            }
-            for &i in &on[1..] {
-                if self.owners(i).await? != first {
-                    return None;
-                }
-            }
-            let agreed: BTreeMap<String, String> = first
-                .into_iter()
-                .map(|(id, o)| Some((id, o?)))
-                .collect::<Option<_>>()?;
-            agreed
-                .values()
-                .all(|o| allowed.contains(o))
-                .then_some(agreed)
-        })
+        agreed_owners(
+            &self.pick(on),
+            SOURCES as usize,
+            &self.names(allowed),
+            SETTLE,
+        )
         .await
-    }
-
-    /// The item keys node `i` serves (None if it does not answer).
-    async fn item_keys(&self, i: usize) -> Option<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut cursor: Option<String> = None;
-        // Bounded: 1000 items a page, and at most 10 pages.
-        for _ in 0..10 {
-            let mut path = "/api/v1/collections/books/items?limit=1000".to_owned();
-            if let Some(c) = &cursor {
-                path.push_str(&format!("&cursor={c}"));
-            }
-            let (status, body) = self.get(i, &path).await?;
-            if status == 404 {
-                return Some(keys);
-            }
-            if status != 200 {
-                return None;
-            }
-            keys.extend(
-                body["items"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|it| it["key"].as_str().map(str::to_owned)),
-            );
-            match body["next"].as_str() {
-                Some(n) => cursor = Some(n.to_owned()),
-                None => return Some(keys),
-            }
-        }
-        None
     }
 
     /// Waits until every node of `on` serves exactly ITEMS items, none twice.
     async fn wait_items(&self, on: &[usize]) {
         for &i in on {
-            let keys = wait_until(
-                &format!("{ITEMS} items on {}", self.nodes[i].name),
-                SETTLE,
-                || async {
-                    let k = self.item_keys(i).await?;
-                    (k.len() == ITEMS).then_some(k)
-                },
-            )
-            .await;
+            let keys = wait_for_items(&[&self.nodes[i]], "books", ITEMS, SETTLE).await;
             let unique: BTreeSet<&String> = keys.iter().collect();
             assert_eq!(
                 unique.len(),
@@ -627,16 +137,9 @@ impl Cluster {
 
     async fn create_sources(&self) {
         for page in 1..=SOURCES {
-            let spec = page_source(&self.web, page);
-            let r = self
-                .client
-                .post(format!("http://{}/api/v1/sources", self.addr(0)))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&spec)
-                .send()
-                .await
-                .expect("node 0 answers");
-            assert_eq!(r.status().as_u16(), 201, "creating s{page}");
+            let spec = page_spec(&format!("s{page}"), &self.web.url(page), 1);
+            let (status, _) = self.nodes[0].post("/api/v1/sources", &spec).await;
+            assert_eq!(status, 201, "creating s{page}");
         }
     }
 
@@ -693,26 +196,8 @@ impl Cluster {
     }
 }
 
-fn members(status: u16, body: &Value) -> Option<Vec<(String, String)>> {
-    if status != 200 {
-        return None;
-    }
-    let mut out: Vec<(String, String)> = body["members"]
-        .as_array()?
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or_default().to_owned(),
-                m["state"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    Some(out)
-}
-
 /// A cluster with the sources placed and every item collected everywhere.
-async fn scraping_cluster(made: &mut Made, prefix: &str) -> (Cluster, BTreeMap<String, String>) {
+async fn scraping_cluster(made: &mut Cleanup, prefix: &str) -> (Cluster, BTreeMap<String, String>) {
     let c = Cluster::start(made, prefix).await;
     c.create_sources().await;
     c.wait_items(&[0, 1, 2]).await;
@@ -728,9 +213,8 @@ fn ms_since(t: DateTime<Utc>, hit: &Hit) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_container_s_sources_move_and_nothing_is_lost() {
-    let _one = DOCKER.lock().await;
-    require_docker();
-    let mut made = Made::default();
+    let _one = exclusive().await;
+    let mut made = Cleanup::default();
     let (c, owners) = scraping_cluster(&mut made, &prefix("kill")).await;
     let (source, owner) = owners.iter().next().unwrap();
     let victim = c.name_of(owner);
@@ -780,9 +264,8 @@ async fn a_killed_container_s_sources_move_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_container_loses_its_sources_and_gets_them_back_once() {
-    let _one = DOCKER.lock().await;
-    require_docker();
-    let mut made = Made::default();
+    let _one = exclusive().await;
+    let mut made = Cleanup::default();
     let (c, owners) = scraping_cluster(&mut made, &prefix("pause")).await;
     let (source, owner) = owners.iter().next().unwrap();
     let frozen = c.name_of(owner);
@@ -825,9 +308,8 @@ async fn a_paused_container_loses_its_sources_and_gets_them_back_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_container_the_majority_keeps_scraping_and_it_heals_to_one_owner() {
-    let _one = DOCKER.lock().await;
-    require_docker();
-    let mut made = Made::default();
+    let _one = exclusive().await;
+    let mut made = Cleanup::default();
     let (c, owners) = scraping_cluster(&mut made, &prefix("part")).await;
     let (_, owner) = owners.iter().next().unwrap();
     let cut = c.name_of(owner);
@@ -836,7 +318,12 @@ async fn a_partitioned_container_the_majority_keeps_scraping_and_it_heals_to_one
 
     // A 1|2 partition: the owner leaves the network (and with it the fixture).
     let cut_at = Instant::now();
-    docker(&["network", "disconnect", &c.network, &c.nodes[cut].container]);
+    docker(&[
+        "network",
+        "disconnect",
+        &c.network.name,
+        &c.nodes[cut].container,
+    ]);
     let mark = c.web.hits().len();
     for &i in &rest {
         c.wait_down(i, cut).await;
@@ -856,8 +343,13 @@ async fn a_partitioned_container_the_majority_keeps_scraping_and_it_heals_to_one
     );
     c.wait_items(&rest).await;
 
-    docker(&["network", "connect", &c.network, &c.nodes[cut].container]);
-    c.refresh(cut).await;
+    docker(&[
+        "network",
+        "connect",
+        &c.network.name,
+        &c.nodes[cut].container,
+    ]);
+    c.nodes[cut].refresh(SETTLE).await;
     c.wait_members(&[0, 1, 2], &[0, 1, 2]).await;
     let healed = c.agreed_owners(&[0, 1, 2], &[0, 1, 2]).await;
     assert_eq!(healed, owners, "placement returns to where it was");
@@ -867,9 +359,8 @@ async fn a_partitioned_container_the_majority_keeps_scraping_and_it_heals_to_one
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_keeps_the_query_api_answering_and_loses_nothing() {
-    let _one = DOCKER.lock().await;
-    require_docker();
-    let mut made = Made::default();
+    let _one = exclusive().await;
+    let mut made = Cleanup::default();
     let (c, _) = scraping_cluster(&mut made, &prefix("roll")).await;
     let c = std::sync::Arc::new(c);
     for i in 0..3 {
@@ -885,8 +376,9 @@ async fn a_rolling_restart_keeps_the_query_api_answering_and_loses_nothing() {
                     rounds += 1;
                     let mut answered = false;
                     for &j in &others {
-                        if let Some((200, body)) =
-                            c.get(j, "/api/v1/collections/books/items?limit=5").await
+                        if let Some((200, body)) = c.nodes[j]
+                            .try_get("/api/v1/collections/books/items?limit=5")
+                            .await
                         {
                             answered = body["items"].as_array().is_some_and(|a| a.len() == 5);
                             if answered {
@@ -904,8 +396,8 @@ async fn a_rolling_restart_keeps_the_query_api_answering_and_loses_nothing() {
         };
         let started = Instant::now();
         docker(&["restart", &c.nodes[i].container]);
-        c.refresh(i).await;
-        wait_ready(&c.client, &c.addr(i), SETTLE).await;
+        c.nodes[i].refresh(SETTLE).await;
+        c.nodes[i].wait_ready(SETTLE).await;
         c.wait_members(&[0, 1, 2], &[0, 1, 2]).await;
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let (rounds, unanswered) = probe.await.unwrap();
@@ -934,11 +426,10 @@ async fn a_rolling_restart_keeps_the_query_api_answering_and_loses_nothing() {
 /// and form one cluster, reading the cookie and the tokens from Swarm secrets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_swarm_stack_forms_one_cluster() {
-    let _one = DOCKER.lock().await;
-    require_docker();
+    let _one = exclusive().await;
     let image = image();
     let p = prefix("sw");
-    let mut made = Made::default();
+    let mut made = Cleanup::default();
 
     let state = docker(&[
         "info",
@@ -1013,37 +504,19 @@ async fn the_swarm_stack_forms_one_cluster() {
     })
     .await;
     made.watched = containers.clone();
-    let client = client();
-    let mut addrs = Vec::new();
+    let mut tasks = Vec::new();
     for id in &containers {
-        addrs.push(published(id).await);
+        tasks.push(NodeBox::attach(id, id, &admin, SETTLE).await);
     }
     // Every replica lists three members up, named by their task slots.
-    for addr in &addrs {
-        wait_until(&format!("{addr} to list 3 members up"), FORM, || async {
-            let r = client
-                .get(format!("http://{addr}/api/v1/cluster"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .ok()?;
-            let body: Value = r.json().await.ok()?;
-            let got = members(200, &body)?;
-            let want: Vec<(String, String)> = ["n1", "n2", "n3"]
-                .iter()
-                .map(|n| (n.to_string(), "up".to_string()))
-                .collect();
-            (got == want).then_some(())
-        })
-        .await;
-    }
+    wait_for_members(&tasks.iter().collect::<Vec<_>>(), &["n1", "n2", "n3"], FORM).await;
     eprintln!(
         "swarm: three tasks formed one cluster {} ms after the deploy",
         deployed.elapsed().as_millis()
     );
     // The admin token is the secret's: a request without it is refused.
-    let r = client
-        .get(format!("http://{}/api/v1/cluster", addrs[0]))
+    let r = tasks[0]
+        .anonymous(reqwest::Method::GET, "/api/v1/cluster")
         .send()
         .await
         .unwrap();
@@ -1051,8 +524,8 @@ async fn the_swarm_stack_forms_one_cluster() {
     // The image's HEALTHCHECK reports each task healthy.
     for id in &containers {
         wait_until(&format!("task {id} healthy"), FORM, || async {
-            let s = docker_try(&["inspect", "-f", "{{.State.Health.Status}}", id]).ok()?;
-            (s == "healthy").then_some(())
+            let state = inspect(id).ok()?;
+            (state["State"]["Health"]["Status"] == "healthy").then_some(())
         })
         .await;
     }

@@ -97,6 +97,7 @@ impl FixtureSite {
     }
 
     /// When the first request for exactly `path` after `after` arrived.
+    #[allow(dead_code)] // used by benches/cluster.rs
     pub fn first_hit_after(&self, path: &str, after: Instant) -> Option<Instant> {
         self.site
             .log

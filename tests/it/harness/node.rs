@@ -145,9 +145,6 @@ impl Api {
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
-    /// The cluster address the node advertises (empty without a cookie).
-    pub cluster_addr: String,
-    pub data_dir: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     api: Api,
 }
@@ -194,11 +191,6 @@ impl NodeConfig {
 
     pub fn without_env(mut self, key: &str) -> NodeConfig {
         self.env.retain(|(k, _)| k != key);
-        self
-    }
-
-    pub fn token(mut self, token: Option<&str>) -> NodeConfig {
-        self.token = token.map(str::to_owned);
         self
     }
 
@@ -300,7 +292,7 @@ pub fn free_port() -> u16 {
 fn pump(
     stream: impl std::io::Read + Send + 'static,
     logs: Arc<Mutex<Vec<String>>>,
-    addr: mpsc::Sender<(SocketAddr, String)>,
+    addr: mpsc::Sender<SocketAddr>,
 ) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
@@ -308,8 +300,7 @@ fn pump(
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["message"] == "http server listening" {
                     if let Some(a) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
-                        let cluster = v["cluster_addr"].as_str().unwrap_or("").to_owned();
-                        let _ = addr.send((a, cluster));
+                        let _ = addr.send(a);
                     }
                 }
             }
@@ -326,7 +317,7 @@ impl Node {
         pump(child.stdout.take().unwrap(), logs.clone(), tx.clone());
         pump(child.stderr.take().unwrap(), logs.clone(), tx);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (addr, cluster_addr) = loop {
+        let addr = loop {
             if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
                 break addr;
             }
@@ -344,8 +335,6 @@ impl Node {
         let node = Node {
             child,
             addr,
-            cluster_addr,
-            data_dir: config.data_dir,
             logs,
             api: Api::new(&addr.to_string(), config.token.as_deref(), None),
         };
