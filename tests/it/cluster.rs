@@ -11,6 +11,7 @@ use crate::harness::cluster::{
     Member,
 };
 use crate::harness::fixture::{page_path, page_spec, FixtureSite};
+use crate::harness::node::Api;
 use crate::harness::{wait_until, Node, NodeConfig, COOKIE};
 use serde_json::Value;
 
@@ -411,17 +412,16 @@ async fn strangers_on_the_cluster_port_are_closed_in_time_and_cost_little() {
     let over = Arc::new(AtomicBool::new(false));
     let watcher = {
         let over = over.clone();
-        let healthz = n0.url("/healthz");
+        let api = Api::new(&n0.addr(), None, None);
         tokio::spawn(async move {
-            let client = reqwest::Client::builder().no_proxy().build().unwrap();
             let mut tick = tokio::time::interval(Duration::from_millis(50));
             let (mut peak, mut slowest, mut probes) = (0u64, Duration::ZERO, 0u32);
             while !over.load(Ordering::Acquire) {
                 tick.tick().await;
                 peak = peak.max(crate::harness::node::rss_kib(pid));
                 let asked = std::time::Instant::now();
-                let answer = client
-                    .get(&healthz)
+                let answer = api
+                    .anonymous(reqwest::Method::GET, "/healthz")
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await;

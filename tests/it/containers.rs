@@ -33,6 +33,18 @@ const SETTLE: Duration = Duration::from_secs(60);
 const SOURCES: u32 = 6;
 const ITEMS: usize = SOURCES as usize * 20;
 
+/// The node a fault strikes (the first source's owner), and the others.
+struct Target {
+    source: String,
+    owner: String,
+    node: usize,
+    /// The source's catalogue page.
+    page: u32,
+    rest: Vec<usize>,
+    /// The others' addresses on the test network.
+    rest_ips: Vec<String>,
+}
+
 /// Three node containers and the fixture, on one network of the test's own.
 struct Cluster {
     nodes: Vec<NodeBox>,
@@ -135,6 +147,30 @@ impl Cluster {
         }
     }
 
+    /// The node a fault test strikes: the first source's owner.
+    fn target(&self, owners: &BTreeMap<String, String>) -> Target {
+        let (source, owner) = owners.iter().next().unwrap();
+        let node = self.name_of(owner);
+        let rest: Vec<usize> = (0..3).filter(|&i| i != node).collect();
+        Target {
+            source: source.clone(),
+            owner: owner.clone(),
+            node,
+            page: source[1..].parse().unwrap(),
+            rest_ips: rest.iter().map(|&i| self.ip(i)).collect(),
+            rest,
+        }
+    }
+
+    /// Waits until the rest see the target down and agree on the owners among
+    /// themselves; returns the owners.
+    async fn rest_agree(&self, t: &Target) -> BTreeMap<String, String> {
+        for &i in &t.rest {
+            self.wait_down(i, t.node).await;
+        }
+        self.agreed_owners(&t.rest, &t.rest).await
+    }
+
     async fn create_sources(&self) {
         for page in 1..=SOURCES {
             let spec = page_spec(&format!("s{page}"), &self.web.url(page), 1);
@@ -216,14 +252,11 @@ async fn a_killed_container_s_sources_move_and_nothing_is_lost() {
     let _one = exclusive().await;
     let mut made = Cleanup::default();
     let (c, owners) = scraping_cluster(&mut made, &prefix("kill")).await;
-    let (source, owner) = owners.iter().next().unwrap();
-    let victim = c.name_of(owner);
-    let page: u32 = source[1..].parse().unwrap();
-    let rest: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
-    let survivor_ips: Vec<String> = rest.iter().map(|&i| c.ip(i)).collect();
+    let t = c.target(&owners);
+    let (page, survivor_ips) = (t.page, &t.rest_ips);
 
     let killed_at = Utc::now();
-    docker(&["kill", &c.nodes[victim].container]);
+    docker(&["kill", &c.nodes[t.node].container]);
     let mark = c.web.hits().len();
 
     // The fixture sees the page fetched again, from a survivor's address.
@@ -241,25 +274,22 @@ async fn a_killed_container_s_sources_move_and_nothing_is_lost() {
         "failover after docker kill: page {page} fetched by a survivor {} ms after the kill",
         ms_since(killed_at, &refetch)
     );
-    for &i in &rest {
-        c.wait_down(i, victim).await;
-    }
-    let moved = c.agreed_owners(&rest, &rest).await;
-    assert_ne!(moved[source], *owner);
+    let moved = c.rest_agree(&t).await;
+    assert_ne!(moved[&t.source], t.owner);
     for (id, o) in &owners {
-        if o != owner {
+        if *o != t.owner {
             assert_eq!(moved[id], *o, "{id} moved though its owner lived");
         }
     }
     // Every source is scraped by the survivors, and nothing collected is lost.
     c.wait_scraped(
         mark,
-        &survivor_ips,
+        survivor_ips,
         1,
         "every source scraped by the survivors",
     )
     .await;
-    c.wait_items(&rest).await;
+    c.wait_items(&t.rest).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -267,20 +297,14 @@ async fn a_paused_container_loses_its_sources_and_gets_them_back_once() {
     let _one = exclusive().await;
     let mut made = Cleanup::default();
     let (c, owners) = scraping_cluster(&mut made, &prefix("pause")).await;
-    let (source, owner) = owners.iter().next().unwrap();
-    let frozen = c.name_of(owner);
-    let page: u32 = source[1..].parse().unwrap();
-    let rest: Vec<usize> = (0..3).filter(|&i| i != frozen).collect();
-    let other_ips: Vec<String> = rest.iter().map(|&i| c.ip(i)).collect();
+    let t = c.target(&owners);
+    let (page, other_ips) = (t.page, &t.rest_ips);
 
     let paused_at = Utc::now();
-    docker(&["pause", &c.nodes[frozen].container]);
+    docker(&["pause", &c.nodes[t.node].container]);
     let mark = c.web.hits().len();
-    for &i in &rest {
-        c.wait_down(i, frozen).await;
-    }
-    let moved = c.agreed_owners(&rest, &rest).await;
-    assert_ne!(moved[source], *owner);
+    let moved = c.rest_agree(&t).await;
+    assert_ne!(moved[&t.source], t.owner);
     let refetch = wait_until(
         "another node to fetch the paused owner's page",
         SETTLE,
@@ -298,7 +322,7 @@ async fn a_paused_container_loses_its_sources_and_gets_them_back_once() {
         ms_since(paused_at, &refetch)
     );
 
-    docker(&["unpause", &c.nodes[frozen].container]);
+    docker(&["unpause", &c.nodes[t.node].container]);
     c.wait_members(&[0, 1, 2], &[0, 1, 2]).await;
     let back = c.agreed_owners(&[0, 1, 2], &[0, 1, 2]).await;
     assert_eq!(back, owners, "placement returns to where it was");
@@ -311,10 +335,8 @@ async fn a_partitioned_container_the_majority_keeps_scraping_and_it_heals_to_one
     let _one = exclusive().await;
     let mut made = Cleanup::default();
     let (c, owners) = scraping_cluster(&mut made, &prefix("part")).await;
-    let (_, owner) = owners.iter().next().unwrap();
-    let cut = c.name_of(owner);
-    let rest: Vec<usize> = (0..3).filter(|&i| i != cut).collect();
-    let majority_ips: Vec<String> = rest.iter().map(|&i| c.ip(i)).collect();
+    let t = c.target(&owners);
+    let (cut, majority_ips) = (t.node, &t.rest_ips);
 
     // A 1|2 partition: the owner leaves the network (and with it the fixture).
     let cut_at = Instant::now();
@@ -325,23 +347,15 @@ async fn a_partitioned_container_the_majority_keeps_scraping_and_it_heals_to_one
         &c.nodes[cut].container,
     ]);
     let mark = c.web.hits().len();
-    for &i in &rest {
-        c.wait_down(i, cut).await;
-    }
-    c.agreed_owners(&rest, &rest).await;
+    c.rest_agree(&t).await;
     // The majority scrapes every source, the cut node's included.
-    c.wait_scraped(
-        mark,
-        &majority_ips,
-        2,
-        "the majority to scrape every source",
-    )
-    .await;
+    c.wait_scraped(mark, majority_ips, 2, "the majority to scrape every source")
+        .await;
     eprintln!(
         "partition: the majority scraped every source twice within {} ms of the cut",
         cut_at.elapsed().as_millis()
     );
-    c.wait_items(&rest).await;
+    c.wait_items(&t.rest).await;
 
     docker(&[
         "network",

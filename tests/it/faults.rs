@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::harness::fixture::FixtureSite;
+use crate::harness::node::Api;
 use crate::harness::{catalogue_spec, wait_until, Node, NodeConfig};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 /// A tmpfs mounted for one test, unmounted when dropped.
@@ -98,6 +100,32 @@ fn growing_spec(id: &str, site: &FixtureSite) -> Value {
     spec
 }
 
+/// A node on the tmpfs `disk`, its configuration with `env` added.
+fn disk_config(disk: &Tmpfs, env: &[(&str, &str)]) -> NodeConfig {
+    env.iter()
+        .fold(NodeConfig::new(disk.path()), |c, (k, v)| c.env(k, v))
+}
+
+/// A node on `disk` (see [`disk_config`]), the disk then filled until about
+/// `leave` bytes are free, five growing sources on the node, and a reader of
+/// their collection for `read_for`; and the filler file.
+async fn writing_on(
+    disk: &Tmpfs,
+    site: &FixtureSite,
+    env: &[(&str, &str)],
+    leave: u64,
+    read_for: Duration,
+) -> (Node, PathBuf, Reader) {
+    let node = disk_config(disk, env).start().await;
+    let filler = fill_until(disk.path(), "filler", leave);
+    for i in 0..5 {
+        node.create_source(&growing_spec(&format!("grow{i}"), site))
+            .await;
+    }
+    let reader = Reader::start(&node, "growing", read_for);
+    (node, filler, reader)
+}
+
 /// Reads a collection over and over (bounded in count and time) and keeps
 /// every item key a query returned, and how the answers went.
 struct Reader {
@@ -112,12 +140,8 @@ impl Reader {
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .unwrap();
-        let base = node.url(&format!("/api/v1/collections/{collection}/items?limit=500"));
+        let api = Api::new(&node.addr(), None, Some(Duration::from_secs(15)));
+        let base = format!("/api/v1/collections/{collection}/items?limit=500");
         let (s, st, stop2) = (seen.clone(), statuses.clone(), stop.clone());
         let task = tokio::spawn(async move {
             let deadline = Instant::now() + within;
@@ -131,7 +155,7 @@ impl Reader {
                         Some(c) => format!("{base}&cursor={c}"),
                         None => base.clone(),
                     };
-                    let Ok(r) = client.get(&url).send().await else {
+                    let Ok(r) = api.anonymous(Method::GET, &url).send().await else {
                         break;
                     };
                     let status = r.status().as_u16();
@@ -184,19 +208,16 @@ async fn a_full_disk_refuses_writes_keeps_answering_and_recovers_by_itself() {
         return;
     };
     let site = FixtureSite::start().await;
-    let config = || {
-        NodeConfig::new(disk.path())
-            .env("GLEANER_DISK_RESERVE_MB", "4")
-            .env("GLEANER_CACHE_MB", "8")
-    };
-    let mut node = config().start().await;
+    let env = [("GLEANER_DISK_RESERVE_MB", "4"), ("GLEANER_CACHE_MB", "8")];
     // Leave the node ~3 MiB above its reserve, so its own writes cross it soon.
-    let filler = fill_until(disk.path(), "filler", 7 * 1024 * 1024);
-    for i in 0..5 {
-        node.create_source(&growing_spec(&format!("grow{i}"), &site))
-            .await;
-    }
-    let reader = Reader::start(&node, "growing", Duration::from_secs(240));
+    let (mut node, filler, reader) = writing_on(
+        &disk,
+        &site,
+        &env,
+        7 * 1024 * 1024,
+        Duration::from_secs(240),
+    )
+    .await;
 
     // The disk crosses the reserve: not ready, and it says why.
     let not_ready = wait_until(
@@ -288,7 +309,7 @@ async fn a_full_disk_refuses_writes_keeps_answering_and_recovers_by_itself() {
 
     // Every item a query returned is still there after a restart.
     drop(node);
-    let node = config().start().await;
+    let node = disk_config(&disk, &env).start().await;
     let now = node.item_keys("growing").await;
     let lost = missing(&served, &now);
     eprintln!(
@@ -341,19 +362,19 @@ async fn sled_out_of_space_ends_the_node_for_a_restart_and_loses_nothing_served(
         return;
     };
     let site = FixtureSite::start().await;
-    let config = || {
-        NodeConfig::new(disk.path())
-            .env("GLEANER_DISK_RESERVE_MB", "0")
-            .env("GLEANER_STORE_STALL_SECS", "3")
-            .env("GLEANER_CACHE_MB", "8")
-    };
-    let mut node = config().start().await;
-    let filler = fill_until(disk.path(), "filler", 2 * 1024 * 1024);
-    for i in 0..5 {
-        node.create_source(&growing_spec(&format!("grow{i}"), &site))
-            .await;
-    }
-    let reader = Reader::start(&node, "growing", Duration::from_secs(180));
+    let env = [
+        ("GLEANER_DISK_RESERVE_MB", "0"),
+        ("GLEANER_STORE_STALL_SECS", "3"),
+        ("GLEANER_CACHE_MB", "8"),
+    ];
+    let (mut node, filler, reader) = writing_on(
+        &disk,
+        &site,
+        &env,
+        2 * 1024 * 1024,
+        Duration::from_secs(180),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let code = loop {
         if let Some(code) = node.exited() {
@@ -378,7 +399,7 @@ async fn sled_out_of_space_ends_the_node_for_a_restart_and_loses_nothing_served(
     }
     drop(node);
     std::fs::remove_file(&filler).unwrap();
-    let node = config().start().await;
+    let node = disk_config(&disk, &env).start().await;
     let now = node.item_keys("growing").await;
     let lost = missing(&served, &now);
     eprintln!(
