@@ -23,6 +23,19 @@ fn page_source(site: &FixtureSite, id: &str, page: u32, every_secs: u64) -> Valu
     page_spec(id, &site.url(&page_path(page)), every_secs)
 }
 
+/// Sources `s{page}` for the catalogue pages `pages`, on `node`.
+async fn add_pages(
+    node: &Node,
+    site: &FixtureSite,
+    pages: std::ops::RangeInclusive<u32>,
+    every_secs: u64,
+) {
+    for page in pages {
+        node.create_source(&page_source(site, &format!("s{page}"), page, every_secs))
+            .await;
+    }
+}
+
 /// Which nodes run a scraper for `source` now, by their debug state.
 async fn running_on(nodes: &[&Node], source: &str) -> Vec<String> {
     let mut on = Vec::new();
@@ -113,11 +126,7 @@ async fn sources_spread_and_every_node_serves_every_item() {
     c.formed(FORM).await;
     let all = c.all();
 
-    for page in 1..=12 {
-        all[0]
-            .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
-            .await;
-    }
+    add_pages(all[0], &site, 1..=12, 3600).await;
     let owners = agreed_owners(&all, 12, &c.names(), SETTLE).await;
     let spread: BTreeSet<&String> = owners.values().collect();
     assert!(spread.len() >= 2, "12 sources all on one node: {owners:?}");
@@ -182,11 +191,7 @@ async fn scraping(site: &FixtureSite, n: usize, sources: u32) -> Cluster {
     let c = Cluster::start(ClusterPlan::new(n), &(0..n).collect::<Vec<_>>()).await;
     c.formed(FORM).await;
     let all = c.all();
-    for page in 1..=sources {
-        all[0]
-            .create_source(&page_source(site, &format!("s{page}"), page, 1))
-            .await;
-    }
+    add_pages(all[0], site, 1..=sources, 1).await;
     wait_for_items(&all, "books", sources as usize * 20, SETTLE).await;
     c
 }
@@ -268,22 +273,14 @@ async fn restarted_and_new_nodes_catch_up() {
     {
         c.formed(FORM).await;
         let all = c.all();
-        for page in 1..=3 {
-            all[0]
-                .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
-                .await;
-        }
+        add_pages(all[0], &site, 1..=3, 3600).await;
         wait_for_items(&all, "books", 60, SETTLE).await;
     }
     // n2 goes away; sources and items change while it is gone.
     assert!(c.terminate(2));
     {
         let up = c.all();
-        for page in 4..=6 {
-            up[1]
-                .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
-                .await;
-        }
+        add_pages(up[1], &site, 4..=6, 3600).await;
         let (status, _) = up[0].delete("/api/v1/sources/s1").await;
         assert_eq!(status, 204);
         wait_for_items(&up, "books", 120, SETTLE).await;
@@ -338,11 +335,7 @@ async fn a_node_behind_the_peers_logs_copies_the_collection() {
         c.formed(FORM).await;
         let two = c.all();
         // Three sources on two nodes: one node made at least two batches.
-        for page in 1..=3 {
-            two[0]
-                .create_source(&page_source(&site, &format!("s{page}"), page, 3600))
-                .await;
-        }
+        add_pages(two[0], &site, 1..=3, 3600).await;
         wait_for_items(&two, "books", 60, SETTLE).await;
     }
     c.add(2, short).await;

@@ -198,6 +198,16 @@ impl Cluster {
         .await;
     }
 
+    /// Once the struck node is back: every member up, placement back where it
+    /// was (`owners`), one scraper per source, and every item on every node.
+    async fn assert_healed(&self, owners: &BTreeMap<String, String>) {
+        self.wait_members(&[0, 1, 2], &[0, 1, 2]).await;
+        let back = self.agreed_owners(&[0, 1, 2], &[0, 1, 2]).await;
+        assert_eq!(back, *owners, "placement returns to where it was");
+        self.assert_one_scraper_each(&back).await;
+        self.wait_items(&[0, 1, 2]).await;
+    }
+
     /// Once placement is stable, each page is fetched from its owner's
     /// address only: one scraper per source, as the fixture sees it.
     async fn assert_one_scraper_each(&self, owners: &BTreeMap<String, String>) {
@@ -323,11 +333,7 @@ async fn a_paused_container_loses_its_sources_and_gets_them_back_once() {
     );
 
     docker(&["unpause", &c.nodes[t.node].container]);
-    c.wait_members(&[0, 1, 2], &[0, 1, 2]).await;
-    let back = c.agreed_owners(&[0, 1, 2], &[0, 1, 2]).await;
-    assert_eq!(back, owners, "placement returns to where it was");
-    c.assert_one_scraper_each(&back).await;
-    c.wait_items(&[0, 1, 2]).await;
+    c.assert_healed(&owners).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -364,11 +370,7 @@ async fn a_partitioned_container_the_majority_keeps_scraping_and_it_heals_to_one
         &c.nodes[cut].container,
     ]);
     c.nodes[cut].refresh(SETTLE).await;
-    c.wait_members(&[0, 1, 2], &[0, 1, 2]).await;
-    let healed = c.agreed_owners(&[0, 1, 2], &[0, 1, 2]).await;
-    assert_eq!(healed, owners, "placement returns to where it was");
-    c.assert_one_scraper_each(&healed).await;
-    c.wait_items(&[0, 1, 2]).await;
+    c.assert_healed(&owners).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

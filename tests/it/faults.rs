@@ -100,6 +100,20 @@ fn growing_spec(id: &str, site: &FixtureSite) -> Value {
     spec
 }
 
+/// Starts the node again on its data directory, and asserts that it serves
+/// every item key a query returned before (`what` names the fault).
+async fn nothing_lost_after_restart(config: NodeConfig, served: &BTreeSet<String>, what: &str) {
+    let node = config.start().await;
+    let now = node.item_keys("growing").await;
+    let lost = missing(served, &now);
+    eprintln!("{what}: {} items served, {} lost", served.len(), lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} served items lost: {lost:?}",
+        lost.len()
+    );
+}
+
 /// A node on the tmpfs `disk`, its configuration with `env` added.
 fn disk_config(disk: &Tmpfs, env: &[(&str, &str)]) -> NodeConfig {
     env.iter()
@@ -309,19 +323,7 @@ async fn a_full_disk_refuses_writes_keeps_answering_and_recovers_by_itself() {
 
     // Every item a query returned is still there after a restart.
     drop(node);
-    let node = disk_config(&disk, &env).start().await;
-    let now = node.item_keys("growing").await;
-    let lost = missing(&served, &now);
-    eprintln!(
-        "full disk: {} items served, {} lost",
-        served.len(),
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} served items lost: {lost:?}",
-        lost.len()
-    );
+    nothing_lost_after_restart(disk_config(&disk, &env), &served, "full disk").await;
 }
 
 #[tokio::test]
@@ -341,19 +343,7 @@ async fn kill_9_while_writing_loses_nothing_that_was_served() {
     node.kill9();
     let (served, _) = reader.finish().await;
     drop(node);
-    let node = NodeConfig::new(dir.path()).start().await;
-    let now = node.item_keys("growing").await;
-    let lost = missing(&served, &now);
-    eprintln!(
-        "kill -9: {} items served, {} lost",
-        served.len(),
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} served items lost: {lost:?}",
-        lost.len()
-    );
+    nothing_lost_after_restart(NodeConfig::new(dir.path()), &served, "kill -9").await;
 }
 
 #[tokio::test]
@@ -399,17 +389,6 @@ async fn sled_out_of_space_ends_the_node_for_a_restart_and_loses_nothing_served(
     }
     drop(node);
     std::fs::remove_file(&filler).unwrap();
-    let node = disk_config(&disk, &env).start().await;
-    let now = node.item_keys("growing").await;
-    let lost = missing(&served, &now);
-    eprintln!(
-        "sled out of space: exit {code:?}, {} items served, {} lost",
-        served.len(),
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} served items lost: {lost:?}",
-        lost.len()
-    );
+    let what = format!("sled out of space: exit {code:?}");
+    nothing_lost_after_restart(disk_config(&disk, &env), &served, &what).await;
 }
