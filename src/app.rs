@@ -21,10 +21,10 @@ use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::actors::membership::{Membership, MembershipArgs, MembershipMsg};
-use crate::actors::node_supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::cluster::membership::{Membership, MembershipArgs, MembershipMsg};
 use crate::cluster::view::{NodeInfo, Role};
 use crate::cluster::Cluster;
+use crate::control::node_supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
 use crate::events::Events;
 use crate::http::{self, AppState};
 use crate::scrape::extract::Limits;
@@ -96,8 +96,11 @@ impl App {
                         settings: c,
                         listener,
                         cluster: cluster.clone(),
-                        store: store.clone(),
-                        started_at,
+                        inbound: std::sync::Arc::new(crate::control::inbound::NodeInbound {
+                            store: store.clone(),
+                            cluster: cluster.clone(),
+                            started_at,
+                        }),
                     },
                 )
                 .await

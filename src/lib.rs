@@ -25,15 +25,17 @@
 
 #![forbid(unsafe_code)]
 
-pub mod actors;
 pub mod app;
 pub mod cluster;
+pub mod control;
 pub mod domain;
 pub mod events;
 pub mod http;
 pub mod isolation;
+pub mod pipeline;
 pub mod scrape;
 pub mod settings;
 pub mod store;
+pub mod supervision;
 pub mod telemetry;
 pub mod worker;

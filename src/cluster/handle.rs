@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::placement;
 use super::view::{MemberState, NodeInfo, Role};
 use super::wire::{self, Notice, Request, Response};
-use crate::actors::peer::PeerMsg;
+use crate::cluster::peer::PeerMsg;
 
 /// A member as the API shows it.
 #[derive(Debug, Clone, Serialize)]

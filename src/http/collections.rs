@@ -16,10 +16,10 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::{ask, auth, blocking, durable, AppState};
-use crate::actors::collection_supervisor::CollectionSupervisorMsg;
 use crate::cluster::groups::COLLECTIONS;
 use crate::domain::spec::is_slug;
 use crate::domain::StoredItem;
+use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
 use crate::store::{Store, StoreError};
 
 /// Items per page when `limit` is not given, and the most a page may hold.

@@ -6,7 +6,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
-use crate::actors::orchestrator::AdminError;
+use crate::control::orchestrator::AdminError;
 use crate::domain::SpecError;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,12 @@ impl From<AdminError> for ApiError {
             AdminError::DiskFull(m) => ApiError::DiskFull(m),
             AdminError::StorageUnavailable(m) => ApiError::StorageUnavailable(m),
         }
+    }
+}
+
+impl From<crate::supervision::ActorError> for ApiError {
+    fn from(e: crate::supervision::ActorError) -> Self {
+        ApiError::Unavailable(e.to_string())
     }
 }
 

@@ -19,9 +19,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::{Deserialize, Serialize};
 
-use super::scraper_supervisor::{SourceRuntime, SourceState, Totals};
 use crate::domain::SourceSpec;
-use crate::isolation::{Isolation, WorkerContainer, WorkerPlan};
+use crate::domain::{SourceRuntime, SourceState, Totals, WorkerContainer};
+use crate::isolation::{Isolation, WorkerPlan};
 
 /// How often the engine is checked without being asked.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(3);
@@ -90,7 +90,10 @@ pub async fn add_worker_runtimes(
     workers: &ActorRef<WorkerSupervisorMsg>,
 ) {
     if let Ok(ractor::rpc::CallResult::Success(statuses)) = workers
-        .call(WorkerSupervisorMsg::Statuses, Some(super::ASK_TIMEOUT))
+        .call(
+            WorkerSupervisorMsg::Statuses,
+            Some(crate::supervision::ASK_TIMEOUT),
+        )
         .await
     {
         runtimes.extend(statuses.iter().map(|(id, s)| (id.clone(), s.as_runtime())));

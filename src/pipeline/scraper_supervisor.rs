@@ -3,7 +3,7 @@
 //! each Scraper linked, and when one fails it restarts it after an exponential
 //! backoff, or marks the source `failed` once failures exceed the restart
 //! intensity. A failed source tries one run again by itself after a long
-//! backoff ([`heal_delay`](super::heal_delay): its period, doubling, at most
+//! backoff ([`heal_delay`](crate::supervision::heal_delay): its period, doubling, at most
 //! an hour), at once if its spec changes or an operator asks for a run, and
 //! is `scheduled` again after its next successful run, its failures
 //! forgotten. A failing source never disturbs another.
@@ -16,17 +16,16 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use serde::{Deserialize, Serialize};
 
 use super::collection_supervisor::CollectionSupervisorMsg;
-use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperStats};
-use super::{AfterRunFailure, SourceFailures, ASK_TIMEOUT};
-use crate::domain::SourceSpec;
+use super::scraper::{Scraper, ScraperArgs, ScraperMsg};
+use crate::domain::{SourceRuntime, SourceSpec, SourceState, Totals};
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
+use crate::supervision::{AfterRunFailure, SourceFailures, ASK_TIMEOUT};
 
 pub struct ScraperSupervisor;
 
@@ -73,43 +72,6 @@ pub enum ScraperSupervisorMsg {
         Option<Vec<String>>,
         RpcReplyPort<BTreeMap<String, SourceRuntime>>,
     ),
-}
-
-/// Where a source's scraper is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceState {
-    Scheduled,
-    Running,
-    BackingOff,
-    Failed,
-    Disabled,
-}
-
-/// A source's run counts on this node since it was placed here; kept by the
-/// supervisor, so a scraper's restart does not lose them.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Totals {
-    pub runs: u64,
-    pub errors: u64,
-    pub pages: u64,
-    pub items: u64,
-}
-
-/// A source's live status on its owner node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SourceRuntime {
-    pub totals: Totals,
-    pub state: SourceState,
-    pub next_run: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    /// Restarts after failures since the spec was last set.
-    pub restarts: u64,
-    /// The live scraper's counters, when one runs.
-    pub scraper: Option<ScraperStats>,
-    /// The worker container, for an isolated source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<crate::isolation::WorkerContainer>,
 }
 
 enum Phase {

@@ -26,7 +26,6 @@ use crate::cluster::handle::{status, MemberStatus, Peer as PeerRef, Published};
 use crate::cluster::view::{Heard, MemberState, MemberView, NodeInfo};
 use crate::cluster::{wire, Cluster};
 use crate::settings::ClusterSettings;
-use crate::store::Store;
 
 pub struct Membership;
 
@@ -36,8 +35,8 @@ pub struct MembershipArgs {
     /// its port is the one advertised to peers.
     pub listener: tokio::net::TcpListener,
     pub cluster: Cluster,
-    pub store: Store,
-    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Where peers' requests and notices go (the Peer hands them on).
+    pub inbound: std::sync::Arc<dyn super::peer::Inbound>,
 }
 
 #[derive(RactorMessage)]
@@ -289,8 +288,7 @@ impl Actor for Membership {
             settings,
             listener,
             cluster,
-            store,
-            started_at,
+            inbound,
         } = args;
         let me = cluster.me().clone();
         let public_port = listener.local_addr()?.port();
@@ -332,9 +330,7 @@ impl Actor for Membership {
             Peer,
             PeerArgs {
                 membership: myself.clone(),
-                store,
-                cluster: cluster.clone(),
-                started_at,
+                inbound,
             },
             myself.get_cell(),
         )

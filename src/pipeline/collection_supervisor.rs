@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use super::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg, AggregatorStats};
 use super::endpoint::{CollectionSummary, Endpoint, EndpointMsg};
-use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::handle::Answer;
 use crate::cluster::wire::Response;
 use crate::cluster::Cluster;
@@ -22,6 +21,7 @@ use crate::domain::{ReplicatedBatch, StoredItem};
 use crate::events::Events;
 use crate::settings::RestartPolicy;
 use crate::store::{Flusher, Store};
+use crate::supervision::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 
 pub struct CollectionSupervisor;
 

@@ -11,19 +11,19 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
-use super::collection_supervisor::{
-    CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg,
-};
 use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
-use super::replicator::{Replicator, ReplicatorArgs, ReplicatorMsg};
-use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::groups;
 use crate::cluster::Cluster;
 use crate::events::Events;
+use crate::pipeline::collection_supervisor::{
+    CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg,
+};
+use crate::pipeline::replicator::{Replicator, ReplicatorArgs, ReplicatorMsg};
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
+use crate::supervision::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 
 pub struct NodeSupervisor;
 

@@ -23,27 +23,26 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use ractor_cluster::RactorMessage;
 use serde::Serialize;
 
-use super::collection_supervisor::CollectionSupervisorMsg;
-use super::endpoint::CollectionSummary;
-use super::scraper_supervisor::{
-    BatchSink, ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg, SourceRuntime,
-    SourceState,
-};
-use super::worker_supervisor::{
-    add_worker_runtimes, WorkerSupervisor, WorkerSupervisorArgs, WorkerSupervisorMsg,
-};
-use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
 use crate::cluster::wire::{Notice, Request, Response};
 use crate::cluster::Cluster;
-use crate::domain::{RunRecord, SourceRecord, SourceSpec, Version};
+use crate::domain::{RunRecord, SourceRecord, SourceRuntime, SourceSpec, SourceState, Version};
 use crate::events::{Event, Events};
+use crate::isolation::worker_supervisor::{
+    add_worker_runtimes, WorkerSupervisor, WorkerSupervisorArgs, WorkerSupervisorMsg,
+};
 use crate::isolation::Isolation;
+use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
+use crate::pipeline::endpoint::CollectionSummary;
+use crate::pipeline::scraper_supervisor::{
+    BatchSink, ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg,
+};
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::{Store, StoreError};
+use crate::supervision::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 
 pub struct Orchestrator;
 
@@ -167,7 +166,7 @@ pub struct SourceStatus {
     pub restarts: u64,
     /// The worker container of an isolated source.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<crate::isolation::WorkerContainer>,
+    pub container: Option<crate::domain::WorkerContainer>,
 }
 
 pub struct OrchestratorState {
