@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use ractor::{ActorRef, Message, RpcReplyPort};
+use ractor::{ActorCell, ActorRef, Message, RpcReplyPort, SupervisionEvent};
 
 use crate::settings::RestartPolicy;
 
@@ -23,6 +23,33 @@ pub enum ActorError {
     /// It answered, with a refusal.
     #[error("{0}")]
     Refused(String),
+}
+
+/// A child that failed or stopped, as a supervisor sees it.
+pub struct ChildDown {
+    pub who: ActorCell,
+    /// Its error, or the reason it stopped with ("stopped" when none).
+    pub why: String,
+    /// It stopped (rather than failed).
+    pub stopped: bool,
+}
+
+/// The child a supervision event reports down, if it reports one: the one
+/// match every supervisor would otherwise repeat.
+pub fn child_down(event: SupervisionEvent) -> Option<ChildDown> {
+    match event {
+        SupervisionEvent::ActorFailed(who, err) => Some(ChildDown {
+            who,
+            why: err.to_string(),
+            stopped: false,
+        }),
+        SupervisionEvent::ActorTerminated(who, _, reason) => Some(ChildDown {
+            who,
+            why: reason.unwrap_or_else(|| "stopped".into()),
+            stopped: true,
+        }),
+        _ => None,
+    }
 }
 
 /// Asks `actor` (called `what` in errors) and waits at most `timeout`.

@@ -23,7 +23,7 @@ use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
-use crate::supervision::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use crate::supervision::{child_down, AfterFailure, ChildDown, FailureWindow, ASK_TIMEOUT};
 
 pub struct NodeSupervisor;
 
@@ -179,12 +179,8 @@ impl Actor for NodeSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (who, why) = match event {
-            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
-            SupervisionEvent::ActorTerminated(who, _, reason) => {
-                (who, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some(ChildDown { who, why, .. }) = child_down(event) else {
+            return Ok(());
         };
         let id = who.get_id();
         let ours = state

@@ -21,7 +21,7 @@ use crate::domain::{ReplicatedBatch, StoredItem};
 use crate::events::Events;
 use crate::settings::RestartPolicy;
 use crate::store::{Flusher, Store};
-use crate::supervision::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use crate::supervision::{child_down, AfterFailure, ChildDown, FailureWindow, ASK_TIMEOUT};
 
 pub struct CollectionSupervisor;
 
@@ -276,12 +276,8 @@ impl Actor for CollectionSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (who, why) = match event {
-            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
-            SupervisionEvent::ActorTerminated(who, _, reason) => {
-                (who, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some(ChildDown { who, why, .. }) = child_down(event) else {
+            return Ok(());
         };
         let id = who.get_id();
         let Some((name, pair)) = state.pairs.iter_mut().find(|(_, p)| {

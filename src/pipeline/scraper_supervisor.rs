@@ -25,7 +25,7 @@ use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
-use crate::supervision::{AfterRunFailure, SourceFailures, ASK_TIMEOUT};
+use crate::supervision::{child_down, AfterRunFailure, SourceFailures, ASK_TIMEOUT};
 
 pub struct ScraperSupervisor;
 
@@ -456,16 +456,14 @@ impl Actor for ScraperSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (who, error) = match event {
-            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
-            SupervisionEvent::ActorTerminated(who, _, reason) => (
-                who,
-                format!(
-                    "scraper stopped unexpectedly: {}",
-                    reason.unwrap_or_default()
-                ),
-            ),
-            _ => return Ok(()),
+        let Some(down) = child_down(event) else {
+            return Ok(());
+        };
+        let who = down.who;
+        let error = if down.stopped {
+            format!("scraper stopped unexpectedly: {}", down.why)
+        } else {
+            down.why
         };
         let dead = who.get_id();
         let id = state.children.iter().find_map(|(id, c)| match &c.phase {

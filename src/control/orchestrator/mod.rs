@@ -47,7 +47,7 @@ use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::{Store, StoreError};
-use crate::supervision::{AfterFailure, FailureWindow, ASK_TIMEOUT};
+use crate::supervision::{child_down, AfterFailure, ChildDown, FailureWindow, ASK_TIMEOUT};
 
 mod commands;
 mod registry;
@@ -289,12 +289,8 @@ impl Actor for Orchestrator {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (who, why) = match event {
-            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
-            SupervisionEvent::ActorTerminated(who, _, reason) => {
-                (who, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some(ChildDown { who, why, .. }) = child_down(event) else {
+            return Ok(());
         };
         let scrapers = who.get_id() == state.scrapers.get_id();
         if !scrapers && who.get_id() != state.workers.get_id() {
