@@ -52,17 +52,21 @@ pub fn child_down(event: SupervisionEvent) -> Option<ChildDown> {
     }
 }
 
-/// Asks `actor` (called `what` in errors) and waits at most `timeout`.
+/// Asks `actor` and waits at most `timeout`; errors name the actor.
 pub async fn ask<M: Message, T: Send + 'static>(
     actor: &ActorRef<M>,
-    what: &str,
     build: impl FnOnce(RpcReplyPort<T>) -> M,
     timeout: Duration,
 ) -> Result<T, ActorError> {
+    let what = || {
+        actor
+            .get_name()
+            .unwrap_or_else(|| format!("actor {}", actor.get_id()))
+    };
     match actor.call(build, Some(timeout)).await {
         Ok(ractor::rpc::CallResult::Success(t)) => Ok(t),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(ActorError::Timeout(what.to_owned())),
-        _ => Err(ActorError::NotRunning(what.to_owned())),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(ActorError::Timeout(what())),
+        _ => Err(ActorError::NotRunning(what())),
     }
 }
 
@@ -75,7 +79,7 @@ pub async fn ask_named<M: Message, T: Send + 'static>(
     let actor: ActorRef<M> = ractor::registry::where_is(name)
         .ok_or_else(|| ActorError::NotRunning(name.to_owned()))?
         .into();
-    ask(&actor, name, build, timeout).await
+    ask(&actor, build, timeout).await
 }
 
 /// What a supervisor should do after a child failed.

@@ -26,6 +26,7 @@ use crate::cluster::handle::{status, MemberStatus, Peer as PeerRef, Published};
 use crate::cluster::view::{Heard, MemberState, MemberView, NodeInfo};
 use crate::cluster::{wire, Cluster};
 use crate::settings::ClusterSettings;
+use crate::supervision::ask;
 
 pub struct Membership;
 
@@ -170,28 +171,26 @@ impl DialRound {
 
 /// Tries every target once; returns those that could not be reached.
 async fn dial(server: ActorRef<NodeServerMessage>, targets: Vec<String>) -> Vec<String> {
-    let connected: HashSet<std::net::SocketAddr> = match server
-        .call(NodeServerMessage::GetSessions, Some(DIAL_TIMEOUT))
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(sessions)) => {
-            let mut addrs = HashSet::new();
-            for ses in sessions.values() {
-                if let Some(name) = &ses.peer_name {
-                    if let Ok(Ok(found)) = tokio::time::timeout(
-                        DIAL_TIMEOUT,
-                        tokio::net::lookup_host(name.connection_string.clone()),
-                    )
-                    .await
-                    {
-                        addrs.extend(found);
+    let connected: HashSet<std::net::SocketAddr> =
+        match ask(&server, NodeServerMessage::GetSessions, DIAL_TIMEOUT).await {
+            Ok(sessions) => {
+                let mut addrs = HashSet::new();
+                for ses in sessions.values() {
+                    if let Some(name) = &ses.peer_name {
+                        if let Ok(Ok(found)) = tokio::time::timeout(
+                            DIAL_TIMEOUT,
+                            tokio::net::lookup_host(name.connection_string.clone()),
+                        )
+                        .await
+                        {
+                            addrs.extend(found);
+                        }
                     }
                 }
+                addrs
             }
-            addrs
-        }
-        _ => HashSet::new(),
-    };
+            _ => HashSet::new(),
+        };
     let mut failed = Vec::new();
     for target in targets {
         let resolved =
@@ -507,14 +506,13 @@ impl Actor for Membership {
                 }
             }
             MembershipMsg::Stats(reply) => {
-                let sessions = match state
-                    .server
-                    .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
-                    .await
-                {
-                    Ok(ractor::rpc::CallResult::Success(s)) => s.len(),
-                    _ => 0,
-                };
+                let sessions = ask(
+                    &state.server,
+                    NodeServerMessage::GetSessions,
+                    Duration::from_secs(1),
+                )
+                .await
+                .map_or(0, |s| s.len());
                 let _ = reply.send(MembershipStats {
                     settled: state.settled,
                     members: state.cluster.members(),

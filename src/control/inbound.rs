@@ -18,7 +18,7 @@ use crate::pipeline::aggregator::AggregatorMsg;
 use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
 use crate::pipeline::scraper_supervisor::ScraperSupervisorMsg;
 use crate::store::{LogSlice, Store};
-use crate::supervision::ASK_TIMEOUT;
+use crate::supervision::{ask, ASK_TIMEOUT};
 
 /// About how many bytes of batches one pull answer carries (far below the
 /// cluster's frame limit).
@@ -128,16 +128,14 @@ impl Inbound for NodeInbound {
             Request::Runtimes => {
                 tokio::spawn(async move {
                     let mut response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
-                        Some(s) => match s
-                            .call(
-                                |r| ScraperSupervisorMsg::Statuses(None, r),
-                                Some(ASK_TIMEOUT),
-                            )
-                            .await
-                        {
-                            Ok(ractor::rpc::CallResult::Success(r)) => Response::Runtimes(r),
-                            _ => Response::Error("the scrapers did not answer".into()),
-                        },
+                        Some(s) => {
+                            match ask(&s, |r| ScraperSupervisorMsg::Statuses(None, r), ASK_TIMEOUT)
+                                .await
+                            {
+                                Ok(r) => Response::Runtimes(r),
+                                Err(_) => Response::Error("the scrapers did not answer".into()),
+                            }
+                        }
                         None => Response::Error("the scrapers are restarting".into()),
                     };
                     // Isolated sources' workers count as this node's runtimes too.
@@ -152,14 +150,15 @@ impl Inbound for NodeInbound {
             Request::RunNow(id) => {
                 tokio::spawn(async move {
                     let response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
-                        Some(s) => match s
-                            .call(|r| ScraperSupervisorMsg::RunNow(id, r), Some(ASK_TIMEOUT))
-                            .await
-                        {
-                            Ok(ractor::rpc::CallResult::Success(Ok(()))) => Response::Ok,
-                            Ok(ractor::rpc::CallResult::Success(Err(e))) => Response::Error(e),
-                            _ => Response::Error("the scrapers did not answer".into()),
-                        },
+                        Some(s) => {
+                            match ask(&s, |r| ScraperSupervisorMsg::RunNow(id, r), ASK_TIMEOUT)
+                                .await
+                            {
+                                Ok(Ok(())) => Response::Ok,
+                                Ok(Err(e)) => Response::Error(e),
+                                Err(_) => Response::Error("the scrapers did not answer".into()),
+                            }
+                        }
                         None => Response::Error("the scrapers are restarting".into()),
                     };
                     answer.send(response);
@@ -195,23 +194,26 @@ async fn deliver(batch: crate::domain::ItemBatch) -> Response {
         return Response::Error("the collections are restarting".into());
     };
     let name = batch.collection.clone();
-    let aggregator = match collections
-        .call(
-            |r| CollectionSupervisorMsg::Aggregator(name, r),
-            Some(ASK_TIMEOUT),
-        )
-        .await
+    let aggregator = match ask(
+        &collections,
+        |r| CollectionSupervisorMsg::Aggregator(name, r),
+        ASK_TIMEOUT,
+    )
+    .await
     {
-        Ok(ractor::rpc::CallResult::Success(Ok(a))) => a,
-        Ok(ractor::rpc::CallResult::Success(Err(e))) => return Response::Error(e),
-        _ => return Response::Error("the collections did not answer".into()),
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Response::Error(e),
+        Err(_) => return Response::Error("the collections did not answer".into()),
     };
-    match aggregator
-        .call(|r| AggregatorMsg::Apply(batch, r), Some(ASK_TIMEOUT * 6))
-        .await
+    match ask(
+        &aggregator,
+        |r| AggregatorMsg::Apply(batch, r),
+        ASK_TIMEOUT * 6,
+    )
+    .await
     {
-        Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => Response::Delivered(outcome),
-        Ok(ractor::rpc::CallResult::Success(Err(e))) => Response::Error(e),
-        _ => Response::Error("the aggregator did not answer".into()),
+        Ok(Ok(outcome)) => Response::Delivered(outcome),
+        Ok(Err(e)) => Response::Error(e),
+        Err(_) => Response::Error("the aggregator did not answer".into()),
     }
 }

@@ -23,6 +23,7 @@ use crate::cluster::handle::{Answer, Peer};
 use crate::cluster::wire::{self, Request, Response};
 use crate::cluster::{groups, Cluster};
 use crate::store::Store;
+use crate::supervision::ask;
 
 /// How often a round runs without being asked.
 pub const ROUND_EVERY: Duration = Duration::from_secs(2);
@@ -132,21 +133,16 @@ impl ReplicatorState {
         items: Vec<crate::domain::StoredItem>,
         heads: Option<BTreeMap<String, u64>>,
     ) -> Result<(), RoundError> {
-        let result = collections()?
-            .call(
-                |reply| CollectionSupervisorMsg::Restore {
-                    collection: collection.to_owned(),
-                    items,
-                    heads,
-                    reply,
-                },
-                Some(CALL_TIMEOUT * 6),
-            )
-            .await;
-        match result {
-            Ok(ractor::rpc::CallResult::Success(Ok(_))) => Ok(()),
-            Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(RoundError::Local(e)),
-            _ => Err(RoundError::Local("the aggregator did not answer".into())),
+        let restore = |reply| CollectionSupervisorMsg::Restore {
+            collection: collection.to_owned(),
+            items,
+            heads,
+            reply,
+        };
+        match ask(&collections()?, restore, CALL_TIMEOUT * 6).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RoundError::Local(e)),
+            Err(_) => Err(RoundError::Local("the aggregator did not answer".into())),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::scrape::Pager;
 use crate::store::Store;
-use crate::supervision::ASK_TIMEOUT;
+use crate::supervision::{ask, ASK_TIMEOUT};
 
 pub struct Scraper;
 
@@ -174,20 +174,23 @@ async fn run_once(
             fetched_at: Utc::now(),
             items: page.items,
         };
-        match aggregator
-            .call(|r| AggregatorMsg::Apply(batch, r), Some(ASK_TIMEOUT * 6))
-            .await
+        match ask(
+            &aggregator,
+            |r| AggregatorMsg::Apply(batch, r),
+            ASK_TIMEOUT * 6,
+        )
+        .await
         {
-            Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => {
+            Ok(Ok(outcome)) => {
                 record.inserted += outcome.inserted;
                 record.changed += outcome.changed;
             }
-            Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+            Ok(Err(e)) => {
                 record.error = Some(format!("storing items: {e}"));
                 record.code = Some(STORE_REFUSED.into());
                 break;
             }
-            Ok(_) | Err(_) => {
+            Err(_) => {
                 record.error = Some(format!(
                     "storing items: the aggregator of collection {} did not answer",
                     spec.collection

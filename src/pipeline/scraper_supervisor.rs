@@ -25,7 +25,7 @@ use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
-use crate::supervision::{child_down, AfterRunFailure, SourceFailures, ASK_TIMEOUT};
+use crate::supervision::{ask, child_down, AfterRunFailure, SourceFailures, ASK_TIMEOUT};
 
 pub struct ScraperSupervisor;
 
@@ -134,12 +134,7 @@ impl ChildSnapshot {
     /// Asks a running scraper for its counters, and puts the status together.
     async fn status(self) -> (String, SourceRuntime) {
         let scraper = match &self.phase {
-            PhaseSnapshot::Up(actor) => {
-                match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await {
-                    Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-                    _ => None,
-                }
-            }
+            PhaseSnapshot::Up(actor) => ask(actor, ScraperMsg::Stats, ASK_TIMEOUT).await.ok(),
             _ => None,
         };
         let (state, next_run) = match (&self.phase, &scraper) {
@@ -210,16 +205,16 @@ impl ScraperSupervisorState {
             let rules = self.rules.get(&spec)?;
             let aggregator = match &self.args.sink {
                 BatchSink::Fixed(a) => a.clone(),
-                BatchSink::Collections(c) => match c
-                    .call(
-                        |r| CollectionSupervisorMsg::Aggregator(spec.collection.clone(), r),
-                        Some(ASK_TIMEOUT),
+                BatchSink::Collections(c) => {
+                    let collection = spec.collection.clone();
+                    ask(
+                        c,
+                        |r| CollectionSupervisorMsg::Aggregator(collection, r),
+                        ASK_TIMEOUT,
                     )
                     .await
-                {
-                    Ok(ractor::rpc::CallResult::Success(r)) => r?,
-                    _ => return Err("the collection supervisor did not answer".to_string()),
-                },
+                    .map_err(|_| "the collection supervisor did not answer".to_string())??
+                }
             };
             let args = ScraperArgs {
                 spec: spec.clone(),

@@ -93,20 +93,16 @@ impl OrchestratorState {
                 // The owner runs it: ask it, off this mailbox.
                 return Ok(Some(owner));
             }
-            match self
-                .scrapers
-                .call(
-                    |r| ScraperSupervisorMsg::RunNow(id.clone(), r),
-                    Some(ASK_TIMEOUT),
-                )
-                .await
+            let id = id.clone();
+            match ask(
+                &self.scrapers,
+                |r| ScraperSupervisorMsg::RunNow(id, r),
+                ASK_TIMEOUT,
+            )
+            .await
             {
-                Ok(ractor::rpc::CallResult::Success(r)) => {
-                    r.map(|()| None).map_err(AdminError::Conflict)
-                }
-                _ => Err(AdminError::Store(
-                    "the scraper supervisor did not answer".into(),
-                )),
+                Ok(r) => r.map(|()| None).map_err(AdminError::Conflict),
+                Err(e) => Err(AdminError::Unavailable(e.to_string())),
             }
         }
         .await;

@@ -47,7 +47,7 @@ use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::{Store, StoreError};
-use crate::supervision::{child_down, AfterFailure, ChildDown, FailureWindow, ASK_TIMEOUT};
+use crate::supervision::{ask, child_down, AfterFailure, ChildDown, FailureWindow, ASK_TIMEOUT};
 
 mod commands;
 mod registry;

@@ -55,29 +55,24 @@ impl OrchestratorState {
         BTreeMap<String, SourceRuntime>,
         BTreeMap<String, CollectionSummary>,
     ) {
-        let mut runtimes = match self
-            .scrapers
-            .call(
-                |r| ScraperSupervisorMsg::Statuses(ids, r),
-                Some(ASK_TIMEOUT),
-            )
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(s)) => s,
-            _ => BTreeMap::new(),
-        };
+        let mut runtimes = ask(
+            &self.scrapers,
+            |r| ScraperSupervisorMsg::Statuses(ids, r),
+            ASK_TIMEOUT,
+        )
+        .await
+        .unwrap_or_default();
         add_worker_runtimes(&mut runtimes, &self.workers).await;
-        let summaries = match self
-            .args
-            .collections
-            .call(CollectionSupervisorMsg::Summaries, Some(ASK_TIMEOUT))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(s)) => {
-                s.into_iter().map(|c| (c.name.clone(), c)).collect()
-            }
-            _ => BTreeMap::new(),
-        };
+        let summaries = ask(
+            &self.args.collections,
+            CollectionSupervisorMsg::Summaries,
+            ASK_TIMEOUT,
+        )
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.name.clone(), c))
+        .collect();
         (runtimes, summaries)
     }
 
