@@ -70,15 +70,19 @@ pub async fn ask<M: Message, T: Send + 'static>(
     }
 }
 
+/// The actor registered as `name` (a `cluster::groups` constant), typed by
+/// the messages it takes.
+pub fn find<M: Message>(name: &str) -> Option<ActorRef<M>> {
+    ractor::registry::where_is(name).map(ActorRef::from)
+}
+
 /// Asks the actor registered as `name` (see `cluster::groups`).
 pub async fn ask_named<M: Message, T: Send + 'static>(
     name: &str,
     build: impl FnOnce(RpcReplyPort<T>) -> M,
     timeout: Duration,
 ) -> Result<T, ActorError> {
-    let actor: ActorRef<M> = ractor::registry::where_is(name)
-        .ok_or_else(|| ActorError::NotRunning(name.to_owned()))?
-        .into();
+    let actor: ActorRef<M> = find(name).ok_or_else(|| ActorError::NotRunning(name.to_owned()))?;
     ask(&actor, build, timeout).await
 }
 

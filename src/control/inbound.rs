@@ -6,8 +6,6 @@
 //! for logs and snapshots, and the debug view for stats. Nothing here blocks
 //! the Peer: store work runs on the blocking pool, asks on their own tasks.
 
-use ractor::ActorRef;
-
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
 use crate::cluster::peer::Inbound;
@@ -18,7 +16,7 @@ use crate::pipeline::aggregator::AggregatorMsg;
 use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
 use crate::pipeline::scraper_supervisor::ScraperSupervisorMsg;
 use crate::store::{LogSlice, Store};
-use crate::supervision::{ask, ASK_TIMEOUT};
+use crate::supervision::{ask, find as local, ASK_TIMEOUT};
 
 /// About how many bytes of batches one pull answer carries (far below the
 /// cluster's frame limit).
@@ -47,10 +45,6 @@ fn answer_blocking(
             Err(e) => Response::Error(e.to_string()),
         });
     });
-}
-
-fn local<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
-    ractor::registry::where_is(name).map(ActorRef::from)
 }
 
 impl Inbound for NodeInbound {

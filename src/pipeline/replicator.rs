@@ -23,7 +23,7 @@ use crate::cluster::handle::{Answer, Peer};
 use crate::cluster::wire::{self, Request, Response};
 use crate::cluster::{groups, Cluster};
 use crate::store::Store;
-use crate::supervision::ask;
+use crate::supervision::{ask, find};
 
 /// How often a round runs without being asked.
 pub const ROUND_EVERY: Duration = Duration::from_secs(2);
@@ -80,8 +80,7 @@ enum RoundError {
 }
 
 fn collections() -> Result<ActorRef<CollectionSupervisorMsg>, RoundError> {
-    ractor::registry::where_is(groups::COLLECTIONS)
-        .map(ActorRef::from)
+    find(groups::COLLECTIONS)
         .ok_or_else(|| RoundError::Local("the collections are restarting".into()))
 }
 
