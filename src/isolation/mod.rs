@@ -5,7 +5,7 @@
 //!   isolated source placed here, reconciled by label (adopt, replace, remove).
 //! - [`docker`]: the Docker Engine through bollard (the only module that
 //!   touches it): labels, limits, hardening.
-//! - [`worker`]: the `gleaner worker` process inside the container: it joins
+//! - [`crate::worker`]: the `gleaner worker` process inside the container: it joins
 //!   the cluster as a worker member and runs the one source.
 //! - [`courier`]: inside the worker, carries its item batches to the owner
 //!   node's aggregator.

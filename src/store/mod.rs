@@ -3,10 +3,10 @@
 //!
 //! One file per tree, each an `impl Store` block:
 //! - `meta` (here): node identity (a node id that survives restarts);
-//! - [`sources`]: the replicated source registry's records;
-//! - [`runs`]: each source's bounded run history;
-//! - [`items`]: each collection's items, and the `collections` summaries;
-//! - [`log`]: each collection's applied batches, kept for peers, and heads.
+//! - `sources`: the replicated source registry's records;
+//! - `runs`: each source's bounded run history;
+//! - `items`: each collection's items, and the `collections` summaries;
+//! - `log`: each collection's applied batches, kept for peers, and heads.
 //!
 //! Around them: [`Flusher`] (group commit) and [`guard`] (the disk reserve,
 //! a failed store, stalled flushes).

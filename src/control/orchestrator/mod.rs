@@ -16,8 +16,8 @@
 //! the collection's counts.
 //!
 //! Files: this one holds the actor, its messages and a one-line dispatch;
-//! [`commands`] one method per admin command, [`registry`] the replicated
-//! registry (gossip, merge, acknowledgements, reconciliation) and [`views`]
+//! `commands` one method per admin command, `registry` the replicated
+//! registry (gossip, merge, acknowledgements, reconciliation) and `views`
 //! the status views.
 
 use std::collections::BTreeMap;
