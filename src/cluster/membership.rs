@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::peer::{Peer, PeerArgs, PeerMsg};
 use crate::cluster::groups;
 use crate::cluster::guard::{Guard, Limits};
-use crate::cluster::handle::{status, MemberStatus, Peer as PeerRef, Published};
+use crate::cluster::handle::{status, MemberStatus, PeerHandle, Published};
 use crate::cluster::view::{Heard, MemberState, MemberView, NodeInfo};
 use crate::cluster::{wire, Cluster};
 use crate::settings::ClusterSettings;
@@ -234,7 +234,7 @@ impl MembershipState {
                 continue;
             }
             if let Some(actor) = peers_by_name.get(&groups::peer(&m.info.boot)) {
-                peers.push(PeerRef {
+                peers.push(PeerHandle {
                     info: m.info.clone(),
                     actor: actor.clone(),
                 });

@@ -28,7 +28,7 @@ use crate::supervision::{child_down, AfterFailure, ChildDown, FailureWindow, ASK
 pub struct NodeSupervisor;
 
 #[derive(Clone)]
-pub struct NodeArgs {
+pub struct NodeSupervisorArgs {
     pub store: Store,
     pub node_name: String,
     pub node_id: String,
@@ -50,7 +50,7 @@ pub enum NodeMsg {
 }
 
 pub struct NodeState {
-    args: NodeArgs,
+    args: NodeSupervisorArgs,
     collections: Option<ActorRef<CollectionSupervisorMsg>>,
     orchestrator: Option<ActorRef<OrchestratorMsg>>,
     replicator: Option<ActorRef<ReplicatorMsg>>,
@@ -128,12 +128,12 @@ impl NodeState {
 impl Actor for NodeSupervisor {
     type Msg = NodeMsg;
     type State = NodeState;
-    type Arguments = NodeArgs;
+    type Arguments = NodeSupervisorArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: NodeArgs,
+        args: NodeSupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = NodeState {
             args,

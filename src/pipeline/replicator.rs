@@ -19,7 +19,7 @@ use ractor_cluster::RactorMessage;
 use serde::Serialize;
 
 use super::collection_supervisor::CollectionSupervisorMsg;
-use crate::cluster::handle::{Answer, Peer};
+use crate::cluster::handle::{Answer, PeerHandle};
 use crate::cluster::wire::{self, Request, Response};
 use crate::cluster::{groups, Cluster};
 use crate::store::Store;
@@ -85,7 +85,7 @@ fn collections() -> Result<ActorRef<CollectionSupervisorMsg>, RoundError> {
 }
 
 impl ReplicatorState {
-    async fn ask(&self, peer: &Peer, request: &Request) -> Result<Response, RoundError> {
+    async fn ask(&self, peer: &PeerHandle, request: &Request) -> Result<Response, RoundError> {
         // A frozen peer must not hold a round for long: heads are small.
         let timeout = match request {
             Request::Heads => HEADS_TIMEOUT,
@@ -147,7 +147,7 @@ impl ReplicatorState {
 
     /// Copies a collection from `peer`, then raises our heads to its heads
     /// as they were when the copy began.
-    async fn snapshot(&mut self, peer: &Peer, collection: &str) -> Result<(), RoundError> {
+    async fn snapshot(&mut self, peer: &PeerHandle, collection: &str) -> Result<(), RoundError> {
         tracing::info!(peer = %peer.info.name, %collection, "copying a collection from a peer");
         let mut after = None;
         let mut first_heads = None;
@@ -208,7 +208,7 @@ impl ReplicatorState {
 
     async fn pull(
         &mut self,
-        peer: &Peer,
+        peer: &PeerHandle,
         collection: &str,
         origin: &str,
         mut after: u64,
