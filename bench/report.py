@@ -344,7 +344,7 @@ def main() -> None:
         ("RSS per source at the end of the window", f"{s['rss_per_source_kib']} KiB"),
     ]
 
-    # The targets of the benchmark's issue, checked against this run.
+    # The benchmark's targets, checked against this run.
     best_scrapy = max(one["pages_per_s"], many["pages_per_s"])
     limit = min(fetch["requests_per_s"], ext["parse"] * machine["nproc"])
     plain, plain_cold = queries["plain"], queries["plain-uncached"]

@@ -21,10 +21,10 @@ use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::actors::membership::{Membership, MembershipArgs, MembershipMsg};
-use crate::actors::node_supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::cluster::membership::{Membership, MembershipArgs, MembershipMsg};
 use crate::cluster::view::{NodeInfo, Role};
 use crate::cluster::Cluster;
+use crate::control::node_supervisor::{NodeMsg, NodeSupervisor, NodeSupervisorArgs};
 use crate::events::Events;
 use crate::http::{self, AppState};
 use crate::scrape::extract::Limits;
@@ -96,8 +96,11 @@ impl App {
                         settings: c,
                         listener,
                         cluster: cluster.clone(),
-                        store: store.clone(),
-                        started_at,
+                        inbound: std::sync::Arc::new(crate::control::inbound::NodeInbound {
+                            store: store.clone(),
+                            cluster: cluster.clone(),
+                            started_at,
+                        }),
                     },
                 )
                 .await
@@ -108,7 +111,7 @@ impl App {
         let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
         let events = Events::new(&settings.node_name);
         let flusher = crate::store::Flusher::start(store.clone());
-        let args = NodeArgs {
+        let args = NodeSupervisorArgs {
             store: store.clone(),
             node_name: settings.node_name.clone(),
             node_id: node_id.clone(),

@@ -1,39 +1,54 @@
 //! gleaner: a distributed data scraper.
 //!
-//! How data flows through a node:
+//! How data flows through a node (folders by concern; `docs/architecture.md`
+//! draws the actor tree):
 //!
 //! 1. An operator adds a *source* (a URL, extraction rules, a schedule) over
 //!    the admin HTTP API ([`http::sources`]). The spec is validated in full
-//!    ([`domain::spec`]) and stored, flushed, by the Orchestrator ([`actors::orchestrator`]).
-//! 2. The Orchestrator places the source ([`cluster::placement`]) and has the
-//!    ScraperSupervisor run one Scraper actor for it ([`actors::scraper`]).
+//!    ([`domain::spec`]) and stored, flushed, by the Orchestrator
+//!    ([`control::orchestrator`]), which replicates it to every node.
+//! 2. Placement ([`cluster::placement`]) gives each source one owner node;
+//!    there the ScraperSupervisor runs one Scraper actor for it
+//!    ([`pipeline::scraper`]), or, for an isolated source, the
+//!    WorkerSupervisor runs a worker container ([`isolation`], [`worker`]).
 //! 3. On its schedule the Scraper fetches the pages ([`scrape::fetch`]: limits,
 //!    SSRF guard, retries), extracts items ([`scrape::extract`]: CSS selectors
-//!    or JSON pointers) and hands each page's items to its collection's
-//!    Aggregator ([`actors::aggregator`]), which upserts them by key into sled
-//!    ([`store`]) and flushes before it acknowledges.
-//! 4. Clients read collections over HTTP ([`http::collections`]); counts come
-//!    from each collection's Endpoint actor ([`actors::endpoint`]).
-//! 5. Actors publish what happens ([`events`]); the debug dashboard
-//!    ([`http::debug`]) shows the supervision tree live.
+//!    or JSON pointers) and hands each page's items as a batch to its
+//!    collection's Aggregator ([`pipeline::aggregator`]).
+//! 4. The Aggregator upserts the batch by item key into sled ([`store`]),
+//!    logs it, has it flushed (group commit) and sends it to every peer
+//!    ([`cluster`]); the Replicator ([`pipeline::replicator`]) pulls whatever
+//!    live replication missed.
+//! 5. Clients read collections over HTTP from any node
+//!    ([`http::collections`]), served only once flushed; counts come from
+//!    each collection's Endpoint actor ([`pipeline::endpoint`]).
+//! 6. Actors publish what happens ([`events`]); the debug view
+//!    ([`control::views`], served by [`http::debug`]) shows every node's
+//!    supervision tree live.
 //!
-//! Module map: [`settings`] (flags, `GLEANER_*` variables, TOML), [`telemetry`]
-//! (tracing), [`app`] (build and run a node), [`domain`] (plain types),
-//! [`events`] (the node's event stream),
-//! [`scrape`] (fetch and extract), [`store`] (sled), [`actors`] (the
-//! supervision tree), [`cluster`] (placement and names), [`http`] (routes).
+//! Module map, in dependency order (each imports only those before it):
+//! [`domain`] (plain types), [`events`], [`store`] (sled), [`scrape`]
+//! (fetch and extract), [`settings`] (flags, `GLEANER_*` variables, TOML),
+//! [`supervision`] (restart policy, typed asks), [`cluster`] (membership,
+//! peers, wire, placement, the cluster port's guard), [`pipeline`]
+//! (scrapers, aggregators, endpoints, replication), [`isolation`] (worker
+//! containers), [`control`] (the supervision root, the source registry, the
+//! views), [`http`] (routes), then the two processes: [`app`] (a node) and
+//! [`worker`] (one isolated source); [`telemetry`] sets up tracing for both.
 
 #![forbid(unsafe_code)]
 
-pub mod actors;
 pub mod app;
 pub mod cluster;
+pub mod control;
 pub mod domain;
 pub mod events;
 pub mod http;
 pub mod isolation;
+pub mod pipeline;
 pub mod scrape;
 pub mod settings;
 pub mod store;
+pub mod supervision;
 pub mod telemetry;
 pub mod worker;

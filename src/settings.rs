@@ -266,7 +266,7 @@ pub struct Settings {
     /// Cluster membership; `None` runs a cluster of one (no listener).
     pub cluster: Option<ClusterSettings>,
     /// How worker containers for isolated sources are made.
-    pub isolation: crate::isolation::IsolationConfig,
+    pub isolation: IsolationConfig,
     /// As given, to pass on to worker containers.
     pub allow_private_targets: Option<String>,
 }
@@ -331,7 +331,7 @@ impl Settings {
         if !(0.01..=64.0).contains(&cpus) {
             bail!("GLEANER_WORKER_CPUS must be between 0.01 and 64");
         }
-        let isolation = crate::isolation::IsolationConfig {
+        let isolation = IsolationConfig {
             image: a.worker_image.clone().filter(|i| !i.trim().is_empty()),
             network: a.worker_network.clone().filter(|n| !n.trim().is_empty()),
             memory_bytes: (a.worker_memory_mb.unwrap_or(256).max(16) * 1024 * 1024) as i64,
@@ -500,6 +500,18 @@ fn secret(
         bail!("the {what} is empty");
     }
     Ok(Some(value))
+}
+
+/// How worker containers for isolated sources are made (`isolation`).
+#[derive(Debug, Clone)]
+pub struct IsolationConfig {
+    /// The image to run (the node's own); none means isolation is not configured.
+    pub image: Option<String>,
+    /// The Docker network the worker joins (it must reach the owner's cluster port).
+    pub network: Option<String>,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
 }
 
 #[cfg(test)]

@@ -10,15 +10,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ractor::Actor;
 
-use crate::actors::courier::{Courier, CourierArgs};
-use crate::actors::membership::{Membership, MembershipArgs};
-use crate::actors::scraper_supervisor::{
-    BatchSink, ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg,
-};
+use crate::cluster::membership::{Membership, MembershipArgs};
 use crate::cluster::view::{NodeInfo, Role};
 use crate::cluster::Cluster;
 use crate::domain::SourceSpec;
 use crate::events::Events;
+use crate::isolation::courier::{Courier, CourierArgs};
+use crate::pipeline::scraper_supervisor::{
+    BatchSink, ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg,
+};
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::{Settings, WorkerArgs};
@@ -92,8 +92,11 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
             settings: cluster_settings,
             listener,
             cluster: cluster.clone(),
-            store: store.clone(),
-            started_at,
+            inbound: std::sync::Arc::new(crate::control::inbound::NodeInbound {
+                store: store.clone(),
+                cluster: cluster.clone(),
+                started_at,
+            }),
         },
     )
     .await

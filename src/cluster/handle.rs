@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::placement;
 use super::view::{MemberState, NodeInfo, Role};
 use super::wire::{self, Notice, Request, Response};
-use crate::actors::peer::PeerMsg;
+use crate::cluster::peer::PeerMsg;
 
 /// A member as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -30,9 +30,9 @@ pub struct MemberStatus {
     pub state: MemberState,
 }
 
-/// A reachable peer: its identity and its Peer actor.
+/// A reachable peer: its identity and its PeerHandle actor.
 #[derive(Clone)]
-pub struct Peer {
+pub struct PeerHandle {
     pub info: NodeInfo,
     pub actor: ActorRef<PeerMsg>,
 }
@@ -48,7 +48,7 @@ pub struct Published {
     /// Node ids that may own sources.
     pub owners: Vec<String>,
     /// Peers not down (workers included).
-    pub peers: Vec<Peer>,
+    pub peers: Vec<PeerHandle>,
 }
 
 /// Why a question to a peer got no answer.
@@ -177,7 +177,7 @@ impl Cluster {
     }
 
     /// Full nodes that are not down (the ones that store data).
-    pub fn node_peers(&self) -> Vec<Peer> {
+    pub fn node_peers(&self) -> Vec<PeerHandle> {
         let view = self.inner.view.read().expect("view lock");
         view.peers
             .iter()
@@ -186,7 +186,7 @@ impl Cluster {
             .collect()
     }
 
-    fn peer(&self, node_id: &str) -> Option<Peer> {
+    fn peer(&self, node_id: &str) -> Option<PeerHandle> {
         let view = self.inner.view.read().expect("view lock");
         view.peers
             .iter()

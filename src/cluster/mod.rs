@@ -2,13 +2,17 @@
 //! each other ([`wire`]), the handle the rest of the node uses to read the
 //! view and reach peers ([`handle`]), placement by rendezvous hashing
 //! ([`placement`]), the names actors are found by ([`groups`]), and the
-//! guard on the cluster port that limits unauthenticated peers ([`guard`]). The
-//! actors that drive it are `actors::membership`, `actors::peer` and
-//! `actors::replicator`.
+//! guard on the cluster port that limits unauthenticated peers ([`guard`]).
+//!
+//! Its actors: [`membership`] (the NodeServer, discovery, heartbeats, the
+//! member view) and [`peer`] (the one actor peers reach on this node, which
+//! hands their requests on).
 
 pub mod groups;
 pub mod guard;
 pub mod handle;
+pub mod membership;
+pub mod peer;
 pub mod placement;
 pub mod view;
 pub mod wire;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::view::NodeInfo;
-use crate::actors::scraper_supervisor::SourceRuntime;
 pub use crate::domain::ReplicatedBatch;
+use crate::domain::SourceRuntime;
 use crate::domain::{ItemBatch, RunRecord, SourceRecord, StoredItem, Version};
 use crate::store::BatchOutcome;
 

@@ -1,15 +1,18 @@
 //! Plain serde types and their validation, with no I/O: what a source asks for
 //! ([`spec`]), what scraping produces and a collection keeps ([`item`]), and
-//! what the node records about sources ([`record`]), and how CSS selectors
-//! and JSON pointers are checked ([`locator`]).
+//! what the node records about sources ([`record`]), what a source is doing
+//! where it runs ([`runtime`]), and how CSS selectors and JSON pointers are
+//! checked ([`locator`]).
 
 pub mod item;
 pub mod locator;
 pub mod record;
+pub mod runtime;
 pub mod spec;
 
 pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
 pub use record::{RunRecord, SourceRecord, Version};
+pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};
 pub use spec::{
     ExtractSpec, FieldRule, FieldSpec, FieldType, Format, NextPage, Schedule, SourceSpec, SpecError,
 };

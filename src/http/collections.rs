@@ -16,10 +16,10 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::{ask, auth, blocking, durable, AppState};
-use crate::actors::collection_supervisor::CollectionSupervisorMsg;
 use crate::cluster::groups::COLLECTIONS;
 use crate::domain::spec::is_slug;
 use crate::domain::StoredItem;
+use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
 use crate::store::{Store, StoreError};
 
 /// Items per page when `limit` is not given, and the most a page may hold.
@@ -195,7 +195,7 @@ pub async fn items(
     Ok(page_response(&page))
 }
 
-fn page_response(page: &Page) -> HttpResponse {
+fn page_response(page: &RenderedPage) -> HttpResponse {
     let mut response = HttpResponse::Ok();
     if let Some(n) = &page.next {
         response.insert_header((NEXT_CURSOR_HEADER, n.as_str()));
@@ -206,7 +206,7 @@ fn page_response(page: &Page) -> HttpResponse {
 }
 
 /// A rendered page of items.
-pub struct Page {
+pub struct RenderedPage {
     body: Bytes,
     content_type: &'static str,
     next: Option<String>,
@@ -221,14 +221,14 @@ type PageKey = (String, String);
 /// items older than the last change made before it. Bounded in bytes, and
 /// off with a budget of 0.
 pub struct PageCache {
-    pages: Option<quick_cache::sync::Cache<PageKey, (u64, Arc<Page>), PageWeight>>,
+    pages: Option<quick_cache::sync::Cache<PageKey, (u64, Arc<RenderedPage>), PageWeight>>,
 }
 
 #[derive(Clone)]
 struct PageWeight;
 
-impl quick_cache::Weighter<PageKey, (u64, Arc<Page>)> for PageWeight {
-    fn weight(&self, key: &PageKey, (_, page): &(u64, Arc<Page>)) -> u64 {
+impl quick_cache::Weighter<PageKey, (u64, Arc<RenderedPage>)> for PageWeight {
+    fn weight(&self, key: &PageKey, (_, page): &(u64, Arc<RenderedPage>)) -> u64 {
         (key.0.len() + key.1.len() + page.body.len() + 128) as u64
     }
 }
@@ -243,12 +243,12 @@ impl PageCache {
         }
     }
 
-    fn get(&self, key: &PageKey, generation: u64) -> Option<Arc<Page>> {
+    fn get(&self, key: &PageKey, generation: u64) -> Option<Arc<RenderedPage>> {
         let (at, page) = self.pages.as_ref()?.get(key)?;
         (at == generation).then_some(page)
     }
 
-    fn put(&self, key: PageKey, generation: u64, page: Arc<Page>) {
+    fn put(&self, key: PageKey, generation: u64, page: Arc<RenderedPage>) {
         if let Some(pages) = &self.pages {
             pages.insert(key, (generation, page));
         }
@@ -257,7 +257,7 @@ impl PageCache {
 
 /// A JSON or NDJSON page, written straight from the stored bytes: each item
 /// is copied as stored, less its hash (`store::ItemBytes::write_view`).
-fn json_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError> {
+fn json_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<RenderedPage, ApiError> {
     known_collection(store, name)?;
     let json = q.format == OutputFormat::Json;
     let mut body = Vec::with_capacity(q.limit.min(100) * 512);
@@ -300,7 +300,7 @@ fn json_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError
         serde_json::to_writer(&mut body, &next).map_err(|e| ApiError::Internal(e.into()))?;
         body.push(b'}');
     }
-    Ok(Page {
+    Ok(RenderedPage {
         body: body.into(),
         content_type: if json {
             "application/json"
@@ -311,7 +311,7 @@ fn json_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError
     })
 }
 
-fn csv_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError> {
+fn csv_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<RenderedPage, ApiError> {
     known_collection(store, name)?;
     let keep = |item: &StoredItem| matches_all(&item.data, &q.filters);
     let (items, more) = store.items(name, q.after.as_deref(), q.limit, keep)?;
@@ -320,7 +320,7 @@ fn csv_page(store: &Store, name: &str, q: &ItemsQuery) -> Result<Page, ApiError>
     } else {
         None
     };
-    Ok(Page {
+    Ok(RenderedPage {
         body: to_csv(&items)?.into(),
         content_type: "text/csv; charset=utf-8",
         next,

@@ -6,7 +6,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
-use crate::actors::orchestrator::AdminError;
+use crate::control::orchestrator::AdminError;
 use crate::domain::SpecError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +47,21 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The one table: each error's code and HTTP status.
+    fn kind(&self) -> (&'static str, StatusCode) {
         match self {
-            ApiError::Invalid { .. } => "invalid_request",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::TooLarge { .. } => "payload_too_large",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::DiskFull(_) => "disk_full",
-            ApiError::StorageUnavailable(_) => "storage_unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::Invalid { .. } => ("invalid_request", StatusCode::BAD_REQUEST),
+            ApiError::Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
+            ApiError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
+            ApiError::MethodNotAllowed(_) => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
+            ApiError::TooLarge { .. } => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::DiskFull(_) => ("disk_full", StatusCode::INSUFFICIENT_STORAGE),
+            ApiError::StorageUnavailable(_) => {
+                ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ApiError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 }
@@ -85,6 +88,12 @@ impl From<AdminError> for ApiError {
     }
 }
 
+impl From<crate::supervision::ActorError> for ApiError {
+    fn from(e: crate::supervision::ActorError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
@@ -98,25 +107,14 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.kind().1
     }
 
     fn error_response(&self) -> HttpResponse {
         if let ApiError::Internal(cause) = self {
             tracing::error!(error = format!("{cause:#}"), "request failed");
         }
-        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        let mut error = json!({ "code": self.kind().0, "message": self.to_string() });
         if let ApiError::Invalid { field: Some(f), .. } = self {
             error["field"] = json!(f);
         }

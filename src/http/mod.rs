@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use ractor::{ActorRef, Message, RpcReplyPort};
+use ractor::{Message, RpcReplyPort};
 
 use crate::store::Store;
 use error::ApiError;
@@ -126,16 +126,7 @@ pub async fn ask<M: Message, T: Send + 'static>(
     name: &str,
     build: impl FnOnce(RpcReplyPort<T>) -> M,
 ) -> Result<T, ApiError> {
-    let cell = ractor::registry::where_is(name)
-        .ok_or_else(|| ApiError::Unavailable(format!("{name} is not running")))?;
-    let actor: ActorRef<M> = cell.into();
-    match actor.call(build, Some(ACTOR_TIMEOUT)).await {
-        Ok(ractor::rpc::CallResult::Success(t)) => Ok(t),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::Unavailable(format!(
-            "{name} did not answer in time"
-        ))),
-        _ => Err(ApiError::Unavailable(format!("{name} is not running"))),
-    }
+    Ok(crate::supervision::ask_named(name, build, ACTOR_TIMEOUT).await?)
 }
 
 /// Reads a request body of at most [`MAX_BODY_BYTES`].

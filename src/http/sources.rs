@@ -10,9 +10,9 @@ use super::error::ApiError;
 use super::{accepted, ask, auth, read_body, AppState};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::actors::orchestrator::{OrchestratorMsg, SourceView};
 use crate::cluster::groups::ORCHESTRATOR;
 use crate::cluster::wire::{Request, Response};
+use crate::control::orchestrator::{OrchestratorMsg, SourceView};
 use crate::domain::SourceSpec;
 
 /// How long a status view waits for an owner node's live state.

@@ -1,15 +1,15 @@
 //! The node's local database: one sled database under the data directory. This
 //! is the only module that touches sled, so the engine could be swapped.
 //!
-//! Trees:
-//! - `meta`: node identity (a node id that survives restarts);
-//! - `sources`: source id -> [`SourceRecord`] (tombstones included);
-//! - `runs`: `source id \0 start time (big-endian micros)` -> [`RunRecord`], bounded per source;
-//! - `collections`: collection name -> [`CollectionMeta`];
-//! - `items:{collection}`: item key -> [`StoredItem`];
-//! - `log:{collection}`: `origin node id \0 sequence (big-endian)` -> [`ReplicatedBatch`],
-//!   the batches applied to the collection, kept so peers can pull what they
-//!   missed (the newest [`Store::log_retained`] per origin).
+//! One file per tree, each an `impl Store` block:
+//! - `meta` (here): node identity (a node id that survives restarts);
+//! - `sources`: the replicated source registry's records;
+//! - `runs`: each source's bounded run history;
+//! - `items`: each collection's items, and the `collections` summaries;
+//! - `log`: each collection's applied batches, kept for peers, and heads.
+//!
+//! Around them: [`Flusher`] (group commit) and [`guard`] (the disk reserve,
+//! a failed store, stalled flushes).
 //!
 //! Every method blocks (sled does disk I/O): async callers run them on
 //! `spawn_blocking`. Writes are durable only after [`Store::flush`], which
@@ -22,30 +22,22 @@
 
 mod flusher;
 pub mod guard;
+mod items;
+mod log;
+mod runs;
+mod sources;
 
 pub use flusher::Flusher;
 pub use guard::StorageStatus;
+pub use items::{BatchOutcome, CollectionMeta, ItemBytes};
+pub use log::{LogSlice, LOG_RETAINED};
+pub use runs::RUNS_KEPT;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-use crate::domain::{
-    ItemBatch, ItemRef, ReplicatedBatch, RunRecord, SourceRecord, StoredItem, Upsert,
-};
-
-/// Runs kept per source; older ones are dropped. About one run in 16 trims
-/// its source's history, and [`Store::runs`] shows the newest RUNS_KEPT.
-pub const RUNS_KEPT: usize = 100;
-
-const ITEMS_PREFIX: &str = "items:";
-const LOG_PREFIX: &str = "log:";
-
-/// Batches kept in the log per collection and origin, by default.
-pub const LOG_RETAINED: u64 = 10_000;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -85,35 +77,6 @@ impl StoreError {
             other => StoreError::Unavailable(other.to_string()),
         }
     }
-}
-
-/// What one batch did to a collection.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchOutcome {
-    pub inserted: u64,
-    pub changed: u64,
-    pub unchanged: u64,
-    /// Items that moved from another source to this one (for per-source counts).
-    pub taken_from: BTreeMap<String, u64>,
-}
-
-/// A collection's summary row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CollectionMeta {
-    pub last_update: DateTime<Utc>,
-    /// The last batch applied from each origin node (by sequence number).
-    #[serde(default)]
-    pub heads: BTreeMap<String, u64>,
-}
-
-/// What the log holds after a sequence number.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LogSlice {
-    Batches(Vec<ReplicatedBatch>),
-    /// Batches asked for are gone; the oldest kept is `first`.
-    Truncated {
-        first: u64,
-    },
 }
 
 /// The sled handle and its trees; cheap to clone.
@@ -276,477 +239,19 @@ impl Store {
         self.flush()?;
         Ok(id)
     }
-
-    pub fn put_source(&self, record: &SourceRecord) -> Result<()> {
-        self.write(|| {
-            self.sources
-                .insert(record.spec.id.as_bytes(), encode(record))?;
-            Ok(())
-        })
-    }
-
-    pub fn source(&self, id: &str) -> Result<Option<SourceRecord>> {
-        self.sources
-            .get(id.as_bytes())?
-            .map(|b| decode("source", &b))
-            .transpose()
-    }
-
-    /// Every source record, tombstones included, in id order.
-    pub fn sources(&self) -> Result<Vec<SourceRecord>> {
-        self.sources
-            .iter()
-            .values()
-            .map(|v| decode("source", &v?))
-            .collect()
-    }
-
-    /// Appends a run to a source's history, dropping the oldest beyond [`RUNS_KEPT`].
-    pub fn record_run(&self, source: &str, run: &RunRecord) -> Result<()> {
-        self.write(|| self.record_run_unguarded(source, run))
-    }
-
-    fn record_run_unguarded(&self, source: &str, run: &RunRecord) -> Result<()> {
-        let mut key = run_prefix(source);
-        let micros = run.started_at.timestamp_micros().max(0) as u64;
-        key.extend_from_slice(&micros.to_be_bytes());
-        self.runs.insert(key, encode(run))?;
-        // Trimming reads the whole history: do it for about one run in
-        // 16, picked by a hash of its start time (whatever the
-        // clock's resolution, and never the same sources every time).
-        if micros.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60 == 0 {
-            let keys: Vec<sled::IVec> = self
-                .runs
-                .scan_prefix(run_prefix(source))
-                .keys()
-                .collect::<std::result::Result<_, _>>()?;
-            if keys.len() > RUNS_KEPT {
-                for k in &keys[..keys.len() - RUNS_KEPT] {
-                    self.runs.remove(k)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The newest `limit` runs of a source, newest first.
-    pub fn runs(&self, source: &str, limit: usize) -> Result<Vec<RunRecord>> {
-        self.runs
-            .scan_prefix(run_prefix(source))
-            .values()
-            .rev()
-            .take(limit.min(RUNS_KEPT))
-            .map(|v| decode("run", &v?))
-            .collect()
-    }
-
-    /// Upserts a batch into its collection (no log entry, no heads): for
-    /// tests and tools; nodes use [`Store::apply_replicated`].
-    pub fn apply_batch(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
-        self.write(|| {
-            let outcome = self.upsert_items(batch)?;
-            self.update_meta(&batch.collection, batch.fetched_at, None)?;
-            Ok(outcome)
-        })
-    }
-
-    /// Applies a batch from `origin` with sequence number `seq`: upserts its
-    /// items atomically, appends it to the collection's log (dropping the
-    /// oldest beyond the retention) and records the collection's head for
-    /// the origin. Applying the same batch twice changes nothing.
-    pub fn apply_replicated(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
-        self.write(|| self.apply_replicated_unguarded(rb))
-    }
-
-    fn apply_replicated_unguarded(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
-        let outcome = self.upsert_items(&rb.batch)?;
-        let log = self.log_tree(&rb.batch.collection)?;
-        log.insert(log_key(&rb.origin, rb.seq), encode(rb))?;
-        if rb.seq > self.log_retained {
-            let cut = rb.seq - self.log_retained;
-            let stale: Vec<sled::IVec> = log
-                .range(log_key(&rb.origin, 0)..=log_key(&rb.origin, cut))
-                .keys()
-                .collect::<std::result::Result<_, _>>()?;
-            for k in stale {
-                log.remove(k)?;
-            }
-        }
-        self.update_meta(
-            &rb.batch.collection,
-            rb.batch.fetched_at,
-            Some((&rb.origin, rb.seq)),
-        )?;
-        Ok(outcome)
-    }
-
-    fn update_meta(
-        &self,
-        collection: &str,
-        fetched_at: DateTime<Utc>,
-        head: Option<(&str, u64)>,
-    ) -> Result<()> {
-        let mut meta = self.collection(collection)?.unwrap_or(CollectionMeta {
-            last_update: fetched_at,
-            heads: BTreeMap::new(),
-        });
-        meta.last_update = meta.last_update.max(fetched_at);
-        if let Some((origin, seq)) = head {
-            let h = meta.heads.entry(origin.to_owned()).or_default();
-            *h = (*h).max(seq);
-        }
-        self.collections
-            .insert(collection.as_bytes(), encode(&meta))?;
-        Ok(())
-    }
-
-    fn upsert_items(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
-        let tree = self.items_tree(&batch.collection)?;
-        let mut outcome = BatchOutcome::default();
-        let mut writes = sled::Batch::default();
-        // Later duplicates within one batch see the earlier ones.
-        let mut pending: BTreeMap<&str, StoredItem> = BTreeMap::new();
-        for item in &batch.items {
-            let old = match pending.remove(item.key.as_str()) {
-                Some(p) => Some(p),
-                None => tree
-                    .get(item.key.as_bytes())?
-                    .map(|b| decode::<StoredItem>("item", &b))
-                    .transpose()?,
-            };
-            let old_source = old.as_ref().map(|o| o.source.clone());
-            let (stored, how) = StoredItem::merge(old, item, &batch.source, batch.fetched_at);
-            if let Some(from) = old_source.filter(|s| *s != stored.source) {
-                *outcome.taken_from.entry(from).or_default() += 1;
-            }
-            match how {
-                Upsert::Inserted => outcome.inserted += 1,
-                Upsert::Changed => outcome.changed += 1,
-                Upsert::Unchanged => outcome.unchanged += 1,
-            }
-            pending.insert(item.key.as_str(), stored);
-        }
-        for (key, stored) in &pending {
-            writes.insert(key.as_bytes(), encode(stored));
-        }
-        self.write_items(&batch.collection, &tree, writes)?;
-        Ok(outcome)
-    }
-
-    /// Applies a write to a collection's items, counted so that readers
-    /// know whether a flush covers it and whether their page is current.
-    fn write_items(&self, collection: &str, tree: &sled::Tree, writes: sled::Batch) -> Result<()> {
-        let _writing = self.writing.read().unwrap_or_else(|e| e.into_inner());
-        self.with_generations(collection, |g| g.begun += 1);
-        let applied = tree.apply_batch(writes);
-        self.with_generations(collection, |g| g.changed += 1);
-        Ok(applied?)
-    }
-
-    fn with_generations(&self, collection: &str, f: impl FnOnce(&mut Generations)) {
-        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        match generations.get_mut(collection) {
-            Some(g) => f(g),
-            None => f(generations.entry(collection.to_owned()).or_default()),
-        }
-    }
-
-    /// The collection's generation: it changes whenever its items do.
-    pub fn items_generation(&self, collection: &str) -> u64 {
-        let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        generations.get(collection).map_or(0, |g| g.changed)
-    }
-
-    /// Merges copies of items from a peer's snapshot (the later observation
-    /// of each wins) and raises the collection's heads to at least `heads`.
-    /// Returns how many items were new here.
-    pub fn restore(
-        &self,
-        collection: &str,
-        items: &[StoredItem],
-        heads: Option<&BTreeMap<String, u64>>,
-    ) -> Result<u64> {
-        self.write(|| self.restore_unguarded(collection, items, heads))
-    }
-
-    fn restore_unguarded(
-        &self,
-        collection: &str,
-        items: &[StoredItem],
-        heads: Option<&BTreeMap<String, u64>>,
-    ) -> Result<u64> {
-        let tree = self.items_tree(collection)?;
-        let mut writes = sled::Batch::default();
-        let mut inserted = 0;
-        let mut last = None;
-        for copy in items {
-            let old = tree
-                .get(copy.key.as_bytes())?
-                .map(|b| decode::<StoredItem>("item", &b))
-                .transpose()?;
-            inserted += u64::from(old.is_none());
-            last = last.max(Some(copy.last_seen));
-            let merged = StoredItem::merge_copy(old, copy.clone());
-            writes.insert(copy.key.as_bytes(), encode(&merged));
-        }
-        self.write_items(collection, &tree, writes)?;
-        let mut meta = self.collection(collection)?;
-        if meta.is_none() && last.is_none() && heads.is_none() {
-            return Ok(0);
-        }
-        let now = last.unwrap_or_else(Utc::now);
-        let m = meta.get_or_insert_with(|| CollectionMeta {
-            last_update: now,
-            heads: BTreeMap::new(),
-        });
-        m.last_update = m.last_update.max(now);
-        for (origin, seq) in heads.into_iter().flatten() {
-            let h = m.heads.entry(origin.clone()).or_default();
-            *h = (*h).max(*seq);
-        }
-        self.collections.insert(collection.as_bytes(), encode(m))?;
-        Ok(inserted)
-    }
-
-    /// Every collection's heads.
-    pub fn heads(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
-        Ok(self
-            .collections()?
-            .into_iter()
-            .map(|(name, meta)| (name, meta.heads))
-            .collect())
-    }
-
-    /// One collection's heads (empty if it does not exist here).
-    pub fn heads_of(&self, collection: &str) -> Result<BTreeMap<String, u64>> {
-        Ok(self
-            .collection(collection)?
-            .map(|m| m.heads)
-            .unwrap_or_default())
-    }
-
-    /// Up to `max` logged batches (and about `max_bytes`, at least one) of
-    /// `origin` in `collection` after `after`, in order; or where the log now
-    /// starts if batches after `after` are gone.
-    pub fn log_after(
-        &self,
-        collection: &str,
-        origin: &str,
-        after: u64,
-        max: usize,
-        max_bytes: usize,
-    ) -> Result<LogSlice> {
-        let log = self.log_tree(collection)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let range = log_key(origin, after.saturating_add(1))..=log_key(origin, u64::MAX);
-        for entry in log.range(range) {
-            let (_, v) = entry?;
-            if !out.is_empty() && bytes + v.len() > max_bytes {
-                break;
-            }
-            bytes += v.len();
-            let rb: ReplicatedBatch = decode("log entry", &v)?;
-            if out.is_empty() && rb.seq != after + 1 {
-                return Ok(LogSlice::Truncated { first: rb.seq });
-            }
-            out.push(rb);
-            if out.len() >= max {
-                break;
-            }
-        }
-        if out.is_empty() {
-            let head = self.heads_of(collection)?.get(origin).copied().unwrap_or(0);
-            if head > after {
-                // The head moved past `after` but nothing is logged: all truncated.
-                return Ok(LogSlice::Truncated { first: head + 1 });
-            }
-        }
-        Ok(LogSlice::Batches(out))
-    }
-
-    /// Names of every collection that has received a batch.
-    pub fn collections(&self) -> Result<Vec<(String, CollectionMeta)>> {
-        self.collections
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    decode("collection", &v)?,
-                ))
-            })
-            .collect()
-    }
-
-    pub fn collection(&self, name: &str) -> Result<Option<CollectionMeta>> {
-        self.read(|| {
-            self.collections
-                .get(name.as_bytes())?
-                .map(|b| decode("collection", &b))
-                .transpose()
-        })
-    }
-
-    /// Counts a collection's items, in total and per source (a full scan: done
-    /// once when the collection's aggregator starts).
-    pub fn count_items(&self, collection: &str) -> Result<(u64, BTreeMap<String, u64>)> {
-        #[derive(Deserialize)]
-        struct SourceOnly {
-            source: String,
-        }
-        let tree = self.items_tree(collection)?;
-        let mut total = 0;
-        let mut per_source = BTreeMap::new();
-        for v in tree.iter().values() {
-            let item: SourceOnly = decode("item", &v?)?;
-            total += 1;
-            *per_source.entry(item.source).or_default() += 1;
-        }
-        Ok((total, per_source))
-    }
-
-    pub fn item(&self, collection: &str, key: &str) -> Result<Option<StoredItem>> {
-        self.read(|| {
-            self.items_tree(collection)?
-                .get(key.as_bytes())?
-                .map(|b| decode("item", &b))
-                .transpose()
-        })
-    }
-
-    /// Visits the items in key order after `after`, as stored, until
-    /// `visit` returns false.
-    pub fn each_item(
-        &self,
-        collection: &str,
-        after: Option<&str>,
-        mut visit: impl FnMut(ItemBytes<'_>) -> Result<bool>,
-    ) -> Result<()> {
-        self.guard.readable()?;
-        for entry in items_after(&self.items_tree(collection)?, after) {
-            let (key, bytes) = entry?;
-            if !visit(ItemBytes {
-                key: &key,
-                bytes: &bytes,
-            })? {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Up to `limit` items in key order after `after`, keeping those `keep`
-    /// accepts; also says whether more items remain past the last one returned.
-    pub fn items(
-        &self,
-        collection: &str,
-        after: Option<&str>,
-        limit: usize,
-        keep: impl Fn(&StoredItem) -> bool,
-    ) -> Result<(Vec<StoredItem>, bool)> {
-        let (mut out, mut more) = (Vec::with_capacity(limit.min(1024)), false);
-        self.each_item(collection, after, |item| {
-            let item: StoredItem = decode("item", item.bytes)?;
-            if !keep(&item) {
-                return Ok(true);
-            }
-            if out.len() == limit {
-                more = true;
-                return Ok(false);
-            }
-            out.push(item);
-            Ok(true)
-        })?;
-        Ok((out, more))
-    }
-
-    fn log_tree(&self, collection: &str) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(format!("{LOG_PREFIX}{collection}"))?)
-    }
-
-    fn items_tree(&self, collection: &str) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(format!("{ITEMS_PREFIX}{collection}"))?)
-    }
-}
-
-/// One stored item, as the store holds it.
-pub struct ItemBytes<'a> {
-    key: &'a [u8],
-    bytes: &'a [u8],
-}
-
-/// `{"hash":"` + 32 hex characters + `",`: how every item written since
-/// [`StoredItem`] put its hash first begins.
-const HASH_PREFIX: &[u8] = b"{\"hash\":\"";
-const HASH_MEMBER_LEN: usize = HASH_PREFIX.len() + 32 + 2;
-
-impl ItemBytes<'_> {
-    /// The item's key.
-    pub fn key(&self) -> &str {
-        std::str::from_utf8(self.key).unwrap_or_default()
-    }
-
-    /// Reads the item in place.
-    pub fn item_ref(&self) -> Result<ItemRef<'_>> {
-        decode("item", self.bytes)
-    }
-
-    /// Appends the item as the API shows it (the stored object without its
-    /// hash). Items written with the hash first are copied as they are;
-    /// older ones are re-encoded.
-    pub fn write_view(&self, out: &mut Vec<u8>) -> Result<()> {
-        let b = self.bytes;
-        let hash_first = b.len() > HASH_MEMBER_LEN
-            && b.starts_with(HASH_PREFIX)
-            && b[HASH_PREFIX.len()..HASH_MEMBER_LEN - 2]
-                .iter()
-                .all(u8::is_ascii_hexdigit)
-            && &b[HASH_MEMBER_LEN - 2..HASH_MEMBER_LEN] == b"\",";
-        if hash_first {
-            out.push(b'{');
-            out.extend_from_slice(&b[HASH_MEMBER_LEN..]);
-        } else {
-            serde_json::to_writer(out, &self.item_ref()?).map_err(|source| {
-                StoreError::Corrupt {
-                    what: "item",
-                    source,
-                }
-            })?;
-        }
-        Ok(())
-    }
-}
-
-/// The items of `tree` whose key sorts after `after` (all without it).
-fn items_after(tree: &sled::Tree, after: Option<&str>) -> sled::Iter {
-    match after {
-        Some(k) => {
-            let mut start = k.as_bytes().to_vec();
-            start.push(0);
-            tree.range(start..)
-        }
-        None => tree.iter(),
-    }
-}
-
-fn log_key(origin: &str, seq: u64) -> Vec<u8> {
-    let mut key = origin.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn run_prefix(source: &str) -> Vec<u8> {
-    let mut key = source.as_bytes().to_vec();
-    key.push(0);
-    key
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+
+    use super::items::HASH_PREFIX;
+    use super::runs::run_prefix;
     use super::*;
     use crate::domain::Item;
+    use crate::domain::{ItemBatch, ReplicatedBatch, RunRecord, StoredItem};
     use serde_json::json;
 
     fn batch(source: &str, prices: &[(&str, i64)]) -> ItemBatch {

@@ -11,24 +11,24 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
-use super::collection_supervisor::{
-    CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg,
-};
 use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
-use super::replicator::{Replicator, ReplicatorArgs, ReplicatorMsg};
-use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::groups;
 use crate::cluster::Cluster;
 use crate::events::Events;
+use crate::pipeline::collection_supervisor::{
+    CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg,
+};
+use crate::pipeline::replicator::{Replicator, ReplicatorArgs, ReplicatorMsg};
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
+use crate::supervision::{child_down, AfterFailure, ChildDown, FailureWindow, ASK_TIMEOUT};
 
 pub struct NodeSupervisor;
 
 #[derive(Clone)]
-pub struct NodeArgs {
+pub struct NodeSupervisorArgs {
     pub store: Store,
     pub node_name: String,
     pub node_id: String,
@@ -50,7 +50,7 @@ pub enum NodeMsg {
 }
 
 pub struct NodeState {
-    args: NodeArgs,
+    args: NodeSupervisorArgs,
     collections: Option<ActorRef<CollectionSupervisorMsg>>,
     orchestrator: Option<ActorRef<OrchestratorMsg>>,
     replicator: Option<ActorRef<ReplicatorMsg>>,
@@ -128,12 +128,12 @@ impl NodeState {
 impl Actor for NodeSupervisor {
     type Msg = NodeMsg;
     type State = NodeState;
-    type Arguments = NodeArgs;
+    type Arguments = NodeSupervisorArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: NodeArgs,
+        args: NodeSupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = NodeState {
             args,
@@ -179,12 +179,8 @@ impl Actor for NodeSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (who, why) = match event {
-            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
-            SupervisionEvent::ActorTerminated(who, _, reason) => {
-                (who, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some(ChildDown { who, why, .. }) = child_down(event) else {
+            return Ok(());
         };
         let id = who.get_id();
         let ours = state

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::aggregator::{AggregatorMsg, AggregatorStats};
 use crate::cluster::wire::{Request, Response};
 use crate::cluster::Cluster;
+use crate::pipeline::aggregator::{AggregatorMsg, AggregatorStats};
 
 /// How long a delivery may take (the owner waits up to 2 s for a peer too).
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(30);

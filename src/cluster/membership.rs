@@ -22,11 +22,11 @@ use serde::Serialize;
 use super::peer::{Peer, PeerArgs, PeerMsg};
 use crate::cluster::groups;
 use crate::cluster::guard::{Guard, Limits};
-use crate::cluster::handle::{status, MemberStatus, Peer as PeerRef, Published};
+use crate::cluster::handle::{status, MemberStatus, PeerHandle, Published};
 use crate::cluster::view::{Heard, MemberState, MemberView, NodeInfo};
 use crate::cluster::{wire, Cluster};
 use crate::settings::ClusterSettings;
-use crate::store::Store;
+use crate::supervision::ask;
 
 pub struct Membership;
 
@@ -36,8 +36,8 @@ pub struct MembershipArgs {
     /// its port is the one advertised to peers.
     pub listener: tokio::net::TcpListener,
     pub cluster: Cluster,
-    pub store: Store,
-    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Where peers' requests and notices go (the Peer hands them on).
+    pub inbound: std::sync::Arc<dyn super::peer::Inbound>,
 }
 
 #[derive(RactorMessage)]
@@ -171,28 +171,26 @@ impl DialRound {
 
 /// Tries every target once; returns those that could not be reached.
 async fn dial(server: ActorRef<NodeServerMessage>, targets: Vec<String>) -> Vec<String> {
-    let connected: HashSet<std::net::SocketAddr> = match server
-        .call(NodeServerMessage::GetSessions, Some(DIAL_TIMEOUT))
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(sessions)) => {
-            let mut addrs = HashSet::new();
-            for ses in sessions.values() {
-                if let Some(name) = &ses.peer_name {
-                    if let Ok(Ok(found)) = tokio::time::timeout(
-                        DIAL_TIMEOUT,
-                        tokio::net::lookup_host(name.connection_string.clone()),
-                    )
-                    .await
-                    {
-                        addrs.extend(found);
+    let connected: HashSet<std::net::SocketAddr> =
+        match ask(&server, NodeServerMessage::GetSessions, DIAL_TIMEOUT).await {
+            Ok(sessions) => {
+                let mut addrs = HashSet::new();
+                for ses in sessions.values() {
+                    if let Some(name) = &ses.peer_name {
+                        if let Ok(Ok(found)) = tokio::time::timeout(
+                            DIAL_TIMEOUT,
+                            tokio::net::lookup_host(name.connection_string.clone()),
+                        )
+                        .await
+                        {
+                            addrs.extend(found);
+                        }
                     }
                 }
+                addrs
             }
-            addrs
-        }
-        _ => HashSet::new(),
-    };
+            _ => HashSet::new(),
+        };
     let mut failed = Vec::new();
     for target in targets {
         let resolved =
@@ -236,7 +234,7 @@ impl MembershipState {
                 continue;
             }
             if let Some(actor) = peers_by_name.get(&groups::peer(&m.info.boot)) {
-                peers.push(PeerRef {
+                peers.push(PeerHandle {
                     info: m.info.clone(),
                     actor: actor.clone(),
                 });
@@ -289,8 +287,7 @@ impl Actor for Membership {
             settings,
             listener,
             cluster,
-            store,
-            started_at,
+            inbound,
         } = args;
         let me = cluster.me().clone();
         let public_port = listener.local_addr()?.port();
@@ -332,9 +329,7 @@ impl Actor for Membership {
             Peer,
             PeerArgs {
                 membership: myself.clone(),
-                store,
-                cluster: cluster.clone(),
-                started_at,
+                inbound,
             },
             myself.get_cell(),
         )
@@ -511,14 +506,13 @@ impl Actor for Membership {
                 }
             }
             MembershipMsg::Stats(reply) => {
-                let sessions = match state
-                    .server
-                    .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
-                    .await
-                {
-                    Ok(ractor::rpc::CallResult::Success(s)) => s.len(),
-                    _ => 0,
-                };
+                let sessions = ask(
+                    &state.server,
+                    NodeServerMessage::GetSessions,
+                    Duration::from_secs(1),
+                )
+                .await
+                .map_or(0, |s| s.len());
                 let _ = reply.send(MembershipStats {
                     settled: state.settled,
                     members: state.cluster.members(),

@@ -19,10 +19,11 @@ use ractor_cluster::RactorMessage;
 use serde::Serialize;
 
 use super::collection_supervisor::CollectionSupervisorMsg;
-use crate::cluster::handle::{Answer, Peer};
+use crate::cluster::handle::{Answer, PeerHandle};
 use crate::cluster::wire::{self, Request, Response};
 use crate::cluster::{groups, Cluster};
 use crate::store::Store;
+use crate::supervision::{ask, find};
 
 /// How often a round runs without being asked.
 pub const ROUND_EVERY: Duration = Duration::from_secs(2);
@@ -79,13 +80,12 @@ enum RoundError {
 }
 
 fn collections() -> Result<ActorRef<CollectionSupervisorMsg>, RoundError> {
-    ractor::registry::where_is(groups::COLLECTIONS)
-        .map(ActorRef::from)
+    find(groups::COLLECTIONS)
         .ok_or_else(|| RoundError::Local("the collections are restarting".into()))
 }
 
 impl ReplicatorState {
-    async fn ask(&self, peer: &Peer, request: &Request) -> Result<Response, RoundError> {
+    async fn ask(&self, peer: &PeerHandle, request: &Request) -> Result<Response, RoundError> {
         // A frozen peer must not hold a round for long: heads are small.
         let timeout = match request {
             Request::Heads => HEADS_TIMEOUT,
@@ -132,27 +132,22 @@ impl ReplicatorState {
         items: Vec<crate::domain::StoredItem>,
         heads: Option<BTreeMap<String, u64>>,
     ) -> Result<(), RoundError> {
-        let result = collections()?
-            .call(
-                |reply| CollectionSupervisorMsg::Restore {
-                    collection: collection.to_owned(),
-                    items,
-                    heads,
-                    reply,
-                },
-                Some(CALL_TIMEOUT * 6),
-            )
-            .await;
-        match result {
-            Ok(ractor::rpc::CallResult::Success(Ok(_))) => Ok(()),
-            Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(RoundError::Local(e)),
-            _ => Err(RoundError::Local("the aggregator did not answer".into())),
+        let restore = |reply| CollectionSupervisorMsg::Restore {
+            collection: collection.to_owned(),
+            items,
+            heads,
+            reply,
+        };
+        match ask(&collections()?, restore, CALL_TIMEOUT * 6).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RoundError::Local(e)),
+            Err(_) => Err(RoundError::Local("the aggregator did not answer".into())),
         }
     }
 
     /// Copies a collection from `peer`, then raises our heads to its heads
     /// as they were when the copy began.
-    async fn snapshot(&mut self, peer: &Peer, collection: &str) -> Result<(), RoundError> {
+    async fn snapshot(&mut self, peer: &PeerHandle, collection: &str) -> Result<(), RoundError> {
         tracing::info!(peer = %peer.info.name, %collection, "copying a collection from a peer");
         let mut after = None;
         let mut first_heads = None;
@@ -213,7 +208,7 @@ impl ReplicatorState {
 
     async fn pull(
         &mut self,
-        peer: &Peer,
+        peer: &PeerHandle,
         collection: &str,
         origin: &str,
         mut after: u64,

@@ -8,24 +8,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::aggregator::AggregatorMsg;
 use super::scraper_supervisor::ScraperSupervisorMsg;
-use super::ASK_TIMEOUT;
 use crate::cluster::wire::Notice;
 use crate::cluster::Cluster;
-use crate::domain::{ItemBatch, RunRecord, SourceSpec};
+use crate::domain::{ItemBatch, RunRecord, ScraperStats, SourceSpec};
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::scrape::Pager;
 use crate::store::Store;
+use crate::supervision::{ask, ASK_TIMEOUT};
 
 pub struct Scraper;
 
@@ -58,16 +57,6 @@ pub enum ScraperMsg {
     /// A run ended (sent by the run's own task).
     Finished(RunRecord),
     Stats(RpcReplyPort<ScraperStats>),
-}
-
-/// A scraper's snapshot. Its run counts are kept by the ScraperSupervisor
-/// (`Totals`), which outlives the actor.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScraperStats {
-    pub source: String,
-    pub running: bool,
-    pub last_run: Option<RunRecord>,
-    pub next_run: Option<DateTime<Utc>>,
 }
 
 pub struct ScraperState {
@@ -185,20 +174,23 @@ async fn run_once(
             fetched_at: Utc::now(),
             items: page.items,
         };
-        match aggregator
-            .call(|r| AggregatorMsg::Apply(batch, r), Some(ASK_TIMEOUT * 6))
-            .await
+        match ask(
+            &aggregator,
+            |r| AggregatorMsg::Apply(batch, r),
+            ASK_TIMEOUT * 6,
+        )
+        .await
         {
-            Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => {
+            Ok(Ok(outcome)) => {
                 record.inserted += outcome.inserted;
                 record.changed += outcome.changed;
             }
-            Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+            Ok(Err(e)) => {
                 record.error = Some(format!("storing items: {e}"));
                 record.code = Some(STORE_REFUSED.into());
                 break;
             }
-            Ok(_) | Err(_) => {
+            Err(_) => {
                 record.error = Some(format!(
                     "storing items: the aggregator of collection {} did not answer",
                     spec.collection

@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use super::aggregator::{Aggregator, AggregatorArgs, AggregatorMsg, AggregatorStats};
 use super::endpoint::{CollectionSummary, Endpoint, EndpointMsg};
-use super::{AfterFailure, FailureWindow, ASK_TIMEOUT};
 use crate::cluster::handle::Answer;
 use crate::cluster::wire::Response;
 use crate::cluster::Cluster;
@@ -22,6 +21,7 @@ use crate::domain::{ReplicatedBatch, StoredItem};
 use crate::events::Events;
 use crate::settings::RestartPolicy;
 use crate::store::{Flusher, Store};
+use crate::supervision::{ask, child_down, AfterFailure, ChildDown, FailureWindow, ASK_TIMEOUT};
 
 pub struct CollectionSupervisor;
 
@@ -215,23 +215,13 @@ impl Actor for CollectionSupervisor {
                     .collect();
                 let asks = endpoints
                     .iter()
-                    .map(|e| e.call(EndpointMsg::Summary, Some(ASK_TIMEOUT)));
-                let summaries = join_all(asks)
-                    .await
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-                        _ => None,
-                    })
-                    .collect();
+                    .map(|e| ask(e, EndpointMsg::Summary, ASK_TIMEOUT));
+                let summaries = join_all(asks).await.into_iter().flatten().collect();
                 let _ = reply.send(summaries);
             }
             CollectionSupervisorMsg::Summary(name, reply) => {
                 let summary = match state.pairs.get(&name).and_then(|p| p.endpoint.clone()) {
-                    Some(e) => match e.call(EndpointMsg::Summary, Some(ASK_TIMEOUT)).await {
-                        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-                        _ => None,
-                    },
+                    Some(e) => ask(&e, EndpointMsg::Summary, ASK_TIMEOUT).await.ok(),
                     None => None,
                 };
                 let _ = reply.send(summary);
@@ -255,15 +245,8 @@ impl Actor for CollectionSupervisor {
                     .collect();
                 let asks = aggregators
                     .iter()
-                    .map(|a| a.call(AggregatorMsg::Stats, Some(ASK_TIMEOUT)));
-                let stats = join_all(asks)
-                    .await
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-                        _ => None,
-                    })
-                    .collect();
+                    .map(|a| ask(a, AggregatorMsg::Stats, ASK_TIMEOUT));
+                let stats = join_all(asks).await.into_iter().flatten().collect();
                 let _ = reply.send(stats);
             }
         }
@@ -276,12 +259,8 @@ impl Actor for CollectionSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (who, why) = match event {
-            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
-            SupervisionEvent::ActorTerminated(who, _, reason) => {
-                (who, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some(ChildDown { who, why, .. }) = child_down(event) else {
+            return Ok(());
         };
         let id = who.get_id();
         let Some((name, pair)) = state.pairs.iter_mut().find(|(_, p)| {

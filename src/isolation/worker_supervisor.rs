@@ -19,9 +19,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::{Deserialize, Serialize};
 
-use super::scraper_supervisor::{SourceRuntime, SourceState, Totals};
 use crate::domain::SourceSpec;
-use crate::isolation::{Isolation, WorkerContainer, WorkerPlan};
+use crate::domain::{SourceRuntime, SourceState, Totals, WorkerContainer};
+use crate::isolation::{Isolation, WorkerPlan};
+use crate::supervision::{ask, ASK_TIMEOUT};
 
 /// How often the engine is checked without being asked.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(3);
@@ -89,10 +90,7 @@ pub async fn add_worker_runtimes(
     runtimes: &mut BTreeMap<String, SourceRuntime>,
     workers: &ActorRef<WorkerSupervisorMsg>,
 ) {
-    if let Ok(ractor::rpc::CallResult::Success(statuses)) = workers
-        .call(WorkerSupervisorMsg::Statuses, Some(super::ASK_TIMEOUT))
-        .await
-    {
+    if let Ok(statuses) = ask(workers, WorkerSupervisorMsg::Statuses, ASK_TIMEOUT).await {
         runtimes.extend(statuses.iter().map(|(id, s)| (id.clone(), s.as_runtime())));
     }
 }

@@ -1,41 +1,90 @@
-//! The actors of one node. Each file holds one actor: its messages, arguments,
-//! state, stats snapshot and `impl Actor`. Actors only coordinate; the work is
-//! done by plain modules (`scrape`, `store`, `cluster::placement`).
-//!
-//! ```text
-//! Membership                           NodeServer, discovery, heartbeats, the member view
-//! ├── NodeServer                       ractor_cluster: cookie-authenticated sessions to peers
-//! └── Peer                             the one actor peers reach; hands their messages on
-//! NodeSupervisor                       restarts its children together
-//! ├── CollectionSupervisor             one pair per collection, spawned on first use
-//! │   ├── Aggregator{collection}       applies batches (local and peers'), flushed before the ack
-//! │   └── Endpoint{collection}         the collection's summary (counts, last update)
-//! ├── Orchestrator                     the replicated source registry; reconciles placement
-//! │   └── ScraperSupervisor            restarts failed scrapers with backoff and intensity
-//! │       └── Scraper{source}          fetch -> extract -> Aggregator, on the source's schedule
-//! └── Replicator                       pulls what live replication missed from peers
-//! ```
-//!
-//! Every actor answers a `Stats` request with a serialisable snapshot; the HTTP
-//! layer and the tests read those and nothing else of an actor's state.
-
-pub mod aggregator;
-pub mod collection_supervisor;
-pub mod courier;
-pub mod endpoint;
-pub mod membership;
-pub mod node_supervisor;
-pub mod orchestrator;
-pub mod peer;
-pub mod replicator;
-pub mod scraper;
-pub mod scraper_supervisor;
-pub mod worker_supervisor;
+//! How gleaner's supervisors treat a failing child, shared by all of them:
+//! the restart policy ([`FailureWindow`]: exponential backoff, restart
+//! intensity), the healing back-off of a source given up on
+//! ([`heal_delay`]), and how one actor asks another ([`ask`], [`ask_named`]:
+//! bounded by a timeout, failing with an [`ActorError`], never hanging). Pure
+//! logic with its tests; the supervisors in `pipeline`, `control` and
+//! `isolation` apply it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use ractor::{ActorCell, ActorRef, Message, RpcReplyPort, SupervisionEvent};
+
 use crate::settings::RestartPolicy;
+
+/// Why an actor asked for something gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActorError {
+    #[error("{0} is not running")]
+    NotRunning(String),
+    #[error("{0} did not answer in time")]
+    Timeout(String),
+    /// It answered, with a refusal.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A child that failed or stopped, as a supervisor sees it.
+pub struct ChildDown {
+    pub who: ActorCell,
+    /// Its error, or the reason it stopped with ("stopped" when none).
+    pub why: String,
+    /// It stopped (rather than failed).
+    pub stopped: bool,
+}
+
+/// The child a supervision event reports down, if it reports one: the one
+/// match every supervisor would otherwise repeat.
+pub fn child_down(event: SupervisionEvent) -> Option<ChildDown> {
+    match event {
+        SupervisionEvent::ActorFailed(who, err) => Some(ChildDown {
+            who,
+            why: err.to_string(),
+            stopped: false,
+        }),
+        SupervisionEvent::ActorTerminated(who, _, reason) => Some(ChildDown {
+            who,
+            why: reason.unwrap_or_else(|| "stopped".into()),
+            stopped: true,
+        }),
+        _ => None,
+    }
+}
+
+/// Asks `actor` and waits at most `timeout`; errors name the actor.
+pub async fn ask<M: Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+    timeout: Duration,
+) -> Result<T, ActorError> {
+    let what = || {
+        actor
+            .get_name()
+            .unwrap_or_else(|| format!("actor {}", actor.get_id()))
+    };
+    match actor.call(build, Some(timeout)).await {
+        Ok(ractor::rpc::CallResult::Success(t)) => Ok(t),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(ActorError::Timeout(what())),
+        _ => Err(ActorError::NotRunning(what())),
+    }
+}
+
+/// The actor registered as `name` (a `cluster::groups` constant), typed by
+/// the messages it takes.
+pub fn find<M: Message>(name: &str) -> Option<ActorRef<M>> {
+    ractor::registry::where_is(name).map(ActorRef::from)
+}
+
+/// Asks the actor registered as `name` (see `cluster::groups`).
+pub async fn ask_named<M: Message, T: Send + 'static>(
+    name: &str,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+    timeout: Duration,
+) -> Result<T, ActorError> {
+    let actor: ActorRef<M> = find(name).ok_or_else(|| ActorError::NotRunning(name.to_owned()))?;
+    ask(&actor, build, timeout).await
+}
 
 /// What a supervisor should do after a child failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! each Scraper linked, and when one fails it restarts it after an exponential
 //! backoff, or marks the source `failed` once failures exceed the restart
 //! intensity. A failed source tries one run again by itself after a long
-//! backoff ([`heal_delay`](super::heal_delay): its period, doubling, at most
+//! backoff ([`heal_delay`](crate::supervision::heal_delay): its period, doubling, at most
 //! an hour), at once if its spec changes or an operator asks for a run, and
 //! is `scheduled` again after its next successful run, its failures
 //! forgotten. A failing source never disturbs another.
@@ -16,17 +16,16 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use serde::{Deserialize, Serialize};
 
 use super::collection_supervisor::CollectionSupervisorMsg;
-use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperStats};
-use super::{AfterRunFailure, SourceFailures, ASK_TIMEOUT};
-use crate::domain::SourceSpec;
+use super::scraper::{Scraper, ScraperArgs, ScraperMsg};
+use crate::domain::{SourceRuntime, SourceSpec, SourceState, Totals};
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::settings::RestartPolicy;
 use crate::store::Store;
+use crate::supervision::{ask, child_down, AfterRunFailure, SourceFailures, ASK_TIMEOUT};
 
 pub struct ScraperSupervisor;
 
@@ -73,43 +72,6 @@ pub enum ScraperSupervisorMsg {
         Option<Vec<String>>,
         RpcReplyPort<BTreeMap<String, SourceRuntime>>,
     ),
-}
-
-/// Where a source's scraper is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceState {
-    Scheduled,
-    Running,
-    BackingOff,
-    Failed,
-    Disabled,
-}
-
-/// A source's run counts on this node since it was placed here; kept by the
-/// supervisor, so a scraper's restart does not lose them.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Totals {
-    pub runs: u64,
-    pub errors: u64,
-    pub pages: u64,
-    pub items: u64,
-}
-
-/// A source's live status on its owner node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SourceRuntime {
-    pub totals: Totals,
-    pub state: SourceState,
-    pub next_run: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    /// Restarts after failures since the spec was last set.
-    pub restarts: u64,
-    /// The live scraper's counters, when one runs.
-    pub scraper: Option<ScraperStats>,
-    /// The worker container, for an isolated source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<crate::isolation::WorkerContainer>,
 }
 
 enum Phase {
@@ -172,12 +134,7 @@ impl ChildSnapshot {
     /// Asks a running scraper for its counters, and puts the status together.
     async fn status(self) -> (String, SourceRuntime) {
         let scraper = match &self.phase {
-            PhaseSnapshot::Up(actor) => {
-                match actor.call(ScraperMsg::Stats, Some(ASK_TIMEOUT)).await {
-                    Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-                    _ => None,
-                }
-            }
+            PhaseSnapshot::Up(actor) => ask(actor, ScraperMsg::Stats, ASK_TIMEOUT).await.ok(),
             _ => None,
         };
         let (state, next_run) = match (&self.phase, &scraper) {
@@ -248,16 +205,16 @@ impl ScraperSupervisorState {
             let rules = self.rules.get(&spec)?;
             let aggregator = match &self.args.sink {
                 BatchSink::Fixed(a) => a.clone(),
-                BatchSink::Collections(c) => match c
-                    .call(
-                        |r| CollectionSupervisorMsg::Aggregator(spec.collection.clone(), r),
-                        Some(ASK_TIMEOUT),
+                BatchSink::Collections(c) => {
+                    let collection = spec.collection.clone();
+                    ask(
+                        c,
+                        |r| CollectionSupervisorMsg::Aggregator(collection, r),
+                        ASK_TIMEOUT,
                     )
                     .await
-                {
-                    Ok(ractor::rpc::CallResult::Success(r)) => r?,
-                    _ => return Err("the collection supervisor did not answer".to_string()),
-                },
+                    .map_err(|_| "the collection supervisor did not answer".to_string())??
+                }
             };
             let args = ScraperArgs {
                 spec: spec.clone(),
@@ -494,16 +451,14 @@ impl Actor for ScraperSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (who, error) = match event {
-            SupervisionEvent::ActorFailed(who, err) => (who, err.to_string()),
-            SupervisionEvent::ActorTerminated(who, _, reason) => (
-                who,
-                format!(
-                    "scraper stopped unexpectedly: {}",
-                    reason.unwrap_or_default()
-                ),
-            ),
-            _ => return Ok(()),
+        let Some(down) = child_down(event) else {
+            return Ok(());
+        };
+        let who = down.who;
+        let error = if down.stopped {
+            format!("scraper stopped unexpectedly: {}", down.why)
+        } else {
+            down.why
         };
         let dead = who.get_id();
         let id = state.children.iter().find_map(|(id, c)| match &c.phase {

@@ -1,48 +1,33 @@
-//! Peer: the one actor of a node that other nodes reach. It joins the
-//! `gleaner.peers` process group, so every node finds every other's; its
-//! messages carry [`crate::cluster::wire`] values as JSON. It answers nothing
-//! itself: it decodes and hands each message to the local actor in charge
-//! (Membership for heartbeats, Orchestrator for the source registry,
-//! CollectionSupervisor for item batches, the store for logs and snapshots),
-//! so a slow disk never delays a heartbeat.
+//! The node's answers to its peers: every notice and request a peer sends
+//! (but heartbeats, which Membership takes) arrives here from the cluster's
+//! Peer actor and is handed to the local actor in charge: the Orchestrator
+//! for the source registry, the CollectionSupervisor for item batches, the
+//! ScraperSupervisor and WorkerSupervisor for runtimes and runs, the store
+//! for logs and snapshots, and the debug view for stats. Nothing here blocks
+//! the Peer: store work runs on the blocking pool, asks on their own tasks.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::RactorClusterMessage;
-
-use super::aggregator::AggregatorMsg;
-use super::collection_supervisor::CollectionSupervisorMsg;
-use super::membership::MembershipMsg;
-use super::orchestrator::OrchestratorMsg;
-use super::scraper_supervisor::ScraperSupervisorMsg;
-use super::worker_supervisor::{add_worker_runtimes, WorkerSupervisorMsg};
-use super::ASK_TIMEOUT;
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
-use crate::cluster::wire::{self, Notice, Request, Response};
+use crate::cluster::peer::Inbound;
+use crate::cluster::wire::{Notice, Request, Response};
+use crate::control::orchestrator::OrchestratorMsg;
+use crate::isolation::worker_supervisor::{add_worker_runtimes, WorkerSupervisorMsg};
+use crate::pipeline::aggregator::AggregatorMsg;
+use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
+use crate::pipeline::scraper_supervisor::ScraperSupervisorMsg;
 use crate::store::{LogSlice, Store};
-
-pub struct Peer;
+use crate::supervision::{ask, find as local, ASK_TIMEOUT};
 
 /// About how many bytes of batches one pull answer carries (far below the
 /// cluster's frame limit).
 const PULL_BYTES: usize = 4 * 1024 * 1024;
 
-pub struct PeerArgs {
-    pub membership: ActorRef<MembershipMsg>,
+/// What the router needs of the node.
+pub struct NodeInbound {
     pub store: Store,
     pub cluster: crate::cluster::Cluster,
     /// When this process started, for the stats answer.
     pub started_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// The two shapes that cross nodes; both carry JSON (see the module doc).
-#[derive(RactorClusterMessage)]
-pub enum PeerMsg {
-    /// A [`Notice`].
-    Cast(Vec<u8>),
-    /// A [`Request`], answered with a [`Response`].
-    #[rpc]
-    Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 /// Runs blocking store work and answers with its result.
@@ -62,16 +47,12 @@ fn answer_blocking(
     });
 }
 
-fn local<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
-    ractor::registry::where_is(name).map(ActorRef::from)
-}
-
-impl Peer {
-    fn notice(args: &PeerArgs, notice: Notice) {
+impl Inbound for NodeInbound {
+    fn notice(&self, notice: Notice) {
+        let args = self;
         match notice {
-            Notice::Heartbeat(info) => {
-                let _ = args.membership.cast(MembershipMsg::Heard(info));
-            }
+            // Membership takes heartbeats before they get here.
+            Notice::Heartbeat(_) => {}
             Notice::SourceDigest { from, versions } => {
                 if let Some(o) = local::<OrchestratorMsg>(groups::ORCHESTRATOR) {
                     let _ = o.cast(OrchestratorMsg::Digest { from, versions });
@@ -93,7 +74,8 @@ impl Peer {
         }
     }
 
-    fn request(args: &PeerArgs, request: Request, answer: Answer) {
+    fn request(&self, request: Request, answer: Answer) {
+        let args = self;
         match request {
             Request::Sources(records) => match local::<OrchestratorMsg>(groups::ORCHESTRATOR) {
                 Some(o) => {
@@ -140,16 +122,14 @@ impl Peer {
             Request::Runtimes => {
                 tokio::spawn(async move {
                     let mut response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
-                        Some(s) => match s
-                            .call(
-                                |r| ScraperSupervisorMsg::Statuses(None, r),
-                                Some(ASK_TIMEOUT),
-                            )
-                            .await
-                        {
-                            Ok(ractor::rpc::CallResult::Success(r)) => Response::Runtimes(r),
-                            _ => Response::Error("the scrapers did not answer".into()),
-                        },
+                        Some(s) => {
+                            match ask(&s, |r| ScraperSupervisorMsg::Statuses(None, r), ASK_TIMEOUT)
+                                .await
+                            {
+                                Ok(r) => Response::Runtimes(r),
+                                Err(_) => Response::Error("the scrapers did not answer".into()),
+                            }
+                        }
                         None => Response::Error("the scrapers are restarting".into()),
                     };
                     // Isolated sources' workers count as this node's runtimes too.
@@ -164,14 +144,15 @@ impl Peer {
             Request::RunNow(id) => {
                 tokio::spawn(async move {
                     let response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
-                        Some(s) => match s
-                            .call(|r| ScraperSupervisorMsg::RunNow(id, r), Some(ASK_TIMEOUT))
-                            .await
-                        {
-                            Ok(ractor::rpc::CallResult::Success(Ok(()))) => Response::Ok,
-                            Ok(ractor::rpc::CallResult::Success(Err(e))) => Response::Error(e),
-                            _ => Response::Error("the scrapers did not answer".into()),
-                        },
+                        Some(s) => {
+                            match ask(&s, |r| ScraperSupervisorMsg::RunNow(id, r), ASK_TIMEOUT)
+                                .await
+                            {
+                                Ok(Ok(())) => Response::Ok,
+                                Ok(Err(e)) => Response::Error(e),
+                                Err(_) => Response::Error("the scrapers did not answer".into()),
+                            }
+                        }
                         None => Response::Error("the scrapers are restarting".into()),
                     };
                     answer.send(response);
@@ -187,7 +168,7 @@ impl Peer {
                 let storage = args.store.storage_status(true);
                 tokio::spawn(async move {
                     answer.send(
-                        match crate::http::debug::node_state(&cluster, started_at, storage).await {
+                        match super::views::node_state(&cluster, started_at, storage).await {
                             Ok(v) => Response::Stats(v),
                             Err(e) => Response::Error(e.to_string()),
                         },
@@ -207,60 +188,26 @@ async fn deliver(batch: crate::domain::ItemBatch) -> Response {
         return Response::Error("the collections are restarting".into());
     };
     let name = batch.collection.clone();
-    let aggregator = match collections
-        .call(
-            |r| CollectionSupervisorMsg::Aggregator(name, r),
-            Some(ASK_TIMEOUT),
-        )
-        .await
+    let aggregator = match ask(
+        &collections,
+        |r| CollectionSupervisorMsg::Aggregator(name, r),
+        ASK_TIMEOUT,
+    )
+    .await
     {
-        Ok(ractor::rpc::CallResult::Success(Ok(a))) => a,
-        Ok(ractor::rpc::CallResult::Success(Err(e))) => return Response::Error(e),
-        _ => return Response::Error("the collections did not answer".into()),
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Response::Error(e),
+        Err(_) => return Response::Error("the collections did not answer".into()),
     };
-    match aggregator
-        .call(|r| AggregatorMsg::Apply(batch, r), Some(ASK_TIMEOUT * 6))
-        .await
+    match ask(
+        &aggregator,
+        |r| AggregatorMsg::Apply(batch, r),
+        ASK_TIMEOUT * 6,
+    )
+    .await
     {
-        Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => Response::Delivered(outcome),
-        Ok(ractor::rpc::CallResult::Success(Err(e))) => Response::Error(e),
-        _ => Response::Error("the aggregator did not answer".into()),
-    }
-}
-
-impl Actor for Peer {
-    type Msg = PeerMsg;
-    type State = PeerArgs;
-    type Arguments = PeerArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: PeerArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        ractor::pg::join(groups::PEERS.to_owned(), vec![myself.get_cell()]);
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            PeerMsg::Cast(bytes) => match wire::decode::<Notice>(&bytes) {
-                Ok(n) => Peer::notice(state, n),
-                Err(e) => tracing::warn!(error = %e, "notice dropped"),
-            },
-            PeerMsg::Call(bytes, reply) => {
-                let answer = Answer::new(reply);
-                match wire::decode::<Request>(&bytes) {
-                    Ok(r) => Peer::request(state, r, answer),
-                    Err(e) => answer.send(Response::Error(e)),
-                }
-            }
-        }
-        Ok(())
+        Ok(Ok(outcome)) => Response::Delivered(outcome),
+        Ok(Err(e)) => Response::Error(e),
+        Err(_) => Response::Error("the aggregator did not answer".into()),
     }
 }

@@ -23,12 +23,14 @@ use ractor_cluster::RactorMessage;
 use serde::Serialize;
 
 use super::endpoint::{CollectionSummary, EndpointMsg};
+use super::replicator::ReplicatorMsg;
 use crate::cluster::handle::Answer;
 use crate::cluster::wire::{Request, Response};
 use crate::cluster::Cluster;
 use crate::domain::{ItemBatch, ReplicatedBatch, StoredItem};
 use crate::events::{Event, Events};
 use crate::store::{BatchOutcome, Flusher, Store, StoreError};
+use crate::supervision::find;
 
 /// How long a scraper's batch waits for a peer's acknowledgement.
 pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -245,10 +247,8 @@ impl Actor for Aggregator {
                     answer.send(Response::Applied { seq: rb.seq });
                 } else if rb.seq > have + 1 {
                     answer.send(Response::Gap { have });
-                    if let Some(r) = ractor::registry::where_is(crate::cluster::groups::REPLICATOR)
-                    {
-                        let _ = ActorRef::<super::replicator::ReplicatorMsg>::from(r)
-                            .cast(super::replicator::ReplicatorMsg::CatchUp);
+                    if let Some(r) = find::<ReplicatorMsg>(crate::cluster::groups::REPLICATOR) {
+                        let _ = r.cast(ReplicatorMsg::CatchUp);
                     }
                 } else {
                     let seq = rb.seq;

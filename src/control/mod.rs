@@ -1,0 +1,21 @@
+//! The control plane of a node: the supervision root and the replicated
+//! source registry.
+//!
+//! ```text
+//! NodeSupervisor                     restarts its children together
+//! ├── Orchestrator                   the source registry (gossip, merge, acks), placement
+//! │                                  reconciliation, and the views of sources for the API
+//! ├── CollectionSupervisor           (pipeline)
+//! ├── ScraperSupervisor              (pipeline, under the Orchestrator)
+//! ├── WorkerSupervisor               (isolation, under the Orchestrator)
+//! └── Replicator                     (pipeline)
+//! ```
+//!
+//! In: admin commands (from `http`, or from peers through `cluster`), member
+//! changes. Out: which sources run here (to the pipeline and isolation),
+//! source records to peers, views for the API.
+
+pub mod inbound;
+pub mod node_supervisor;
+pub mod orchestrator;
+pub mod views;

@@ -1,0 +1,254 @@
+//! Worker containers for isolated sources, through the Docker Engine API
+//! (bollard). This module only speaks to the engine: which containers exist
+//! (found by their labels), starting one for a source, removing one. The
+//! WorkerSupervisor actor decides when.
+//!
+//! A worker container runs `gleaner worker` for one source from the node's
+//! own image. It carries gleaner labels, memory, CPU and pids limits, a
+//! read-only root filesystem (a small tmpfs holds its scratch database), no
+//! capabilities, no-new-privileges and no Docker socket.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions,
+};
+use bollard::Docker;
+
+use crate::domain::{SourceSpec, WorkerContainer};
+use crate::settings::IsolationConfig;
+
+/// Label keys on worker containers.
+pub const LABEL_ROLE: &str = "org.gleaner.role";
+pub const LABEL_OWNER: &str = "org.gleaner.owner";
+pub const LABEL_SOURCE: &str = "org.gleaner.source";
+pub const LABEL_SPEC: &str = "org.gleaner.spec-version";
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IsolationError {
+    #[error("the Docker engine is not reachable: {0}")]
+    Unreachable(String),
+    #[error("no worker image is configured: set GLEANER_WORKER_IMAGE to this node's image")]
+    NoImage,
+    #[error("the Docker engine refused: {0}")]
+    Engine(String),
+}
+
+/// Everything a worker needs to run one source.
+#[derive(Debug, Clone)]
+pub struct WorkerPlan {
+    pub spec: SourceSpec,
+    pub spec_version: String,
+    /// This node: the worker's owner.
+    pub owner_id: String,
+    pub owner_name: String,
+    /// The owner's cluster address, the worker's only seed.
+    pub owner_cluster: String,
+    pub cookie: String,
+    /// Passed on as the worker's GLEANER_ALLOW_PRIVATE_TARGETS.
+    pub allow_private_targets: Option<String>,
+}
+
+/// A handle on the engine, or the reason there is none.
+#[derive(Clone)]
+pub struct Isolation {
+    docker: Result<Docker, IsolationError>,
+    config: IsolationConfig,
+}
+
+fn engine(e: bollard::errors::Error) -> IsolationError {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => {
+            IsolationError::Engine(message)
+        }
+        other => IsolationError::Unreachable(other.to_string()),
+    }
+}
+
+/// The container name of a source's worker on a node. Names are unique per
+/// engine, and several nodes (or clusters) may share one: the owner's id
+/// makes it unique, its display name makes it readable.
+pub fn container_name(owner_name: &str, owner_id: &str, source: &str) -> String {
+    let clean: String = owner_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(24)
+        .collect();
+    let id: String = owner_id.chars().take(8).collect();
+    format!("gleaner-worker-{source}-{clean}-{id}")
+}
+
+impl Isolation {
+    /// Connects to the local engine (DOCKER_HOST or the default socket) and
+    /// agrees on an API version; an unreachable engine is remembered, not
+    /// fatal. Without a worker image there is nothing to start, so the engine
+    /// is not asked at all.
+    pub async fn connect(config: IsolationConfig) -> Isolation {
+        let docker = if config.image.is_none() {
+            Err(IsolationError::NoImage)
+        } else {
+            match Docker::connect_with_local_defaults() {
+                Ok(d) => d
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| IsolationError::Unreachable(e.to_string())),
+                Err(e) => Err(IsolationError::Unreachable(e.to_string())),
+            }
+        };
+        if let Err(e) = &docker {
+            tracing::info!(error = %e, "isolated sources cannot run on this node");
+        }
+        Isolation { docker, config }
+    }
+
+    fn docker(&self) -> Result<&Docker, IsolationError> {
+        self.docker.as_ref().map_err(Clone::clone)
+    }
+
+    /// The worker containers this node owns, running or not.
+    pub async fn list(&self, owner_id: &str) -> Result<Vec<WorkerContainer>, IsolationError> {
+        let docker = self.docker()?;
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_ROLE}=worker"),
+                format!("{LABEL_OWNER}={owner_id}"),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let listed = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                Some(WorkerContainer {
+                    id: c.id?,
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    source: labels.get(LABEL_SOURCE)?.clone(),
+                    spec_version: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Creates and starts the worker container for `plan`.
+    pub async fn start(&self, plan: &WorkerPlan) -> Result<WorkerContainer, IsolationError> {
+        let docker = self.docker()?;
+        let image = self.config.image.clone().ok_or(IsolationError::NoImage)?;
+        let name = container_name(&plan.owner_name, &plan.owner_id, &plan.spec.id);
+        let spec_json = serde_json::to_string(&plan.spec).expect("a spec always serialises");
+        let mut env = vec![
+            format!("GLEANER_WORKER_SPEC={spec_json}"),
+            format!("GLEANER_WORKER_OWNER={}", plan.owner_id),
+            format!("GLEANER_SEEDS={}", plan.owner_cluster),
+            format!("GLEANER_COOKIE={}", plan.cookie),
+            format!("GLEANER_NODE_NAME={name}"),
+            format!("GLEANER_CLUSTER_ADVERTISE={name}"),
+            "GLEANER_CLUSTER_PORT=4697".to_owned(),
+            "GLEANER_DATA_DIR=/scratch".to_owned(),
+            // A worker serves no HTTP; this keeps the image's public default
+            // (which requires an admin token) from applying.
+            "GLEANER_HTTP_ADDR=127.0.0.1:0".to_owned(),
+            "GLEANER_LOG_FORMAT=json".to_owned(),
+        ];
+        if let Some(allow) = &plan.allow_private_targets {
+            env.push(format!("GLEANER_ALLOW_PRIVATE_TARGETS={allow}"));
+        }
+        let labels = HashMap::from([
+            (LABEL_ROLE.to_owned(), "worker".to_owned()),
+            (LABEL_OWNER.to_owned(), plan.owner_id.clone()),
+            (LABEL_SOURCE.to_owned(), plan.spec.id.clone()),
+            (LABEL_SPEC.to_owned(), plan.spec_version.clone()),
+        ]);
+        let host = HostConfig {
+            memory: Some(self.config.memory_bytes),
+            nano_cpus: Some(self.config.nano_cpus),
+            pids_limit: Some(self.config.pids_limit),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            // The image's /data volume goes unused (an anonymous volume,
+            // removed with the container: see `remove`).
+            tmpfs: Some(HashMap::from([(
+                "/scratch".to_owned(),
+                "rw,noexec,nosuid,size=64m".to_owned(),
+            )])),
+            network_mode: self.config.network.clone(),
+            ..HostConfig::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec!["worker".to_owned()]),
+            env: Some(env),
+            labels: Some(labels),
+            hostname: Some(name.clone()),
+            host_config: Some(host),
+            ..ContainerCreateBody::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(engine)?;
+        docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(engine)?;
+        tracing::info!(source = %plan.spec.id, container = %created.id, %name, "worker container started");
+        Ok(WorkerContainer {
+            id: created.id,
+            name,
+            source: plan.spec.id.clone(),
+            spec_version: plan.spec_version.clone(),
+            state: "running".to_owned(),
+        })
+    }
+
+    /// Removes a container, running or not, with its anonymous volumes.
+    pub async fn remove(&self, id: &str) -> Result<(), IsolationError> {
+        let docker = self.docker()?;
+        match docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(engine(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_valid_for_the_engine() {
+        assert_eq!(
+            container_name("node 1.example", "0123456789abcdef", "books"),
+            "gleaner-worker-books-node-1-example-01234567"
+        );
+    }
+}

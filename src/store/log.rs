@@ -1,0 +1,124 @@
+//! The `log:{collection}` trees: `origin node id \0 sequence (big-endian)` ->
+//! [`ReplicatedBatch`], every batch applied to a collection, kept so that
+//! peers can pull what they missed (the newest [`Store::log_retained`] per
+//! origin), and the heads (last sequence applied per origin) they compare.
+
+use std::collections::BTreeMap;
+
+use super::{decode, encode, BatchOutcome, Result, Store};
+use crate::domain::ReplicatedBatch;
+
+const LOG_PREFIX: &str = "log:";
+
+/// Batches kept in the log per collection and origin, by default.
+pub const LOG_RETAINED: u64 = 10_000;
+
+/// What the log holds after a sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogSlice {
+    Batches(Vec<ReplicatedBatch>),
+    /// Batches asked for are gone; the oldest kept is `first`.
+    Truncated {
+        first: u64,
+    },
+}
+
+fn log_key(origin: &str, seq: u64) -> Vec<u8> {
+    let mut key = origin.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+impl Store {
+    /// Applies a batch from `origin` with sequence number `seq`: upserts its
+    /// items atomically, appends it to the collection's log (dropping the
+    /// oldest beyond the retention) and records the collection's head for
+    /// the origin. Applying the same batch twice changes nothing.
+    pub fn apply_replicated(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
+        self.write(|| self.apply_replicated_unguarded(rb))
+    }
+
+    fn apply_replicated_unguarded(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
+        let outcome = self.upsert_items(&rb.batch)?;
+        let log = self.log_tree(&rb.batch.collection)?;
+        log.insert(log_key(&rb.origin, rb.seq), encode(rb))?;
+        if rb.seq > self.log_retained {
+            let cut = rb.seq - self.log_retained;
+            let stale: Vec<sled::IVec> = log
+                .range(log_key(&rb.origin, 0)..=log_key(&rb.origin, cut))
+                .keys()
+                .collect::<std::result::Result<_, _>>()?;
+            for k in stale {
+                log.remove(k)?;
+            }
+        }
+        self.update_meta(
+            &rb.batch.collection,
+            rb.batch.fetched_at,
+            Some((&rb.origin, rb.seq)),
+        )?;
+        Ok(outcome)
+    }
+
+    /// Every collection's heads.
+    pub fn heads(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
+        Ok(self
+            .collections()?
+            .into_iter()
+            .map(|(name, meta)| (name, meta.heads))
+            .collect())
+    }
+
+    /// One collection's heads (empty if it does not exist here).
+    pub fn heads_of(&self, collection: &str) -> Result<BTreeMap<String, u64>> {
+        Ok(self
+            .collection(collection)?
+            .map(|m| m.heads)
+            .unwrap_or_default())
+    }
+
+    /// Up to `max` logged batches (and about `max_bytes`, at least one) of
+    /// `origin` in `collection` after `after`, in order; or where the log now
+    /// starts if batches after `after` are gone.
+    pub fn log_after(
+        &self,
+        collection: &str,
+        origin: &str,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<LogSlice> {
+        let log = self.log_tree(collection)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let range = log_key(origin, after.saturating_add(1))..=log_key(origin, u64::MAX);
+        for entry in log.range(range) {
+            let (_, v) = entry?;
+            if !out.is_empty() && bytes + v.len() > max_bytes {
+                break;
+            }
+            bytes += v.len();
+            let rb: ReplicatedBatch = decode("log entry", &v)?;
+            if out.is_empty() && rb.seq != after + 1 {
+                return Ok(LogSlice::Truncated { first: rb.seq });
+            }
+            out.push(rb);
+            if out.len() >= max {
+                break;
+            }
+        }
+        if out.is_empty() {
+            let head = self.heads_of(collection)?.get(origin).copied().unwrap_or(0);
+            if head > after {
+                // The head moved past `after` but nothing is logged: all truncated.
+                return Ok(LogSlice::Truncated { first: head + 1 });
+            }
+        }
+        Ok(LogSlice::Batches(out))
+    }
+
+    fn log_tree(&self, collection: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(format!("{LOG_PREFIX}{collection}"))?)
+    }
+}
