@@ -21,7 +21,7 @@ use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::cluster::membership::{Membership, MembershipArgs, MembershipMsg};
+use crate::cluster::membership::MembershipMsg;
 use crate::cluster::view::{NodeInfo, Role};
 use crate::cluster::Cluster;
 use crate::control::node_supervisor::{NodeMsg, NodeSupervisor, NodeSupervisorArgs};
@@ -89,19 +89,12 @@ impl App {
                 c.port = listener.local_addr()?.port();
                 let me = node_info(&settings, &node_id, http_addr, Some(&c), started_at);
                 let cluster = Cluster::new(me);
-                let (membership, done) = Actor::spawn(
-                    None,
-                    Membership,
-                    MembershipArgs {
-                        settings: c,
-                        listener,
-                        cluster: cluster.clone(),
-                        inbound: std::sync::Arc::new(crate::control::inbound::NodeInbound {
-                            store: store.clone(),
-                            cluster: cluster.clone(),
-                            started_at,
-                        }),
-                    },
+                let (membership, done) = crate::control::inbound::join_cluster(
+                    c,
+                    listener,
+                    cluster.clone(),
+                    store.clone(),
+                    started_at,
                 )
                 .await
                 .context("joining the cluster")?;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ractor::Actor;
 
-use crate::cluster::membership::{Membership, MembershipArgs};
 use crate::cluster::view::{NodeInfo, Role};
 use crate::cluster::Cluster;
 use crate::domain::SourceSpec;
@@ -85,19 +84,12 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let cluster = Cluster::new(me);
-    let (membership, membership_done) = Actor::spawn(
-        None,
-        Membership,
-        MembershipArgs {
-            settings: cluster_settings,
-            listener,
-            cluster: cluster.clone(),
-            inbound: std::sync::Arc::new(crate::control::inbound::NodeInbound {
-                store: store.clone(),
-                cluster: cluster.clone(),
-                started_at,
-            }),
-        },
+    let (membership, membership_done) = crate::control::inbound::join_cluster(
+        cluster_settings,
+        listener,
+        cluster.clone(),
+        store.clone(),
+        started_at,
     )
     .await
     .context("joining the cluster")?;

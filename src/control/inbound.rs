@@ -22,6 +22,36 @@ use crate::supervision::{ask, find as local, ASK_TIMEOUT};
 /// cluster's frame limit).
 const PULL_BYTES: usize = 4 * 1024 * 1024;
 
+/// Starts Membership (the cluster listener behind its guard, heartbeats,
+/// the Peer actor) with this node's router behind its Peer: how a node and
+/// a worker both join the cluster.
+pub async fn join_cluster(
+    settings: crate::settings::ClusterSettings,
+    listener: tokio::net::TcpListener,
+    cluster: crate::cluster::Cluster,
+    store: Store,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> Result<
+    (
+        ractor::ActorRef<crate::cluster::membership::MembershipMsg>,
+        tokio::task::JoinHandle<()>,
+    ),
+    ractor::SpawnErr,
+> {
+    let inbound = std::sync::Arc::new(NodeInbound {
+        store,
+        cluster: cluster.clone(),
+        started_at,
+    });
+    let args = crate::cluster::membership::MembershipArgs {
+        settings,
+        listener,
+        cluster,
+        inbound,
+    };
+    ractor::Actor::spawn(None, crate::cluster::membership::Membership, args).await
+}
+
 /// What the router needs of the node.
 pub struct NodeInbound {
     pub store: Store,

@@ -5,8 +5,9 @@
 //!   isolated source placed here, reconciled by label (adopt, replace, remove).
 //! - [`docker`]: the Docker Engine through bollard (the only module that
 //!   touches it): labels, limits, hardening.
-//! - [`crate::worker`]: the `gleaner worker` process inside the container: it joins
-//!   the cluster as a worker member and runs the one source.
+//! - the `gleaner worker` process inside the container (the top-level `worker`
+//!   module, beside `app`): it joins the cluster as a worker member and runs
+//!   the one source.
 //! - [`courier`]: inside the worker, carries its item batches to the owner
 //!   node's aggregator.
 //!
@@ -15,7 +16,6 @@
 
 pub mod courier;
 pub mod docker;
-
 pub mod worker_supervisor;
 
 pub use docker::{container_name, Isolation, IsolationError, WorkerPlan};
