@@ -105,6 +105,10 @@ pub struct NodeArgs {
     /// Extra attempts after a 5xx or a timeout [default: 2].
     #[arg(long, env = "GLEANER_FETCH_RETRIES")]
     pub fetch_retries: Option<u32>,
+    /// A URL where site owners can reach this crawler's operator; appended to
+    /// the default user agent as ` (+URL)` [default: none].
+    #[arg(long, env = "GLEANER_CONTACT_URL")]
+    pub contact_url: Option<String>,
     /// Deepest HTML element nesting accepted [default: 512].
     #[arg(long, env = "GLEANER_MAX_HTML_DEPTH")]
     pub max_html_depth: Option<usize>,
@@ -201,6 +205,7 @@ impl NodeArgs {
             connect_timeout_secs: self.connect_timeout_secs.or(file.connect_timeout_secs),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             fetch_retries: self.fetch_retries.or(file.fetch_retries),
+            contact_url: self.contact_url.or(file.contact_url),
             max_html_depth: self.max_html_depth.or(file.max_html_depth),
             cache_mb: self.cache_mb.or(file.cache_mb),
             query_cache_mb: self.query_cache_mb.or(file.query_cache_mb),
@@ -346,7 +351,16 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("GLEANER_ALLOW_PRIVATE_TARGETS: {e}"))?,
         };
         let defaults = FetchConfig::default();
+        let user_agent = match a.contact_url.as_deref().map(str::trim) {
+            None | Some("") => defaults.user_agent.clone(),
+            Some(contact) => {
+                crate::domain::spec::validate_url(contact)
+                    .map_err(|e| anyhow::anyhow!("GLEANER_CONTACT_URL: {e}"))?;
+                format!("{} (+{contact})", defaults.user_agent)
+            }
+        };
         let fetch = FetchConfig {
+            user_agent,
             connect_timeout: a
                 .connect_timeout_secs
                 .map_or(defaults.connect_timeout, Duration::from_secs),

@@ -24,8 +24,11 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
 use url::{Host, Url};
+
+use crate::domain::spec::is_sensitive_header;
+use crate::domain::{Method, RequestOptions};
 
 /// Which non-public addresses may be fetched.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -339,6 +342,16 @@ impl Fetcher {
 
     /// GETs `url` with the limits, the guard and retries. Ok only for 2xx.
     pub async fn fetch(&self, url: &Url) -> Result<Fetched, FetchError> {
+        self.fetch_with(url, &RequestOptions::default()).await
+    }
+
+    /// Requests `url` as `request` says (method, headers, body, user agent),
+    /// with the limits, the guard and retries. Ok only for 2xx.
+    pub async fn fetch_with(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+    ) -> Result<Fetched, FetchError> {
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(FetchError::BadScheme(url.scheme().to_owned()));
         }
@@ -354,7 +367,7 @@ impl Fetcher {
             .with_jitter();
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(url).await
+            self.attempt(url, request).await
         })
         .retry(backoff)
         .when(FetchError::is_retryable)
@@ -368,14 +381,29 @@ impl Fetcher {
         })
     }
 
-    async fn attempt(&self, url: &Url) -> Result<Fetched, FetchError> {
+    async fn attempt(&self, url: &Url, request: &RequestOptions) -> Result<Fetched, FetchError> {
         let limit = self.config.max_body_bytes;
-        let mut response = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(classify)?;
+        let mut builder = match request.method {
+            Method::Get => self.client.get(url.clone()),
+            Method::Post => self.client.post(url.clone()),
+        };
+        for (name, value) in &request.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| FetchError::Client(format!("header {name}: {e}")))?;
+            let mut value = HeaderValue::from_str(value)
+                .or_else(|_| HeaderValue::from_bytes(value.as_bytes()))
+                .map_err(|e| FetchError::Client(format!("header {name}: {e}")))?;
+            // Sensitive values are kept out of reqwest's and hyper's debug output.
+            value.set_sensitive(is_sensitive_header(name.as_str()));
+            builder = builder.header(name, value);
+        }
+        if let Some(agent) = &request.user_agent {
+            builder = builder.header(USER_AGENT, agent.as_str());
+        }
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
+        }
+        let mut response = builder.send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));

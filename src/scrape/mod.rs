@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use url::Url;
 
+use crate::domain::RequestOptions;
+
 use extract::{ExtractError, Limits, Page, Rules};
 use fetch::{FetchError, Fetcher};
 
@@ -29,6 +31,7 @@ pub struct Pager {
     fetcher: Fetcher,
     rules: Arc<Rules>,
     limits: Limits,
+    request: RequestOptions,
     next: Option<Url>,
     seen: HashSet<String>,
     pages: u32,
@@ -42,11 +45,13 @@ impl Pager {
         fetcher: Fetcher,
         rules: Arc<Rules>,
         limits: Limits,
+        request: RequestOptions,
     ) -> Self {
         Pager {
             fetcher,
             rules,
             limits,
+            request,
             next: Some(start),
             seen: HashSet::new(),
             pages: 0,
@@ -66,7 +71,7 @@ impl Pager {
             return None;
         }
         self.pages += 1;
-        let fetched = match self.fetcher.fetch(&url).await {
+        let fetched = match self.fetcher.fetch_with(&url, &self.request).await {
             Ok(f) => f,
             Err(source) => {
                 return Some(Err(ScrapeError::Fetch {
