@@ -131,6 +131,7 @@ impl ScraperState {
                     changed: 0,
                     error: Some(format!("invalid url: {e}")),
                     code: None,
+                    stopped: None,
                 }));
                 return;
             }
@@ -162,12 +163,14 @@ async fn run_once(
         changed: 0,
         error: None,
         code: None,
+        stopped: None,
     };
     while let Some(page) = pager.next_page().await {
         let page = match page {
             Ok(p) => p,
             Err(e) => {
                 record.error = Some(e.to_string());
+                record.code = e.code().map(Into::into);
                 break;
             }
         };
@@ -207,6 +210,7 @@ async fn run_once(
         }
     }
     record.pages = pager.pages();
+    record.stopped = pager.stopped().map(Into::into);
     record.finished_at = Utc::now();
     record.duration_ms = clock.elapsed().as_millis() as u64;
     record

@@ -11,8 +11,9 @@
 //!   is dialled (no DNS-rebinding gap). IP-literal hosts never reach a resolver,
 //!   so they are checked before the first request and on every redirect hop.
 //!   Environment proxies are ignored: a proxy would dial on our behalf.
-//! - **Retries.** 5xx, 429, timeouts and connection errors are retried with
-//!   exponential backoff and jitter; nothing else is.
+//! - **Retries.** 5xx (but 503), timeouts and connection errors are retried
+//!   with exponential backoff and jitter; nothing else is. A 429 or 503 is
+//!   [`FetchError::Throttled`]: the host is paused instead (`politeness`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -24,7 +25,9 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
+use reqwest::header::{
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
 use url::{Host, Url};
 
 use crate::domain::spec::is_sensitive_header;
@@ -191,6 +194,14 @@ pub enum FetchError {
     TooLarge { limit: usize },
     #[error("the server answered {0}")]
     Status(u16),
+    /// A 429 or 503 answer: the host asks to be left alone (for
+    /// `retry_after`, when it says). Not retried here: the host is paused
+    /// (see `politeness`).
+    #[error("the server answered {status}{}", .retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("too many redirects")]
     TooManyRedirects,
     #[error("{0}: only http and https are fetched")]
@@ -305,6 +316,9 @@ fn check_url(url: &Url, targets: &TargetPolicy) -> Result<(), Refused> {
 pub struct Fetcher {
     client: reqwest::Client,
     config: Arc<FetchConfig>,
+    /// Per-host robots.txt, Crawl-delay and back-off, shared by every
+    /// scraper that uses this client (so: node-wide).
+    politeness: super::politeness::Politeness,
 }
 
 impl Fetcher {
@@ -337,7 +351,13 @@ impl Fetcher {
         Ok(Fetcher {
             client,
             config: Arc::new(config),
+            politeness: super::politeness::Politeness::default(),
         })
+    }
+
+    /// The node's per-host politeness state.
+    pub fn politeness(&self) -> &super::politeness::Politeness {
+        &self.politeness
     }
 
     /// GETs `url` with the limits, the guard and retries. Ok only for 2xx.
@@ -405,6 +425,17 @@ impl Fetcher {
         }
         let mut response = builder.send().await.map_err(classify)?;
         let status = response.status();
+        if status.as_u16() == 429 || status.as_u16() == 503 {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+            return Err(FetchError::Throttled {
+                status: status.as_u16(),
+                retry_after,
+            });
+        }
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }
@@ -433,6 +464,23 @@ impl Fetcher {
             attempts: 1,
         })
     }
+}
+
+/// The longest `Retry-After` honoured: one hour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` value (RFC 9110: delay seconds or an HTTP date) as a
+/// delay from `now`, at most [`MAX_RETRY_AFTER`]; a date in the past is no
+/// delay. `None` when it is neither.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 /// Turns reqwest's error into ours, finding the guard's refusals in its chain.
@@ -542,6 +590,31 @@ mod tests {
             .parse::<TargetPolicy>()
             .unwrap_err()
             .contains("10.0.0.0/99"));
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        for bad in ["", "-5", "1.5", "soon", "Wed, 99 Foo 2020"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 pub mod extract;
 pub mod fetch;
+pub mod politeness;
+pub mod robots;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use crate::domain::RequestOptions;
 
 use extract::{ExtractError, Limits, Page, Rules};
 use fetch::{FetchError, Fetcher};
+use politeness::Refusal;
 
 /// Why a page could not be scraped.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +27,27 @@ pub enum ScrapeError {
     Extract { url: String, source: ExtractError },
     #[error("extracting {url}: the parser stopped unexpectedly")]
     Crashed { url: String },
+    #[error("{source}")]
+    Refused { url: String, source: Refusal },
 }
+
+impl ScrapeError {
+    /// The run's code for this failure, where one applies
+    /// (`robots_disallowed`, `host_backoff`).
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            ScrapeError::Refused { source, .. } => Some(source.code()),
+            ScrapeError::Fetch {
+                source: FetchError::Throttled { .. },
+                ..
+            } => Some("host_backoff"),
+            _ => None,
+        }
+    }
+}
+
+/// The run's `stopped` note when robots.txt disallows a next page.
+pub const STOPPED_ROBOTS: &str = "robots_disallowed";
 
 /// Walks the pages of one run of a source.
 pub struct Pager {
@@ -36,6 +59,7 @@ pub struct Pager {
     seen: HashSet<String>,
     pages: u32,
     max_pages: u32,
+    stopped: Option<&'static str>,
 }
 
 impl Pager {
@@ -56,7 +80,13 @@ impl Pager {
             seen: HashSet::new(),
             pages: 0,
             max_pages,
+            stopped: None,
         }
+    }
+
+    /// Why pagination ended early, if it did ([`STOPPED_ROBOTS`]).
+    pub fn stopped(&self) -> Option<&'static str> {
+        self.stopped
     }
 
     /// Pages fetched so far.
@@ -70,14 +100,36 @@ impl Pager {
         if self.pages >= self.max_pages || !self.seen.insert(without_fragment(&url)) {
             return None;
         }
-        self.pages += 1;
-        let fetched = match self.fetcher.fetch_with(&url, &self.request).await {
-            Ok(f) => f,
+        // robots.txt, the host's pause and its Crawl-delay come first: a
+        // disallowed start URL fails the run, a disallowed next page ends it.
+        let politeness = self.fetcher.politeness().clone();
+        match politeness.admit(&self.fetcher, &url).await {
+            Ok(()) => {}
+            Err(Refusal::RobotsDisallowed { .. }) if self.pages > 0 => {
+                self.stopped = Some(STOPPED_ROBOTS);
+                return None;
+            }
             Err(source) => {
-                return Some(Err(ScrapeError::Fetch {
+                return Some(Err(ScrapeError::Refused {
                     url: url.to_string(),
                     source,
                 }))
+            }
+        }
+        self.pages += 1;
+        let fetched = match self.fetcher.fetch_with(&url, &self.request).await {
+            Ok(f) => {
+                politeness.answered(&url);
+                f
+            }
+            Err(source) => {
+                if let FetchError::Throttled { retry_after, .. } = &source {
+                    politeness.throttled(&url, *retry_after);
+                }
+                return Some(Err(ScrapeError::Fetch {
+                    url: url.to_string(),
+                    source,
+                }));
             }
         };
         // The final URL after redirects counts as seen too.

@@ -470,6 +470,7 @@ mod tests {
                 changed: 0,
                 error: None,
                 code: None,
+                stopped: None,
             };
             store.record_run("s", &run).unwrap();
         }
