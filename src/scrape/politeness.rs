@@ -183,7 +183,7 @@ async fn robots_of(host: &Host, fetcher: &Fetcher, url: &Url, key: &str) -> Arc<
         },
         None => RobotsRules::AllowAll,
     });
-    tracing::debug!(host = %key, rules = ?rules_kind(&rules), "robots.txt fetched");
+    tracing::debug!(host = %key, rules = rules_kind(&rules), "robots.txt fetched");
     *slot = Some((Instant::now(), rules.clone()));
     rules
 }
