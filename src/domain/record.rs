@@ -61,4 +61,8 @@ pub struct RunRecord {
     /// not fail: `robots_disallowed` (robots.txt disallows the next page).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Pages the site answered 304 Not Modified: their remembered items
+    /// were stored again (their `last_seen` moved), nothing was parsed.
+    #[serde(default)]
+    pub not_modified: u64,
 }

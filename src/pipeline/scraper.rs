@@ -118,6 +118,11 @@ impl ScraperState {
                 self.args.rules.clone(),
                 self.args.limits.clone(),
                 spec.request.clone(),
+            )
+            .with_memory(
+                self.args.store.clone(),
+                spec.id.clone(),
+                page_fingerprint(&spec),
             ),
             Err(e) => {
                 let now = Utc::now();
@@ -132,6 +137,7 @@ impl ScraperState {
                     error: Some(format!("invalid url: {e}")),
                     code: None,
                     stopped: None,
+                    not_modified: 0,
                 }));
                 return;
             }
@@ -143,6 +149,14 @@ impl ScraperState {
             let _ = me.cast(ScraperMsg::Finished(record));
         }));
     }
+}
+
+/// A hash of what shapes a page's items (extraction rules, key fields,
+/// request, collection): pages remembered under other rules are not reused.
+fn page_fingerprint(spec: &SourceSpec) -> String {
+    let shape = serde_json::to_vec(&(&spec.extract, &spec.key, &spec.request, &spec.collection))
+        .unwrap_or_default();
+    blake3::hash(&shape).to_hex()[..32].to_owned()
 }
 
 /// One run: every page, each page's items delivered before the next is fetched.
@@ -164,6 +178,7 @@ async fn run_once(
         error: None,
         code: None,
         stopped: None,
+        not_modified: 0,
     };
     while let Some(page) = pager.next_page().await {
         let page = match page {
@@ -211,6 +226,7 @@ async fn run_once(
     }
     record.pages = pager.pages();
     record.stopped = pager.stopped().map(Into::into);
+    record.not_modified = u64::from(pager.not_modified());
     record.finished_at = Utc::now();
     record.duration_ms = clock.elapsed().as_millis() as u64;
     record

@@ -26,7 +26,8 @@ use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{
-    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER, USER_AGENT,
 };
 use url::{Host, Url};
 
@@ -225,6 +226,22 @@ impl FetchError {
     }
 }
 
+/// A page's validators: sent back as `If-None-Match` / `If-Modified-Since`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// Longest validator kept, in bytes; a longer one is ignored.
+const MAX_VALIDATOR_LEN: usize = 512;
+
 /// A fetched page.
 #[derive(Debug)]
 pub struct Fetched {
@@ -235,6 +252,10 @@ pub struct Fetched {
     pub body: Bytes,
     /// Attempts it took (1 when the first one succeeded).
     pub attempts: u32,
+    /// The answer's `ETag` and `Last-Modified`.
+    pub validators: Validators,
+    /// A 304 to a conditional request: the page is as it was (no body).
+    pub not_modified: bool,
 }
 
 /// The guard's refusal, carried through reqwest's error chain.
@@ -372,6 +393,18 @@ impl Fetcher {
         url: &Url,
         request: &RequestOptions,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_conditional(url, request, None).await
+    }
+
+    /// As [`Fetcher::fetch_with`], sending `validators` (when given) as
+    /// `If-None-Match` / `If-Modified-Since`: a 304 answer is then Ok, with
+    /// `not_modified` set and no body.
+    pub async fn fetch_conditional(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(FetchError::BadScheme(url.scheme().to_owned()));
         }
@@ -387,7 +420,7 @@ impl Fetcher {
             .with_jitter();
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(url, request).await
+            self.attempt(url, request, validators).await
         })
         .retry(backoff)
         .when(FetchError::is_retryable)
@@ -401,7 +434,12 @@ impl Fetcher {
         })
     }
 
-    async fn attempt(&self, url: &Url, request: &RequestOptions) -> Result<Fetched, FetchError> {
+    async fn attempt(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
         let limit = self.config.max_body_bytes;
         let mut builder = match request.method {
             Method::Get => self.client.get(url.clone()),
@@ -423,8 +461,39 @@ impl Fetcher {
         if let Some(body) = &request.body {
             builder = builder.body(body.clone());
         }
+        if let Some(v) = validators {
+            if let Some(etag) = &v.etag {
+                builder = builder.header(IF_NONE_MATCH, etag.as_str());
+            }
+            if let Some(date) = &v.last_modified {
+                builder = builder.header(IF_MODIFIED_SINCE, date.as_str());
+            }
+        }
         let mut response = builder.send().await.map_err(classify)?;
         let status = response.status();
+        let validator = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= MAX_VALIDATOR_LEN)
+                .map(str::to_owned)
+        };
+        let answered = Validators {
+            etag: validator(ETAG),
+            last_modified: validator(LAST_MODIFIED),
+        };
+        if status.as_u16() == 304 && validators.is_some() {
+            return Ok(Fetched {
+                url: response.url().clone(),
+                status: 304,
+                content_type: None,
+                body: Bytes::new(),
+                attempts: 1,
+                validators: answered,
+                not_modified: true,
+            });
+        }
         if status.as_u16() == 429 || status.as_u16() == 503 {
             let retry_after = response
                 .headers()
@@ -462,6 +531,8 @@ impl Fetcher {
             content_type,
             body: body.freeze(),
             attempts: 1,
+            validators: answered,
+            not_modified: false,
         })
     }
 }

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use url::Url;
 
 use crate::domain::RequestOptions;
+use crate::store::{PageMemo, Store};
 
 use extract::{ExtractError, Limits, Page, Rules};
-use fetch::{FetchError, Fetcher};
+use fetch::{FetchError, Fetcher, Validators};
 use politeness::Refusal;
 
 /// Why a page could not be scraped.
@@ -60,6 +61,17 @@ pub struct Pager {
     pages: u32,
     max_pages: u32,
     stopped: Option<&'static str>,
+    memory: Option<Memory>,
+    not_modified: u32,
+}
+
+/// Where a source's pages are remembered for conditional requests.
+struct Memory {
+    store: Store,
+    source: String,
+    /// A hash of what shapes the remembered items (extraction rules, key,
+    /// request, collection): a page remembered under other rules is ignored.
+    fingerprint: String,
 }
 
 impl Pager {
@@ -81,6 +93,37 @@ impl Pager {
             pages: 0,
             max_pages,
             stopped: None,
+            memory: None,
+            not_modified: 0,
+        }
+    }
+
+    /// Remembers each page's validators and items in `store`, and asks the
+    /// site conditionally on the next run (see `store::pages`).
+    pub fn with_memory(mut self, store: Store, source: String, fingerprint: String) -> Self {
+        self.memory = Some(Memory {
+            store,
+            source,
+            fingerprint,
+        });
+        self
+    }
+
+    /// Pages the site answered 304 Not Modified.
+    pub fn not_modified(&self) -> u32 {
+        self.not_modified
+    }
+
+    /// The remembered answer for `url`, if it was made under these rules.
+    fn memo(&self, url: &Url) -> Option<PageMemo> {
+        let m = self.memory.as_ref()?;
+        match m.store.page_memo(&m.source, url.as_str()) {
+            Ok(Some(memo)) if memo.fingerprint == m.fingerprint => Some(memo),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(source = %m.source, error = %e, "page memo unreadable");
+                None
+            }
         }
     }
 
@@ -117,7 +160,16 @@ impl Pager {
             }
         }
         self.pages += 1;
-        let fetched = match self.fetcher.fetch_with(&url, &self.request).await {
+        let memo = self.memo(&url);
+        let validators = memo.as_ref().map(|m| Validators {
+            etag: m.etag.clone(),
+            last_modified: m.last_modified.clone(),
+        });
+        let fetched = match self
+            .fetcher
+            .fetch_conditional(&url, &self.request, validators.as_ref())
+            .await
+        {
             Ok(f) => {
                 politeness.answered(&url);
                 f
@@ -134,6 +186,20 @@ impl Pager {
         };
         // The final URL after redirects counts as seen too.
         self.seen.insert(without_fragment(&fetched.url));
+        if fetched.not_modified {
+            if let Some(memo) = memo {
+                // Unchanged: the remembered items again, nothing parsed.
+                self.not_modified += 1;
+                let next = memo.next.as_deref().and_then(|n| Url::parse(n).ok());
+                self.next = next.clone();
+                return Some(Ok(Page {
+                    items: memo.items,
+                    next,
+                }));
+            }
+        }
+        let answered = fetched.validators.clone();
+        let requested = url.clone();
         let rules = self.rules.clone();
         let limits = self.limits.clone();
         let page_url = fetched.url.clone();
@@ -148,6 +214,7 @@ impl Pager {
         match parsed {
             Ok(Ok(page)) => {
                 self.next = page.next.clone();
+                self.remember(&requested, answered, &page);
                 Some(Ok(page))
             }
             Ok(Err(source)) => Some(Err(ScrapeError::Extract {
@@ -157,6 +224,29 @@ impl Pager {
             Err(_) => Some(Err(ScrapeError::Crashed {
                 url: page_url.to_string(),
             })),
+        }
+    }
+}
+
+impl Pager {
+    /// Keeps a fully answered page for the next run's conditional request,
+    /// when it came with a validator.
+    fn remember(&self, url: &Url, validators: Validators, page: &Page) {
+        let Some(m) = &self.memory else {
+            return;
+        };
+        if validators.is_empty() {
+            return;
+        }
+        let memo = PageMemo {
+            fingerprint: m.fingerprint.clone(),
+            etag: validators.etag,
+            last_modified: validators.last_modified,
+            next: page.next.as_ref().map(Url::to_string),
+            items: page.items.clone(),
+        };
+        if let Err(e) = m.store.remember_page(&m.source, url.as_str(), &memo) {
+            tracing::warn!(source = %m.source, error = %e, "page not remembered");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Politeness on one node: request options as the site sees them, secrets
 //! masked in shared views, cron schedules, robots.txt (allow, disallow,
-//! Crawl-delay, 404, 500) and back-off after a 429 with `Retry-After`.
+//! Crawl-delay, 404, 500), back-off after a 429 with `Retry-After`, and
+//! conditional requests (304: items not re-parsed, their `last_seen` moved).
 //! Each robots.txt case has a fixture site of its own (its own host).
 
 use std::time::{Duration, Instant};
@@ -269,5 +270,73 @@ async fn a_429_pauses_the_host_until_retry_after() {
         let gap = seen[1].at - seen[0].at;
         eprintln!("Retry-After {retry_after}: next request after {gap:?}");
         assert!(gap >= least, "{id}: the next request came after {gap:?}");
+    }
+}
+
+/// Each item's `last_seen`, by key.
+async fn last_seen(node: &Node, collection: &str) -> std::collections::BTreeMap<String, String> {
+    node.all_items(collection)
+        .await
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().to_owned(),
+                i["last_seen"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_304_reuses_the_remembered_items_and_moves_last_seen() {
+    let site = FixtureSite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    for (id, prefix, header) in [
+        ("etag", "/etag/", "if-none-match"),
+        ("lastmod", "/lastmod/", "if-modified-since"),
+    ] {
+        let mut spec = catalogue_spec(id, &site.url(&format!("{prefix}page-1.html")));
+        spec["collection"] = id.into();
+        spec["extract"]["next_page"]["max_pages"] = 2.into();
+        node.create_source(&spec).await;
+        let first = node.wait_for_run(id, WITHIN, |r| r["pages"] == 2).await;
+        assert_eq!(first["status"]["last_run"]["not_modified"], 0, "{first}");
+        assert_eq!(first["status"]["last_run"]["inserted"], 40, "{first}");
+        let before = last_seen(&node, id).await;
+        assert_eq!(before.len(), 40);
+
+        let (status, body) = node
+            .post(&format!("/api/v1/sources/{id}/run"), &json!({}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let second = node
+            .wait_for_run(id, WITHIN, |r| r["not_modified"] == 2)
+            .await["status"]["last_run"]
+            .clone();
+        assert_eq!(second["pages"], 2, "{second}");
+        assert_eq!(second["items"], 40, "{second}");
+        assert_eq!(
+            (&second["inserted"], &second["changed"]),
+            (&json!(0), &json!(0)),
+            "{second}"
+        );
+        assert!(second["error"].is_null(), "{second}");
+        // The second run asked conditionally for both pages.
+        let asked = site.requests(prefix);
+        assert_eq!(asked.len(), 4);
+        assert!(
+            asked[2..].iter().all(|r| r.headers.contains_key(header)),
+            "{id}"
+        );
+        let after = last_seen(&node, id).await;
+        assert_eq!(after.len(), 40);
+        for (key, seen) in &before {
+            assert!(
+                after[key] > *seen,
+                "{id}: {key} last_seen {seen} -> {}",
+                after[key]
+            );
+        }
     }
 }

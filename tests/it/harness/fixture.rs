@@ -366,6 +366,48 @@ async fn route(
         }
         return (status, [(header::RETRY_AFTER, retry_after)], "slow down").into_response();
     }
+    // Catalogue pages with validators: /etag/ with an ETag (and a
+    // Last-Modified), /lastmod/ with a Last-Modified only; each answers 304
+    // to a request that carries its current validator.
+    for (prefix, with_etag) in [("/etag/page-", true), ("/lastmod/page-", false)] {
+        if let Some(n) = numbered(path, prefix, ".html") {
+            if !(1..=CATALOGUE_PAGES).contains(&n) {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            let rev = site.revision.load(Ordering::SeqCst);
+            let etag = format!("\"cat-{n}-r{rev}\"");
+            let modified = httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + u64::from(rev)),
+            );
+            let request = site
+                .requests
+                .lock()
+                .unwrap()
+                .last()
+                .unwrap()
+                .headers
+                .clone();
+            let unchanged = if with_etag {
+                request
+                    .get(header::IF_NONE_MATCH)
+                    .is_some_and(|v| v == etag.as_str())
+            } else {
+                request
+                    .get(header::IF_MODIFIED_SINCE)
+                    .is_some_and(|v| v == modified.as_str())
+            };
+            if unchanged {
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
+            let mut response = html(catalogue_page(n));
+            let headers = response.headers_mut();
+            if with_etag {
+                headers.insert(header::ETAG, etag.parse().unwrap());
+            }
+            headers.insert(header::LAST_MODIFIED, modified.parse().unwrap());
+            return response;
+        }
+    }
     if path == "/robots.txt" {
         let (status, text) = site.robots.lock().unwrap().clone();
         let status = StatusCode::from_u16(status).unwrap();
