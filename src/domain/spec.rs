@@ -952,6 +952,10 @@ mod tests {
             "2026-01-01T10:15:00Z".parse::<DateTime<Utc>>().unwrap()
         );
         assert_eq!(spec.schedule.period(), std::time::Duration::from_secs(900));
+        // The example of docs/sources.md.
+        let mut v = books();
+        v["schedule"] = serde_json::json!({ "cron": "*/15 8-18 * * mon-fri", "jitter_secs": 30 });
+        check(v).unwrap();
         // Six fields: seconds first.
         let mut v = books();
         v["schedule"] = serde_json::json!({ "cron": "30 0 12 * * *" });
