@@ -195,3 +195,47 @@ fn rules_kind(rules: &RobotsRules) -> &'static str {
         RobotsRules::Parsed(_) => "parsed",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_follow_retry_after_else_double() {
+        let p = Politeness::default();
+        let url = Url::parse("http://Example.org:80/a").unwrap();
+        let same_host = Url::parse("http://example.org/b").unwrap();
+        assert_eq!(p.throttled(&url, None), BACKOFF_BASE);
+        assert_eq!(p.throttled(&same_host, None), BACKOFF_BASE * 2);
+        assert_eq!(p.throttled(&url, None), BACKOFF_BASE * 4);
+        assert_eq!(
+            p.throttled(&url, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            p.throttled(&url, Some(Duration::from_secs(86_400))),
+            MAX_BACKOFF
+        );
+        for _ in 0..40 {
+            assert!(p.throttled(&url, None) <= MAX_BACKOFF);
+        }
+        // Any other answer starts the doubling afresh.
+        p.answered(&same_host);
+        assert_eq!(p.throttled(&url, None), BACKOFF_BASE);
+        // Another host is not affected.
+        let other = Url::parse("http://example.org:8080/").unwrap();
+        assert_eq!(p.throttled(&other, None), BACKOFF_BASE);
+    }
+
+    #[test]
+    fn refusals_carry_their_codes() {
+        let r = Refusal::RobotsDisallowed { url: "u".into() };
+        assert_eq!(r.code(), "robots_disallowed");
+        let r = Refusal::HostBackoff {
+            host: "h".into(),
+            remaining: Duration::from_secs(90),
+        };
+        assert_eq!(r.code(), "host_backoff");
+        assert!(r.to_string().contains("90s"), "{r}");
+    }
+}

@@ -273,6 +273,43 @@ async fn a_429_pauses_the_host_until_retry_after() {
     }
 }
 
+#[tokio::test]
+async fn a_long_pause_fails_runs_on_the_host_without_a_request() {
+    let site = FixtureSite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    // 120 s is past the 30 s a run waits: runs fail at once, host_backoff.
+    site.throttle(503, "120", 1);
+    node.create_source(&pages_spec("first", &site, 1)).await;
+    let run = wait_for_code(&node, "first", "host_backoff").await;
+    assert!(run["error"].as_str().unwrap().contains("503"), "{run}");
+    // The restarted scraper and another source on the host are refused
+    // without a request.
+    let mut other = catalogue_spec("other", &site.url(&page_path(2)));
+    other["extract"]["next_page"]["max_pages"] = 1.into();
+    node.create_source(&other).await;
+    let run = wait_for_code(&node, "other", "host_backoff").await;
+    assert!(run["error"].as_str().unwrap().contains("paused"), "{run}");
+    assert_eq!(run["pages"], 0, "{run}");
+    wait_until("the first source's restarted run", WITHIN, || async {
+        let (_, runs) = node.get("/api/v1/sources/first/runs").await;
+        (runs["runs"].as_array().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    let (_, runs) = node.get("/api/v1/sources/first/runs").await;
+    let latest = &runs["runs"][0];
+    assert_eq!(latest["code"], "host_backoff", "{runs}");
+    assert!(
+        latest["error"].as_str().unwrap().contains("paused"),
+        "{runs}"
+    );
+    assert_eq!(
+        site.hits("/catalogue/"),
+        1,
+        "only the throttled request reached the site"
+    );
+}
+
 /// Each item's `last_seen`, by key.
 async fn last_seen(node: &Node, collection: &str) -> std::collections::BTreeMap<String, String> {
     node.all_items(collection)
