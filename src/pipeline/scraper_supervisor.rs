@@ -374,6 +374,11 @@ impl Actor for ScraperSupervisor {
                     ScraperSupervisorState::stop_child(&mut child).await;
                     tracing::info!(source = %id, "scraper stopped");
                 }
+                // Deleted, disabled or placed elsewhere: its remembered
+                // pages (conditional requests) are of no more use here.
+                if let Err(e) = state.args.store.forget_pages(&id) {
+                    tracing::warn!(source = %id, error = %e, "remembered pages not forgotten");
+                }
             }
             ScraperSupervisorMsg::RunNow(id, reply) => {
                 let result = match state.children.get_mut(&id) {
