@@ -1,6 +1,10 @@
 //! Scraping, without actors: [`fetch`] gets a page within limits and behind the
-//! SSRF guard, [`extract`] turns a page into items, and [`Pager`] walks a
-//! source's pages (following `next_page` up to `max_pages`, never twice the same URL).
+//! SSRF guard, as the source's request options say; [`robots`] and
+//! [`politeness`] keep each host's robots.txt, Crawl-delay and back-off;
+//! [`extract`] turns a page into items; and [`Pager`] walks a source's pages
+//! (following `next_page` up to `max_pages`, never twice the same URL),
+//! asking the politeness state first and the site conditionally when a page
+//! is remembered in the store (`store::pages`).
 
 pub mod extract;
 pub mod fetch;
