@@ -342,6 +342,7 @@ impl Settings {
             memory_bytes: (a.worker_memory_mb.unwrap_or(256).max(16) * 1024 * 1024) as i64,
             nano_cpus: (cpus * 1e9) as i64,
             pids_limit: 128,
+            contact_url: a.contact_url.clone().filter(|c| !c.trim().is_empty()),
         };
         let allow_private_targets = a.allow_private_targets.clone();
         let targets = match a.allow_private_targets.as_deref() {
@@ -354,7 +355,9 @@ impl Settings {
         let user_agent = match a.contact_url.as_deref().map(str::trim) {
             None | Some("") => defaults.user_agent.clone(),
             Some(contact) => {
-                crate::domain::spec::validate_url(contact)
+                // The parsed form: the URL parser drops tabs and newlines,
+                // which a header value may not hold.
+                let contact = crate::domain::spec::validate_url(contact)
                     .map_err(|e| anyhow::anyhow!("GLEANER_CONTACT_URL: {e}"))?;
                 format!("{} (+{contact})", defaults.user_agent)
             }
@@ -526,6 +529,9 @@ pub struct IsolationConfig {
     pub memory_bytes: i64,
     pub nano_cpus: i64,
     pub pids_limit: i64,
+    /// `GLEANER_CONTACT_URL`, handed on to workers so that their user agent
+    /// is the node's.
+    pub contact_url: Option<String>,
 }
 
 #[cfg(test)]
@@ -563,6 +569,37 @@ mod tests {
             "t",
         ]))
         .unwrap();
+    }
+
+    #[test]
+    fn the_contact_url_joins_the_user_agent() {
+        let version = env!("CARGO_PKG_VERSION");
+        let s = Settings::resolve(args(&["--config", "/dev/null"])).unwrap();
+        assert_eq!(s.fetch.user_agent, format!("gleaner/{version}"));
+        let s = Settings::resolve(args(&[
+            "--config",
+            "/dev/null",
+            "--contact-url",
+            "https://example.org/crawler",
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.fetch.user_agent,
+            format!("gleaner/{version} (+https://example.org/crawler)")
+        );
+        assert_eq!(
+            s.isolation.contact_url.as_deref(),
+            Some("https://example.org/crawler")
+        );
+        let err = Settings::resolve(args(&[
+            "--config",
+            "/dev/null",
+            "--contact-url",
+            "ftp://x/",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("GLEANER_CONTACT_URL"), "{err}");
     }
 
     #[test]
