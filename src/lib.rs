@@ -11,8 +11,11 @@
 //!    there the ScraperSupervisor runs one Scraper actor for it
 //!    ([`pipeline::scraper`]), or, for an isolated source, the
 //!    WorkerSupervisor runs a worker container ([`isolation`], [`worker`]).
-//! 3. On its schedule the Scraper fetches the pages ([`scrape::fetch`]: limits,
-//!    SSRF guard, retries), extracts items ([`scrape::extract`]: CSS selectors
+//! 3. On its schedule (a period or a cron expression) the Scraper fetches
+//!    the pages ([`scrape::fetch`]: the source's request options, limits,
+//!    SSRF guard, retries; [`scrape::politeness`]: robots.txt, Crawl-delay,
+//!    back-off per host; conditional requests against the pages remembered
+//!    in [`store`]), extracts items ([`scrape::extract`]: CSS selectors
 //!    or JSON pointers) and hands each page's items as a batch to its
 //!    collection's Aggregator ([`pipeline::aggregator`]).
 //! 4. The Aggregator upserts the batch by item key into sled ([`store`]),
@@ -28,7 +31,7 @@
 //!
 //! Module map, in dependency order (each imports only those before it):
 //! [`domain`] (plain types), [`events`], [`store`] (sled), [`scrape`]
-//! (fetch and extract), [`settings`] (flags, `GLEANER_*` variables, TOML),
+//! (fetch, politeness and extract), [`settings`] (flags, `GLEANER_*` variables, TOML),
 //! [`supervision`] (restart policy, typed asks), [`cluster`] (membership,
 //! peers, wire, placement, the cluster port's guard), [`pipeline`]
 //! (scrapers, aggregators, endpoints, replication), [`isolation`] (worker

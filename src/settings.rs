@@ -105,6 +105,10 @@ pub struct NodeArgs {
     /// Extra attempts after a 5xx or a timeout [default: 2].
     #[arg(long, env = "GLEANER_FETCH_RETRIES")]
     pub fetch_retries: Option<u32>,
+    /// A URL where site owners can reach this crawler's operator; appended to
+    /// the default user agent as ` (+URL)` [default: none].
+    #[arg(long, env = "GLEANER_CONTACT_URL")]
+    pub contact_url: Option<String>,
     /// Deepest HTML element nesting accepted [default: 512].
     #[arg(long, env = "GLEANER_MAX_HTML_DEPTH")]
     pub max_html_depth: Option<usize>,
@@ -201,6 +205,7 @@ impl NodeArgs {
             connect_timeout_secs: self.connect_timeout_secs.or(file.connect_timeout_secs),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             fetch_retries: self.fetch_retries.or(file.fetch_retries),
+            contact_url: self.contact_url.or(file.contact_url),
             max_html_depth: self.max_html_depth.or(file.max_html_depth),
             cache_mb: self.cache_mb.or(file.cache_mb),
             query_cache_mb: self.query_cache_mb.or(file.query_cache_mb),
@@ -337,6 +342,7 @@ impl Settings {
             memory_bytes: (a.worker_memory_mb.unwrap_or(256).max(16) * 1024 * 1024) as i64,
             nano_cpus: (cpus * 1e9) as i64,
             pids_limit: 128,
+            contact_url: a.contact_url.clone().filter(|c| !c.trim().is_empty()),
         };
         let allow_private_targets = a.allow_private_targets.clone();
         let targets = match a.allow_private_targets.as_deref() {
@@ -346,7 +352,18 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("GLEANER_ALLOW_PRIVATE_TARGETS: {e}"))?,
         };
         let defaults = FetchConfig::default();
+        let user_agent = match a.contact_url.as_deref().map(str::trim) {
+            None | Some("") => defaults.user_agent.clone(),
+            Some(contact) => {
+                // The parsed form: the URL parser drops tabs and newlines,
+                // which a header value may not hold.
+                let contact = crate::domain::spec::validate_url(contact)
+                    .map_err(|e| anyhow::anyhow!("GLEANER_CONTACT_URL: {e}"))?;
+                format!("{} (+{contact})", defaults.user_agent)
+            }
+        };
         let fetch = FetchConfig {
+            user_agent,
             connect_timeout: a
                 .connect_timeout_secs
                 .map_or(defaults.connect_timeout, Duration::from_secs),
@@ -512,6 +529,9 @@ pub struct IsolationConfig {
     pub memory_bytes: i64,
     pub nano_cpus: i64,
     pub pids_limit: i64,
+    /// `GLEANER_CONTACT_URL`, handed on to workers so that their user agent
+    /// is the node's.
+    pub contact_url: Option<String>,
 }
 
 #[cfg(test)]
@@ -549,6 +569,37 @@ mod tests {
             "t",
         ]))
         .unwrap();
+    }
+
+    #[test]
+    fn the_contact_url_joins_the_user_agent() {
+        let version = env!("CARGO_PKG_VERSION");
+        let s = Settings::resolve(args(&["--config", "/dev/null"])).unwrap();
+        assert_eq!(s.fetch.user_agent, format!("gleaner/{version}"));
+        let s = Settings::resolve(args(&[
+            "--config",
+            "/dev/null",
+            "--contact-url",
+            "https://example.org/crawler",
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.fetch.user_agent,
+            format!("gleaner/{version} (+https://example.org/crawler)")
+        );
+        assert_eq!(
+            s.isolation.contact_url.as_deref(),
+            Some("https://example.org/crawler")
+        );
+        let err = Settings::resolve(args(&[
+            "--config",
+            "/dev/null",
+            "--contact-url",
+            "ftp://x/",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("GLEANER_CONTACT_URL"), "{err}");
     }
 
     #[test]

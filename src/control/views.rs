@@ -182,9 +182,14 @@ pub async fn node_state(
         })
         .collect();
     let owned = runtimes.len();
-    let owned_sources: Vec<&SourceView> = sources
+    // Sensitive header values are masked here, as in every shared view.
+    let owned_sources: Vec<SourceView> = sources
         .iter()
         .filter(|v| v.status.owner_id.as_ref().is_none_or(|o| *o == me.node_id))
+        .map(|v| SourceView {
+            spec: v.spec.masked(),
+            ..v.clone()
+        })
         .collect();
     let member = json!({
         "name": me.name,

@@ -14,5 +14,6 @@ pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
 pub use record::{RunRecord, SourceRecord, Version};
 pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};
 pub use spec::{
-    ExtractSpec, FieldRule, FieldSpec, FieldType, Format, NextPage, Schedule, SourceSpec, SpecError,
+    ExtractSpec, FieldRule, FieldSpec, FieldType, Format, Method, NextPage, RequestOptions,
+    Schedule, SourceSpec, SpecError,
 };

@@ -57,4 +57,12 @@ pub struct RunRecord {
     /// `storage_unavailable`: the node refused the items, not the site).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// Why pagination ended before `next_page` ran out, on a run that did
+    /// not fail: `robots_disallowed` (robots.txt disallows the next page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// Pages the site answered 304 Not Modified: their remembered items
+    /// were stored again (their `last_seen` moved), nothing was parsed.
+    #[serde(default)]
+    pub not_modified: u64,
 }

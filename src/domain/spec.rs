@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -44,18 +46,28 @@ pub struct SourceSpec {
     /// A disabled source is kept but never scraped.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// How each page is requested: method, headers, body, user agent.
+    /// Left out when it is all defaults, so older specs keep their shape.
+    #[serde(default, skip_serializing_if = "RequestOptions::is_default")]
+    pub request: RequestOptions,
 }
 
 fn default_true() -> bool {
     true
 }
 
-/// When a source runs: every `every_secs`, plus a random delay of up to
+/// When a source runs: every `every_secs`, or at the times of the `cron`
+/// expression (UTC; exactly one of the two), plus a random delay of up to
 /// `jitter_secs` so that many sources with one period do not fire together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    pub every_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+    /// 5 fields (minute hour day-of-month month day-of-week), or 6 with
+    /// seconds first; UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
     #[serde(default)]
     pub jitter_secs: u64,
 }
@@ -63,10 +75,261 @@ pub struct Schedule {
 impl Default for Schedule {
     fn default() -> Self {
         Self {
-            every_secs: 300,
+            every_secs: Some(300),
+            cron: None,
             jitter_secs: 0,
         }
     }
+}
+
+/// Longest jitter of a cron schedule: one hour.
+pub const MAX_CRON_JITTER_SECS: u64 = 3600;
+/// Longest cron expression, in bytes.
+pub const MAX_CRON_LEN: usize = 256;
+
+/// Parses a cron expression: 5 fields, or 6 with seconds first (croner's
+/// syntax: ranges, steps, lists, names, `L`, `#`, `?`), evaluated in UTC.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    if expr.len() > MAX_CRON_LEN {
+        return Err(format!("must be at most {MAX_CRON_LEN} bytes"));
+    }
+    let fields = expr.split_whitespace().count();
+    if fields != 5 && fields != 6 {
+        return Err(format!(
+            "must have 5 fields, or 6 with seconds first (found {fields})"
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("not a valid cron expression: {e}"))
+}
+
+impl Schedule {
+    /// The first time the source is due strictly after `from`, before jitter:
+    /// `from + every_secs`, or the cron expression's next time.
+    pub fn next_after(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if let Some(expr) = &self.cron {
+            let cron = parse_cron(expr).ok()?;
+            return cron.find_next_occurrence(&from, false).ok();
+        }
+        let secs = self.every_secs.unwrap_or(300);
+        Some(from + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000)))
+    }
+
+    /// A typical gap between runs: `every_secs`, or the gap between the cron
+    /// expression's next two times (an hour when it has none). The failure
+    /// back-off of a source starts from it.
+    pub fn period(&self) -> std::time::Duration {
+        let now = Utc::now();
+        self.next_after(now)
+            .and_then(|a| Some((a, self.next_after(a)?)))
+            .and_then(|(a, b)| (b - a).to_std().ok())
+            .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        match (&self.every_secs, &self.cron) {
+            (Some(_), Some(_)) => Err(SpecError::new(
+                "schedule",
+                "every_secs and cron are exclusive: give one of them",
+            )),
+            (None, None) => Err(SpecError::new("schedule", "needs every_secs or cron")),
+            (Some(every), None) => {
+                if *every < 1 || *every > MAX_EVERY_SECS {
+                    return Err(SpecError::new(
+                        "schedule.every_secs",
+                        format!("must be between 1 and {MAX_EVERY_SECS}"),
+                    ));
+                }
+                if self.jitter_secs > *every {
+                    return Err(SpecError::new(
+                        "schedule.jitter_secs",
+                        "must not exceed schedule.every_secs",
+                    ));
+                }
+                Ok(())
+            }
+            (None, Some(expr)) => {
+                let cron = parse_cron(expr).map_err(|m| SpecError::new("schedule.cron", m))?;
+                if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+                    return Err(SpecError::new("schedule.cron", "never fires"));
+                }
+                if self.jitter_secs > MAX_CRON_JITTER_SECS {
+                    return Err(SpecError::new(
+                        "schedule.jitter_secs",
+                        format!("must be at most {MAX_CRON_JITTER_SECS} with a cron schedule"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The HTTP method of a source's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Post,
+}
+
+/// Most headers a source may set.
+pub const MAX_HEADERS: usize = 32;
+/// Longest header name, in bytes.
+pub const MAX_HEADER_NAME_LEN: usize = 128;
+/// Longest header value, in bytes.
+pub const MAX_HEADER_VALUE_LEN: usize = 4096;
+/// Largest POST body, in bytes.
+pub const MAX_REQUEST_BODY_LEN: usize = 64 * 1024;
+/// Longest user agent, in bytes.
+pub const MAX_USER_AGENT_LEN: usize = 256;
+/// What a sensitive header's value is shown as.
+pub const MASK: &str = "***";
+
+/// Headers gleaner sets itself: a source may not set them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "user-agent",
+    "if-none-match",
+    "if-modified-since",
+];
+
+/// How a source's pages are requested. Every page of a run (the start URL
+/// and each next page) is requested the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RequestOptions {
+    #[serde(default)]
+    pub method: Method,
+    /// Extra request headers, by name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The request body, only with POST.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Replaces the node's user agent (`gleaner/<version>`, plus
+    /// ` (+<GLEANER_CONTACT_URL>)` when that is set) for this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+impl RequestOptions {
+    pub fn is_default(&self) -> bool {
+        *self == RequestOptions::default()
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.body.is_some() && self.method != Method::Post {
+            return Err(SpecError::new(
+                "request.body",
+                "a body is sent only with POST",
+            ));
+        }
+        if self
+            .body
+            .as_ref()
+            .is_some_and(|b| b.len() > MAX_REQUEST_BODY_LEN)
+        {
+            return Err(SpecError::new(
+                "request.body",
+                format!("must be at most {MAX_REQUEST_BODY_LEN} bytes"),
+            ));
+        }
+        if let Some(ua) = &self.user_agent {
+            if ua.trim().is_empty() || ua.len() > MAX_USER_AGENT_LEN || !is_header_value(ua) {
+                return Err(SpecError::new(
+                    "request.user_agent",
+                    format!("must be 1-{MAX_USER_AGENT_LEN} bytes of printable characters"),
+                ));
+            }
+        }
+        if self.headers.len() > MAX_HEADERS {
+            return Err(SpecError::new(
+                "request.headers",
+                format!("at most {MAX_HEADERS} headers"),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, value) in &self.headers {
+            let at = format!("request.headers.{name}");
+            check_header(name, value).map_err(|m| SpecError::new(at.clone(), m))?;
+            if !seen.insert(name.to_ascii_lowercase()) {
+                return Err(SpecError::new(
+                    at,
+                    "is given twice (names are case-insensitive)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// These options with every sensitive header's value replaced by `***`.
+    pub fn masked(&self) -> RequestOptions {
+        let mut out = self.clone();
+        for (name, value) in out.headers.iter_mut() {
+            if is_sensitive_header(name) {
+                *value = MASK.to_owned();
+            }
+        }
+        out
+    }
+}
+
+/// A header name and value a source may send: the name an RFC 9110 token
+/// not set by gleaner itself, the value without CR, LF or other controls.
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_HEADER_NAME_LEN {
+        return Err(format!("header names are 1-{MAX_HEADER_NAME_LEN} bytes"));
+    }
+    if !name.bytes().all(is_tchar) {
+        return Err("not a valid header name (an RFC 9110 token)".into());
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err("is set by gleaner and may not be given (see request.user_agent)".into());
+    }
+    if value.len() > MAX_HEADER_VALUE_LEN {
+        return Err(format!("values are at most {MAX_HEADER_VALUE_LEN} bytes"));
+    }
+    if !is_header_value(value) {
+        return Err("values may not hold CR, LF or other control characters".into());
+    }
+    Ok(())
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A field value: tab, visible ASCII, space, or non-ASCII (obs-text).
+fn is_header_value(v: &str) -> bool {
+    v.bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80)
+}
+
+/// Is this header's value a secret: `authorization`, `cookie`,
+/// `proxy-authorization`, or a name holding `key`, `token`, `secret`,
+/// `password` or `auth` (case-insensitive)?
+pub fn is_sensitive_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    matches!(
+        lower.as_str(),
+        "authorization" | "cookie" | "proxy-authorization"
+    ) || ["key", "token", "secret", "password", "auth"]
+        .iter()
+        .any(|w| lower.contains(w))
 }
 
 /// The page format a source extracts from.
@@ -249,6 +512,15 @@ impl SourceSpec {
         Ok(spec)
     }
 
+    /// This spec as shown in shared views (the source list, `/debug/state`,
+    /// the dashboard): sensitive header values replaced by `***`.
+    pub fn masked(&self) -> SourceSpec {
+        SourceSpec {
+            request: self.request.masked(),
+            ..self.clone()
+        }
+    }
+
     /// Checks every field; the first fault found is returned.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !is_slug(&self.id) {
@@ -264,19 +536,8 @@ impl SourceSpec {
             ));
         }
         validate_url(&self.url).map_err(|m| SpecError::new("url", m))?;
-        let s = &self.schedule;
-        if s.every_secs < 1 || s.every_secs > MAX_EVERY_SECS {
-            return Err(SpecError::new(
-                "schedule.every_secs",
-                format!("must be between 1 and {MAX_EVERY_SECS}"),
-            ));
-        }
-        if s.jitter_secs > s.every_secs {
-            return Err(SpecError::new(
-                "schedule.jitter_secs",
-                "must not exceed schedule.every_secs",
-            ));
-        }
+        self.schedule.validate()?;
+        self.request.validate()?;
         self.extract.validate()?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, k) in self.key.iter().enumerate() {
@@ -588,6 +849,148 @@ mod tests {
             let err = check(v).expect_err(css);
             assert_eq!(err.field, "extract.fields.price.css");
             assert!(err.message.contains(want), "{css}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn request_options_are_checked_field_by_field() {
+        let mut v = books();
+        v["request"] = serde_json::json!({
+            "method": "POST",
+            "headers": { "Authorization": "Bearer s3cret", "X-Api-Key": "k", "Accept": "text/html" },
+            "body": "q=books",
+            "user_agent": "my-crawler/1.0"
+        });
+        let spec = check(v.clone()).unwrap();
+        assert_eq!(spec.request.method, Method::Post);
+        let masked = spec.masked();
+        assert_eq!(masked.request.headers["Authorization"], MASK);
+        assert_eq!(masked.request.headers["X-Api-Key"], MASK);
+        assert_eq!(masked.request.headers["Accept"], "text/html");
+        let cases: Vec<(&str, serde_json::Value)> = vec![
+            (
+                "request.headers.x y",
+                serde_json::json!({ "headers": { "x y": "1" } }),
+            ),
+            (
+                "request.headers.X-A",
+                serde_json::json!({ "headers": { "X-A": "a\r\nInjected: 1" } }),
+            ),
+            (
+                "request.headers.X-A",
+                serde_json::json!({ "headers": { "X-A": "a".repeat(MAX_HEADER_VALUE_LEN + 1) } }),
+            ),
+            (
+                "request.headers.Host",
+                serde_json::json!({ "headers": { "Host": "evil" } }),
+            ),
+            (
+                "request.headers.x-a",
+                serde_json::json!({ "headers": { "X-A": "1", "x-a": "2" } }),
+            ),
+            (
+                "request.headers.",
+                serde_json::json!({ "headers": { "": "1" } }),
+            ),
+            ("request.body", serde_json::json!({ "body": "x" })),
+            (
+                "request.body",
+                serde_json::json!({ "method": "POST", "body": "x".repeat(MAX_REQUEST_BODY_LEN + 1) }),
+            ),
+            (
+                "request.user_agent",
+                serde_json::json!({ "user_agent": "a\nb" }),
+            ),
+            (
+                "request.user_agent",
+                serde_json::json!({ "user_agent": "" }),
+            ),
+            ("request.method", serde_json::json!({ "method": "DELETE" })),
+            ("request.colour", serde_json::json!({ "colour": "red" })),
+        ];
+        for (field, request) in cases {
+            let mut v = books();
+            v["request"] = request.clone();
+            assert_eq!(field_of(v), field, "{request}");
+        }
+        // Default options are left out of the stored shape.
+        let plain = check(books()).unwrap();
+        assert!(serde_json::to_value(&plain)
+            .unwrap()
+            .get("request")
+            .is_none());
+    }
+
+    #[test]
+    fn sensitive_headers() {
+        for name in [
+            "Authorization",
+            "cookie",
+            "Proxy-Authorization",
+            "X-Api-Key",
+            "X-Auth-User",
+            "x-access-token",
+            "Client-Secret",
+            "X-Password",
+        ] {
+            assert!(is_sensitive_header(name), "{name}");
+        }
+        for name in ["Accept", "Accept-Language", "X-Requested-With", "Referer"] {
+            assert!(!is_sensitive_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn cron_schedules() {
+        let mut v = books();
+        v["schedule"] = serde_json::json!({ "cron": "*/15 * * * *", "jitter_secs": 5 });
+        let spec = check(v).unwrap();
+        let from: DateTime<Utc> = "2026-01-01T10:07:30Z".parse().unwrap();
+        let next = spec.schedule.next_after(from).unwrap();
+        assert_eq!(
+            next,
+            "2026-01-01T10:15:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(spec.schedule.period(), std::time::Duration::from_secs(900));
+        // The example of docs/sources.md.
+        let mut v = books();
+        v["schedule"] = serde_json::json!({ "cron": "*/15 8-18 * * mon-fri", "jitter_secs": 30 });
+        check(v).unwrap();
+        // Six fields: seconds first.
+        let mut v = books();
+        v["schedule"] = serde_json::json!({ "cron": "30 0 12 * * *" });
+        let spec = check(v).unwrap();
+        let next = spec.schedule.next_after(from).unwrap();
+        assert_eq!(
+            next,
+            "2026-01-01T12:00:30Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        for (schedule, field) in [
+            (serde_json::json!({ "cron": "* * *" }), "schedule.cron"),
+            (
+                serde_json::json!({ "cron": "* * * * * * *" }),
+                "schedule.cron",
+            ),
+            (serde_json::json!({ "cron": "61 * * * *" }), "schedule.cron"),
+            (serde_json::json!({ "cron": "* * 31 2 *" }), "schedule.cron"),
+            (
+                serde_json::json!({ "cron": "bad cron at all x" }),
+                "schedule.cron",
+            ),
+            (
+                serde_json::json!({ "cron": "* * * * *", "every_secs": 60 }),
+                "schedule",
+            ),
+            (serde_json::json!({ "jitter_secs": 1 }), "schedule"),
+            (
+                serde_json::json!({ "cron": "* * * * *", "jitter_secs": 3601 }),
+                "schedule.jitter_secs",
+            ),
+            (serde_json::json!({ "cron": 5 }), "schedule.cron"),
+        ] {
+            let mut v = books();
+            v["schedule"] = schedule.clone();
+            assert_eq!(field_of(v), field, "{schedule}");
         }
     }
 }

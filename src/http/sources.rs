@@ -121,6 +121,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     admin(&req, &state)?;
     let mut views = ask(ORCHESTRATOR, OrchestratorMsg::List).await??;
     with_owners_status(&state, &mut views).await;
+    // The list is a shared view: sensitive header values are masked. Only an
+    // admin's create, replace or get of one source returns them as stored.
+    for view in &mut views {
+        view.spec = view.spec.masked();
+    }
     Ok(HttpResponse::Ok().json(json!({ "sources": views })))
 }
 

@@ -169,6 +169,9 @@ impl Isolation {
         if let Some(allow) = &plan.allow_private_targets {
             env.push(format!("GLEANER_ALLOW_PRIVATE_TARGETS={allow}"));
         }
+        if let Some(contact) = &self.config.contact_url {
+            env.push(format!("GLEANER_CONTACT_URL={contact}"));
+        }
         let labels = HashMap::from([
             (LABEL_ROLE.to_owned(), "worker".to_owned()),
             (LABEL_OWNER.to_owned(), plan.owner_id.clone()),

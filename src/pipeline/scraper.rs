@@ -84,14 +84,20 @@ impl ScraperState {
         self.timer = Some(myself.send_after(delay, || ScraperMsg::Tick));
     }
 
-    fn period_with_jitter(&self) -> Duration {
-        let s = self.args.spec.schedule;
+    /// How long from now until the run due after `from` (`every_secs` after
+    /// it, or the cron expression's next time after it), jitter included;
+    /// zero when that time has passed.
+    fn delay_after(&self, from: chrono::DateTime<Utc>) -> Duration {
+        let s = &self.args.spec.schedule;
         let jitter_ms = if s.jitter_secs == 0 {
             0
         } else {
             rand::rng().random_range(0..=s.jitter_secs * 1000)
         };
-        Duration::from_secs(s.every_secs) + Duration::from_millis(jitter_ms)
+        let due = s
+            .next_after(from)
+            .unwrap_or(from + chrono::Duration::hours(1));
+        (due - Utc::now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(jitter_ms)
     }
 
     fn start_run(&mut self, myself: &ActorRef<ScraperMsg>) {
@@ -111,6 +117,12 @@ impl ScraperState {
                 self.args.fetcher.clone(),
                 self.args.rules.clone(),
                 self.args.limits.clone(),
+                spec.request.clone(),
+            )
+            .with_memory(
+                self.args.store.clone(),
+                spec.id.clone(),
+                page_fingerprint(&spec),
             ),
             Err(e) => {
                 let now = Utc::now();
@@ -124,6 +136,8 @@ impl ScraperState {
                     changed: 0,
                     error: Some(format!("invalid url: {e}")),
                     code: None,
+                    stopped: None,
+                    not_modified: 0,
                 }));
                 return;
             }
@@ -135,6 +149,14 @@ impl ScraperState {
             let _ = me.cast(ScraperMsg::Finished(record));
         }));
     }
+}
+
+/// A hash of what shapes a page's items (extraction rules, key fields,
+/// request, collection): pages remembered under other rules are not reused.
+fn page_fingerprint(spec: &SourceSpec) -> String {
+    let shape = serde_json::to_vec(&(&spec.extract, &spec.key, &spec.request, &spec.collection))
+        .unwrap_or_default();
+    blake3::hash(&shape).to_hex()[..32].to_owned()
 }
 
 /// One run: every page, each page's items delivered before the next is fetched.
@@ -155,12 +177,15 @@ async fn run_once(
         changed: 0,
         error: None,
         code: None,
+        stopped: None,
+        not_modified: 0,
     };
     while let Some(page) = pager.next_page().await {
         let page = match page {
             Ok(p) => p,
             Err(e) => {
                 record.error = Some(e.to_string());
+                record.code = e.code().map(Into::into);
                 break;
             }
         };
@@ -200,6 +225,8 @@ async fn run_once(
         }
     }
     record.pages = pager.pages();
+    record.stopped = pager.stopped().map(Into::into);
+    record.not_modified = u64::from(pager.not_modified());
     record.finished_at = Utc::now();
     record.duration_ms = clock.elapsed().as_millis() as u64;
     record
@@ -237,12 +264,7 @@ impl Actor for Scraper {
             Duration::ZERO
         } else {
             match &last {
-                Some(run) => {
-                    let due = run.started_at
-                        + chrono::Duration::from_std(state.period_with_jitter())
-                            .unwrap_or_default();
-                    (due - Utc::now()).to_std().unwrap_or(Duration::ZERO)
-                }
+                Some(run) => state.delay_after(run.started_at),
                 None => Duration::ZERO,
             }
         };
@@ -337,15 +359,12 @@ impl Actor for Scraper {
                     duration_ms = record.duration_ms,
                     "run finished"
                 );
-                // Due one period after the run finished, however long the
-                // bookkeeping above took.
+                // Due one period (or at the cron time) after the run
+                // finished, however long the bookkeeping above took.
                 let delay = if std::mem::take(&mut state.again) {
                     Duration::ZERO
                 } else {
-                    let since = (Utc::now() - record.finished_at)
-                        .to_std()
-                        .unwrap_or_default();
-                    state.period_with_jitter().saturating_sub(since)
+                    state.delay_after(record.finished_at)
                 };
                 state.schedule(&myself, delay);
             }

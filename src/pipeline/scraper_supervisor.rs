@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
@@ -247,7 +247,7 @@ impl ScraperSupervisorState {
             return;
         };
         child.last_error = Some(error.clone());
-        let period = Duration::from_secs(child.spec.schedule.every_secs);
+        let period = child.spec.schedule.period();
         let (id, generation) = (id.to_owned(), child.generation);
         let delay = match child
             .failures
@@ -373,6 +373,11 @@ impl Actor for ScraperSupervisor {
                 if let Some(mut child) = state.children.remove(&id) {
                     ScraperSupervisorState::stop_child(&mut child).await;
                     tracing::info!(source = %id, "scraper stopped");
+                }
+                // Deleted, disabled or placed elsewhere: its remembered
+                // pages (conditional requests) are of no more use here.
+                if let Err(e) = state.args.store.forget_pages(&id) {
+                    tracing::warn!(source = %id, error = %e, "remembered pages not forgotten");
                 }
             }
             ScraperSupervisorMsg::RunNow(id, reply) => {

@@ -11,8 +11,9 @@
 //!   is dialled (no DNS-rebinding gap). IP-literal hosts never reach a resolver,
 //!   so they are checked before the first request and on every redirect hop.
 //!   Environment proxies are ignored: a proxy would dial on our behalf.
-//! - **Retries.** 5xx, 429, timeouts and connection errors are retried with
-//!   exponential backoff and jitter; nothing else is.
+//! - **Retries.** 5xx (but 503), timeouts and connection errors are retried
+//!   with exponential backoff and jitter; nothing else is. A 429 or 503 is
+//!   [`FetchError::Throttled`]: the host is paused instead (`politeness`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -24,8 +25,14 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use reqwest::header::{
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER, USER_AGENT,
+};
 use url::{Host, Url};
+
+use crate::domain::spec::is_sensitive_header;
+use crate::domain::{Method, RequestOptions};
 
 /// Which non-public addresses may be fetched.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -188,6 +195,14 @@ pub enum FetchError {
     TooLarge { limit: usize },
     #[error("the server answered {0}")]
     Status(u16),
+    /// A 429 or 503 answer: the host asks to be left alone (for
+    /// `retry_after`, when it says). Not retried here: the host is paused
+    /// (see `politeness`).
+    #[error("the server answered {status}{}", .retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("too many redirects")]
     TooManyRedirects,
     #[error("{0}: only http and https are fetched")]
@@ -211,6 +226,22 @@ impl FetchError {
     }
 }
 
+/// A page's validators: sent back as `If-None-Match` / `If-Modified-Since`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// Longest validator kept, in bytes; a longer one is ignored.
+const MAX_VALIDATOR_LEN: usize = 512;
+
 /// A fetched page.
 #[derive(Debug)]
 pub struct Fetched {
@@ -221,6 +252,10 @@ pub struct Fetched {
     pub body: Bytes,
     /// Attempts it took (1 when the first one succeeded).
     pub attempts: u32,
+    /// The answer's `ETag` and `Last-Modified`.
+    pub validators: Validators,
+    /// A 304 to a conditional request: the page is as it was (no body).
+    pub not_modified: bool,
 }
 
 /// The guard's refusal, carried through reqwest's error chain.
@@ -302,6 +337,9 @@ fn check_url(url: &Url, targets: &TargetPolicy) -> Result<(), Refused> {
 pub struct Fetcher {
     client: reqwest::Client,
     config: Arc<FetchConfig>,
+    /// Per-host robots.txt, Crawl-delay and back-off, shared by every
+    /// scraper that uses this client (so: node-wide).
+    politeness: super::politeness::Politeness,
 }
 
 impl Fetcher {
@@ -334,11 +372,39 @@ impl Fetcher {
         Ok(Fetcher {
             client,
             config: Arc::new(config),
+            politeness: super::politeness::Politeness::default(),
         })
+    }
+
+    /// The node's per-host politeness state.
+    pub fn politeness(&self) -> &super::politeness::Politeness {
+        &self.politeness
     }
 
     /// GETs `url` with the limits, the guard and retries. Ok only for 2xx.
     pub async fn fetch(&self, url: &Url) -> Result<Fetched, FetchError> {
+        self.fetch_with(url, &RequestOptions::default()).await
+    }
+
+    /// Requests `url` as `request` says (method, headers, body, user agent),
+    /// with the limits, the guard and retries. Ok only for 2xx.
+    pub async fn fetch_with(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+    ) -> Result<Fetched, FetchError> {
+        self.fetch_conditional(url, request, None).await
+    }
+
+    /// As [`Fetcher::fetch_with`], sending `validators` (when given) as
+    /// `If-None-Match` / `If-Modified-Since`: a 304 answer is then Ok, with
+    /// `not_modified` set and no body.
+    pub async fn fetch_conditional(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(FetchError::BadScheme(url.scheme().to_owned()));
         }
@@ -354,7 +420,7 @@ impl Fetcher {
             .with_jitter();
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(url).await
+            self.attempt(url, request, validators).await
         })
         .retry(backoff)
         .when(FetchError::is_retryable)
@@ -368,15 +434,77 @@ impl Fetcher {
         })
     }
 
-    async fn attempt(&self, url: &Url) -> Result<Fetched, FetchError> {
+    async fn attempt(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
         let limit = self.config.max_body_bytes;
-        let mut response = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(classify)?;
+        let mut builder = match request.method {
+            Method::Get => self.client.get(url.clone()),
+            Method::Post => self.client.post(url.clone()),
+        };
+        for (name, value) in &request.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| FetchError::Client(format!("header {name}: {e}")))?;
+            let mut value = HeaderValue::from_str(value)
+                .or_else(|_| HeaderValue::from_bytes(value.as_bytes()))
+                .map_err(|e| FetchError::Client(format!("header {name}: {e}")))?;
+            // Sensitive values are kept out of reqwest's and hyper's debug output.
+            value.set_sensitive(is_sensitive_header(name.as_str()));
+            builder = builder.header(name, value);
+        }
+        if let Some(agent) = &request.user_agent {
+            builder = builder.header(USER_AGENT, agent.as_str());
+        }
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
+        }
+        if let Some(v) = validators {
+            if let Some(etag) = &v.etag {
+                builder = builder.header(IF_NONE_MATCH, etag.as_str());
+            }
+            if let Some(date) = &v.last_modified {
+                builder = builder.header(IF_MODIFIED_SINCE, date.as_str());
+            }
+        }
+        let mut response = builder.send().await.map_err(classify)?;
         let status = response.status();
+        let validator = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= MAX_VALIDATOR_LEN)
+                .map(str::to_owned)
+        };
+        let answered = Validators {
+            etag: validator(ETAG),
+            last_modified: validator(LAST_MODIFIED),
+        };
+        if status.as_u16() == 304 && validators.is_some() {
+            return Ok(Fetched {
+                url: response.url().clone(),
+                status: 304,
+                content_type: None,
+                body: Bytes::new(),
+                attempts: 1,
+                validators: answered,
+                not_modified: true,
+            });
+        }
+        if status.as_u16() == 429 || status.as_u16() == 503 {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+            return Err(FetchError::Throttled {
+                status: status.as_u16(),
+                retry_after,
+            });
+        }
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }
@@ -403,8 +531,27 @@ impl Fetcher {
             content_type,
             body: body.freeze(),
             attempts: 1,
+            validators: answered,
+            not_modified: false,
         })
     }
+}
+
+/// The longest `Retry-After` honoured: one hour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` value (RFC 9110: delay seconds or an HTTP date) as a
+/// delay from `now`, at most [`MAX_RETRY_AFTER`]; a date in the past is no
+/// delay. `None` when it is neither.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 /// Turns reqwest's error into ours, finding the guard's refusals in its chain.
@@ -514,6 +661,31 @@ mod tests {
             .parse::<TargetPolicy>()
             .unwrap_err()
             .contains("10.0.0.0/99"));
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        for bad in ["", "-5", "1.5", "soon", "Wed, 99 Foo 2020"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+        }
     }
 
     #[test]

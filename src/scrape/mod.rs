@@ -1,17 +1,27 @@
 //! Scraping, without actors: [`fetch`] gets a page within limits and behind the
-//! SSRF guard, [`extract`] turns a page into items, and [`Pager`] walks a
-//! source's pages (following `next_page` up to `max_pages`, never twice the same URL).
+//! SSRF guard, as the source's request options say; [`robots`] and
+//! [`politeness`] keep each host's robots.txt, Crawl-delay and back-off;
+//! [`extract`] turns a page into items; and [`Pager`] walks a source's pages
+//! (following `next_page` up to `max_pages`, never twice the same URL),
+//! asking the politeness state first and the site conditionally when a page
+//! is remembered in the store (`store::pages`).
 
 pub mod extract;
 pub mod fetch;
+pub mod politeness;
+pub mod robots;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use url::Url;
 
+use crate::domain::RequestOptions;
+use crate::store::{PageMemo, Store};
+
 use extract::{ExtractError, Limits, Page, Rules};
-use fetch::{FetchError, Fetcher};
+use fetch::{FetchError, Fetcher, Validators};
+use politeness::Refusal;
 
 /// Why a page could not be scraped.
 #[derive(Debug, thiserror::Error)]
@@ -22,17 +32,50 @@ pub enum ScrapeError {
     Extract { url: String, source: ExtractError },
     #[error("extracting {url}: the parser stopped unexpectedly")]
     Crashed { url: String },
+    #[error("{source}")]
+    Refused { url: String, source: Refusal },
 }
+
+impl ScrapeError {
+    /// The run's code for this failure, where one applies
+    /// (`robots_disallowed`, `host_backoff`).
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            ScrapeError::Refused { source, .. } => Some(source.code()),
+            ScrapeError::Fetch {
+                source: FetchError::Throttled { .. },
+                ..
+            } => Some("host_backoff"),
+            _ => None,
+        }
+    }
+}
+
+/// The run's `stopped` note when robots.txt disallows a next page.
+pub const STOPPED_ROBOTS: &str = "robots_disallowed";
 
 /// Walks the pages of one run of a source.
 pub struct Pager {
     fetcher: Fetcher,
     rules: Arc<Rules>,
     limits: Limits,
+    request: RequestOptions,
     next: Option<Url>,
     seen: HashSet<String>,
     pages: u32,
     max_pages: u32,
+    stopped: Option<&'static str>,
+    memory: Option<Memory>,
+    not_modified: u32,
+}
+
+/// Where a source's pages are remembered for conditional requests.
+struct Memory {
+    store: Store,
+    source: String,
+    /// A hash of what shapes the remembered items (extraction rules, key,
+    /// request, collection): a page remembered under other rules is ignored.
+    fingerprint: String,
 }
 
 impl Pager {
@@ -42,16 +85,55 @@ impl Pager {
         fetcher: Fetcher,
         rules: Arc<Rules>,
         limits: Limits,
+        request: RequestOptions,
     ) -> Self {
         Pager {
             fetcher,
             rules,
             limits,
+            request,
             next: Some(start),
             seen: HashSet::new(),
             pages: 0,
             max_pages,
+            stopped: None,
+            memory: None,
+            not_modified: 0,
         }
+    }
+
+    /// Remembers each page's validators and items in `store`, and asks the
+    /// site conditionally on the next run (see `store::pages`).
+    pub fn with_memory(mut self, store: Store, source: String, fingerprint: String) -> Self {
+        self.memory = Some(Memory {
+            store,
+            source,
+            fingerprint,
+        });
+        self
+    }
+
+    /// Pages the site answered 304 Not Modified.
+    pub fn not_modified(&self) -> u32 {
+        self.not_modified
+    }
+
+    /// The remembered answer for `url`, if it was made under these rules.
+    fn memo(&self, url: &Url) -> Option<PageMemo> {
+        let m = self.memory.as_ref()?;
+        match m.store.page_memo(&m.source, url.as_str()) {
+            Ok(Some(memo)) if memo.fingerprint == m.fingerprint => Some(memo),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(source = %m.source, error = %e, "page memo unreadable");
+                None
+            }
+        }
+    }
+
+    /// Why pagination ended early, if it did ([`STOPPED_ROBOTS`]).
+    pub fn stopped(&self) -> Option<&'static str> {
+        self.stopped
     }
 
     /// Pages fetched so far.
@@ -65,18 +147,63 @@ impl Pager {
         if self.pages >= self.max_pages || !self.seen.insert(without_fragment(&url)) {
             return None;
         }
-        self.pages += 1;
-        let fetched = match self.fetcher.fetch(&url).await {
-            Ok(f) => f,
+        // robots.txt, the host's pause and its Crawl-delay come first: a
+        // disallowed start URL fails the run, a disallowed next page ends it.
+        let politeness = self.fetcher.politeness().clone();
+        match politeness.admit(&self.fetcher, &url).await {
+            Ok(()) => {}
+            Err(Refusal::RobotsDisallowed { .. }) if self.pages > 0 => {
+                self.stopped = Some(STOPPED_ROBOTS);
+                return None;
+            }
             Err(source) => {
-                return Some(Err(ScrapeError::Fetch {
+                return Some(Err(ScrapeError::Refused {
                     url: url.to_string(),
                     source,
                 }))
             }
+        }
+        self.pages += 1;
+        let memo = self.memo(&url);
+        let validators = memo.as_ref().map(|m| Validators {
+            etag: m.etag.clone(),
+            last_modified: m.last_modified.clone(),
+        });
+        let fetched = match self
+            .fetcher
+            .fetch_conditional(&url, &self.request, validators.as_ref())
+            .await
+        {
+            Ok(f) => {
+                politeness.answered(&url);
+                f
+            }
+            Err(source) => {
+                if let FetchError::Throttled { retry_after, .. } = &source {
+                    politeness.throttled(&url, *retry_after);
+                }
+                return Some(Err(ScrapeError::Fetch {
+                    url: url.to_string(),
+                    source,
+                }));
+            }
         };
         // The final URL after redirects counts as seen too.
         self.seen.insert(without_fragment(&fetched.url));
+        if fetched.not_modified {
+            if let Some(memo) = memo {
+                // Unchanged: the remembered items again, nothing parsed.
+                self.not_modified += 1;
+                let next = memo.next.as_deref().and_then(|n| Url::parse(n).ok());
+                self.next = next.clone();
+                return Some(Ok(Page {
+                    items: memo.items,
+                    next,
+                }));
+            }
+        }
+        let answered = fetched.validators.clone();
+        let requested = url.clone();
         let rules = self.rules.clone();
         let limits = self.limits.clone();
         let page_url = fetched.url.clone();
@@ -91,6 +218,7 @@ impl Pager {
         match parsed {
             Ok(Ok(page)) => {
                 self.next = page.next.clone();
+                self.remember(&requested, answered, &page);
                 Some(Ok(page))
             }
             Ok(Err(source)) => Some(Err(ScrapeError::Extract {
@@ -100,6 +228,29 @@ impl Pager {
             Err(_) => Some(Err(ScrapeError::Crashed {
                 url: page_url.to_string(),
             })),
+        }
+    }
+}
+
+impl Pager {
+    /// Keeps a fully answered page for the next run's conditional request,
+    /// when it came with a validator.
+    fn remember(&self, url: &Url, validators: Validators, page: &Page) {
+        let Some(m) = &self.memory else {
+            return;
+        };
+        if validators.is_empty() {
+            return;
+        }
+        let memo = PageMemo {
+            fingerprint: m.fingerprint.clone(),
+            etag: validators.etag,
+            last_modified: validators.last_modified,
+            next: page.next.as_ref().map(Url::to_string),
+            items: page.items.clone(),
+        };
+        if let Err(e) = m.store.remember_page(&m.source, url.as_str(), &memo) {
+            tracing::warn!(source = %m.source, error = %e, "page not remembered");
         }
     }
 }

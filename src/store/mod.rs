@@ -24,6 +24,7 @@ mod flusher;
 pub mod guard;
 mod items;
 mod log;
+mod pages;
 mod runs;
 mod sources;
 
@@ -31,6 +32,7 @@ pub use flusher::Flusher;
 pub use guard::StorageStatus;
 pub use items::{BatchOutcome, CollectionMeta, ItemBytes};
 pub use log::{LogSlice, LOG_RETAINED};
+pub use pages::PageMemo;
 pub use runs::RUNS_KEPT;
 
 use std::collections::HashMap;
@@ -86,6 +88,7 @@ pub struct Store {
     meta: sled::Tree,
     sources: sled::Tree,
     runs: sled::Tree,
+    pages: sled::Tree,
     collections: sled::Tree,
     log_retained: u64,
     /// Per collection: how far its item writes have gone and been flushed.
@@ -128,6 +131,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             sources: db.open_tree("sources")?,
             runs: db.open_tree("runs")?,
+            pages: db.open_tree("pages")?,
             collections: db.open_tree("collections")?,
             db,
             log_retained: LOG_RETAINED,
@@ -470,6 +474,8 @@ mod tests {
                 changed: 0,
                 error: None,
                 code: None,
+                stopped: None,
+                not_modified: 0,
             };
             store.record_run("s", &run).unwrap();
         }

@@ -20,3 +20,4 @@ mod fetch;
 mod hostile;
 mod isolation;
 mod pipeline;
+mod polite;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
@@ -33,6 +33,25 @@ struct Site {
     flaky_until: Mutex<Instant>,
     canary_hits: AtomicUsize,
     canary: OnceLock<SocketAddr>,
+    /// Every request in full (method, headers, body), for the politeness tests.
+    requests: Mutex<Vec<Recorded>>,
+    /// What /robots.txt answers: status and body (404 by default).
+    robots: Mutex<(u16, String)>,
+    /// The next requests under /catalogue/ answer this status with this
+    /// `Retry-After`, as many times as the count says.
+    throttle: Mutex<Option<(u16, String, u32)>>,
+}
+
+/// One request as the site saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub at: Instant,
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The status it was answered with by the throttle (None: a normal answer).
+    pub throttled: Option<u16>,
 }
 
 pub struct FixtureSite {
@@ -50,6 +69,9 @@ impl FixtureSite {
             flaky_until: Mutex::new(Instant::now()),
             canary_hits: AtomicUsize::new(0),
             canary: OnceLock::new(),
+            requests: Mutex::new(Vec::new()),
+            robots: Mutex::new((404, String::new())),
+            throttle: Mutex::new(None),
         });
         let canary_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let canary = canary_listener.local_addr().unwrap();
@@ -120,6 +142,29 @@ impl FixtureSite {
         let until = Instant::now() + outage;
         *self.site.flaky_until.lock().unwrap() = until;
         until
+    }
+
+    /// Every request so far whose path starts with `prefix`, in order.
+    pub fn requests(&self, prefix: &str) -> Vec<Recorded> {
+        self.site
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Makes /robots.txt answer `status` with `body`.
+    pub fn set_robots(&self, status: u16, body: &str) {
+        *self.site.robots.lock().unwrap() = (status, body.to_owned());
+    }
+
+    /// Makes the next `times` requests under /catalogue/ answer `status`
+    /// with this `Retry-After` header (none when empty).
+    pub fn throttle(&self, status: u16, retry_after: &str, times: u32) {
+        *self.site.throttle.lock().unwrap() = Some((status, retry_after.to_owned(), times));
     }
 
     /// Changes the prices on /changing.html.
@@ -281,15 +326,93 @@ fn redirect(to: String) -> Response {
     (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
 }
 
-async fn route(State(site): State<Arc<Site>>, uri: Uri) -> Response {
+async fn route(
+    State(site): State<Arc<Site>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path_and_query = uri
         .path_and_query()
         .map_or(uri.path().to_owned(), |p| p.to_string());
-    site.log
-        .lock()
-        .unwrap()
-        .push((Instant::now(), path_and_query));
+    let now = Instant::now();
+    site.log.lock().unwrap().push((now, path_and_query.clone()));
     let path = uri.path();
+    let throttled = if path.starts_with("/catalogue/") {
+        let mut throttle = site.throttle.lock().unwrap();
+        match throttle.as_mut() {
+            Some((status, retry_after, times)) if *times > 0 => {
+                *times -= 1;
+                Some((*status, retry_after.clone()))
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    site.requests.lock().unwrap().push(Recorded {
+        at: now,
+        method: method.to_string(),
+        path: path_and_query,
+        headers,
+        body,
+        throttled: throttled.as_ref().map(|(s, _)| *s),
+    });
+    if let Some((status, retry_after)) = throttled {
+        let status = StatusCode::from_u16(status).unwrap();
+        if retry_after.is_empty() {
+            return (status, "slow down").into_response();
+        }
+        return (status, [(header::RETRY_AFTER, retry_after)], "slow down").into_response();
+    }
+    // Catalogue pages with validators: /etag/ with an ETag (and a
+    // Last-Modified), /lastmod/ with a Last-Modified only; each answers 304
+    // to a request that carries its current validator.
+    for (prefix, with_etag) in [("/etag/page-", true), ("/lastmod/page-", false)] {
+        if let Some(n) = numbered(path, prefix, ".html") {
+            if !(1..=CATALOGUE_PAGES).contains(&n) {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            let rev = site.revision.load(Ordering::SeqCst);
+            let etag = format!("\"cat-{n}-r{rev}\"");
+            let modified = httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + u64::from(rev)),
+            );
+            let request = site
+                .requests
+                .lock()
+                .unwrap()
+                .last()
+                .unwrap()
+                .headers
+                .clone();
+            let unchanged = if with_etag {
+                request
+                    .get(header::IF_NONE_MATCH)
+                    .is_some_and(|v| v == etag.as_str())
+            } else {
+                request
+                    .get(header::IF_MODIFIED_SINCE)
+                    .is_some_and(|v| v == modified.as_str())
+            };
+            if unchanged {
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
+            let mut response = html(catalogue_page(n));
+            let headers = response.headers_mut();
+            if with_etag {
+                headers.insert(header::ETAG, etag.parse().unwrap());
+            }
+            headers.insert(header::LAST_MODIFIED, modified.parse().unwrap());
+            return response;
+        }
+    }
+    if path == "/robots.txt" {
+        let (status, text) = site.robots.lock().unwrap().clone();
+        let status = StatusCode::from_u16(status).unwrap();
+        return (status, [(header::CONTENT_TYPE, "text/plain")], text).into_response();
+    }
     if let Some(n) = numbered(path, "/catalogue/page-", ".html") {
         if (1..=CATALOGUE_PAGES).contains(&n) {
             return html(catalogue_page(n));
