@@ -60,6 +60,8 @@ pub struct App {
 impl App {
     /// Opens the store, starts the actors and binds the HTTP server.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        // Before any work, so that no count is lost.
+        crate::instruments::install();
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "creating the data directory {}",

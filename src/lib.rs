@@ -44,6 +44,7 @@ pub mod control;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod instruments;
 pub mod isolation;
 pub mod pipeline;
 pub mod scrape;

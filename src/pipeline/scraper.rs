@@ -202,6 +202,7 @@ async fn run_once(
     record.pages = pager.pages();
     record.finished_at = Utc::now();
     record.duration_ms = clock.elapsed().as_millis() as u64;
+    crate::instruments::run_finished(clock.elapsed(), record.error.is_some());
     record
 }
 

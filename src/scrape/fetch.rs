@@ -368,7 +368,18 @@ impl Fetcher {
         })
     }
 
+    /// One GET, counted in the metrics by its status class and body size.
     async fn attempt(&self, url: &Url) -> Result<Fetched, FetchError> {
+        let result = self.attempt_uncounted(url).await;
+        match &result {
+            Ok(f) => crate::instruments::page_fetched(Some(f.status), f.body.len()),
+            Err(FetchError::Status(status)) => crate::instruments::page_fetched(Some(*status), 0),
+            Err(_) => crate::instruments::page_fetched(None, 0),
+        }
+        result
+    }
+
+    async fn attempt_uncounted(&self, url: &Url) -> Result<Fetched, FetchError> {
         let limit = self.config.max_body_bytes;
         let mut response = self
             .client
