@@ -20,5 +20,6 @@ mod faults;
 mod fetch;
 mod hostile;
 mod isolation;
+mod logs;
 mod metrics;
 mod pipeline;

@@ -303,6 +303,15 @@ fn pump(
                         let _ = addr.send(a);
                     }
                 }
+            } else if line.contains("http server listening") {
+                // GLEANER_LOG_FORMAT=text: `... http server listening addr=127.0.0.1:PORT ...`
+                let found = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.parse().ok());
+                if let Some(a) = found {
+                    let _ = addr.send(a);
+                }
             }
             logs.lock().unwrap().push(line);
         }
