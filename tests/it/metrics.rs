@@ -68,6 +68,31 @@ async fn prometheus_scrapes_a_node_and_sees_its_counters_move() {
         .value("gleaner_sources{state=\"scheduled\"}")
         .await;
     assert_eq!(scheduled, Some(1.0));
+
+    // Every query of the example dashboard parses and yields data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            // A rate needs two samples of a series: wait for them.
+            let what = format!("panel {} to show data: {expr}", panel["title"]);
+            wait_until(&what, within, || async {
+                prometheus.query(&expr).await.filter(|r| !r.is_empty())
+            })
+            .await;
+        }
+    }
 }
 
 #[tokio::test]
