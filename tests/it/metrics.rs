@@ -1,13 +1,15 @@
 //! `GET /metrics` read by a real Prometheus (Debian's package, started by
 //! the harness on a free loopback port, scraping every second): the node is
 //! up, exports its families, and a counter moves after a run; and the raw
-//! text passes `promtool check metrics`.
+//! text passes `promtool check metrics`. In a cluster: members per state,
+//! sources counted once across nodes, replicated items counted on each node.
 
 use std::time::Duration;
 
+use crate::harness::cluster::{Cluster, ClusterPlan};
 use crate::harness::fixture::{page_path, page_spec, FixtureSite};
 use crate::harness::prometheus::{check_metrics, Prometheus};
-use crate::harness::{wait_until, NodeConfig};
+use crate::harness::{wait_until, Node, NodeConfig};
 
 const PAGES: &str = "sum(gleaner_pages_fetched_total)";
 
@@ -138,4 +140,73 @@ async fn the_metrics_text_passes_promtool() {
     if let Err(complaints) = check_metrics(&text, dir.path()) {
         panic!("promtool check metrics:\n{complaints}\n--- the text ---\n{text}");
     }
+}
+
+/// The value of the sample `series` (a name with its labels, exactly as
+/// rendered) in a node's `/metrics`, if it is there.
+async fn sample(node: &Node, series: &str) -> Option<f64> {
+    let response = node
+        .anonymous(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .ok()?;
+    let text = response.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_cluster_counts_members_sources_once_and_replicated_items_everywhere() {
+    let site = FixtureSite::start().await;
+    let mut c = Cluster::start(ClusterPlan::new(2), &[0, 1]).await;
+    let within = Duration::from_secs(30);
+    c.formed(within).await;
+    for node in c.all() {
+        wait_until("two members up in /metrics", within, || async {
+            (sample(node, "gleaner_members{state=\"up\"}").await? == 2.0).then_some(())
+        })
+        .await;
+    }
+    c.nodes[&0]
+        .create_source(&page_spec("one", &site.url(&page_path(1)), 3600))
+        .await;
+    for node in c.all() {
+        // Each node applies every batch: the items are counted on both.
+        wait_until("20 items inserted in /metrics", within, || async {
+            let n = sample(
+                node,
+                "gleaner_items_total{collection=\"books\",outcome=\"inserted\"}",
+            )
+            .await?;
+            (n == 20.0).then_some(())
+        })
+        .await;
+    }
+    // The owner alone counts the source.
+    wait_until("one scheduled source across the nodes", within, || async {
+        let mut total = 0.0;
+        for node in c.all() {
+            total += sample(node, "gleaner_sources{state=\"scheduled\"}").await?;
+        }
+        (total == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sample(&c.nodes[&0], "gleaner_replication_behind_batches").await,
+        Some(0.0)
+    );
+
+    c.kill9(1);
+    wait_until(
+        "the killed member no longer up in /metrics",
+        within,
+        || async {
+            let node = &c.nodes[&0];
+            let up = sample(node, "gleaner_members{state=\"up\"}").await?;
+            let suspect = sample(node, "gleaner_members{state=\"suspect\"}").await?;
+            let down = sample(node, "gleaner_members{state=\"down\"}").await?;
+            (up == 1.0 && suspect + down == 1.0).then_some(())
+        },
+    )
+    .await;
 }
