@@ -207,7 +207,9 @@ impl NodeConfig {
             .env("GLEANER_DATA_DIR", &self.data_dir)
             .env("GLEANER_CONFIG", "/dev/null")
             .env("GLEANER_LOG_FORMAT", "json")
-            .env("GLEANER_LOG", "info,gleaner=debug")
+            // ractor_cluster is quiet by default; the cluster tests read its
+            // INFO line on refused handshakes (`authentication failure`).
+            .env("GLEANER_LOG", "info,gleaner=debug,ractor_cluster=info")
             .env("GLEANER_NODE_NAME", "test-node");
         for (k, v) in &self.env {
             cmd.env(k, v);
