@@ -21,7 +21,7 @@ pub const MAX_EVERY_SECS: u64 = 7 * 24 * 3600;
 pub const MAX_URL_LEN: usize = 2048;
 
 /// One scraping configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// A slug, unique in the cluster; it names the scraper actor.
@@ -52,7 +52,7 @@ fn default_true() -> bool {
 
 /// When a source runs: every `every_secs`, plus a random delay of up to
 /// `jitter_secs` so that many sources with one period do not fire together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     pub every_secs: u64,
@@ -70,7 +70,7 @@ impl Default for Schedule {
 }
 
 /// The page format a source extracts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
@@ -80,7 +80,7 @@ pub enum Format {
 
 /// Extraction rules: an optional scope (each match is one item), named fields,
 /// and an optional link to the next page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractSpec {
     #[serde(default)]
@@ -94,7 +94,7 @@ pub struct ExtractSpec {
 }
 
 /// A field: a bare selector string (its text is taken) or a full rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum FieldSpec {
     Selector(String),
@@ -145,7 +145,7 @@ impl<'de> Deserialize<'de> for FieldSpec {
 }
 
 /// A full field rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldRule {
     /// CSS selector, relative to the scope element (html).
@@ -165,7 +165,7 @@ pub struct FieldRule {
 }
 
 /// How a field's raw text becomes a JSON value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     /// Trimmed text with inner whitespace collapsed.
@@ -178,7 +178,7 @@ pub enum FieldType {
 }
 
 /// Pagination: where the next page's URL is, and how many pages at most.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NextPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,6 +21,8 @@ use crate::supervision::ask_named;
 /// default scrape timeout is 10 s; the parts are asked concurrently).
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format (docs/metrics.md)", content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let snapshot = snapshot(&state).await;
     HttpResponse::Ok()

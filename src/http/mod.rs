@@ -3,8 +3,10 @@
 //! again) with a timeout, and a timeout or a missing actor is a 503.
 //!
 //! One file per resource: [`sources`] (admin), [`collections`] (read),
-//! [`health`]; [`error`] maps every failure to the one JSON error shape and
-//! [`auth`] checks bearer tokens.
+//! [`health`], [`metrics`] (Prometheus text), [`openapi`] (the OpenAPI
+//! document, generated from the handlers' annotations and types); [`error`]
+//! maps every failure to the one JSON error shape and [`auth`] checks bearer
+//! tokens.
 
 pub mod auth;
 pub mod cluster;
@@ -13,6 +15,7 @@ pub mod debug;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod sources;
 
 use std::sync::atomic::AtomicBool;
@@ -89,6 +92,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/v1/collections/{name}/items/{key}")
             .route(web::get().to(collections::item))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/openapi.json")
+            .route(web::get().to(openapi::openapi_json))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
