@@ -44,6 +44,21 @@ pub const HARD_STOP: Duration = Duration::from_secs(8);
 /// (EX_TEMPFAIL: restarting it is the cure).
 pub const EXIT_STORE_FAILED: i32 = 75;
 
+/// The base URL of the HTTP server as an operator on this host reaches it
+/// (an unspecified address, `0.0.0.0` or `::`, is reached on loopback).
+pub fn local_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
 /// A running node.
 pub struct App {
     http_addr: SocketAddr,
@@ -60,6 +75,8 @@ pub struct App {
 impl App {
     /// Opens the store, starts the actors and binds the HTTP server.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        // Before any work, so that no count is lost.
+        crate::instruments::install();
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "creating the data directory {}",
@@ -159,6 +176,15 @@ impl App {
             node_id = %node_id,
             data_dir = %settings.data_dir.display(),
             "http server listening"
+        );
+        let base = local_url(http_addr);
+        tracing::info!(
+            api = %format!("{base}/api/v1"),
+            dashboard = %format!("{base}/dashboard"),
+            metrics = %format!("{base}/metrics"),
+            data_dir = %settings.data_dir.display(),
+            node = %settings.node_name,
+            "gleaner node ready"
         );
         Ok(App {
             http_addr,

@@ -27,10 +27,13 @@
 //!    each collection's Endpoint actor ([`pipeline::endpoint`]).
 //! 6. Actors publish what happens ([`events`]); the debug view
 //!    ([`control::views`], served by [`http::debug`]) shows every node's
-//!    supervision tree live.
+//!    supervision tree live. Counters of the work (pages, bytes, items,
+//!    runs, requests) and gauges taken from the actors at scrape time are
+//!    served as Prometheus text by [`http::metrics`] ([`instruments`]).
 //!
 //! Module map, in dependency order (each imports only those before it):
-//! [`domain`] (plain types), [`events`], [`store`] (sled), [`scrape`]
+//! [`domain`] (plain types), [`instruments`] (the metrics families, for
+//! `GET /metrics`; imports nothing of gleaner's), [`events`], [`store`] (sled), [`scrape`]
 //! (fetch, politeness and extract), [`settings`] (flags, `GLEANER_*` variables, TOML),
 //! [`supervision`] (restart policy, typed asks), [`cluster`] (membership,
 //! peers, wire, placement, the cluster port's guard), [`pipeline`]
@@ -47,6 +50,7 @@ pub mod control;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod instruments;
 pub mod isolation;
 pub mod pipeline;
 pub mod scrape;

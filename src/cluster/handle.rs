@@ -19,7 +19,7 @@ use super::wire::{self, Notice, Request, Response};
 use crate::cluster::peer::PeerMsg;
 
 /// A member as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MemberStatus {
     pub name: String,
     pub node_id: String,

@@ -74,7 +74,7 @@ pub struct ReplicatedBatch {
 /// The hash comes first on purpose: stored as JSON, an item reads
 /// `{"hash":"<32 hex>",` followed by exactly what the API shows of it, so the
 /// store serves pages without parsing them (see `store::ItemBytes`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredItem {
     /// Content hash of `data` (32 hex characters), to detect changes
     /// without comparing maps.

@@ -19,7 +19,9 @@ pub struct SourceRecord {
 }
 
 /// A write's version: later timestamps win, the node id breaks ties.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct Version {
     pub millis: i64,
     pub node: String,
@@ -38,7 +40,7 @@ impl Version {
 }
 
 /// One run of a source: when, how long, what it yielded, how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::RunRecord;
 
 /// Where a source's scraper is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceState {
     Scheduled,
@@ -55,7 +55,7 @@ pub struct ScraperStats {
 }
 
 /// A worker container as the engine lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerContainer {
     pub id: String,
     pub name: String,

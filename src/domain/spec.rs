@@ -23,7 +23,7 @@ pub const MAX_EVERY_SECS: u64 = 7 * 24 * 3600;
 pub const MAX_URL_LEN: usize = 2048;
 
 /// One scraping configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// A slug, unique in the cluster; it names the scraper actor.
@@ -59,7 +59,7 @@ fn default_true() -> bool {
 /// When a source runs: every `every_secs`, or at the times of the `cron`
 /// expression (UTC; exactly one of the two), plus a random delay of up to
 /// `jitter_secs` so that many sources with one period do not fire together.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,7 +169,7 @@ impl Schedule {
 }
 
 /// The HTTP method of a source's requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     #[default]
@@ -208,7 +208,7 @@ const RESERVED_HEADERS: &[&str] = &[
 
 /// How a source's pages are requested. Every page of a run (the start URL
 /// and each next page) is requested the same way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestOptions {
     #[serde(default)]
@@ -333,7 +333,7 @@ pub fn is_sensitive_header(name: &str) -> bool {
 }
 
 /// The page format a source extracts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
@@ -343,7 +343,7 @@ pub enum Format {
 
 /// Extraction rules: an optional scope (each match is one item), named fields,
 /// and an optional link to the next page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractSpec {
     #[serde(default)]
@@ -357,7 +357,7 @@ pub struct ExtractSpec {
 }
 
 /// A field: a bare selector string (its text is taken) or a full rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum FieldSpec {
     Selector(String),
@@ -408,7 +408,7 @@ impl<'de> Deserialize<'de> for FieldSpec {
 }
 
 /// A full field rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldRule {
     /// CSS selector, relative to the scope element (html).
@@ -428,7 +428,7 @@ pub struct FieldRule {
 }
 
 /// How a field's raw text becomes a JSON value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     /// Trimmed text with inner whitespace collapsed.
@@ -441,7 +441,7 @@ pub enum FieldType {
 }
 
 /// Pagination: where the next page's URL is, and how many pages at most.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NextPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]

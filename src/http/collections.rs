@@ -12,9 +12,9 @@ use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::{ask, auth, blocking, durable, AppState};
 use crate::cluster::groups::COLLECTIONS;
 use crate::domain::spec::is_slug;
@@ -30,9 +30,11 @@ const MAX_FILTERS: usize = 16;
 pub const NEXT_CURSOR_HEADER: &str = "Gleaner-Next-Cursor";
 
 /// An item as the API returns it.
-#[derive(Serialize)]
-struct ItemView<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ItemView<'a> {
     key: &'a str,
+    /// The extracted fields.
+    #[schema(value_type = Object)]
     data: &'a Map<String, Value>,
     first_seen: DateTime<Utc>,
     last_seen: DateTime<Utc>,
@@ -152,16 +154,62 @@ fn reader(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     auth::require(req, state.read_token.as_deref())
 }
 
+/// One collection's summary.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CollectionView {
+    pub name: String,
+    pub items: u64,
+    pub last_update: Option<DateTime<Utc>>,
+}
+
+/// Every collection.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CollectionList {
+    pub collections: Vec<CollectionView>,
+}
+
+/// A page of items (`format=json`; ndjson and csv carry the next cursor in
+/// the `Gleaner-Next-Cursor` header). Written from the stored bytes, in
+/// exactly this shape.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ItemsPage<'a> {
+    pub items: Vec<ItemView<'a>>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
+}
+
+/// One item and its collection.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ItemInCollection<'a> {
+    #[serde(flatten)]
+    pub item: ItemView<'a>,
+    pub collection: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/collections", tag = "collections", operation_id = "list_collections",
+    responses((status = 200, description = "Every collection", body = CollectionList), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody)))]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     reader(&req, &state)?;
     let summaries = ask(COLLECTIONS, CollectionSupervisorMsg::Summaries).await?;
-    let collections: Vec<Value> = summaries
+    let collections = summaries
         .into_iter()
-        .map(|c| json!({ "name": c.name, "items": c.items, "last_update": c.last_update }))
+        .map(|c| CollectionView {
+            name: c.name,
+            items: c.items,
+            last_update: c.last_update,
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "collections": collections })))
+    Ok(HttpResponse::Ok().json(CollectionList { collections }))
 }
 
+#[utoipa::path(get, path = "/api/v1/collections/{name}/items", tag = "collections",
+    params(("name" = String, Path, description = "The collection"),
+        ("limit" = Option<usize>, Query, description = "1 to 1000, default 100"),
+        ("cursor" = Option<String>, Query, description = "From the previous page's `next`"),
+        ("format" = Option<String>, Query, description = "`json` (default), `ndjson` or `csv`")),
+    responses((status = 200, description = "A page of items in key order; any other query parameter filters on a field", body = ItemsPage),
+        (status = 400, description = "A bad parameter, naming it", body = ErrorBody), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody)))]
 pub async fn items(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -373,6 +421,11 @@ fn to_csv(items: &[StoredItem]) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))
 }
 
+#[utoipa::path(get, path = "/api/v1/collections/{name}/items/{key}", tag = "collections",
+    params(("name" = String, Path, description = "The collection"),
+        ("key" = String, Path, description = "The item's key")),
+    responses((status = 200, description = "The item", body = ItemInCollection), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such collection or item", body = ErrorBody)))]
 pub async fn item(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -391,15 +444,16 @@ pub async fn item(
     .await?;
     let (name, item) = found;
     durable(&state, &name).await?;
-    let mut body =
-        serde_json::to_value(ItemView::from(&item)).map_err(|e| ApiError::Internal(e.into()))?;
-    body["collection"] = json!(name);
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(ItemInCollection {
+        item: ItemView::from(&item),
+        collection: name,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn queries_parse_and_reject() {

@@ -20,6 +20,9 @@ use super::{auth, AppState};
 use crate::cluster::wire::{Request, Response};
 use crate::control::views::node_state;
 
+#[utoipa::path(get, path = "/debug/state", tag = "debug",
+    responses((status = 200, description = "Every member's actors (docs/dashboard.md)", body = serde_json::Value),
+        (status = 401, description = "A token is required and missing or wrong", body = super::error::ErrorBody)))]
 pub async fn state(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     auth::require(&req, state.admin_token.as_deref())?;
     let local = node_state(
@@ -79,6 +82,9 @@ const PEER_STATS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Heartbeat comment interval, so proxies keep the stream open.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+#[utoipa::path(get, path = "/debug/events", tag = "debug",
+    responses((status = 200, description = "A live stream of this node's events", content_type = "text/event-stream", body = String),
+        (status = 401, description = "A token is required and missing or wrong", body = super::error::ErrorBody)))]
 pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -127,6 +133,8 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
+#[utoipa::path(get, path = "/dashboard", tag = "debug",
+    responses((status = 200, description = "The dashboard page", content_type = "text/html", body = String)))]
 pub async fn dashboard() -> HttpResponse {
     asset(
         "text/html; charset=utf-8",
@@ -134,6 +142,8 @@ pub async fn dashboard() -> HttpResponse {
     )
 }
 
+#[utoipa::path(get, path = "/dashboard/app.js", tag = "debug",
+    responses((status = 200, description = "The dashboard's script", content_type = "text/javascript", body = String)))]
 pub async fn dashboard_js() -> HttpResponse {
     asset(
         "text/javascript; charset=utf-8",
@@ -141,6 +151,8 @@ pub async fn dashboard_js() -> HttpResponse {
     )
 }
 
+#[utoipa::path(get, path = "/dashboard/app.css", tag = "debug",
+    responses((status = 200, description = "The dashboard's style sheet", content_type = "text/css", body = String)))]
 pub async fn dashboard_css() -> HttpResponse {
     asset("text/css; charset=utf-8", include_str!("dashboard/app.css"))
 }

@@ -4,7 +4,6 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
 use crate::control::orchestrator::AdminError;
 use crate::domain::SpecError;
@@ -105,6 +104,22 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// The one error shape: `{"error": {"code", "message", "field"?}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code (`invalid`, `not_found`, `disk_full`, ...).
+    pub code: &'static str,
+    pub message: String,
+    /// The input at fault: a dotted path into the spec, `limit`, `cursor`, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.kind().1
@@ -114,14 +129,21 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(error = format!("{cause:#}"), "request failed");
         }
-        let mut error = json!({ "code": self.kind().0, "message": self.to_string() });
-        if let ApiError::Invalid { field: Some(f), .. } = self {
-            error["field"] = json!(f);
-        }
+        let field = match self {
+            ApiError::Invalid { field, .. } => field.clone(),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.kind().0,
+                message: self.to_string(),
+                field,
+            },
+        };
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        response.json(json!({ "error": error }))
+        response.json(body)
     }
 }

@@ -7,14 +7,32 @@ use std::sync::atomic::Ordering;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::cluster::groups;
 
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+/// `{"status": "ok"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: &'static str,
 }
 
+/// `{"status": "ready", "node": name}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    pub status: &'static str,
+    pub node: String,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process answers", body = Health)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "Ready for traffic", body = Ready),
+        (status = 503, description = "Not ready: starting, settling, storage refusing writes, or shutting down", body = ErrorBody)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let actors_up = ractor::registry::where_is(groups::ORCHESTRATOR).is_some()
         && ractor::registry::where_is(groups::COLLECTIONS).is_some();
@@ -40,5 +58,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             "storage": storage,
         })));
     }
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "node": state.node_name })))
+    Ok(HttpResponse::Ok().json(Ready {
+        status: "ready",
+        node: state.node_name.clone(),
+    }))
 }

@@ -3,8 +3,10 @@
 //! again) with a timeout, and a timeout or a missing actor is a 503.
 //!
 //! One file per resource: [`sources`] (admin), [`collections`] (read),
-//! [`health`]; [`error`] maps every failure to the one JSON error shape and
-//! [`auth`] checks bearer tokens.
+//! [`health`], [`metrics`] (Prometheus text), [`openapi`] (the OpenAPI
+//! document, generated from the handlers' annotations and types); [`error`]
+//! maps every failure to the one JSON error shape and [`auth`] checks bearer
+//! tokens.
 
 pub mod auth;
 pub mod cluster;
@@ -12,6 +14,8 @@ pub mod collections;
 pub mod debug;
 pub mod error;
 pub mod health;
+pub mod metrics;
+pub mod openapi;
 pub mod sources;
 
 use std::sync::atomic::AtomicBool;
@@ -91,6 +95,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/api/v1/openapi.json")
+            .route(web::get().to(openapi::openapi_json))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/api/v1/cluster")
             .route(web::get().to(cluster::members))
             .default_service(web::to(method_not_allowed)),
@@ -100,6 +109,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/dashboard").route(web::get().to(debug::dashboard)))
     .service(web::resource("/dashboard/app.js").route(web::get().to(debug::dashboard_js)))
     .service(web::resource("/dashboard/app.css").route(web::get().to(debug::dashboard_css)))
+    .service(web::resource("/metrics").route(web::get().to(metrics::metrics)))
     .service(web::resource("/healthz").route(web::get().to(health::healthz)))
     .service(web::resource("/readyz").route(web::get().to(health::readyz)))
     .default_service(web::to(not_found));
@@ -206,7 +216,9 @@ pub fn accepted(body: serde_json::Value) -> HttpResponse {
     HttpResponse::Accepted().json(body)
 }
 
-/// Logs each request at debug level with its status and duration.
+/// Logs each request at debug level with its status and duration, and counts
+/// it in the metrics by route pattern (never the raw path: one series per
+/// route, not per source id or item key).
 pub async fn access_log(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
@@ -215,6 +227,12 @@ pub async fn access_log(
     let method = req.method().clone();
     let path = req.path().to_owned();
     let response = next.call(req).await?;
+    let route = response.request().match_pattern();
+    crate::instruments::http_request(
+        route.as_deref().unwrap_or("unmatched"),
+        method.as_str(),
+        response.status().as_u16(),
+    );
     tracing::debug!(
         %method,
         %path,

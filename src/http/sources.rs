@@ -6,8 +6,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::error::ApiError;
-use super::{accepted, ask, auth, read_body, AppState};
+use super::error::{ApiError, ErrorBody};
+use super::{ask, auth, read_body, AppState};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cluster::groups::ORCHESTRATOR;
@@ -100,6 +100,33 @@ fn parse_spec(body: &[u8], path_id: Option<&str>) -> Result<SourceSpec, ApiError
     Ok(spec)
 }
 
+/// The sources, each with its live status.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SourceList {
+    pub sources: Vec<SourceView>,
+}
+
+/// A run asked for.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RunRequested {
+    pub source: String,
+    /// Always `requested`.
+    pub run: &'static str,
+}
+
+/// A source's last runs, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RunList {
+    pub runs: Vec<crate::domain::RunRecord>,
+}
+
+#[utoipa::path(post, path = "/api/v1/sources", tag = "sources", request_body = SourceSpec,
+    responses(
+        (status = 201, description = "Created; `Location` names it", body = SourceView),
+        (status = 400, description = "An invalid spec, naming the field", body = ErrorBody),
+        (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 409, description = "The id exists", body = ErrorBody),
+        (status = 413, description = "Body over 256 KiB", body = ErrorBody)))]
 pub async fn create(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -117,6 +144,8 @@ pub async fn create(
         .json(view))
 }
 
+#[utoipa::path(get, path = "/api/v1/sources", tag = "sources", operation_id = "list_sources",
+    responses((status = 200, description = "Every source", body = SourceList), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody)))]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     admin(&req, &state)?;
     let mut views = ask(ORCHESTRATOR, OrchestratorMsg::List).await??;
@@ -126,9 +155,13 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     for view in &mut views {
         view.spec = view.spec.masked();
     }
-    Ok(HttpResponse::Ok().json(json!({ "sources": views })))
+    Ok(HttpResponse::Ok().json(SourceList { sources: views }))
 }
 
+#[utoipa::path(get, path = "/api/v1/sources/{id}", tag = "sources",
+    params(("id" = String, Path, description = "The source's id")),
+    responses((status = 200, description = "The source", body = SourceView), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody)))]
 pub async fn get(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -142,6 +175,10 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(view))
 }
 
+#[utoipa::path(put, path = "/api/v1/sources/{id}", tag = "sources", request_body = SourceSpec,
+    params(("id" = String, Path, description = "The source's id")),
+    responses((status = 200, description = "Replaced (a changed spec runs at once)", body = SourceView),
+        (status = 400, description = "An invalid spec, naming the field", body = ErrorBody), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody)))]
 pub async fn replace(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -155,6 +192,10 @@ pub async fn replace(
     Ok(HttpResponse::Ok().json(view))
 }
 
+#[utoipa::path(delete, path = "/api/v1/sources/{id}", tag = "sources",
+    params(("id" = String, Path, description = "The source's id")),
+    responses((status = 204, description = "Deleted; its items stay"), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody)))]
 pub async fn delete(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -168,6 +209,10 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(post, path = "/api/v1/sources/{id}/run", tag = "sources",
+    params(("id" = String, Path, description = "The source's id")),
+    responses((status = 202, description = "A run is requested", body = RunRequested), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 409, description = "The source is disabled or isolated", body = ErrorBody)))]
 pub async fn run_now(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -176,9 +221,16 @@ pub async fn run_now(
     admin(&req, &state)?;
     let id = id.into_inner();
     ask(ORCHESTRATOR, |r| OrchestratorMsg::RunNow(id.clone(), r)).await??;
-    Ok(accepted(json!({ "source": id, "run": "requested" })))
+    Ok(HttpResponse::Accepted().json(RunRequested {
+        source: id,
+        run: "requested",
+    }))
 }
 
+#[utoipa::path(get, path = "/api/v1/sources/{id}/runs", tag = "sources",
+    params(("id" = String, Path, description = "The source's id"),
+        ("limit" = Option<usize>, Query, description = "1 to 100, default 20")),
+    responses((status = 200, description = "The last runs, newest first", body = RunList), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody)))]
 pub async fn runs(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -201,5 +253,5 @@ pub async fn runs(
         OrchestratorMsg::Runs(id.into_inner(), limit, r)
     })
     .await??;
-    Ok(HttpResponse::Ok().json(json!({ "runs": runs })))
+    Ok(HttpResponse::Ok().json(RunList { runs }))
 }

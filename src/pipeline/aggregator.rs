@@ -115,6 +115,12 @@ impl AggregatorState {
 
     fn count(&mut self, outcome: &BatchOutcome, source: &str, at: Option<DateTime<Utc>>) {
         let s = &mut self.stats;
+        crate::instruments::items_applied(
+            &s.collection,
+            outcome.inserted,
+            outcome.changed,
+            outcome.unchanged,
+        );
         s.inserted += outcome.inserted;
         s.changed += outcome.changed;
         s.items += outcome.inserted;

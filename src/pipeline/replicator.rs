@@ -59,6 +59,9 @@ pub struct ReplicatorStats {
     pub rounds: u64,
     pub pulled: u64,
     pub snapshots: u64,
+    /// Batches the peers had that this node lacked when the last round
+    /// began (per collection and origin, the most any peer was ahead).
+    pub behind: u64,
     pub last_error: Option<String>,
 }
 
@@ -177,6 +180,18 @@ impl ReplicatorState {
     }
 
     async fn round(&mut self) -> Result<(), RoundError> {
+        let mut behind: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let result = self.round_counting(&mut behind).await;
+        self.stats.behind = behind.values().sum();
+        result
+    }
+
+    /// A round; `behind` gets, per collection and origin, how far the
+    /// furthest peer seen was ahead of this node.
+    async fn round_counting(
+        &mut self,
+        behind: &mut BTreeMap<(String, String), u64>,
+    ) -> Result<(), RoundError> {
         for peer in self.args.cluster.node_peers() {
             let Response::Heads(theirs) = self.ask(&peer, &Request::Heads).await? else {
                 continue;
@@ -197,6 +212,10 @@ impl ReplicatorState {
                         .copied()
                         .unwrap_or(0);
                     if their_head > mine {
+                        let gap = behind
+                            .entry((collection.clone(), origin.clone()))
+                            .or_default();
+                        *gap = (*gap).max(their_head - mine);
                         self.pull(&peer, &collection, &origin, mine, their_head)
                             .await?;
                     }
@@ -231,6 +250,7 @@ impl ReplicatorState {
                         let seq = batch.seq;
                         self.apply(batch).await?;
                         self.stats.pulled += 1;
+                        crate::instruments::batches_pulled(1);
                         after = seq;
                     }
                 }

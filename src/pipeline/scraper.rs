@@ -229,6 +229,7 @@ async fn run_once(
     record.not_modified = u64::from(pager.not_modified());
     record.finished_at = Utc::now();
     record.duration_ms = clock.elapsed().as_millis() as u64;
+    crate::instruments::run_finished(clock.elapsed(), record.error.is_some());
     record
 }
 

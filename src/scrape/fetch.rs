@@ -434,7 +434,26 @@ impl Fetcher {
         })
     }
 
+    /// One request, counted in the metrics by its status class and body size.
     async fn attempt(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
+        let result = self.attempt_uncounted(url, request, validators).await;
+        match &result {
+            Ok(f) => crate::instruments::page_fetched(Some(f.status), f.body.len()),
+            Err(FetchError::Status(status)) => crate::instruments::page_fetched(Some(*status), 0),
+            Err(FetchError::Throttled { status, .. }) => {
+                crate::instruments::page_fetched(Some(*status), 0)
+            }
+            Err(_) => crate::instruments::page_fetched(None, 0),
+        }
+        result
+    }
+
+    async fn attempt_uncounted(
         &self,
         url: &Url,
         request: &RequestOptions,

@@ -142,6 +142,7 @@ impl Politeness {
         let until = Instant::now() + pause;
         gate.paused_until = Some(gate.paused_until.map_or(until, |u| u.max(until)));
         tracing::warn!(host = %key, pause_ms = pause.as_millis() as u64, throttles = gate.throttles, "host paused");
+        crate::instruments::host_backoff();
         pause
     }
 

@@ -314,3 +314,52 @@ async fn sigterm_stops_the_node_cleanly() {
     );
     assert!(node.logs().iter().any(|l| l.contains("\"stopped\"")));
 }
+
+/// `GET /api/v1/openapi.json`, generated from the handlers, names every route
+/// the node registers and passes `openapi-spec-validator` (from PyPI; `.ci/run`
+/// installs it).
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_and_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    let (status, doc) = node
+        .send(node.anonymous(Method::GET, "/api/v1/openapi.json"))
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    let paths: std::collections::BTreeSet<String> =
+        doc["paths"].as_object().unwrap().keys().cloned().collect();
+    // Every route registered in src/http/mod.rs, read from its source.
+    let routes: std::collections::BTreeSet<String> = include_str!("../../src/http/mod.rs")
+        .split("web::resource(\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_owned())
+        .collect();
+    assert!(routes.len() >= 17, "{routes:?}");
+    assert_eq!(
+        paths, routes,
+        "the document's paths vs the registered routes"
+    );
+
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("command -v openapi-spec-validator")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`openapi-spec-validator` is not installed: pip install openapi-spec-validator \
+         (.ci/run installs it)"
+    );
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new("openapi-spec-validator")
+        .arg(&file)
+        .output()
+        .expect("openapi-spec-validator runs");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,7 +7,8 @@
 //! Run it all with `cargo test --test it` (part of `cargo test`), one area with
 //! `cargo test --test it cluster::`, one test by a part of its name.
 //! `containers::` and `isolation::` need a Docker engine and build the image
-//! with `scripts/image.sh`; `dashboard::` needs Chromium and chromedriver.
+//! with `scripts/image.sh`; `dashboard::` needs Chromium and chromedriver; `metrics::` needs
+//! Prometheus and promtool (Debian's `prometheus` package).
 
 mod harness;
 
@@ -19,5 +20,7 @@ mod faults;
 mod fetch;
 mod hostile;
 mod isolation;
+mod logs;
+mod metrics;
 mod pipeline;
 mod polite;

@@ -5,7 +5,7 @@
 use super::*;
 
 /// A source as the API returns it: its spec plus live status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SourceView {
     #[serde(flatten)]
     pub spec: SourceSpec,
@@ -27,7 +27,7 @@ pub struct LiveSources {
 }
 
 /// A source's live status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SourceStatus {
     /// The node that runs the source (its name); none while membership settles.
     pub owner: Option<String>,

@@ -8,12 +8,14 @@
 //! - [`docker`]: the one wrapper around the Docker CLI (commands, the image
 //!   built by `scripts/image.sh`, inspect, published ports, cleanup);
 //! - [`fixture`]: the local fixture web site (and its canary);
+//! - [`prometheus`]: a real Prometheus server scraping nodes, and `promtool`;
 //! - [`stranger`]: a hostile client of the cluster port.
 
 pub mod cluster;
 pub mod docker;
 pub mod fixture;
 pub mod node;
+pub mod prometheus;
 pub mod stranger;
 
 pub use fixture::catalogue_spec;

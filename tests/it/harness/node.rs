@@ -207,7 +207,9 @@ impl NodeConfig {
             .env("GLEANER_DATA_DIR", &self.data_dir)
             .env("GLEANER_CONFIG", "/dev/null")
             .env("GLEANER_LOG_FORMAT", "json")
-            .env("GLEANER_LOG", "info,gleaner=debug")
+            // ractor_cluster is quiet by default; the cluster tests read its
+            // INFO line on refused handshakes (`authentication failure`).
+            .env("GLEANER_LOG", "info,gleaner=debug,ractor_cluster=info")
             .env("GLEANER_NODE_NAME", "test-node");
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -302,6 +304,15 @@ fn pump(
                     if let Some(a) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
                         let _ = addr.send(a);
                     }
+                }
+            } else if line.contains("http server listening") {
+                // GLEANER_LOG_FORMAT=text: `... http server listening addr=127.0.0.1:PORT ...`
+                let found = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.parse().ok());
+                if let Some(a) = found {
+                    let _ = addr.send(a);
                 }
             }
             logs.lock().unwrap().push(line);
