@@ -1,0 +1,435 @@
+//! The source spec: one scraping configuration as an operator submits it, and
+//! its validation. Every field is checked when the spec is submitted, so a
+//! stored spec is always runnable; errors name the field at fault with a
+//! dotted path (`extract.fields.price.css`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+mod request;
+mod schedule;
+
+pub use request::*;
+pub use schedule::*;
+
+/// Longest CSS selector or JSON pointer accepted, in bytes.
+pub const MAX_SELECTOR_LEN: usize = 1024;
+/// Most fields one source may extract.
+pub const MAX_FIELDS: usize = 64;
+/// Upper bound of `next_page.max_pages`.
+pub const MAX_PAGES_LIMIT: u32 = 1000;
+/// Longest schedule period: one week.
+pub const MAX_EVERY_SECS: u64 = 7 * 24 * 3600;
+/// Longest source URL, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// One scraping configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// A slug, unique in the cluster; it names the scraper actor.
+    pub id: String,
+    /// The first page to fetch (http or https).
+    pub url: String,
+    /// The collection the items go to (a slug).
+    pub collection: String,
+    /// How often the source runs.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// How items are found in a fetched page.
+    pub extract: ExtractSpec,
+    /// The fields whose values make an item's key; empty means the whole item.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Run in a worker container of its own instead of inside the node.
+    #[serde(default)]
+    pub isolated: bool,
+    /// A disabled source is kept but never scraped.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How each page is requested: method, headers, body, user agent.
+    /// Left out when it is all defaults, so older specs keep their shape.
+    #[serde(default, skip_serializing_if = "RequestOptions::is_default")]
+    pub request: RequestOptions,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The page format a source extracts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Html,
+    Json,
+}
+
+/// Extraction rules: an optional scope (each match is one item), named fields,
+/// and an optional link to the next page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    #[serde(default)]
+    pub format: Format,
+    /// CSS selector (html) or JSON pointer (json); absent means the whole page is one item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub fields: BTreeMap<String, FieldSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<NextPage>,
+}
+
+/// A field: a bare selector string (its text is taken) or a full rule.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum FieldSpec {
+    Selector(String),
+    Rule(FieldRule),
+}
+
+impl FieldSpec {
+    /// The field as a full rule (a bare string becomes `css` for html and
+    /// `path` for json).
+    pub fn rule(&self, format: Format) -> FieldRule {
+        match self {
+            FieldSpec::Rule(rule) => rule.clone(),
+            FieldSpec::Selector(s) => match format {
+                Format::Html => FieldRule {
+                    css: Some(s.clone()),
+                    ..FieldRule::default()
+                },
+                Format::Json => FieldRule {
+                    path: Some(s.clone()),
+                    ..FieldRule::default()
+                },
+            },
+        }
+    }
+}
+
+// A hand-written visitor instead of `#[serde(untagged)]`, so that a mistake
+// inside a rule (an unknown key, a wrong type) is reported as itself rather
+// than as "did not match any variant".
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> Visitor<'de> for FieldVisitor {
+            type Value = FieldSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a selector string or a field rule object")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldSpec, E> {
+                Ok(FieldSpec::Selector(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
+                FieldRule::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(FieldSpec::Rule)
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
+/// A full field rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRule {
+    /// CSS selector, relative to the scope element (html).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub css: Option<String>,
+    /// JSON pointer, relative to the scope value (json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Take this attribute instead of the text (html).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: FieldType,
+    /// Take every match as a list instead of the first one.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// How a field's raw text becomes a JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// Trimmed text with inner whitespace collapsed.
+    #[default]
+    Text,
+    /// The first number in the text (`£1,234.50` is 1234.5); null when there is none.
+    Number,
+    /// A URL resolved against the page URL.
+    Url,
+}
+
+/// Pagination: where the next page's URL is, and how many pages at most.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NextPage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub css: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Defaults to `href` for html.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<String>,
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u32,
+}
+
+fn default_max_pages() -> u32 {
+    10
+}
+
+/// A spec that cannot be accepted, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Dotted path of the field at fault, e.g. `extract.fields.price.css`.
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Is `s` a slug: 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit.
+pub fn is_slug(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
+}
+
+impl SourceSpec {
+    /// Parses a spec from JSON, reporting the path of the field at fault.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let spec: SourceSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let mut field = if path == "." { String::new() } else { path };
+            let message = e.inner().to_string();
+            // For a missing key, the key itself is the field at fault (the path
+            // stops at its parent; for an unknown key it already names the key).
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            if let Some(name) = missing {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(name);
+            }
+            SpecError::new(field, message)
+        })?;
+        Ok(spec)
+    }
+
+    /// This spec as shown in shared views (the source list, `/debug/state`,
+    /// the dashboard): sensitive header values replaced by `***`.
+    pub fn masked(&self) -> SourceSpec {
+        SourceSpec {
+            request: self.request.masked(),
+            ..self.clone()
+        }
+    }
+
+    /// Checks every field; the first fault found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !is_slug(&self.id) {
+            return Err(SpecError::new(
+                "id",
+                "must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit",
+            ));
+        }
+        if !is_slug(&self.collection) {
+            return Err(SpecError::new(
+                "collection",
+                "must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit",
+            ));
+        }
+        validate_url(&self.url).map_err(|m| SpecError::new("url", m))?;
+        self.schedule.validate()?;
+        self.request.validate()?;
+        self.extract.validate()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, k) in self.key.iter().enumerate() {
+            if !self.extract.fields.contains_key(k) {
+                return Err(SpecError::new(
+                    format!("key[{i}]"),
+                    format!("'{k}' is not one of extract.fields"),
+                ));
+            }
+            if !seen.insert(k) {
+                return Err(SpecError::new(
+                    format!("key[{i}]"),
+                    format!("'{k}' is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An absolute http(s) URL with a host and no credentials.
+pub fn validate_url(raw: &str) -> Result<url::Url, String> {
+    if raw.len() > MAX_URL_LEN {
+        return Err(format!("must be at most {MAX_URL_LEN} bytes"));
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(format!(
+            "scheme must be http or https, not '{}'",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must have a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(url)
+}
+
+impl ExtractSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if let Some(scope) = &self.scope {
+            self.check_locator("extract.scope", scope)?;
+        }
+        if self.fields.is_empty() {
+            return Err(SpecError::new(
+                "extract.fields",
+                "must name at least one field",
+            ));
+        }
+        if self.fields.len() > MAX_FIELDS {
+            return Err(SpecError::new(
+                "extract.fields",
+                format!("at most {MAX_FIELDS} fields"),
+            ));
+        }
+        for (name, field) in &self.fields {
+            let at = format!("extract.fields.{name}");
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(SpecError::new(
+                    at,
+                    "field names are 1-64 printable characters",
+                ));
+            }
+            let rule = field.rule(self.format);
+            match self.format {
+                Format::Html => {
+                    if rule.path.is_some() {
+                        return Err(SpecError::new(
+                            format!("{at}.path"),
+                            "html fields use 'css'",
+                        ));
+                    }
+                    let css = rule
+                        .css
+                        .as_deref()
+                        .ok_or_else(|| SpecError::new(format!("{at}.css"), "is required"))?;
+                    self.check_locator(&format!("{at}.css"), css)?;
+                    if let Some(attr) = &rule.attr {
+                        check_attr(&format!("{at}.attr"), attr)?;
+                    }
+                }
+                Format::Json => {
+                    if rule.css.is_some() || rule.attr.is_some() {
+                        return Err(SpecError::new(
+                            at,
+                            "json fields use 'path' (a JSON pointer), not 'css' or 'attr'",
+                        ));
+                    }
+                    let path = rule
+                        .path
+                        .as_deref()
+                        .ok_or_else(|| SpecError::new(format!("{at}.path"), "is required"))?;
+                    self.check_locator(&format!("{at}.path"), path)?;
+                }
+            }
+        }
+        if let Some(next) = &self.next_page {
+            if next.max_pages < 1 || next.max_pages > MAX_PAGES_LIMIT {
+                return Err(SpecError::new(
+                    "extract.next_page.max_pages",
+                    format!("must be between 1 and {MAX_PAGES_LIMIT}"),
+                ));
+            }
+            match self.format {
+                Format::Html => {
+                    let css = next.css.as_deref().ok_or_else(|| {
+                        SpecError::new("extract.next_page.css", "is required for html")
+                    })?;
+                    self.check_locator("extract.next_page.css", css)?;
+                    if let Some(attr) = &next.attr {
+                        check_attr("extract.next_page.attr", attr)?;
+                    }
+                }
+                Format::Json => {
+                    let path = next.path.as_deref().ok_or_else(|| {
+                        SpecError::new("extract.next_page.path", "is required for json")
+                    })?;
+                    self.check_locator("extract.next_page.path", path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A CSS selector that compiles (html) or a JSON pointer (json).
+    fn check_locator(&self, field: &str, value: &str) -> Result<(), SpecError> {
+        if value.len() > MAX_SELECTOR_LEN {
+            return Err(SpecError::new(
+                field,
+                format!("must be at most {MAX_SELECTOR_LEN} bytes"),
+            ));
+        }
+        match self.format {
+            Format::Html => {
+                if value.trim().is_empty() {
+                    return Err(SpecError::new(field, "must not be empty"));
+                }
+                super::locator::parse_selector(value)
+                    .map(|_| ())
+                    .map_err(|e| SpecError::new(field, e))
+            }
+            Format::Json => {
+                super::locator::check_pointer(value).map_err(|e| SpecError::new(field, e))
+            }
+        }
+    }
+}
+
+fn check_attr(field: &str, attr: &str) -> Result<(), SpecError> {
+    if attr.is_empty()
+        || attr.len() > 128
+        || attr
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"'>/=".contains(c))
+    {
+        return Err(SpecError::new(field, "not a valid attribute name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
