@@ -16,13 +16,7 @@ cp tests/fixtures/catalogue.html "$work/"
 serve_static "$work" "$site_port"
 start_node "$BIN" "$work/data" "$http_port"
 idle_kib=$(rss_kib "$node_pid")
-for i in $(seq 1 "$N"); do
-  printf '{"id":"s%d","url":"http://127.0.0.1:%d/catalogue.html","collection":"c%d","schedule":{"every_secs":3600,"jitter_secs":600},"extract":{"scope":"article.product","fields":{"title":{"css":"h3 a","attr":"title"}}},"key":["title"]}' \
-    "$i" "$site_port" "$((i % 10))"
-  echo
-done | while read -r spec; do
-  curl -sf -o /dev/null -X POST "http://127.0.0.1:$http_port/api/v1/sources" -d "$spec"
-done
+add_catalogue_sources "$N" "$site_port" "$http_port"
 # Let the first runs finish: every source has a last run (bounded wait).
 for _ in $(seq 600); do
   done_runs=$(curl -sf "http://127.0.0.1:$http_port/api/v1/sources" | python3 -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin)["sources"] if s["status"]["last_run"]))')

@@ -16,13 +16,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cp tests/fixtures/catalogue.html "$work/"
 serve_static "$work" "$site_port"
 start_node "$BIN" "$work/data" "$http_port"
-for i in $(seq 1 "$N"); do
-  printf '{"id":"s%d","url":"http://127.0.0.1:%d/catalogue.html","collection":"c%d","schedule":{"every_secs":3600,"jitter_secs":600},"extract":{"scope":"article.product","fields":{"title":{"css":"h3 a","attr":"title"}}},"key":["title"]}' \
-    "$i" "$site_port" "$((i % 10))"
-  echo
-done | while read -r spec; do
-  curl -sf -o /dev/null -X POST "http://127.0.0.1:$http_port/api/v1/sources" -d "$spec"
-done
+add_catalogue_sources "$N" "$site_port" "$http_port"
 # Let the first runs finish (bounded wait).
 for _ in $(seq 600); do
   runs=$(curl -sf "http://127.0.0.1:$http_port/metrics" | awk '/^gleaner_runs_total/ {s += $2} END {print s + 0}')
