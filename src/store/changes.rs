@@ -144,7 +144,7 @@ impl Store {
                     continue;
                 };
                 // Items are never deleted; a missing one is skipped.
-                if let Some(bytes) = items.get(key.to_vec())? {
+                if let Some(bytes) = items.get(key)? {
                     out.push(Change {
                         seq: seq_of(&k),
                         op,
