@@ -521,12 +521,17 @@ pub async fn changes(
     blocking(move || known_collection(&store, &n)).await?;
     // Subscribed before the first read: a change made durable after it wakes us.
     let mut watch = state.store.watch_changes(&name);
+    let mut waiting = q.wait_secs == 0;
     let found = loop {
         watch.borrow_and_update();
         let (store, n, since, limit) = (state.store.clone(), name.clone(), q.since, q.limit);
         let found = blocking(move || Ok(store.changes_after(&n, since, limit)?)).await?;
         if !found.is_empty() {
             break found;
+        }
+        if !waiting {
+            waiting = true;
+            tracing::debug!(collection = %name, since = q.since, wait_secs = q.wait_secs, "changes: waiting for a change");
         }
         // Waiting on the watch holds no worker thread.
         match tokio::time::timeout_at(deadline, watch.changed()).await {

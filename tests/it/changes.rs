@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::harness::fixture::FixtureSite;
-use crate::harness::{catalogue_spec, NodeConfig};
+use crate::harness::{catalogue_spec, wait_until, NodeConfig};
 
 const RUN: Duration = Duration::from_secs(30);
 
@@ -35,7 +35,11 @@ fn seqs(page: &Value) -> Vec<u64> {
 async fn the_feed_shows_inserts_then_changes_and_long_polls_wake_on_a_change() {
     let site = FixtureSite::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeConfig::new(dir.path()).start().await;
+    // The handler logs at debug when a long-poll starts waiting.
+    let node = NodeConfig::new(dir.path())
+        .env("GLEANER_LOG", "info,gleaner::http::collections=debug")
+        .start()
+        .await;
     let mut spec = catalogue_spec("changing", &site.url("/changing.html"));
     spec["collection"] = json!("changing");
     node.create_source(&spec).await;
@@ -91,7 +95,14 @@ async fn the_feed_shows_inserts_then_changes_and_long_polls_wake_on_a_change() {
         (status, page, t0.elapsed(), Utc::now())
     };
     let trigger = async {
-        tokio::task::yield_now().await;
+        // Only once the poll waits: the change lands after it started.
+        wait_until("the long-poll to wait", RUN, || async {
+            node.logs()
+                .iter()
+                .any(|l| l.contains("changes: waiting for a change"))
+                .then_some(())
+        })
+        .await;
         node.post("/api/v1/sources/changing/run", &json!({})).await
     };
     let ((status, page, waited, answered_at), (run_status, _)) = tokio::join!(poll, trigger);
