@@ -2,7 +2,8 @@
 //! NDJSON or CSV, with an opaque cursor and field filters), and one item.
 //! Item pages are read from the store directly (on a blocking thread when a
 //! filter may scan the collection, or for CSV) and kept in a [`PageCache`];
-//! counts come from the collections' Endpoints.
+//! counts come from the collections' Endpoints. The change feed reads the
+//! store's `changes:{collection}` tree and long-polls on its watch.
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use crate::cluster::groups::COLLECTIONS;
 use crate::domain::spec::is_slug;
 use crate::domain::StoredItem;
 use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
-use crate::store::{Store, StoreError};
+use crate::store::{ChangeOp, Store, StoreError};
 
 /// Items per page when `limit` is not given, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 100;
@@ -421,6 +422,146 @@ fn to_csv(items: &[StoredItem]) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))
 }
 
+/// The longest a changes request may wait for a change.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// A parsed changes query.
+#[derive(Debug, PartialEq)]
+struct ChangesQuery {
+    since: u64,
+    limit: usize,
+    wait_secs: u64,
+}
+
+fn parse_changes_query(raw: &str) -> Result<ChangesQuery, ApiError> {
+    let mut q = ChangesQuery {
+        since: 0,
+        limit: DEFAULT_LIMIT,
+        wait_secs: 0,
+    };
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "since" => {
+                q.since = v.parse().map_err(|_| {
+                    ApiError::invalid("since", "must be a change sequence number (0 or more)")
+                })?
+            }
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "limit",
+                            format!("must be an integer from 1 to {MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            "wait_secs" => {
+                q.wait_secs = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= MAX_WAIT_SECS)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "wait_secs",
+                            format!("must be an integer from 0 to {MAX_WAIT_SECS}"),
+                        )
+                    })?
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    "unknown parameter: since, limit and wait_secs are accepted",
+                ))
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// One change: this node's sequence number for it, what it did, and the
+/// item as it is now (its newest version, even if it changed again later).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ChangeView<'a> {
+    pub seq: u64,
+    pub op: ChangeOp,
+    pub item: ItemView<'a>,
+}
+
+/// Changes after `since`, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ChangesPage<'a> {
+    pub changes: Vec<ChangeView<'a>>,
+    /// The last `seq` returned, or `since` when none: the next call's `since`.
+    pub next: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/collections/{name}/changes", tag = "collections",
+    params(("name" = String, Path, description = "The collection"),
+        ("since" = Option<u64>, Query, description = "Changes with a sequence number above this one; default 0"),
+        ("limit" = Option<usize>, Query, description = "1 to 1000, default 100"),
+        ("wait_secs" = Option<u64>, Query, description = "0 to 60, default 0: with no change past `since`, wait up to this long for one")),
+    responses((status = 200, description = "This node's durable changes (inserted or changed items) after `since`, oldest first", body = ChangesPage),
+        (status = 400, description = "A bad parameter, naming it", body = ErrorBody), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody)))]
+pub async fn changes(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    reader(&req, &state)?;
+    let q = parse_changes_query(req.query_string())?;
+    let name = name.into_inner();
+    let started = tokio::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(q.wait_secs);
+    let store = state.store.clone();
+    let n = name.clone();
+    blocking(move || known_collection(&store, &n)).await?;
+    // Subscribed before the first read: a change made durable after it wakes us.
+    let mut watch = state.store.watch_changes(&name);
+    let mut waiting = q.wait_secs == 0;
+    let found = loop {
+        watch.borrow_and_update();
+        let (store, n, since, limit) = (state.store.clone(), name.clone(), q.since, q.limit);
+        let found = blocking(move || Ok(store.changes_after(&n, since, limit)?)).await?;
+        if !found.is_empty() {
+            break found;
+        }
+        if !waiting {
+            waiting = true;
+            tracing::debug!(collection = %name, since = q.since, wait_secs = q.wait_secs, "changes: waiting for a change");
+        }
+        // Waiting on the watch holds no worker thread.
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => break found,
+        }
+    };
+    // Only what a flush covers is served.
+    durable(&state, &name).await?;
+    tracing::debug!(
+        collection = %name,
+        since = q.since,
+        changes = found.len(),
+        waited_ms = started.elapsed().as_millis() as u64,
+        "changes served"
+    );
+    let page = ChangesPage {
+        next: found.last().map_or(q.since, |c| c.seq),
+        changes: found
+            .iter()
+            .map(|c| ChangeView {
+                seq: c.seq,
+                op: c.op,
+                item: ItemView::from(&c.item),
+            })
+            .collect(),
+    };
+    Ok(HttpResponse::Ok().json(page))
+}
+
 #[utoipa::path(get, path = "/api/v1/collections/{name}/items/{key}", tag = "collections",
     params(("name" = String, Path, description = "The collection"),
         ("key" = String, Path, description = "The item's key")),
@@ -479,6 +620,40 @@ mod tests {
                 .as_deref(),
             Some("abc")
         );
+    }
+
+    #[test]
+    fn changes_queries_parse_and_reject() {
+        assert_eq!(
+            parse_changes_query("").unwrap(),
+            ChangesQuery {
+                since: 0,
+                limit: 100,
+                wait_secs: 0
+            }
+        );
+        assert_eq!(
+            parse_changes_query("since=7&limit=3&wait_secs=60").unwrap(),
+            ChangesQuery {
+                since: 7,
+                limit: 3,
+                wait_secs: 60
+            }
+        );
+        for (raw, field) in [
+            ("since=x", "since"),
+            ("since=-1", "since"),
+            ("limit=1001", "limit"),
+            ("limit=x", "limit"),
+            ("wait_secs=61", "wait_secs"),
+            ("wait_secs=x", "wait_secs"),
+            ("after=1", "after"),
+        ] {
+            match parse_changes_query(raw) {
+                Err(ApiError::Invalid { field: Some(f), .. }) => assert_eq!(f, field, "{raw}"),
+                other => panic!("{raw}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/api/v1/collections/{name}/changes")
+            .route(web::get().to(collections::changes))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/api/v1/collections/{name}/items/{key}")
             .route(web::get().to(collections::item))
             .default_service(web::to(method_not_allowed)),

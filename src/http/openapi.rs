@@ -27,6 +27,7 @@ use super::{cluster, collections, debug, health, metrics, sources};
         collections::list,
         collections::items,
         collections::item,
+        collections::changes,
         cluster::members,
         debug::state,
         debug::events,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, Generations, Result, Store, StoreError};
+use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
 use crate::domain::{ItemBatch, ItemRef, StoredItem, Upsert};
 
 const ITEMS_PREFIX: &str = "items:";
@@ -130,6 +130,8 @@ impl Store {
         let mut writes = sled::Batch::default();
         // Later duplicates within one batch see the earlier ones.
         let mut pending: BTreeMap<&str, StoredItem> = BTreeMap::new();
+        // Each key's change (an unchanged key has none), recorded in key order.
+        let mut ops: BTreeMap<&str, ChangeOp> = BTreeMap::new();
         for item in &batch.items {
             let old = match pending.remove(item.key.as_str()) {
                 Some(p) => Some(p),
@@ -144,8 +146,15 @@ impl Store {
                 *outcome.taken_from.entry(from).or_default() += 1;
             }
             match how {
-                Upsert::Inserted => outcome.inserted += 1,
-                Upsert::Changed => outcome.changed += 1,
+                Upsert::Inserted => {
+                    outcome.inserted += 1;
+                    ops.insert(item.key.as_str(), ChangeOp::Inserted);
+                }
+                Upsert::Changed => {
+                    outcome.changed += 1;
+                    // Inserted earlier in this batch stays inserted.
+                    ops.entry(item.key.as_str()).or_insert(ChangeOp::Changed);
+                }
                 Upsert::Unchanged => outcome.unchanged += 1,
             }
             pending.insert(item.key.as_str(), stored);
@@ -153,18 +162,30 @@ impl Store {
         for (key, stored) in &pending {
             writes.insert(key.as_bytes(), encode(stored));
         }
-        self.write_items(&batch.collection, &tree, writes)?;
+        let changes: Vec<(ChangeOp, Vec<u8>)> = ops
+            .into_iter()
+            .map(|(key, op)| (op, key.as_bytes().to_vec()))
+            .collect();
+        self.write_items(&batch.collection, &tree, writes, &changes)?;
         Ok(outcome)
     }
 
     /// Applies a write to a collection's items, counted so that readers
     /// know whether a flush covers it and whether their page is current.
-    fn write_items(&self, collection: &str, tree: &sled::Tree, writes: sled::Batch) -> Result<()> {
+    /// `changes` (op, item key) are recorded in the collection's change
+    /// feed in the same transaction.
+    fn write_items(
+        &self,
+        collection: &str,
+        tree: &sled::Tree,
+        writes: sled::Batch,
+        changes: &[(ChangeOp, Vec<u8>)],
+    ) -> Result<()> {
         let _writing = self.writing.read().unwrap_or_else(|e| e.into_inner());
         self.with_generations(collection, |g| g.begun += 1);
-        let applied = tree.apply_batch(writes);
+        let applied = self.apply_with_changes(collection, tree, writes, changes);
         self.with_generations(collection, |g| g.changed += 1);
-        Ok(applied?)
+        applied
     }
 
     fn with_generations(&self, collection: &str, f: impl FnOnce(&mut Generations)) {
@@ -201,6 +222,7 @@ impl Store {
     ) -> Result<u64> {
         let tree = self.items_tree(collection)?;
         let mut writes = sled::Batch::default();
+        let mut changes = Vec::new();
         let mut inserted = 0;
         let mut last = None;
         for copy in items {
@@ -210,10 +232,18 @@ impl Store {
                 .transpose()?;
             inserted += u64::from(old.is_none());
             last = last.max(Some(copy.last_seen));
+            let old_hash = old.as_ref().map(|o| o.hash.clone());
             let merged = StoredItem::merge_copy(old, copy.clone());
+            let op = match old_hash {
+                None => Some(ChangeOp::Inserted),
+                Some(h) => (h != merged.hash).then_some(ChangeOp::Changed),
+            };
+            if let Some(op) = op {
+                changes.push((op, copy.key.as_bytes().to_vec()));
+            }
             writes.insert(copy.key.as_bytes(), encode(&merged));
         }
-        self.write_items(collection, &tree, writes)?;
+        self.write_items(collection, &tree, writes, &changes)?;
         let mut meta = self.collection(collection)?;
         if meta.is_none() && last.is_none() && heads.is_none() {
             return Ok(0);
@@ -328,7 +358,7 @@ impl Store {
         Ok((out, more))
     }
 
-    fn items_tree(&self, collection: &str) -> Result<sled::Tree> {
+    pub(super) fn items_tree(&self, collection: &str) -> Result<sled::Tree> {
         Ok(self.db.open_tree(format!("{ITEMS_PREFIX}{collection}"))?)
     }
 }

@@ -6,7 +6,8 @@
 //! - `sources`: the replicated source registry's records;
 //! - `runs`: each source's bounded run history;
 //! - `items`: each collection's items, and the `collections` summaries;
-//! - `log`: each collection's applied batches, kept for peers, and heads.
+//! - `log`: each collection's applied batches, kept for peers, and heads;
+//! - `changes`: each collection's change feed (inserted/changed items).
 //!
 //! Around them: [`Flusher`] (group commit) and [`guard`] (the disk reserve,
 //! a failed store, stalled flushes).
@@ -20,6 +21,7 @@
 //! below a free-space reserve, and an I/O error fails the store for good
 //! ([`guard`]).
 
+mod changes;
 mod flusher;
 pub mod guard;
 mod items;
@@ -28,6 +30,7 @@ mod pages;
 mod runs;
 mod sources;
 
+pub use changes::{Change, ChangeOp, CHANGES_KEPT};
 pub use flusher::Flusher;
 pub use guard::StorageStatus;
 pub use items::{BatchOutcome, CollectionMeta, ItemBytes};
@@ -91,6 +94,9 @@ pub struct Store {
     pages: sled::Tree,
     collections: sled::Tree,
     log_retained: u64,
+    changes_kept: u64,
+    change_seqs: changes::ChangeSeqs,
+    change_watches: changes::ChangeWatches,
     /// Per collection: how far its item writes have gone and been flushed.
     generations: Arc<Mutex<HashMap<String, Generations>>>,
     /// Held shared by each item write from its start to its end, and
@@ -135,6 +141,9 @@ impl Store {
             collections: db.open_tree("collections")?,
             db,
             log_retained: LOG_RETAINED,
+            changes_kept: CHANGES_KEPT,
+            change_seqs: Arc::default(),
+            change_watches: Arc::default(),
             generations: Arc::default(),
             writing: Arc::default(),
             guard: Arc::new(guard::Guard::new(dir, guard::DEFAULT_RESERVE)),
@@ -206,12 +215,15 @@ impl Store {
             .flush()
             .map_err(StoreError::from)
             .inspect_err(|e| self.guard.note(e))?;
-        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, begun) in covered {
-            if let Some(g) = generations.get_mut(&name) {
-                g.durable = g.durable.max(begun);
+        {
+            let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, begun) in &covered {
+                if let Some(g) = generations.get_mut(name) {
+                    g.durable = g.durable.max(*begun);
+                }
             }
         }
+        self.changes_durable(covered.iter().map(|(name, _)| name.as_str()));
         Ok(())
     }
 
@@ -432,6 +444,61 @@ mod tests {
         assert_eq!(merged[0].data, mine[0].data);
         assert_eq!(merged[0].first_seen, t0);
         assert_eq!(store.heads_of("books").unwrap()["A"], 7);
+    }
+
+    #[test]
+    fn the_change_feed_records_inserts_and_changes_in_order_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_changes_kept(4);
+        let mut watch = store.watch_changes("books");
+        store
+            .apply_batch(&batch("a", &[("u1", 1), ("u2", 2)]))
+            .unwrap();
+        // Unchanged items are not changes; a changed one is, with its newest body.
+        store
+            .apply_batch(&batch("a", &[("u1", 1), ("u2", 3)]))
+            .unwrap();
+        assert!(!watch.has_changed().unwrap(), "not durable yet");
+        store.flush().unwrap();
+        assert!(watch.has_changed().unwrap(), "a flush wakes the watchers");
+        watch.mark_unchanged();
+        let feed = store.changes_after("books", 0, 10).unwrap();
+        let mut seen: Vec<_> = feed
+            .iter()
+            .map(|c| (c.seq, c.op, c.item.data["url"].as_str().unwrap()))
+            .collect();
+        // Within a batch, changes are in key order.
+        seen[..2].sort_by_key(|c| c.2);
+        seen[..2].iter_mut().zip(1..).for_each(|(c, n)| c.0 = n);
+        assert_eq!(
+            seen,
+            [
+                (1, ChangeOp::Inserted, "u1"),
+                (2, ChangeOp::Inserted, "u2"),
+                (3, ChangeOp::Changed, "u2")
+            ]
+        );
+        let u2 = feed.iter().find(|c| c.item.data["url"] == "u2").unwrap();
+        assert_eq!(u2.item.data["price"], 3, "bodies are the newest");
+        assert_eq!(store.changes_after("books", 1, 1).unwrap()[0].seq, 2);
+        assert!(store.changes_after("books", 3, 10).unwrap().is_empty());
+        // Sequences survive a reopen, and only the newest are kept.
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_changes_kept(4);
+        store
+            .apply_batch(&batch("a", &[("u3", 1), ("u4", 1)]))
+            .unwrap();
+        let seqs: Vec<u64> = store
+            .changes_after("books", 0, 10)
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, [2, 3, 4, 5]);
     }
 
     #[test]
