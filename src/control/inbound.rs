@@ -16,7 +16,7 @@ use crate::pipeline::aggregator::AggregatorMsg;
 use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
 use crate::pipeline::scraper_supervisor::ScraperSupervisorMsg;
 use crate::store::{LogSlice, Store};
-use crate::supervision::{ask, find as local, ASK_TIMEOUT};
+use crate::supervision::{ask, find, ASK_TIMEOUT};
 
 /// About how many bytes of batches one pull answer carries (far below the
 /// cluster's frame limit).
@@ -84,12 +84,12 @@ impl Inbound for NodeInbound {
             // Membership takes heartbeats before they get here.
             Notice::Heartbeat(_) => {}
             Notice::SourceDigest { from, versions } => {
-                if let Some(o) = local::<OrchestratorMsg>(groups::ORCHESTRATOR) {
+                if let Some(o) = find::<OrchestratorMsg>(groups::ORCHESTRATOR) {
                     let _ = o.cast(OrchestratorMsg::Digest { from, versions });
                 }
             }
             Notice::Sources(records) => {
-                if let Some(o) = local::<OrchestratorMsg>(groups::ORCHESTRATOR) {
+                if let Some(o) = find::<OrchestratorMsg>(groups::ORCHESTRATOR) {
                     let _ = o.cast(OrchestratorMsg::Merge(records, None));
                 }
             }
@@ -107,7 +107,7 @@ impl Inbound for NodeInbound {
     fn request(&self, request: Request, answer: Answer) {
         let args = self;
         match request {
-            Request::Sources(records) => match local::<OrchestratorMsg>(groups::ORCHESTRATOR) {
+            Request::Sources(records) => match find::<OrchestratorMsg>(groups::ORCHESTRATOR) {
                 Some(o) => {
                     if let Err(e) = o.cast(OrchestratorMsg::Merge(records, Some(answer))) {
                         tracing::warn!(error = %e, "orchestrator unreachable");
@@ -115,7 +115,7 @@ impl Inbound for NodeInbound {
                 }
                 None => answer.send(Response::Error("the orchestrator is restarting".into())),
             },
-            Request::Batch(batch) => match local::<CollectionSupervisorMsg>(groups::COLLECTIONS) {
+            Request::Batch(batch) => match find::<CollectionSupervisorMsg>(groups::COLLECTIONS) {
                 Some(c) => {
                     if let Err(e) = c.cast(CollectionSupervisorMsg::Replica(batch, answer)) {
                         tracing::warn!(error = %e, "collections unreachable");
@@ -151,7 +151,7 @@ impl Inbound for NodeInbound {
             }),
             Request::Runtimes => {
                 tokio::spawn(async move {
-                    let mut response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
+                    let mut response = match find::<ScraperSupervisorMsg>(groups::SCRAPERS) {
                         Some(s) => {
                             match ask(&s, |r| ScraperSupervisorMsg::Statuses(None, r), ASK_TIMEOUT)
                                 .await
@@ -164,7 +164,7 @@ impl Inbound for NodeInbound {
                     };
                     // Isolated sources' workers count as this node's runtimes too.
                     if let (Response::Runtimes(r), Some(w)) =
-                        (&mut response, local::<WorkerSupervisorMsg>(groups::WORKERS))
+                        (&mut response, find::<WorkerSupervisorMsg>(groups::WORKERS))
                     {
                         add_worker_runtimes(r, &w).await;
                     }
@@ -173,7 +173,7 @@ impl Inbound for NodeInbound {
             }
             Request::RunNow(id) => {
                 tokio::spawn(async move {
-                    let response = match local::<ScraperSupervisorMsg>(groups::SCRAPERS) {
+                    let response = match find::<ScraperSupervisorMsg>(groups::SCRAPERS) {
                         Some(s) => {
                             match ask(&s, |r| ScraperSupervisorMsg::RunNow(id, r), ASK_TIMEOUT)
                                 .await
@@ -214,7 +214,7 @@ async fn deliver(batch: crate::domain::ItemBatch) -> Response {
     if !crate::domain::spec::is_slug(&batch.collection) {
         return Response::Error("not a collection name".into());
     }
-    let Some(collections) = local::<CollectionSupervisorMsg>(groups::COLLECTIONS) else {
+    let Some(collections) = find::<CollectionSupervisorMsg>(groups::COLLECTIONS) else {
         return Response::Error("the collections are restarting".into());
     };
     let name = batch.collection.clone();
