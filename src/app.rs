@@ -125,7 +125,7 @@ impl App {
             store: store.clone(),
             node_name: settings.node_name.clone(),
             node_id: node_id.clone(),
-            fetcher,
+            fetcher: fetcher.clone(),
             limits: Limits {
                 max_depth: settings.max_html_depth,
             },
@@ -143,6 +143,10 @@ impl App {
 
         let ready = Arc::new(AtomicBool::new(false));
         let state = web::Data::new(AppState {
+            fetcher,
+            limits: Limits {
+                max_depth: settings.max_html_depth,
+            },
             store: store.clone(),
             node_name: settings.node_name.clone(),
             node_id: node_id.clone(),

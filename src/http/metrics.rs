@@ -57,14 +57,19 @@ async fn snapshot(state: &AppState) -> Snapshot {
             .ok()?;
         // Each node counts the sources it owns, so a sum over nodes counts
         // each source once.
-        let states = live
+        let owned: Vec<_> = live
             .sources
             .iter()
             .filter(|v| v.status.owner_id.as_ref().is_none_or(|o| *o == me))
-            .map(|v| source_state(v.status.state));
-        Some(instruments::count_states(
-            &instruments::SOURCE_STATES,
-            states,
+            .collect();
+        let degraded = owned
+            .iter()
+            .filter(|v| v.status.health == crate::domain::Health::Degraded)
+            .count() as u64;
+        let states = owned.iter().map(|v| source_state(v.status.state));
+        Some((
+            instruments::count_states(&instruments::SOURCE_STATES, states),
+            degraded,
         ))
     };
     let behind = async {
@@ -89,8 +94,13 @@ async fn snapshot(state: &AppState) -> Snapshot {
     };
     let (sources, replication_behind, storage) = tokio::join!(sources, behind, storage);
     let members = state.cluster.members();
+    let (sources, sources_degraded) = match sources {
+        Some((states, degraded)) => (Some(states), Some(degraded)),
+        None => (None, None),
+    };
     Snapshot {
         sources,
+        sources_degraded,
         members: instruments::count_states(
             &instruments::MEMBER_STATES,
             members.iter().map(|m| member_state(m.state)),

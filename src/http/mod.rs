@@ -2,7 +2,8 @@
 //! node's actors (found by registered name, so a restarted actor is found
 //! again) with a timeout, and a timeout or a missing actor is a 503.
 //!
-//! One file per resource: [`sources`] (admin), [`collections`] (read),
+//! One file per resource: [`sources`] (admin), [`preview`] (admin: a spec
+//! tried against its site, nothing stored), [`collections`] (read),
 //! [`health`], [`metrics`] (Prometheus text), [`openapi`] (the OpenAPI
 //! document, generated from the handlers' annotations and types); [`error`]
 //! maps every failure to the one JSON error shape and [`auth`] checks bearer
@@ -16,6 +17,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod preview;
 pub mod sources;
 
 use std::sync::atomic::AtomicBool;
@@ -52,6 +54,11 @@ pub struct AppState {
     pub pages: collections::PageCache,
     /// Group commit; readers wait on it for writes not yet flushed.
     pub flusher: crate::store::Flusher,
+    /// The node's HTTP client and politeness state, shared with its
+    /// scrapers: a preview is one more client of the same hosts.
+    pub fetcher: crate::scrape::fetch::Fetcher,
+    /// Extraction limits, as the scrapers have them.
+    pub limits: crate::scrape::extract::Limits,
 }
 
 /// Registers every route on an actix `App`.
@@ -67,6 +74,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(sources::get))
             .route(web::put().to(sources::replace))
             .route(web::delete().to(sources::delete))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/preview")
+            .route(web::post().to(preview::preview))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/sources/{id}/preview")
+            .route(web::post().to(preview::preview_stored))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

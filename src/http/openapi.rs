@@ -7,7 +7,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{cluster, collections, debug, health, metrics, sources};
+use super::{cluster, collections, debug, health, metrics, preview, sources};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,8 @@ use super::{cluster, collections, debug, health, metrics, sources};
         sources::delete,
         sources::run_now,
         sources::runs,
+        preview::preview,
+        preview::preview_stored,
         collections::list,
         collections::items,
         collections::item,

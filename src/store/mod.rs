@@ -534,15 +534,9 @@ mod tests {
             let run = RunRecord {
                 started_at: at,
                 finished_at: at,
-                duration_ms: 0,
                 pages: 1,
                 items: i as u64,
-                inserted: 0,
-                changed: 0,
-                error: None,
-                code: None,
-                stopped: None,
-                not_modified: 0,
+                ..RunRecord::default()
             };
             store.record_run("s", &run).unwrap();
         }

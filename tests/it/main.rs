@@ -13,6 +13,7 @@
 mod harness;
 
 mod api;
+mod authoring;
 mod changes;
 mod cluster;
 mod containers;

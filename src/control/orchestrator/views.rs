@@ -40,6 +40,12 @@ pub struct SourceStatus {
     pub items: u64,
     pub last_error: Option<String>,
     pub restarts: u64,
+    /// `ok`, or `degraded` when the runs drift from what they used to yield
+    /// (see `domain::health`); taken from the last run.
+    pub health: crate::domain::Health,
+    /// Why the source is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
     /// The worker container of an isolated source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<crate::domain::WorkerContainer>,
@@ -130,6 +136,8 @@ impl OrchestratorState {
                     .copied()
                     .unwrap_or(0);
                 let owner_id = self.args.cluster.owner_of(&spec.id);
+                let health = last_run.as_ref().map(|r| r.health).unwrap_or_default();
+                let health_reason = last_run.as_ref().and_then(|r| r.health_reason.clone());
                 SourceView {
                     status: SourceStatus {
                         owner: owner_id
@@ -142,6 +150,8 @@ impl OrchestratorState {
                         items,
                         last_error,
                         restarts: runtime.map_or(0, |r| r.restarts),
+                        health,
+                        health_reason,
                         container: runtime.and_then(|r| r.container.clone()),
                     },
                     spec: record.spec,
