@@ -164,6 +164,13 @@ async fn run_preview(state: &AppState, spec: &SourceSpec, pages: u32) -> Result<
     })?;
     let rules = Arc::new(rules);
     let start = Url::parse(&spec.url).map_err(|e| ApiError::invalid("url", e.to_string()))?;
+    // The SSRF guard's refusal of the start URL is the spec's fault: said
+    // before any request (robots.txt included) is made.
+    state
+        .fetcher
+        .check_target(&start)
+        .await
+        .map_err(|e| ApiError::invalid("url", e.to_string()))?;
     let max_pages = spec.extract.next_page.as_ref().map_or(1, |n| n.max_pages);
     let mut pager = Pager::new(
         start.clone(),
@@ -204,16 +211,6 @@ async fn run_preview(state: &AppState, spec: &SourceSpec, pages: u32) -> Result<
                 }
             }
             Err(e) => {
-                // The SSRF guard's refusal of the start URL is the spec's fault.
-                if let ScrapeError::Fetch {
-                    source: source @ (FetchError::Forbidden { .. } | FetchError::BadScheme(_)),
-                    ..
-                } = &e
-                {
-                    if out.is_empty() {
-                        return Err(ApiError::invalid("url", source.to_string()));
-                    }
-                }
                 let status = match &e {
                     ScrapeError::Fetch {
                         source: FetchError::Status(s) | FetchError::Throttled { status: s, .. },

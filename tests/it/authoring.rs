@@ -85,6 +85,7 @@ async fn a_preview_shows_pages_of_items_and_stores_nothing() {
 #[tokio::test]
 async fn bad_previews_are_400s_naming_the_field_and_the_guard_holds() {
     let site = FixtureSite::start().await;
+    site.set_robots(200, "User-agent: *\nDisallow: /catalogue/page-5.html\n");
     let dir = tempfile::tempdir().unwrap();
     let node = NodeConfig::new(dir.path()).start().await;
     let good = bare(catalogue_spec("x", &site.url(&page_path(1))));
@@ -170,8 +171,8 @@ async fn bad_previews_are_400s_naming_the_field_and_the_guard_holds() {
         "{body}"
     );
     assert_eq!(site.canary_hits(), 0);
-    // robots.txt applies to a preview as to a run.
-    site.set_robots(200, "User-agent: *\nDisallow: /catalogue/page-5.html\n");
+    // robots.txt (set before the first request: the node keeps it an hour)
+    // applies to a preview as to a run.
     let mut spec = good.clone();
     spec["url"] = json!(site.url(&page_path(5)));
     let (status, body) = preview(&node, "", &spec).await;

@@ -314,7 +314,7 @@ fn follow_takes_one_level_of_html_fields() {
     );
     let mut bad = v.clone();
     bad["extract"]["fields"]["detail"]["follow"]["fields"]["upc"] = serde_json::json!("[[[");
-    assert_eq!(field_of(bad), "extract.fields.detail.follow.fields.upc");
+    assert_eq!(field_of(bad), "extract.fields.detail.follow.fields.upc.css");
     let mut empty = v.clone();
     empty["extract"]["fields"]["detail"]["follow"]["fields"] = serde_json::json!({});
     assert_eq!(field_of(empty), "extract.fields.detail.follow.fields");
