@@ -93,9 +93,18 @@ impl Inbound for NodeInbound {
                     let _ = o.cast(OrchestratorMsg::Merge(records, None));
                 }
             }
-            Notice::Run { source, run } => {
+            Notice::Run { source, mut run } => {
                 let store = args.store.clone();
                 tokio::task::spawn_blocking(move || {
+                    // Drift is judged again against this node's copy of the
+                    // history: a worker container's scratch history starts
+                    // empty each time the container does.
+                    match store.runs(&source, 10) {
+                        Ok(earlier) => {
+                            (run.health, run.health_reason) = crate::domain::assess(&run, &earlier)
+                        }
+                        Err(e) => tracing::warn!(%source, error = %e, "run history unreadable"),
+                    }
                     if let Err(e) = store.record_run(&source, &run) {
                         tracing::warn!(%source, error = %e, "replicated run not recorded");
                     }

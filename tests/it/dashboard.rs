@@ -428,6 +428,12 @@ async fn the_editor_previews_and_saves_a_pasted_source() {
         |t| t == "pasted",
     )
     .await;
+    assert_eq!(
+        text(&browser, "tr[data-source='pasted'] .health")
+            .await
+            .unwrap(),
+        "ok"
+    );
     // "edit" loads a stored source back into the editor.
     area.clear().await.unwrap();
     browser

@@ -112,12 +112,13 @@ impl OrchestratorState {
                 let spec = &record.spec;
                 let runtime = runtimes.get(&spec.id);
                 // The live scraper's last run is newer when the store could
-                // not record it (a full disk).
+                // not record it (a full disk); on a tie the stored copy wins
+                // (it carries this node's judgement of drift, see inbound).
                 let live_run = runtime
                     .and_then(|r| r.scraper.as_ref())
                     .and_then(|s| s.last_run.clone());
                 let last_run = match (last_run, live_run) {
-                    (Some(kept), Some(live)) if kept.started_at > live.started_at => Some(kept),
+                    (Some(kept), Some(live)) if kept.started_at >= live.started_at => Some(kept),
                     (kept, live) => live.or(kept),
                 };
                 let (state, last_error) = if !spec.enabled {
