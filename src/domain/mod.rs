@@ -11,7 +11,7 @@ pub mod runtime;
 pub mod spec;
 
 pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
-pub use record::{RunRecord, SourceRecord, Version};
+pub use record::{CollectionTombstone, ManagedBy, RunRecord, SourceRecord, Version};
 pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};
 pub use spec::{
     ExtractSpec, FieldRule, FieldSpec, FieldType, Format, Method, NextPage, RequestOptions,
