@@ -257,8 +257,11 @@ async fn two_nodes_with_the_same_directory_apply_it_once_without_churn() {
         "one record and one run",
         Duration::from_secs(30),
         || async {
-            let a = n0.source("shared").await;
-            let b = n1.source("shared").await;
+            let (sa, a) = source_status(n0, "shared").await;
+            let (sb, b) = source_status(n1, "shared").await;
+            if (sa, sb) != (200, 200) {
+                return None;
+            }
             (a["version"] == b["version"]
                 && a["managed_by"] == "file"
                 && !a["status"]["owner"].is_null()
@@ -269,6 +272,15 @@ async fn two_nodes_with_the_same_directory_apply_it_once_without_churn() {
     )
     .await;
     assert_eq!(site.hits(&page_path(3)), 1, "one run in the cluster");
+    let writers = [n0, n1]
+        .iter()
+        .filter(|n| {
+            n.logs()
+                .iter()
+                .any(|l| l.contains("source created from its file") && l.contains("shared"))
+        })
+        .count();
+    eprintln!("nodes that wrote the new file's source: {writers} of 2");
 
     // The same file written again, then a new file: once the new file's
     // source shows on both nodes, both have read the rewrite too.
