@@ -669,7 +669,7 @@ mod tests {
     }
 }
 
-#[utoipa::path(delete, path = "/api/v1/collections/{name}", tag = "collections",
+#[utoipa::path(delete, path = "/api/v1/collections/{name}", tag = "collections", operation_id = "delete_collection",
     params(("name" = String, Path, description = "The collection's name")),
     responses((status = 204, description = "Deleted on this node (flushed) and on a peer if one is up; the other nodes follow within seconds"),
         (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
