@@ -559,3 +559,58 @@ async fn deleting_a_collection_deletes_it_on_every_node_once_nothing_feeds_it() 
         );
     }
 }
+
+#[tokio::test]
+async fn a_node_down_during_a_collection_delete_follows_it_and_brings_nothing_back() {
+    use crate::harness::cluster::{wait_for_items, Cluster, ClusterPlan};
+    use crate::harness::fixture::{page_path, page_spec, FixtureSite};
+    use crate::harness::wait_until;
+    use std::time::Duration;
+
+    let site = FixtureSite::start().await;
+    let mut cluster = Cluster::start(ClusterPlan::new(2), &[0, 1]).await;
+    cluster.formed(Duration::from_secs(20)).await;
+    cluster.nodes[&0]
+        .create_source(&page_spec("feed", &site.url(&page_path(5)), 3600))
+        .await;
+    wait_for_items(&cluster.all(), "books", 20, Duration::from_secs(30)).await;
+    assert!(cluster.terminate(1), "n1 stops cleanly");
+
+    {
+        let n0 = &cluster.nodes[&0];
+        assert_eq!(n0.delete("/api/v1/sources/feed").await.0, 204);
+        let (status, body) = n0.delete("/api/v1/collections/books").await;
+        assert_eq!(status, 204, "{body}");
+    }
+
+    // n1 comes back with the collection on its disk: it learns the deletion
+    // from n0 and deletes its copy; n0 pulls nothing back from it.
+    cluster.add(1, |c| c).await;
+    cluster.formed(Duration::from_secs(20)).await;
+    let (n0, n1) = (&cluster.nodes[&0], &cluster.nodes[&1]);
+    wait_until("n1 to delete its copy", Duration::from_secs(20), || async {
+        (n1.get("/api/v1/collections/books/items").await.0 == 404).then_some(())
+    })
+    .await;
+    let rounds = |state: &serde_json::Value| -> u64 {
+        state["nodes"][0]["tree"]["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["kind"] == "Replicator")
+            .unwrap()["stats"]["rounds"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = rounds(&n0.get("/debug/state").await.1);
+    wait_until(
+        "two more rounds on n0 with n1 up",
+        Duration::from_secs(20),
+        || async { (rounds(&n0.get("/debug/state").await.1) >= before + 2).then_some(()) },
+    )
+    .await;
+    for node in cluster.all() {
+        let (status, body) = node.get("/api/v1/collections/books/items").await;
+        assert_eq!(status, 404, "{} brought items back: {body}", node.addr);
+    }
+}
