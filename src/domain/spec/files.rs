@@ -156,6 +156,23 @@ mod tests {
     }
 
     #[test]
+    fn hostile_documents_are_refused_quickly() {
+        // An alias bomb: each level doubles the last (2^30 strings).
+        let mut bomb = String::from("a: &a0 [x, x]\n");
+        for i in 1..30 {
+            bomb.push_str(&format!("a{i}: &a{i} [*a{}, *a{}]\n", i - 1, i - 1));
+        }
+        let started = std::time::Instant::now();
+        assert!(parse_source_file(FileFormat::Yaml, &bomb).is_err());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_source_file(FileFormat::Json, &deep).is_err());
+        assert!(parse_source_file(FileFormat::Yaml, &deep).is_err());
+        let deep_toml = format!("a = {}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse_source_file(FileFormat::Toml, &deep_toml).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn a_bad_spec_breaks_the_file_and_is_named() {
         let list = format!(
             "[{ONE_JSON}, {}]",
