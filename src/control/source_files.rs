@@ -136,9 +136,10 @@ fn parse_all(files: &BTreeMap<String, Result<Vec<u8>, String>>) -> (FileSync, Ve
         let format = FileFormat::of(name).expect("only source files are read");
         let parsed = bytes.as_ref().map_err(|e| (None, e.clone())).and_then(|b| {
             let text = std::str::from_utf8(b).map_err(|_| (None, "not UTF-8 text".to_owned()))?;
+            // The message alone: the field is shown beside it.
             parse_source_file(format, text).map_err(|e| {
                 let field = (!e.field.is_empty()).then(|| e.field.clone());
-                (field, e.to_string())
+                (field, e.message)
             })
         });
         let parsed = parsed.and_then(|specs| {
