@@ -1,6 +1,8 @@
-//! Admin routes on sources: create, list, get, replace, delete, run now, and
-//! a source's run history. Specs are validated in full before anything is
-//! stored; the Orchestrator flushes before it answers.
+//! Admin routes on sources: create, list, get, replace (taking back what
+//! `get` returned), patch (a JSON merge patch), delete, run now, and a
+//! source's run history. Specs are validated in full before anything is
+//! stored; the Orchestrator flushes before it answers, and refuses to change
+//! a source a file of the sources directory manages.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
