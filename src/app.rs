@@ -136,6 +136,7 @@ impl App {
             flusher: flusher.clone(),
             cookie: settings.cluster.as_ref().map(|c| c.cookie.clone()),
             allow_private_targets: settings.allow_private_targets.clone(),
+            sources_dir: settings.sources_dir.clone(),
         };
         let (root, root_done) = Actor::spawn(None, NodeSupervisor, args)
             .await

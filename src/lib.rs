@@ -7,7 +7,9 @@
 //!    the admin HTTP API ([`http::sources`]). The spec is validated in full
 //!    ([`domain::spec`]; [`http::preview`] tries a spec against its site
 //!    first, storing nothing) and stored, flushed, by the Orchestrator
-//!    ([`control::orchestrator`]), which replicates it to every node.
+//!    ([`control::orchestrator`]), which replicates it to every node. Specs
+//!    may also be files of the sources directory, applied the same way
+//!    ([`control::source_files`]).
 //! 2. Placement ([`cluster::placement`]) gives each source one owner node;
 //!    there the ScraperSupervisor runs one Scraper actor for it
 //!    ([`pipeline::scraper`]), or, for an isolated source, the

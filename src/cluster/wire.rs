@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::view::NodeInfo;
 pub use crate::domain::ReplicatedBatch;
 use crate::domain::SourceRuntime;
-use crate::domain::{ItemBatch, RunRecord, SourceRecord, StoredItem, Version};
+use crate::domain::{CollectionTombstone, ItemBatch, RunRecord, SourceRecord, StoredItem, Version};
 use crate::store::BatchOutcome;
 
 /// One node's applied batches per collection: origin node id -> last sequence number.
@@ -64,6 +64,10 @@ pub enum Request {
     Stats,
     /// A worker's batch for its owner node to accept as its own.
     Deliver(ItemBatch),
+    /// Delete this collection's data; answered once durable.
+    DropCollection(CollectionTombstone),
+    /// The receiver's collection tombstones.
+    Tombstones,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +97,7 @@ pub enum Response {
     Stats(Value),
     /// The delivered batch is durable (on the owner, and on a peer if one is up).
     Delivered(BatchOutcome),
+    Tombstones(Vec<CollectionTombstone>),
     Error(String),
 }
 

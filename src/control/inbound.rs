@@ -197,6 +197,17 @@ impl Inbound for NodeInbound {
                     answer.send(response);
                 });
             }
+            Request::DropCollection(tombstone) => {
+                tokio::spawn(async move {
+                    answer.send(match drop_collection(tombstone).await {
+                        Ok(_) => Response::Ok,
+                        Err(e) => Response::Error(e),
+                    });
+                });
+            }
+            Request::Tombstones => answer_blocking(&args.store, answer, |s| {
+                Ok(Response::Tombstones(s.tombstones()?))
+            }),
             Request::Deliver(batch) => {
                 tokio::spawn(async move {
                     answer.send(deliver(batch).await);
@@ -216,6 +227,25 @@ impl Inbound for NodeInbound {
             }
         }
     }
+}
+
+/// Deletes a collection's data on this node (a peer's or this node's
+/// deletion); true if anything was deleted.
+pub async fn drop_collection(
+    tombstone: crate::domain::CollectionTombstone,
+) -> Result<bool, String> {
+    if !crate::domain::spec::is_slug(&tombstone.name) {
+        return Err("not a collection name".into());
+    }
+    let collections = find::<CollectionSupervisorMsg>(groups::COLLECTIONS)
+        .ok_or("the collections are restarting")?;
+    ask(
+        &collections,
+        |r| CollectionSupervisorMsg::Drop(tombstone, r),
+        ASK_TIMEOUT * 6,
+    )
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Accepts a worker's batch into the local collection as a local scraper's.

@@ -14,7 +14,7 @@ pub mod spec;
 
 pub use health::{assess, Health};
 pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
-pub use record::{RunRecord, SourceRecord, Version};
+pub use record::{CollectionTombstone, ManagedBy, RunRecord, SourceRecord, Version};
 pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};
 pub use spec::{
     ExtractSpec, FieldRule, FieldSpec, FieldType, Follow, Format, Method, NextPage, RequestOptions,

@@ -18,6 +18,42 @@ pub struct SourceRecord {
     pub deleted: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Who may change the source: the API, or a file of the sources
+    /// directory (then the API refuses to edit or delete it).
+    #[serde(default)]
+    pub managed_by: ManagedBy,
+    /// The file that defines a file-managed source (its name in the
+    /// sources directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// Where a source's truth lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    /// Created and changed through `/api/v1/sources`.
+    #[default]
+    Api,
+    /// Defined by a file of the sources directory, which is the truth for it.
+    File,
+}
+
+/// A deleted collection: its items, changes and log are gone on every node,
+/// and this record stays so that no copy older than the deletion brings
+/// them back (a batch fetched at or before `version.millis` is not applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionTombstone {
+    pub name: String,
+    /// When and where it was deleted; a later deletion of the same name wins.
+    pub version: Version,
+}
+
+impl CollectionTombstone {
+    /// Was something observed at `at` before this deletion (so it stays deleted)?
+    pub fn covers(&self, at: DateTime<Utc>) -> bool {
+        at.timestamp_millis() <= self.version.millis
+    }
 }
 
 /// A write's version: later timestamps win, the node id breaks ties.

@@ -73,6 +73,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/api/v1/sources/{id}")
             .route(web::get().to(sources::get))
             .route(web::put().to(sources::replace))
+            .route(web::patch().to(sources::patch))
             .route(web::delete().to(sources::delete))
             .default_service(web::to(method_not_allowed)),
     )
@@ -99,6 +100,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/v1/collections")
             .route(web::get().to(collections::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/collections/{name}")
+            .route(web::delete().to(collections::delete))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -7,7 +7,8 @@
 //! - `runs`: each source's bounded run history;
 //! - `items`: each collection's items, and the `collections` summaries;
 //! - `log`: each collection's applied batches, kept for peers, and heads;
-//! - `changes`: each collection's change feed (inserted/changed items).
+//! - `changes`: each collection's change feed (inserted/changed items);
+//! - `dropped`: deleted collections' tombstones.
 //!
 //! Around them: [`Flusher`] (group commit) and [`guard`] (the disk reserve,
 //! a failed store, stalled flushes).
@@ -22,6 +23,7 @@
 //! ([`guard`]).
 
 mod changes;
+mod dropped;
 mod flusher;
 pub mod guard;
 mod items;
@@ -93,6 +95,9 @@ pub struct Store {
     runs: sled::Tree,
     pages: sled::Tree,
     collections: sled::Tree,
+    dropped: sled::Tree,
+    /// Each deleted collection's deletion time, for the per-batch check.
+    dropped_at: dropped::DroppedAt,
     log_retained: u64,
     changes_kept: u64,
     change_seqs: changes::ChangeSeqs,
@@ -133,7 +138,10 @@ impl Store {
             .path(dir.join("db"))
             .cache_capacity(cache_bytes)
             .open()?;
+        let dropped = db.open_tree("dropped")?;
         Ok(Store {
+            dropped_at: dropped::load(&dropped)?,
+            dropped,
             meta: db.open_tree("meta")?,
             sources: db.open_tree("sources")?,
             runs: db.open_tree("runs")?,
@@ -235,6 +243,11 @@ impl Store {
         generations
             .get(collection)
             .is_none_or(|g| g.durable >= g.begun)
+    }
+
+    /// A small key in the meta tree.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|| Ok(self.meta.get(key)?.map(|v| v.to_vec())))
     }
 
     /// A small key in the meta tree (not flushed).

@@ -13,6 +13,12 @@ pub struct SourceView {
     pub version: Version,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `api`, or `file` for a source defined by a file of the sources
+    /// directory (the API then refuses to change or delete it).
+    pub managed_by: ManagedBy,
+    /// The file that defines it, for a file-managed source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// Source views together with the live state they were assembled from, so a
@@ -159,6 +165,8 @@ impl OrchestratorState {
                     version: record.version,
                     created_at: record.created_at,
                     updated_at: record.updated_at,
+                    managed_by: record.managed_by,
+                    file: record.file,
                 }
             })
             .collect();

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub mod files;
 mod request;
 mod schedule;
 
@@ -231,6 +232,36 @@ fn default_max_pages() -> u32 {
     10
 }
 
+/// Keys a source view carries besides the spec (status and bookkeeping):
+/// a view sent back as a spec (`PUT` of what `GET` returned) drops them.
+pub const VIEW_ONLY_FIELDS: &[&str] = &[
+    "status",
+    "version",
+    "created_at",
+    "updated_at",
+    "managed_by",
+    "file",
+];
+
+/// A deserialisation failure as a [`SpecError`] naming the field at fault.
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> SpecError {
+    let path = e.path().to_string();
+    let mut field = if path == "." { String::new() } else { path };
+    let message = e.inner().to_string();
+    // For a missing key, the key itself is the field at fault (the path
+    // stops at its parent; for an unknown key it already names the key).
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    if let Some(name) = missing {
+        if !field.is_empty() {
+            field.push('.');
+        }
+        field.push_str(name);
+    }
+    SpecError::new(field, message)
+}
+
 /// A spec that cannot be accepted, naming the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -264,24 +295,24 @@ impl SourceSpec {
     /// Parses a spec from JSON, reporting the path of the field at fault.
     pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let spec: SourceSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let mut field = if path == "." { String::new() } else { path };
-            let message = e.inner().to_string();
-            // For a missing key, the key itself is the field at fault (the path
-            // stops at its parent; for an unknown key it already names the key).
-            let missing = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next());
-            if let Some(name) = missing {
-                if !field.is_empty() {
-                    field.push('.');
-                }
-                field.push_str(name);
+        serde_path_to_error::deserialize(de).map_err(path_error)
+    }
+
+    /// Parses a spec from a JSON value (a file's document, a merged patch),
+    /// reporting the path of the field at fault.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, SpecError> {
+        serde_path_to_error::deserialize(value).map_err(path_error)
+    }
+
+    /// Parses a spec as the API returned it: the view's read-only keys
+    /// ([`VIEW_ONLY_FIELDS`]) are dropped, anything else unknown is an error.
+    pub fn from_view(mut value: serde_json::Value) -> Result<Self, SpecError> {
+        if let Some(object) = value.as_object_mut() {
+            for key in VIEW_ONLY_FIELDS {
+                object.remove(*key);
             }
-            SpecError::new(field, message)
-        })?;
-        Ok(spec)
+        }
+        Self::from_value(value)
     }
 
     /// This spec as shown in shared views (the source list, `/debug/state`,

@@ -206,6 +206,22 @@ function renderCollections(state) {
   $("collections").tBodies[0].replaceChildren(...rows);
 }
 
+// Each node's sources directory as it last read it; broken files first.
+function renderSourceFiles(state) {
+  const rows = [];
+  for (const node of state.nodes) {
+    const files = [...(node.source_files || [])].sort((a, b) => (b.error ? 1 : 0) - (a.error ? 1 : 0));
+    for (const f of files) {
+      const error = f.error ? (f.field ? f.field + ": " : "") + f.error : "";
+      rows.push(el("tr", { class: f.error ? "source broken" : "source", file: f.path, node: node.name },
+        el("td", {}, node.name), el("td", {}, f.path), el("td", {}, f.sources.join(", ")),
+        el("td", { class: f.error ? "error" : "" }, error)));
+    }
+  }
+  $("source-files-section").hidden = rows.length === 0;
+  $("source-files").tBodies[0].replaceChildren(...rows);
+}
+
 function render(state) {
   current = state;
   $("login").hidden = true;
@@ -215,6 +231,7 @@ function render(state) {
   renderMembers(state);
   renderTrees(state);
   renderSources(state);
+  renderSourceFiles(state);
   renderCollections(state);
 }
 
