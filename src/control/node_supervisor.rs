@@ -1,6 +1,6 @@
 //! NodeSupervisor: the root of a node's actor tree. It starts the
-//! CollectionSupervisor, the Orchestrator (which needs it) and the
-//! Replicator, all under registered names so HTTP and the Peer actor always
+//! CollectionSupervisor, the Orchestrator (which needs it), the
+//! Replicator and the Webhooks actor, all under registered names so HTTP and the Peer actor always
 //! find the current ones. If any fails, all are restarted together
 //! (one-for-all: the Orchestrator's scrapers hold aggregator references);
 //! past the restart intensity the node supervisor itself fails, and the
@@ -14,6 +14,7 @@ use ractor_cluster::RactorMessage;
 use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
 use crate::cluster::groups;
 use crate::cluster::Cluster;
+use crate::delivery::registry::{Webhooks, WebhooksArgs, WebhooksMsg};
 use crate::events::Events;
 use crate::pipeline::collection_supervisor::{
     CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg,
@@ -54,6 +55,7 @@ pub struct NodeState {
     collections: Option<ActorRef<CollectionSupervisorMsg>>,
     orchestrator: Option<ActorRef<OrchestratorMsg>>,
     replicator: Option<ActorRef<ReplicatorMsg>>,
+    webhooks: Option<ActorRef<WebhooksMsg>>,
     failures: FailureWindow,
 }
 
@@ -109,10 +111,27 @@ impl NodeState {
         )
         .await?;
         self.replicator = Some(replicator);
+        let (webhooks, _) = Actor::spawn_linked(
+            Some(groups::WEBHOOKS.to_string()),
+            Webhooks,
+            WebhooksArgs {
+                store: a.store.clone(),
+                flusher: a.flusher.clone(),
+                cluster: a.cluster.clone(),
+                targets: a.fetcher.targets().clone(),
+                node_name: a.node_name.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.webhooks = Some(webhooks);
         Ok(())
     }
 
     async fn stop_children(&mut self) {
+        if let Some(w) = self.webhooks.take() {
+            w.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
+        }
         if let Some(r) = self.replicator.take() {
             r.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
         }
@@ -140,6 +159,7 @@ impl Actor for NodeSupervisor {
             collections: None,
             orchestrator: None,
             replicator: None,
+            webhooks: None,
             failures: FailureWindow::default(),
         };
         state.start_children(&myself).await?;
@@ -188,7 +208,8 @@ impl Actor for NodeSupervisor {
             .as_ref()
             .is_some_and(|o| o.get_id() == id)
             || state.collections.as_ref().is_some_and(|c| c.get_id() == id)
-            || state.replicator.as_ref().is_some_and(|r| r.get_id() == id);
+            || state.replicator.as_ref().is_some_and(|r| r.get_id() == id)
+            || state.webhooks.as_ref().is_some_and(|w| w.get_id() == id);
         if !ours {
             return Ok(());
         }

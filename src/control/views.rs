@@ -207,6 +207,7 @@ pub async fn node_state(
     Ok(json!({
         "member": member,
         // Each node lists the sources it owns, so a cluster-wide view shows each once.
-        "node": { "name": me.name, "tree": tree, "sources": owned_sources, "collections": collections },
+        "node": { "name": me.name, "tree": tree, "sources": owned_sources, "collections": collections,
+                  "throughput": crate::instruments::throughput::series() },
     }))
 }

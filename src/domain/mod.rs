@@ -2,13 +2,15 @@
 //! ([`spec`]), what scraping produces and a collection keeps ([`item`]), and
 //! what the node records about sources ([`record`]), what a source is doing
 //! where it runs ([`runtime`]), and how CSS selectors and JSON pointers are
-//! checked ([`locator`]).
+//! checked ([`locator`]), and webhooks with their replicated delivery state
+//! ([`webhook`]).
 
 pub mod item;
 pub mod locator;
 pub mod record;
 pub mod runtime;
 pub mod spec;
+pub mod webhook;
 
 pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
 pub use record::{RunRecord, SourceRecord, Version};
@@ -17,3 +19,4 @@ pub use spec::{
     ExtractSpec, FieldRule, FieldSpec, FieldType, Format, Method, NextPage, RequestOptions,
     Schedule, SourceSpec, SpecError,
 };
+pub use webhook::{DeliveryAck, DeliveryRecord, PendingDelivery, WebhookRecord, WebhookSpec};

@@ -7,7 +7,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{cluster, collections, debug, health, metrics, sources};
+use super::{cluster, collections, debug, health, metrics, sources, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,11 @@ use super::{cluster, collections, debug, health, metrics, sources};
         sources::delete,
         sources::run_now,
         sources::runs,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::replace,
+        webhooks::delete,
         collections::list,
         collections::items,
         collections::item,
@@ -34,6 +39,7 @@ use super::{cluster, collections, debug, health, metrics, sources};
         debug::dashboard,
         debug::dashboard_js,
         debug::dashboard_css,
+        debug::dashboard_charts_js,
         health::healthz,
         health::readyz,
         metrics::metrics,

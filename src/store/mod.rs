@@ -7,7 +7,9 @@
 //! - `runs`: each source's bounded run history;
 //! - `items`: each collection's items, and the `collections` summaries;
 //! - `log`: each collection's applied batches, kept for peers, and heads;
-//! - `changes`: each collection's change feed (inserted/changed items).
+//! - `changes`: each collection's change feed (inserted/changed items);
+//! - `webhooks`: the replicated webhook registry and each webhook's
+//!   delivery state.
 //!
 //! Around them: [`Flusher`] (group commit) and [`guard`] (the disk reserve,
 //! a failed store, stalled flushes).
@@ -29,6 +31,7 @@ mod log;
 mod pages;
 mod runs;
 mod sources;
+mod webhooks;
 
 pub use changes::{Change, ChangeOp, CHANGES_KEPT};
 pub use flusher::Flusher;
@@ -37,6 +40,7 @@ pub use items::{BatchOutcome, CollectionMeta, ItemBytes};
 pub use log::{LogSlice, LOG_RETAINED};
 pub use pages::PageMemo;
 pub use runs::RUNS_KEPT;
+pub use webhooks::{ACKS_KEPT, LOG_KEPT};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -93,6 +97,8 @@ pub struct Store {
     runs: sled::Tree,
     pages: sled::Tree,
     collections: sled::Tree,
+    webhooks: sled::Tree,
+    hooks: sled::Tree,
     log_retained: u64,
     changes_kept: u64,
     change_seqs: changes::ChangeSeqs,
@@ -139,6 +145,8 @@ impl Store {
             runs: db.open_tree("runs")?,
             pages: db.open_tree("pages")?,
             collections: db.open_tree("collections")?,
+            webhooks: db.open_tree("webhooks")?,
+            hooks: db.open_tree("hooks")?,
             db,
             log_retained: LOG_RETAINED,
             changes_kept: CHANGES_KEPT,

@@ -25,3 +25,4 @@ mod logs;
 mod metrics;
 mod pipeline;
 mod polite;
+mod webhooks;

@@ -207,6 +207,9 @@ function render(state) {
   renderTrees(state);
   renderSources(state);
   renderCollections(state);
+  // charts.js: throughput charts and webhooks.
+  if (typeof renderCharts === "function") renderCharts(state);
+  if (typeof renderWebhooks === "function") renderWebhooks();
 }
 
 async function refresh() {
