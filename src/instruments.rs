@@ -204,7 +204,7 @@ pub fn status_class(status: u16) -> &'static str {
 /// One fetch attempt ended: with an HTTP status, or without one (`None`).
 pub fn page_fetched(status: Option<u16>, body_bytes: usize) {
     let class = status.map_or("error", status_class);
-    throughput::pages(status.is_none_or(|s| s >= 400));
+    throughput::pages();
     counter!(PAGES_FETCHED, "class" => class).increment(1);
     if body_bytes > 0 {
         counter!(FETCHED_BYTES).increment(body_bytes as u64);
@@ -229,6 +229,9 @@ pub fn items_applied(collection: &str, inserted: u64, changed: u64, unchanged: u
 /// A scraper run finished.
 pub fn run_finished(duration: Duration, failed: bool) {
     let outcome = if failed { "error" } else { "ok" };
+    if failed {
+        throughput::errors();
+    }
     counter!(RUNS, "outcome" => outcome).increment(1);
     histogram!(RUN_DURATION).record(duration.as_secs_f64());
 }

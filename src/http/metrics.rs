@@ -49,23 +49,21 @@ fn member_state(s: MemberState) -> &'static str {
 }
 
 async fn snapshot(state: &AppState) -> Snapshot {
-    let me = state.cluster.me().node_id.clone();
     let sources = async {
-        let live = ask_named(ORCHESTRATOR, OrchestratorMsg::ListLive, SNAPSHOT_TIMEOUT)
+        // Each node counts the sources it owns, so a sum over nodes counts
+        // each source once; the counts are kept by the actors (cheap with
+        // thousands of sources).
+        let counts = ask_named(ORCHESTRATOR, OrchestratorMsg::StateCounts, SNAPSHOT_TIMEOUT)
             .await
             .ok()?
             .ok()?;
-        // Each node counts the sources it owns, so a sum over nodes counts
-        // each source once.
-        let states = live
-            .sources
-            .iter()
-            .filter(|v| v.status.owner_id.as_ref().is_none_or(|o| *o == me))
-            .map(|v| source_state(v.status.state));
-        Some(instruments::count_states(
-            &instruments::SOURCE_STATES,
-            states,
-        ))
+        let mut out = instruments::count_states(&instruments::SOURCE_STATES, []);
+        for (state, n) in counts {
+            if let Some(c) = out.iter_mut().find(|(name, _)| *name == source_state(state)) {
+                c.1 += n;
+            }
+        }
+        Some(out)
     };
     let behind = async {
         ask_named(REPLICATOR, ReplicatorMsg::Stats, SNAPSHOT_TIMEOUT)

@@ -1,5 +1,5 @@
-//! The node's recent throughput for the dashboard's charts: pages fetched,
-//! items applied and errors (failed page fetches), counted as the work
+//! The node's recent throughput for the dashboard's charts: pages fetched
+//! (each attempt), items applied and errors (runs that failed), counted as the work
 //! happens and sampled every [`SAMPLE_EVERY`] into a ring of the last 15
 //! minutes. `/debug/state` serves each node's series.
 
@@ -45,11 +45,12 @@ pub struct Series {
     pub samples: Vec<Sample>,
 }
 
-pub(super) fn pages(errors: bool) {
+pub(super) fn pages() {
     PAGES.fetch_add(1, Ordering::Relaxed);
-    if errors {
-        ERRORS.fetch_add(1, Ordering::Relaxed);
-    }
+}
+
+pub(super) fn errors() {
+    ERRORS.fetch_add(1, Ordering::Relaxed);
 }
 
 pub(super) fn items(n: u64) {
@@ -105,8 +106,9 @@ mod tests {
     #[test]
     fn samples_hold_what_happened_in_their_interval_and_are_bounded() {
         sample(0);
-        pages(false);
-        pages(true);
+        pages();
+        pages();
+        errors();
         items(5);
         sample(1);
         let last = *series().samples.last().unwrap();

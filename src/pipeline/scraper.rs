@@ -106,6 +106,9 @@ impl ScraperState {
         }
         self.stats.next_run = None;
         self.stats.running = true;
+        let _ = self.args.supervisor.cast(ScraperSupervisorMsg::RunStarted {
+            id: self.args.spec.id.clone(),
+        });
         self.args.events.publish(Event::RunStarted {
             source: self.args.spec.id.clone(),
         });

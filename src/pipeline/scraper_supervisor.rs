@@ -59,6 +59,11 @@ pub enum ScraperSupervisorMsg {
     /// Internal: a backoff ended (a restart's, or a failed source's retry);
     /// ignored unless `generation` is still the source's.
     Restart { id: String, generation: u64 },
+    /// From a Scraper when a run starts (for [`ScraperSupervisorMsg::StateCounts`]).
+    RunStarted { id: String },
+    /// How many sources run here are in each state, from what this
+    /// supervisor knows (no scraper is asked): cheap whatever their number.
+    StateCounts(RpcReplyPort<Vec<(SourceState, u64)>>),
     /// From a Scraper after each run, so the counts outlive the actor.
     RunCounted {
         id: String,
@@ -157,9 +162,22 @@ impl ChildSnapshot {
     }
 }
 
+/// A state's name, to group counts by.
+fn state_key(s: SourceState) -> &'static str {
+    match s {
+        SourceState::Scheduled => "scheduled",
+        SourceState::Running => "running",
+        SourceState::BackingOff => "backing_off",
+        SourceState::Failed => "failed",
+        SourceState::Disabled => "disabled",
+    }
+}
+
 pub struct ScraperSupervisorState {
     args: ScraperSupervisorArgs,
     children: BTreeMap<String, Child>,
+    /// Sources whose scraper reported a run started and not yet counted.
+    running: std::collections::HashSet<String>,
     rules: RulesCache,
     /// Spawns so far, for the children's generations: unique across
     /// children, so a timer outliving a removed source cannot match the
@@ -235,7 +253,10 @@ impl ScraperSupervisorState {
         }
         .await;
         match (started, self.children.get_mut(id)) {
-            (Ok(actor), Some(child)) => child.phase = Phase::Up(actor),
+            (Ok(actor), Some(child)) => {
+                child.phase = Phase::Up(actor);
+                self.running.remove(id);
+            }
             (Ok(actor), None) => actor.stop(None),
             (Err(e), _) => self.failed(myself, id, e),
         }
@@ -314,6 +335,7 @@ impl Actor for ScraperSupervisor {
         Ok(ScraperSupervisorState {
             args,
             children: BTreeMap::new(),
+            running: Default::default(),
             rules: RulesCache::default(),
             spawns: 0,
         })
@@ -395,12 +417,29 @@ impl Actor for ScraperSupervisor {
                 };
                 let _ = reply.send(result);
             }
+            ScraperSupervisorMsg::RunStarted { id } => {
+                state.running.insert(id);
+            }
+            ScraperSupervisorMsg::StateCounts(reply) => {
+                let mut counts: BTreeMap<&'static str, (SourceState, u64)> = BTreeMap::new();
+                for (id, child) in &state.children {
+                    let s = match child.phase {
+                        Phase::Up(_) if state.running.contains(id) => SourceState::Running,
+                        Phase::Up(_) | Phase::Down => SourceState::Scheduled,
+                        Phase::BackingOff { .. } => SourceState::BackingOff,
+                        Phase::Failed { .. } => SourceState::Failed,
+                    };
+                    counts.entry(state_key(s)).or_insert((s, 0)).1 += 1;
+                }
+                let _ = reply.send(counts.into_values().collect());
+            }
             ScraperSupervisorMsg::RunCounted {
                 id,
                 pages,
                 items,
                 failed,
             } => {
+                state.running.remove(&id);
                 if let Some(child) = state.children.get_mut(&id) {
                     let t = &mut child.totals;
                     t.runs += 1;

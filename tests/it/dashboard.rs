@@ -368,7 +368,10 @@ async fn the_dashboard_charts_throughput_and_lists_webhooks() {
             .await
             .ok()?;
         let d: Vec<String> = serde_json::from_value(d).ok()?;
-        d.iter().any(|p| p.starts_with('M')).then_some(d)
+        // Drawn: a move and at least one line segment.
+        d.iter()
+            .any(|p| p.starts_with('M') && p.contains('L'))
+            .then_some(d)
     })
     .await;
     assert!(!paths.is_empty());

@@ -17,15 +17,19 @@ function svgEl(tag, attrs) {
   return e;
 }
 
-// The path of one series: x by time within the window ending at `end`, y by rate.
+// The path of one series: each sample a level segment over its interval
+// (x by time within the window ending at `end`), at a height by its rate.
 function chartPath(samples, field, interval, end, max) {
+  const x = (t) => CHART_W - ((end - t) / CHART_WINDOW_MS) * CHART_W;
   const parts = [];
   for (const s of samples) {
-    const x = CHART_W - ((end - s.at) / CHART_WINDOW_MS) * CHART_W;
-    if (x < 0 || x > CHART_W + 1) continue;
+    const x1 = x(s.at);
+    const x0 = Math.max(0, x(s.at - interval * 1000));
+    if (x1 < 0 || x1 > CHART_W + 1) continue;
     const rate = s[field] / interval;
     const y = CHART_H - 2 - (max > 0 ? (rate / max) * (CHART_H - 12) : 0);
-    parts.push((parts.length ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1));
+    parts.push((parts.length ? "L" : "M") + x0.toFixed(1) + " " + y.toFixed(1));
+    parts.push("L" + x1.toFixed(1) + " " + y.toFixed(1));
   }
   return parts.join(" ");
 }
