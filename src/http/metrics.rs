@@ -59,7 +59,10 @@ async fn snapshot(state: &AppState) -> Snapshot {
             .ok()?;
         let mut out = instruments::count_states(&instruments::SOURCE_STATES, []);
         for (state, n) in counts {
-            if let Some(c) = out.iter_mut().find(|(name, _)| *name == source_state(state)) {
+            if let Some(c) = out
+                .iter_mut()
+                .find(|(name, _)| *name == source_state(state))
+            {
                 c.1 += n;
             }
         }

@@ -207,13 +207,14 @@ impl OrchestratorState {
             .len() as u64;
         let (scrapers, workers) = (self.scrapers.clone(), self.workers.clone());
         tokio::spawn(async move {
-            let mut counts = match ask(&scrapers, ScraperSupervisorMsg::StateCounts, ASK_TIMEOUT).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = reply.send(Err(AdminError::Unavailable(e.to_string())));
-                    return;
-                }
-            };
+            let mut counts =
+                match ask(&scrapers, ScraperSupervisorMsg::StateCounts, ASK_TIMEOUT).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = reply.send(Err(AdminError::Unavailable(e.to_string())));
+                        return;
+                    }
+                };
             let mut isolated = BTreeMap::new();
             add_worker_runtimes(&mut isolated, &workers).await;
             for runtime in isolated.values() {
