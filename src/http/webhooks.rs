@@ -96,7 +96,7 @@ pub struct WebhookList {
     pub webhooks: Vec<WebhookView>,
 }
 
-#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = WebhookSpec,
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", operation_id = "create_webhook", request_body = WebhookSpec,
     responses(
         (status = 201, description = "Created (secret masked); `Location` names it", body = WebhookView),
         (status = 400, description = "An invalid spec or a refused URL, naming the field", body = ErrorBody),
