@@ -417,6 +417,13 @@ async fn a_killed_owners_deliveries_resume_elsewhere_without_loss() {
         (receiver.accepted().len() >= 4).then_some(())
     })
     .await;
+    // The owner dies while the receiver holds a delivery: it was received,
+    // never acknowledged to the owner.
+    receiver.hold_next(1);
+    let held = wait_until("a delivery held by the receiver", WAIT, || async {
+        receiver.received().into_iter().find(|r| r.held)
+    })
+    .await;
     let before = receiver.accepted().len();
     let killed_at = Instant::now();
     cluster.kill9(victim);
@@ -460,6 +467,20 @@ async fn a_killed_owners_deliveries_resume_elsewhere_without_loss() {
             .then_some(())
     })
     .await;
+    // The held delivery was sent again by the new owner, under its id, with
+    // its body.
+    let resends: Vec<Received> = wait_until("the held delivery re-sent", WAIT, || async {
+        let again: Vec<Received> = receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.id == held.id && !r.held)
+            .collect();
+        (!again.is_empty()).then_some(again)
+    })
+    .await;
+    assert!(resends
+        .iter()
+        .all(|r| r.raw == held.raw && r.at > killed_at));
     let accepted = receiver.accepted();
     assert!(receiver.received().iter().all(|r| r.signature_ok));
     let again = duplicates_only_by_delivery_id(&accepted);

@@ -2,7 +2,7 @@
 //! 127.0.0.2, the address test nodes may reach, that checks each delivery's
 //! `X-Gleaner-Signature` (HMAC-SHA256 of the body with the shared secret),
 //! records every request (delivery id, body, what it answered) and can be
-//! told to answer 500 to the next few.
+//! told to answer 500 to the next few, or to answer the next few late.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -28,6 +28,8 @@ pub struct Received {
     pub raw: Bytes,
     /// What the receiver answered.
     pub answered: u16,
+    /// It was held (answered late, as a slow receiver would).
+    pub held: bool,
 }
 
 impl Received {
@@ -54,6 +56,7 @@ struct Inner {
     secret: String,
     log: Mutex<Vec<Received>>,
     fail_next: AtomicU32,
+    hold_next: AtomicU32,
 }
 
 pub struct Receiver {
@@ -87,6 +90,10 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
+    let held = inner
+        .hold_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
     let status = if !signature_ok {
         StatusCode::UNAUTHORIZED
     } else if failing {
@@ -101,9 +108,17 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         raw: body,
         answered: status.as_u16(),
+        held,
     });
+    if held {
+        // A slow receiver: the sender waits (or dies) meanwhile.
+        tokio::time::sleep(HOLD).await;
+    }
     status
 }
+
+/// How long a held request waits before its answer.
+pub const HOLD: std::time::Duration = std::time::Duration::from_secs(8);
 
 impl Receiver {
     pub async fn start(secret: &str) -> Receiver {
@@ -111,6 +126,7 @@ impl Receiver {
             secret: secret.to_owned(),
             log: Mutex::new(Vec::new()),
             fail_next: AtomicU32::new(0),
+            hold_next: AtomicU32::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
             .await
@@ -128,6 +144,12 @@ impl Receiver {
     /// Answers 500 to the next `n` deliveries.
     pub fn fail_next(&self, n: u32) {
         self.inner.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Records the next `n` deliveries at once but answers them (200) only
+    /// after [`HOLD`].
+    pub fn hold_next(&self, n: u32) {
+        self.inner.hold_next.store(n, Ordering::SeqCst);
     }
 
     /// Every request so far, in arrival order.
