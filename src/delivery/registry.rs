@@ -54,8 +54,6 @@ pub enum WebhookError {
     NotFound(String),
     #[error("webhook '{0}' already exists")]
     Exists(String),
-    #[error("the secret is required")]
-    NoSecret,
     #[error("{0}")]
     Store(String),
     #[error("{0}")]

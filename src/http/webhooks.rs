@@ -21,7 +21,6 @@ impl From<WebhookError> for ApiError {
         match e {
             WebhookError::NotFound(_) => ApiError::NotFound(e.to_string()),
             WebhookError::Exists(_) => ApiError::Conflict(e.to_string()),
-            WebhookError::NoSecret => ApiError::invalid("secret", e.to_string()),
             WebhookError::Store(m) => ApiError::Internal(anyhow::anyhow!(m)),
             WebhookError::DiskFull(m) => ApiError::DiskFull(m),
             WebhookError::StorageUnavailable(m) => ApiError::StorageUnavailable(m),
