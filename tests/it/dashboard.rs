@@ -346,6 +346,15 @@ async fn the_dashboard_charts_throughput_and_lists_webhooks() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    // An operator's text that looks like markup is shown as text.
+    let markup = "/<img src=x onerror=alert(3)>";
+    let (status, body) = node
+        .post(
+            "/api/v1/webhooks",
+            &json!({"id": "markup-hook", "url": receiver.url(markup), "collection": "books", "secret": secret}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     // A few runs, and a delivery.
     wait_until("runs and a delivery", Duration::from_secs(40), || async {
         let runs = node.get("/api/v1/sources/pages/runs").await.1["runs"]
@@ -378,7 +387,7 @@ async fn the_dashboard_charts_throughput_and_lists_webhooks() {
     for series in ["items", "errors"] {
         let n = browser
             .execute(
-                &format!("return document.querySelectorAll(\"#charts svg.chart[data-series='{series}'] path\").length;"),
+                &format!("return document.querySelectorAll(\"#charts svg.chart[data-series='{series}'] path.line\").length;"),
                 vec![],
             )
             .await
@@ -393,6 +402,23 @@ async fn the_dashboard_charts_throughput_and_lists_webhooks() {
     )
     .await;
     assert!(row.contains("test-node") && !row.contains(secret), "{row}");
+    let shown = wait_text(
+        &browser,
+        "#webhooks tr[data-webhook='markup-hook']",
+        "the webhook with markup in its URL",
+        |t| t.contains("onerror"),
+    )
+    .await;
+    assert!(shown.contains(markup), "{shown}");
+    let injected = browser
+        .execute(
+            "return document.querySelectorAll('#webhooks img').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!(0));
+    assert!(browser.get_alert_text().await.is_err(), "markup ran");
     let png = browser.screenshot().await.unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();

@@ -47,7 +47,14 @@ function chart(node, field, label, series) {
   svg.dataset.node = node;
   svg.dataset.series = field;
   svg.append(svgEl("rect", { x: 0, y: 0, width: CHART_W, height: CHART_H, class: "chart-bg" }));
-  svg.append(svgEl("path", { d: chartPath(samples, field, interval, end, max), class: "line line-" + field }));
+  const d = chartPath(samples, field, interval, end, max);
+  // The area under the line, closed along the bottom edge.
+  const xs = [...d.matchAll(/[ML]([\d.]+) /g)].map((m) => m[1]);
+  if (xs.length) {
+    svg.append(svgEl("path", { class: "area area-" + field,
+      d: d + " L" + xs[xs.length - 1] + " " + (CHART_H - 2) + " L" + xs[0] + " " + (CHART_H - 2) + " Z" }));
+  }
+  svg.append(svgEl("path", { d: d, class: "line line-" + field }));
   const title = svgEl("title");
   title.textContent = node + " " + label;
   svg.append(title);
