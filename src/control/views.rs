@@ -7,9 +7,10 @@ use chrono::Utc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR, REPLICATOR};
+use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR, REPLICATOR, WEBHOOKS};
 use crate::cluster::Cluster;
 use crate::control::orchestrator::{LiveSources, OrchestratorMsg, SourceView};
+use crate::delivery::registry::{WebhooksMsg, WebhooksStats};
 use crate::domain::SourceState;
 use crate::pipeline::aggregator::AggregatorStats;
 use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
@@ -89,6 +90,7 @@ pub async fn node_state(
         ask_named(COLLECTIONS, CollectionSupervisorMsg::Stats, ASK_TIMEOUT).await?;
     let replicator: ReplicatorStats =
         ask_named(REPLICATOR, ReplicatorMsg::Stats, ASK_TIMEOUT).await?;
+    let webhooks: WebhooksStats = ask_named(WEBHOOKS, WebhooksMsg::Stats, ASK_TIMEOUT).await?;
 
     let scrapers: Vec<ActorNode> = sources
         .iter()
@@ -168,6 +170,19 @@ pub async fn node_state(
                 "running",
                 json!(replicator),
                 Vec::new(),
+            ),
+            ActorNode::new(
+                "Webhooks",
+                "webhooks",
+                "running",
+                json!({ "senders": webhooks.senders.len() }),
+                webhooks
+                    .senders
+                    .iter()
+                    .map(|id| {
+                        ActorNode::new("Sender", id.clone(), "running", Value::Null, Vec::new())
+                    })
+                    .collect(),
             ),
         ],
     );

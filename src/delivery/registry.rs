@@ -124,6 +124,15 @@ pub enum WebhooksMsg {
         versions: BTreeMap<String, Version>,
     },
     Merge(Vec<WebhookRecord>, Option<Answer>),
+    /// What the debug view shows: the senders running here.
+    Stats(RpcReplyPort<WebhooksStats>),
+}
+
+/// The Webhooks actor's snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhooksStats {
+    /// The webhooks this node sends (their sender tasks), by id.
+    pub senders: Vec<String>,
 }
 
 pub struct WebhooksState {
@@ -499,6 +508,16 @@ impl Actor for Webhooks {
             }
             WebhooksMsg::Digest { from, versions } => state.push_newer(&from, versions).await,
             WebhooksMsg::Merge(records, answer) => state.merge(records, answer).await,
+            WebhooksMsg::Stats(reply) => {
+                let mut senders: Vec<String> = state
+                    .senders
+                    .iter()
+                    .filter(|(_, (_, task))| !task.is_finished())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                senders.sort();
+                let _ = reply.send(WebhooksStats { senders });
+            }
         }
         Ok(())
     }

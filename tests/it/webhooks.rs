@@ -240,6 +240,18 @@ async fn changes_are_delivered_signed_in_order_and_retried_after_errors() {
     })
     .await;
 
+    // The debug view shows the sender in the node's tree.
+    let (_, debug) = node.get("/debug/state").await;
+    let webhooks = debug["nodes"][0]["tree"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "Webhooks")
+        .cloned()
+        .unwrap_or_else(|| panic!("no Webhooks actor in {debug}"));
+    assert_eq!(webhooks["children"][0]["kind"], "Sender", "{webhooks}");
+    assert_eq!(webhooks["children"][0]["id"], "h", "{webhooks}");
+
     // The receiver fails twice: the same delivery is sent again, same id and body.
     receiver.fail_next(2);
     site.set_revision(2);
