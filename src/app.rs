@@ -126,7 +126,7 @@ impl App {
             store: store.clone(),
             node_name: settings.node_name.clone(),
             node_id: node_id.clone(),
-            fetcher,
+            fetcher: fetcher.clone(),
             limits: Limits {
                 max_depth: settings.max_html_depth,
             },
@@ -137,6 +137,7 @@ impl App {
             flusher: flusher.clone(),
             cookie: settings.cluster.as_ref().map(|c| c.cookie.clone()),
             allow_private_targets: settings.allow_private_targets.clone(),
+            sources_dir: settings.sources_dir.clone(),
         };
         let (root, root_done) = Actor::spawn(None, NodeSupervisor, args)
             .await
@@ -144,6 +145,10 @@ impl App {
 
         let ready = Arc::new(AtomicBool::new(false));
         let state = web::Data::new(AppState {
+            fetcher,
+            limits: Limits {
+                max_depth: settings.max_html_depth,
+            },
             store: store.clone(),
             node_name: settings.node_name.clone(),
             node_id: node_id.clone(),

@@ -28,6 +28,7 @@ pub const ITEMS: &str = "gleaner_items_total";
 pub const RUNS: &str = "gleaner_runs_total";
 pub const RUN_DURATION: &str = "gleaner_run_duration_seconds";
 pub const SOURCES: &str = "gleaner_sources";
+pub const SOURCES_DEGRADED: &str = "gleaner_sources_degraded";
 pub const MEMBERS: &str = "gleaner_members";
 pub const REPLICATION_BEHIND: &str = "gleaner_replication_behind_batches";
 pub const REPLICATION_PULLED: &str = "gleaner_replication_pulled_batches_total";
@@ -115,6 +116,10 @@ fn describe() {
     describe_counter!(RUNS, "Finished scraper runs, by outcome");
     describe_histogram!(RUN_DURATION, "Duration of scraper runs in seconds");
     describe_gauge!(SOURCES, "Sources this node owns, by state");
+    describe_gauge!(
+        SOURCES_DEGRADED,
+        "Sources this node owns whose runs drift from what they used to yield"
+    );
     describe_gauge!(
         MEMBERS,
         "Cluster members in this node's view (itself included), by state"
@@ -265,6 +270,8 @@ pub fn http_request(route: &str, method: &str, status: u16) {
 pub struct Snapshot {
     /// Sources owned by this node per state name (see [`SOURCE_STATES`]).
     pub sources: Option<Vec<(&'static str, u64)>>,
+    /// Sources owned by this node whose health is `degraded`.
+    pub sources_degraded: Option<u64>,
     /// Members per state name (see [`MEMBER_STATES`]).
     pub members: Vec<(&'static str, u64)>,
     /// Batches behind peers at the Replicator's last round.
@@ -304,6 +311,9 @@ impl Snapshot {
                 }
             }
             None => counter!(SNAPSHOT_FAILURES, "part" => "sources").increment(1),
+        }
+        if let Some(n) = self.sources_degraded {
+            gauge!(SOURCES_DEGRADED).set(n as f64);
         }
         for (state, n) in &self.members {
             gauge!(MEMBERS, "state" => *state).set(*n as f64);
@@ -357,6 +367,7 @@ mod tests {
         run_finished(Duration::from_millis(20), false);
         let text = render(&Snapshot {
             sources: Some(count_states(&SOURCE_STATES, ["scheduled"])),
+            sources_degraded: Some(2),
             members: count_states(&MEMBER_STATES, ["up"]),
             replication_behind: Some(3),
             storage: Some(StorageGauges {
@@ -369,6 +380,7 @@ mod tests {
             "gleaner_pages_fetched_total{class=\"5xx\"} 0",
             "gleaner_sources{state=\"scheduled\"} 1",
             "gleaner_sources{state=\"failed\"} 0",
+            "gleaner_sources_degraded 2",
             "gleaner_members{state=\"up\"} 1",
             "gleaner_replication_behind_batches 3",
             "gleaner_storage_state{state=\"ok\"} 1",

@@ -5,8 +5,11 @@
 //!
 //! 1. An operator adds a *source* (a URL, extraction rules, a schedule) over
 //!    the admin HTTP API ([`http::sources`]). The spec is validated in full
-//!    ([`domain::spec`]) and stored, flushed, by the Orchestrator
-//!    ([`control::orchestrator`]), which replicates it to every node.
+//!    ([`domain::spec`]; [`http::preview`] tries a spec against its site
+//!    first, storing nothing) and stored, flushed, by the Orchestrator
+//!    ([`control::orchestrator`]), which replicates it to every node. Specs
+//!    may also be files of the sources directory, applied the same way
+//!    ([`control::source_files`]).
 //! 2. Placement ([`cluster::placement`]) gives each source one owner node;
 //!    there the ScraperSupervisor runs one Scraper actor for it
 //!    ([`pipeline::scraper`]), or, for an isolated source, the
@@ -16,7 +19,8 @@
 //!    SSRF guard, retries; [`scrape::politeness`]: robots.txt, Crawl-delay,
 //!    back-off per host; conditional requests against the pages remembered
 //!    in [`store`]), extracts items ([`scrape::extract`]: CSS selectors
-//!    or JSON pointers) and hands each page's items as a batch to its
+//!    or JSON pointers; fields that `follow` a link take a detail page's
+//!    object) and hands each page's items as a batch to its
 //!    collection's Aggregator ([`pipeline::aggregator`]).
 //! 4. The Aggregator upserts the batch by item key into sled ([`store`]),
 //!    logs it, has it flushed (group commit) and sends it to every peer

@@ -12,6 +12,8 @@ pub const WORKERS: &str = "gleaner.workers";
 pub const REPLICATOR: &str = "gleaner.replicator";
 /// The node's Webhooks actor (the webhook registry, its senders).
 pub const WEBHOOKS: &str = "gleaner.webhooks";
+/// The node's SourceFiles actor (the sources directory).
+pub const SOURCE_FILES: &str = "gleaner.source_files";
 /// The process group every node's Peer actor joins.
 pub const PEERS: &str = "gleaner.peers";
 

@@ -13,8 +13,8 @@ use super::view::NodeInfo;
 pub use crate::domain::ReplicatedBatch;
 use crate::domain::SourceRuntime;
 use crate::domain::{
-    DeliveryAck, DeliveryRecord, ItemBatch, PendingDelivery, RunRecord, SourceRecord, StoredItem,
-    Version, WebhookRecord,
+    CollectionTombstone, DeliveryAck, DeliveryRecord, ItemBatch, PendingDelivery, RunRecord,
+    SourceRecord, StoredItem, Version, WebhookRecord,
 };
 use crate::store::BatchOutcome;
 
@@ -88,6 +88,10 @@ pub enum Request {
     /// The webhook's acknowledgements after `after` and its pending
     /// deliveries, for a node taking the webhook over.
     HookSync { webhook: String, after: u64 },
+    /// Delete this collection's data; answered once durable.
+    DropCollection(CollectionTombstone),
+    /// The receiver's collection tombstones.
+    Tombstones,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +125,7 @@ pub enum Response {
         acks: Vec<DeliveryAck>,
         pendings: Vec<PendingDelivery>,
     },
+    Tombstones(Vec<CollectionTombstone>),
     Error(String),
 }
 

@@ -113,9 +113,18 @@ impl Inbound for NodeInbound {
                     }
                 });
             }
-            Notice::Run { source, run } => {
+            Notice::Run { source, mut run } => {
                 let store = args.store.clone();
                 tokio::task::spawn_blocking(move || {
+                    // Drift is judged again against this node's copy of the
+                    // history: a worker container's scratch history starts
+                    // empty each time the container does.
+                    match store.runs(&source, 10) {
+                        Ok(earlier) => {
+                            (run.health, run.health_reason) = crate::domain::assess(&run, &earlier)
+                        }
+                        Err(e) => tracing::warn!(%source, error = %e, "run history unreadable"),
+                    }
                     if let Err(e) = store.record_run(&source, &run) {
                         tracing::warn!(%source, error = %e, "replicated run not recorded");
                     }
@@ -238,6 +247,17 @@ impl Inbound for NodeInbound {
                     })
                 })
             }
+            Request::DropCollection(tombstone) => {
+                tokio::spawn(async move {
+                    answer.send(match drop_collection(tombstone).await {
+                        Ok(_) => Response::Ok,
+                        Err(e) => Response::Error(e),
+                    });
+                });
+            }
+            Request::Tombstones => answer_blocking(&args.store, answer, |s| {
+                Ok(Response::Tombstones(s.tombstones()?))
+            }),
             Request::Deliver(batch) => {
                 tokio::spawn(async move {
                     answer.send(deliver(batch).await);
@@ -257,6 +277,25 @@ impl Inbound for NodeInbound {
             }
         }
     }
+}
+
+/// Deletes a collection's data on this node (a peer's or this node's
+/// deletion); true if anything was deleted.
+pub async fn drop_collection(
+    tombstone: crate::domain::CollectionTombstone,
+) -> Result<bool, String> {
+    if !crate::domain::spec::is_slug(&tombstone.name) {
+        return Err("not a collection name".into());
+    }
+    let collections = find::<CollectionSupervisorMsg>(groups::COLLECTIONS)
+        .ok_or("the collections are restarting")?;
+    ask(
+        &collections,
+        |r| CollectionSupervisorMsg::Drop(tombstone, r),
+        ASK_TIMEOUT * 6,
+    )
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Accepts a worker's batch into the local collection as a local scraper's.

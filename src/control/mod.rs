@@ -8,7 +8,8 @@
 //! ├── CollectionSupervisor           (pipeline)
 //! ├── ScraperSupervisor              (pipeline, under the Orchestrator)
 //! ├── WorkerSupervisor               (isolation, under the Orchestrator)
-//! └── Replicator                     (pipeline)
+//! ├── Replicator                     (pipeline)
+//! └── SourceFiles                    the sources directory, applied through the Orchestrator
 //! ```
 //!
 //! In: admin commands (from `http`, or from peers through `cluster`), member
@@ -18,4 +19,5 @@
 pub mod inbound;
 pub mod node_supervisor;
 pub mod orchestrator;
+pub mod source_files;
 pub mod views;

@@ -12,6 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
 use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
+use super::source_files::{SourceFiles, SourceFilesArgs, SourceFilesMsg};
 use crate::cluster::groups;
 use crate::cluster::Cluster;
 use crate::delivery::registry::{Webhooks, WebhooksArgs, WebhooksMsg};
@@ -42,6 +43,8 @@ pub struct NodeSupervisorArgs {
     pub flusher: crate::store::Flusher,
     pub cookie: Option<String>,
     pub allow_private_targets: Option<String>,
+    /// The sources directory (sources as files).
+    pub sources_dir: std::path::PathBuf,
 }
 
 #[derive(RactorMessage)]
@@ -56,6 +59,7 @@ pub struct NodeState {
     orchestrator: Option<ActorRef<OrchestratorMsg>>,
     replicator: Option<ActorRef<ReplicatorMsg>>,
     webhooks: Option<ActorRef<WebhooksMsg>>,
+    source_files: Option<ActorRef<SourceFilesMsg>>,
     failures: FailureWindow,
 }
 
@@ -124,13 +128,26 @@ impl NodeState {
             myself.get_cell(),
         )
         .await?;
+        let (source_files, _) = Actor::spawn_linked(
+            Some(groups::SOURCE_FILES.to_string()),
+            SourceFiles,
+            SourceFilesArgs {
+                dir: a.sources_dir.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
         self.webhooks = Some(webhooks);
+        self.source_files = Some(source_files);
         Ok(())
     }
 
     async fn stop_children(&mut self) {
         if let Some(w) = self.webhooks.take() {
             w.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
+        }
+        if let Some(f) = self.source_files.take() {
+            f.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
         }
         if let Some(r) = self.replicator.take() {
             r.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
@@ -160,6 +177,7 @@ impl Actor for NodeSupervisor {
             orchestrator: None,
             replicator: None,
             webhooks: None,
+            source_files: None,
             failures: FailureWindow::default(),
         };
         state.start_children(&myself).await?;
@@ -209,7 +227,11 @@ impl Actor for NodeSupervisor {
             .is_some_and(|o| o.get_id() == id)
             || state.collections.as_ref().is_some_and(|c| c.get_id() == id)
             || state.replicator.as_ref().is_some_and(|r| r.get_id() == id)
-            || state.webhooks.as_ref().is_some_and(|w| w.get_id() == id);
+            || state.webhooks.as_ref().is_some_and(|w| w.get_id() == id)
+            || state
+                .source_files
+                .as_ref()
+                .is_some_and(|f| f.get_id() == id);
         if !ours {
             return Ok(());
         }

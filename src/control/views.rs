@@ -7,9 +7,10 @@ use chrono::Utc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR, REPLICATOR, WEBHOOKS};
+use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR, REPLICATOR, SOURCE_FILES, WEBHOOKS};
 use crate::cluster::Cluster;
 use crate::control::orchestrator::{LiveSources, OrchestratorMsg, SourceView};
+use crate::control::source_files::{SourceFilesMsg, SourceFilesStats};
 use crate::delivery::registry::{WebhooksMsg, WebhooksStats};
 use crate::domain::SourceState;
 use crate::pipeline::aggregator::AggregatorStats;
@@ -91,6 +92,11 @@ pub async fn node_state(
     let replicator: ReplicatorStats =
         ask_named(REPLICATOR, ReplicatorMsg::Stats, ASK_TIMEOUT).await?;
     let webhooks: WebhooksStats = ask_named(WEBHOOKS, WebhooksMsg::Stats, ASK_TIMEOUT).await?;
+    // Missing only while the node's actors restart.
+    let source_files: Option<SourceFilesStats> =
+        ask_named(SOURCE_FILES, SourceFilesMsg::Stats, ASK_TIMEOUT)
+            .await
+            .ok();
 
     let scrapers: Vec<ActorNode> = sources
         .iter()
@@ -184,6 +190,16 @@ pub async fn node_state(
                     })
                     .collect(),
             ),
+            ActorNode::new(
+                "SourceFiles",
+                "source_files",
+                if source_files.is_some() { "running" } else { "stopped" },
+                json!(source_files.as_ref().map(|s| json!({
+                    "dir": s.dir, "exists": s.exists, "watching": s.watching, "syncs": s.syncs,
+                    "last_sync": s.last_sync, "last_outcome": s.last_outcome, "last_error": s.last_error,
+                }))),
+                Vec::new(),
+            ),
         ],
     );
     let collections: Vec<Value> = summaries
@@ -222,7 +238,12 @@ pub async fn node_state(
     Ok(json!({
         "member": member,
         // Each node lists the sources it owns, so a cluster-wide view shows each once.
-        "node": { "name": me.name, "tree": tree, "sources": owned_sources, "collections": collections,
-                  "throughput": crate::instruments::throughput::series() },
+        "node": {
+            "name": me.name, "tree": tree, "sources": owned_sources, "collections": collections,
+            "throughput": crate::instruments::throughput::series(),
+            // The sources directory as this node last read it: every file,
+            // with `error` (and `field`) when it is broken.
+            "source_files": source_files.map(|s| s.files).unwrap_or_default(),
+        },
     }))
 }

@@ -1,10 +1,12 @@
 //! Plain serde types and their validation, with no I/O: what a source asks for
 //! ([`spec`]), what scraping produces and a collection keeps ([`item`]), and
 //! what the node records about sources ([`record`]), what a source is doing
-//! where it runs ([`runtime`]), and how CSS selectors and JSON pointers are
+//! where it runs ([`runtime`]), whether its runs drift from what they used
+//! to yield ([`health`]), and how CSS selectors and JSON pointers are
 //! checked ([`locator`]), and webhooks with their replicated delivery state
 //! ([`webhook`]).
 
+pub mod health;
 pub mod item;
 pub mod locator;
 pub mod record;
@@ -12,11 +14,12 @@ pub mod runtime;
 pub mod spec;
 pub mod webhook;
 
+pub use health::{assess, Health};
 pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
-pub use record::{RunRecord, SourceRecord, Version};
+pub use record::{CollectionTombstone, ManagedBy, RunRecord, SourceRecord, Version};
 pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};
 pub use spec::{
-    ExtractSpec, FieldRule, FieldSpec, FieldType, Format, Method, NextPage, RequestOptions,
-    Schedule, SourceSpec, SpecError,
+    ExtractSpec, FieldRule, FieldSpec, FieldType, Follow, Format, Method, NextPage, RequestOptions,
+    Schedule, SourceSpec, SpecError, DEFAULT_MAX_FOLLOWS, MAX_FOLLOWS_LIMIT,
 };
 pub use webhook::{DeliveryAck, DeliveryRecord, PendingDelivery, WebhookRecord, WebhookSpec};

@@ -1,10 +1,12 @@
 //! What the node keeps about sources besides their spec: the stored record
 //! with its version (for last-writer-wins between nodes) and run history.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::SourceSpec;
+use super::{Health, SourceSpec};
 
 /// A source as stored: the spec, its version, and a tombstone flag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,6 +18,42 @@ pub struct SourceRecord {
     pub deleted: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Who may change the source: the API, or a file of the sources
+    /// directory (then the API refuses to edit or delete it).
+    #[serde(default)]
+    pub managed_by: ManagedBy,
+    /// The file that defines a file-managed source (its name in the
+    /// sources directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// Where a source's truth lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    /// Created and changed through `/api/v1/sources`.
+    #[default]
+    Api,
+    /// Defined by a file of the sources directory, which is the truth for it.
+    File,
+}
+
+/// A deleted collection: its items, changes and log are gone on every node,
+/// and this record stays so that no copy older than the deletion brings
+/// them back (a batch fetched at or before `version.millis` is not applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionTombstone {
+    pub name: String,
+    /// When and where it was deleted; a later deletion of the same name wins.
+    pub version: Version,
+}
+
+impl CollectionTombstone {
+    /// Was something observed at `at` before this deletion (so it stays deleted)?
+    pub fn covers(&self, at: DateTime<Utc>) -> bool {
+        at.timestamp_millis() <= self.version.millis
+    }
 }
 
 /// A write's version: later timestamps win, the node id breaks ties.
@@ -40,7 +78,7 @@ impl Version {
 }
 
 /// One run of a source: when, how long, what it yielded, how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -67,4 +105,28 @@ pub struct RunRecord {
     /// were stored again (their `last_seen` moved), nothing was parsed.
     #[serde(default)]
     pub not_modified: u64,
+    /// Per field, the items in which it was filled (not null, `""` or
+    /// `[]`): what drift is judged on ([`super::health`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filled: BTreeMap<String, u64>,
+    /// Detail pages fetched (fields with `follow`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub follows: u64,
+    /// Follows that left their field null (the detail page failed, robots.txt
+    /// disallowed it, or `max_follows` was spent); the page still counts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub follow_errors: u64,
+    /// The first follow failure's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_error: Option<String>,
+    /// The source's health after this run (see [`super::health`]).
+    #[serde(default)]
+    pub health: Health,
+    /// Why the health is `degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -1,5 +1,6 @@
 //! Read routes on collections: the list with counts, pages of items (JSON,
-//! NDJSON or CSV, with an opaque cursor and field filters), and one item.
+//! NDJSON or CSV, with an opaque cursor and field filters), one item, and
+//! the deletion of a collection (admin, through the Orchestrator).
 //! Item pages are read from the store directly (on a blocking thread when a
 //! filter may scan the collection, or for CSV) and kept in a [`PageCache`];
 //! counts come from the collections' Endpoints. The change feed reads the
@@ -666,4 +667,27 @@ mod tests {
         assert!(!field_matches(Some(&json!("a")), "b"));
         assert!(!field_matches(None, "a"));
     }
+}
+
+#[utoipa::path(delete, path = "/api/v1/collections/{name}", tag = "collections", operation_id = "delete_collection",
+    params(("name" = String, Path, description = "The collection's name")),
+    responses((status = 204, description = "Deleted on this node (flushed) and on a peer if one is up; the other nodes follow within seconds"),
+        (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 409, description = "Sources still feed it (`collection_in_use`, naming them)", body = ErrorBody)))]
+pub async fn delete(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    auth::require(&req, state.admin_token.as_deref())?;
+    let name = name.into_inner();
+    if !is_slug(&name) {
+        return Err(ApiError::NotFound(format!("collection '{name}' not found")));
+    }
+    ask(crate::cluster::groups::ORCHESTRATOR, |r| {
+        crate::control::orchestrator::OrchestratorMsg::DropCollection(name, r)
+    })
+    .await??;
+    Ok(HttpResponse::NoContent().finish())
 }

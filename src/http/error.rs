@@ -24,6 +24,14 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
+    /// A file of the sources directory defines the source (409).
+    #[error("{0}")]
+    ManagedByFile(String),
+    /// Sources still feed the collection (409).
+    #[error("{0}")]
+    CollectionInUse(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("{0}")]
@@ -54,6 +62,11 @@ impl ApiError {
             ApiError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
             ApiError::MethodNotAllowed(_) => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
             ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
+            ApiError::ManagedByFile(_) => ("managed_by_file", StatusCode::CONFLICT),
+            ApiError::CollectionInUse(_) => ("collection_in_use", StatusCode::CONFLICT),
+            ApiError::UnsupportedMediaType(_) => {
+                ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            }
             ApiError::TooLarge { .. } => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
             ApiError::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             ApiError::DiskFull(_) => ("disk_full", StatusCode::INSUFFICIENT_STORAGE),
@@ -83,6 +96,10 @@ impl From<AdminError> for ApiError {
             AdminError::Unavailable(m) => ApiError::Unavailable(m),
             AdminError::DiskFull(m) => ApiError::DiskFull(m),
             AdminError::StorageUnavailable(m) => ApiError::StorageUnavailable(m),
+            AdminError::ManagedByFile { .. } => ApiError::ManagedByFile(e.to_string()),
+            AdminError::CollectionNotFound(_) => ApiError::NotFound(e.to_string()),
+            AdminError::CollectionInUse { .. } => ApiError::CollectionInUse(e.to_string()),
+            AdminError::Invalid(spec) => spec.into(),
         }
     }
 }

@@ -9,12 +9,13 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
-use crate::cluster::groups::{ORCHESTRATOR, REPLICATOR};
+use crate::cluster::groups::{ORCHESTRATOR, REPLICATOR, SCRAPERS};
 use crate::cluster::view::MemberState;
 use crate::control::orchestrator::OrchestratorMsg;
 use crate::domain::SourceState;
 use crate::instruments::{self, Snapshot, StorageGauges};
 use crate::pipeline::replicator::ReplicatorMsg;
+use crate::pipeline::scraper_supervisor::ScraperSupervisorMsg;
 use crate::supervision::ask_named;
 
 /// The longest one part of a scrape waits for its actor (Prometheus's
@@ -66,7 +67,16 @@ async fn snapshot(state: &AppState) -> Snapshot {
                 c.1 += n;
             }
         }
-        Some(out)
+        // Drift, judged by the scrapers run here (isolated sources' runs are
+        // judged too, but counted only in their status).
+        let degraded = ask_named(
+            SCRAPERS,
+            ScraperSupervisorMsg::DegradedCount,
+            SNAPSHOT_TIMEOUT,
+        )
+        .await
+        .ok()?;
+        Some((out, degraded))
     };
     let behind = async {
         ask_named(REPLICATOR, ReplicatorMsg::Stats, SNAPSHOT_TIMEOUT)
@@ -90,8 +100,13 @@ async fn snapshot(state: &AppState) -> Snapshot {
     };
     let (sources, replication_behind, storage) = tokio::join!(sources, behind, storage);
     let members = state.cluster.members();
+    let (sources, sources_degraded) = match sources {
+        Some((states, degraded)) => (Some(states), Some(degraded)),
+        None => (None, None),
+    };
     Snapshot {
         sources,
+        sources_degraded,
         members: instruments::count_states(
             &instruments::MEMBER_STATES,
             members.iter().map(|m| member_state(m.state)),

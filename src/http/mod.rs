@@ -3,6 +3,8 @@
 //! again) with a timeout, and a timeout or a missing actor is a 503.
 //!
 //! One file per resource: [`sources`] and [`webhooks`] (admin), [`collections`] (read),
+//! One file per resource: [`sources`] (admin), [`preview`] (admin: a spec
+//! tried against its site, nothing stored), [`collections`] (read),
 //! [`health`], [`metrics`] (Prometheus text), [`openapi`] (the OpenAPI
 //! document, generated from the handlers' annotations and types); [`error`]
 //! maps every failure to the one JSON error shape and [`auth`] checks bearer
@@ -16,6 +18,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod preview;
 pub mod sources;
 pub mod webhooks;
 
@@ -55,6 +58,11 @@ pub struct AppState {
     pub flusher: crate::store::Flusher,
     /// Which non-public addresses outbound URLs (webhooks) may reach.
     pub targets: crate::scrape::fetch::TargetPolicy,
+    /// The node's HTTP client and politeness state, shared with its
+    /// scrapers: a preview is one more client of the same hosts.
+    pub fetcher: crate::scrape::fetch::Fetcher,
+    /// Extraction limits, as the scrapers have them.
+    pub limits: crate::scrape::extract::Limits,
 }
 
 /// Registers every route on an actix `App`.
@@ -69,7 +77,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/api/v1/sources/{id}")
             .route(web::get().to(sources::get))
             .route(web::put().to(sources::replace))
+            .route(web::patch().to(sources::patch))
             .route(web::delete().to(sources::delete))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/preview")
+            .route(web::post().to(preview::preview))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/sources/{id}/preview")
+            .route(web::post().to(preview::preview_stored))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -98,6 +117,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/v1/collections")
             .route(web::get().to(collections::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/collections/{name}")
+            .route(web::delete().to(collections::delete))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -7,7 +7,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{cluster, collections, debug, health, metrics, sources, webhooks};
+use super::{cluster, collections, debug, health, metrics, preview, sources, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use super::{cluster, collections, debug, health, metrics, sources, webhooks};
         sources::list,
         sources::get,
         sources::replace,
+        sources::patch,
         sources::delete,
         sources::run_now,
         sources::runs,
@@ -29,10 +30,13 @@ use super::{cluster, collections, debug, health, metrics, sources, webhooks};
         webhooks::get,
         webhooks::replace,
         webhooks::delete,
+        preview::preview,
+        preview::preview_stored,
         collections::list,
         collections::items,
         collections::item,
         collections::changes,
+        collections::delete,
         cluster::members,
         debug::state,
         debug::events,

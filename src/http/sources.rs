@@ -1,6 +1,8 @@
-//! Admin routes on sources: create, list, get, replace, delete, run now, and
-//! a source's run history. Specs are validated in full before anything is
-//! stored; the Orchestrator flushes before it answers.
+//! Admin routes on sources: create, list, get, replace (taking back what
+//! `get` returned), patch (a JSON merge patch), delete, run now, and a
+//! source's run history. Specs are validated in full before anything is
+//! stored; the Orchestrator flushes before it answers, and refuses to change
+//! a source a file of the sources directory manages.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -67,20 +69,30 @@ fn admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     auth::require(req, state.admin_token.as_deref())
 }
 
+/// A request body as a JSON object.
+fn json_object(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::Invalid {
+        field: None,
+        message: format!("the body is not valid JSON: {e}"),
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::Invalid {
+            field: None,
+            message: "the body must be a JSON object".into(),
+        });
+    }
+    Ok(value)
+}
+
 fn parse_spec(body: &[u8], path_id: Option<&str>) -> Result<SourceSpec, ApiError> {
     let spec = match path_id {
         None => SourceSpec::from_json(body)?,
         Some(id) => {
-            // On replace the id may be left out of the body; if given it must match.
-            let mut value: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| ApiError::Invalid {
-                    field: None,
-                    message: format!("the body is not valid JSON: {e}"),
-                })?;
-            let object = value.as_object_mut().ok_or_else(|| ApiError::Invalid {
-                field: None,
-                message: "the body must be a JSON object".into(),
-            })?;
+            // On replace the id may be left out of the body; if given it must
+            // match. A source as GET returned it is accepted as it is: its
+            // status and bookkeeping are dropped.
+            let mut value = json_object(body)?;
+            let object = value.as_object_mut().expect("checked to be an object");
             match object.get("id") {
                 None => {
                     object.insert("id".into(), json!(id));
@@ -93,7 +105,7 @@ fn parse_spec(body: &[u8], path_id: Option<&str>) -> Result<SourceSpec, ApiError
                     ))
                 }
             }
-            SourceSpec::from_json(value.to_string().as_bytes())?
+            SourceSpec::from_view(value)?
         }
     };
     spec.validate()?;
@@ -178,7 +190,9 @@ pub async fn get(
 #[utoipa::path(put, path = "/api/v1/sources/{id}", tag = "sources", request_body = SourceSpec,
     params(("id" = String, Path, description = "The source's id")),
     responses((status = 200, description = "Replaced (a changed spec runs at once)", body = SourceView),
-        (status = 400, description = "An invalid spec, naming the field", body = ErrorBody), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody)))]
+        (status = 400, description = "An invalid spec, naming the field", body = ErrorBody), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody),
+        (status = 409, description = "A file of the sources directory manages the source (`managed_by_file`)", body = ErrorBody)))]
 pub async fn replace(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -192,10 +206,61 @@ pub async fn replace(
     Ok(HttpResponse::Ok().json(view))
 }
 
+#[utoipa::path(patch, path = "/api/v1/sources/{id}", tag = "sources",
+    request_body(content = serde_json::Value, description = "A JSON merge patch (RFC 7396) of the spec: keys given replace, `null` removes", content_type = "application/merge-patch+json"),
+    params(("id" = String, Path, description = "The source's id")),
+    responses((status = 200, description = "Patched (a changed spec runs at once)", body = SourceView),
+        (status = 400, description = "The patched spec is invalid, naming the field", body = ErrorBody),
+        (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody),
+        (status = 409, description = "A file of the sources directory manages the source (`managed_by_file`)", body = ErrorBody),
+        (status = 415, description = "Neither application/merge-patch+json nor application/json", body = ErrorBody)))]
+pub async fn patch(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state)?;
+    let media = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if !matches!(
+        media.as_deref(),
+        Some("application/merge-patch+json" | "application/json")
+    ) {
+        return Err(ApiError::UnsupportedMediaType(
+            "send a JSON merge patch as application/merge-patch+json (or application/json)".into(),
+        ));
+    }
+    let body = read_body(&req, payload).await?;
+    let mut patch = json_object(&body)?;
+    // A view's status and bookkeeping are not part of the spec.
+    if let Some(object) = patch.as_object_mut() {
+        for key in crate::domain::spec::VIEW_ONLY_FIELDS {
+            object.remove(*key);
+        }
+    }
+    let view = ask(ORCHESTRATOR, |r| {
+        OrchestratorMsg::Patch(id.into_inner(), patch, r)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
 #[utoipa::path(delete, path = "/api/v1/sources/{id}", tag = "sources",
     params(("id" = String, Path, description = "The source's id")),
     responses((status = 204, description = "Deleted; its items stay"), (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
-        (status = 404, description = "No such source", body = ErrorBody)))]
+        (status = 404, description = "No such source", body = ErrorBody),
+        (status = 409, description = "A file of the sources directory manages the source (`managed_by_file`)", body = ErrorBody)))]
 pub async fn delete(
     req: HttpRequest,
     state: web::Data<AppState>,

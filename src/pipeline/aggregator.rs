@@ -174,9 +174,11 @@ impl Actor for Aggregator {
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = args.store.clone();
         let name = args.collection.clone();
-        let (items, by_source, meta) = tokio::task::spawn_blocking(move || {
+        let (items, by_source, meta, heads) = tokio::task::spawn_blocking(move || {
             let (items, by_source) = store.count_items(&name)?;
-            Ok::<_, StoreError>((items, by_source, store.collection(&name)?))
+            // Heads include a deleted collection's, so numbering goes on.
+            let heads = store.heads_of(&name)?;
+            Ok::<_, StoreError>((items, by_source, store.collection(&name)?, heads))
         })
         .await??;
         let state = AggregatorState {
@@ -184,7 +186,7 @@ impl Actor for Aggregator {
                 collection: args.collection.clone(),
                 items,
                 last_update: meta.as_ref().map(|m| m.last_update),
-                heads: meta.map(|m| m.heads).unwrap_or_default(),
+                heads,
                 ..AggregatorStats::default()
             },
             by_source,

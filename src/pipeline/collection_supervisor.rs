@@ -17,7 +17,7 @@ use super::endpoint::{CollectionSummary, Endpoint, EndpointMsg};
 use crate::cluster::handle::Answer;
 use crate::cluster::wire::Response;
 use crate::cluster::Cluster;
-use crate::domain::{ReplicatedBatch, StoredItem};
+use crate::domain::{CollectionTombstone, ReplicatedBatch, StoredItem};
 use crate::events::Events;
 use crate::settings::RestartPolicy;
 use crate::store::{Flusher, Store};
@@ -44,6 +44,10 @@ pub enum CollectionSupervisorMsg {
     Summaries(RpcReplyPort<Vec<CollectionSummary>>),
     /// One collection's summary, if the collection exists.
     Summary(String, RpcReplyPort<Option<CollectionSummary>>),
+    /// Delete the collection here: stop its actors, delete what is stored
+    /// for it and flush; the reply says whether anything was deleted (false
+    /// when an equal or later deletion was already recorded).
+    Drop(CollectionTombstone, RpcReplyPort<Result<bool, String>>),
     /// Internal: restart a pair after its backoff.
     Restart(String),
     Stats(RpcReplyPort<Vec<AggregatorStats>>),
@@ -141,6 +145,42 @@ impl CollectionSupervisor {
     }
 }
 
+impl CollectionSupervisor {
+    /// Stops the collection's actors (forgotten first, so their stop is no
+    /// failure to restart from), then deletes its data and flushes.
+    async fn drop_collection(
+        state: &mut CollectionSupervisorState,
+        tombstone: CollectionTombstone,
+    ) -> Result<bool, String> {
+        let name = tombstone.name.clone();
+        if let Some(pair) = state.pairs.remove(&name) {
+            if let Some(a) = pair.aggregator {
+                a.stop_and_wait(Some("collection deleted".into()), Some(ASK_TIMEOUT))
+                    .await
+                    .ok();
+            }
+            if let Some(e) = pair.endpoint {
+                e.stop_and_wait(Some("collection deleted".into()), Some(ASK_TIMEOUT))
+                    .await
+                    .ok();
+            }
+        }
+        let store = state.args.store.clone();
+        let dropped = tokio::task::spawn_blocking(move || {
+            let dropped = store.drop_collection(&tombstone)?;
+            store.flush()?;
+            Ok::<_, crate::store::StoreError>(dropped)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if dropped {
+            tracing::info!(collection = %name, "collection deleted");
+        }
+        Ok(dropped)
+    }
+}
+
 impl Actor for CollectionSupervisor {
     type Msg = CollectionSupervisorMsg;
     type State = CollectionSupervisorState;
@@ -187,6 +227,28 @@ impl Actor for CollectionSupervisor {
                     answer.send(Response::Error("not a collection name".into()));
                     return Ok(());
                 }
+                let name = &batch.batch.collection;
+                if !state.pairs.contains_key(name)
+                    && state.args.store.deleted_since(name, batch.batch.fetched_at)
+                {
+                    // A stale batch of a deleted collection: its number
+                    // counts, its items stay deleted, no actors start for it.
+                    let store = state.args.store.clone();
+                    tokio::spawn(async move {
+                        let seq = batch.seq;
+                        let done = tokio::task::spawn_blocking(move || {
+                            store.apply_replicated(&batch)?;
+                            store.flush()
+                        })
+                        .await;
+                        answer.send(match done {
+                            Ok(Ok(())) => Response::Applied { seq },
+                            Ok(Err(e)) => Response::Error(e.to_string()),
+                            Err(e) => Response::Error(e.to_string()),
+                        });
+                    });
+                    return Ok(());
+                }
                 match Self::aggregator(&myself, state, &batch.batch.collection).await {
                     Ok(a) => {
                         let _ = a.cast(AggregatorMsg::Replica(batch, answer));
@@ -225,6 +287,9 @@ impl Actor for CollectionSupervisor {
                     None => None,
                 };
                 let _ = reply.send(summary);
+            }
+            CollectionSupervisorMsg::Drop(tombstone, reply) => {
+                let _ = reply.send(Self::drop_collection(state, tombstone).await);
             }
             CollectionSupervisorMsg::Restart(name) => {
                 if state

@@ -10,6 +10,12 @@
 //! local Aggregator. When the peer's log no longer holds them, it copies the
 //! collection from the peer page by page (a snapshot), then continues from
 //! the peer's heads.
+//!
+//! Before comparing heads it asks each peer for its collection tombstones
+//! and deletes here any collection deleted there later than here: a node
+//! that missed a `DELETE /api/v1/collections/{name}` learns it within a
+//! round, and the batches it still holds from before the deletion are never
+//! applied again anywhere (see `store::dropped`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,7 +97,7 @@ impl ReplicatorState {
     async fn ask(&self, peer: &PeerHandle, request: &Request) -> Result<Response, RoundError> {
         // A frozen peer must not hold a round for long: heads are small.
         let timeout = match request {
-            Request::Heads => HEADS_TIMEOUT,
+            Request::Heads | Request::Tombstones => HEADS_TIMEOUT,
             _ => CALL_TIMEOUT,
         };
         let fail = |reason: String| RoundError::Peer {
@@ -193,6 +199,7 @@ impl ReplicatorState {
         behind: &mut BTreeMap<(String, String), u64>,
     ) -> Result<(), RoundError> {
         for peer in self.args.cluster.node_peers() {
+            self.follow_deletions(&peer).await?;
             let Response::Heads(theirs) = self.ask(&peer, &Request::Heads).await? else {
                 continue;
             };
@@ -220,6 +227,35 @@ impl ReplicatorState {
                             .await?;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes here every collection `peer` deleted later than this node did.
+    async fn follow_deletions(&mut self, peer: &PeerHandle) -> Result<(), RoundError> {
+        let Response::Tombstones(theirs) = self.ask(peer, &Request::Tombstones).await? else {
+            return Ok(());
+        };
+        for tombstone in theirs {
+            if !crate::domain::spec::is_slug(&tombstone.name) {
+                continue;
+            }
+            let store = self.args.store.clone();
+            let name = tombstone.name.clone();
+            let ours = tokio::task::spawn_blocking(move || store.tombstone(&name))
+                .await
+                .map_err(|e| RoundError::Local(e.to_string()))?
+                .map_err(|e| RoundError::Local(e.to_string()))?;
+            if ours.is_some_and(|o| o.version >= tombstone.version) {
+                continue;
+            }
+            tracing::info!(peer = %peer.info.name, collection = %tombstone.name, "deleting a collection a peer deleted");
+            let drop = |r| CollectionSupervisorMsg::Drop(tombstone, r);
+            match ask(&collections()?, drop, CALL_TIMEOUT * 6).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(RoundError::Local(e)),
+                Err(_) => return Err(RoundError::Local("the collections did not answer".into())),
             }
         }
         Ok(())

@@ -55,7 +55,7 @@ pub enum ScraperMsg {
     /// An operator asked for a run.
     RunNow,
     /// A run ended (sent by the run's own task).
-    Finished(RunRecord),
+    Finished(Box<RunRecord>),
     Stats(RpcReplyPort<ScraperStats>),
 }
 
@@ -126,22 +126,16 @@ impl ScraperState {
                 self.args.store.clone(),
                 spec.id.clone(),
                 page_fingerprint(&spec),
-            ),
+            )
+            .with_max_follows(spec.extract.max_follows),
             Err(e) => {
                 let now = Utc::now();
-                let _ = myself.cast(ScraperMsg::Finished(RunRecord {
+                let _ = myself.cast(ScraperMsg::Finished(Box::new(RunRecord {
                     started_at: now,
                     finished_at: now,
-                    duration_ms: 0,
-                    pages: 0,
-                    items: 0,
-                    inserted: 0,
-                    changed: 0,
                     error: Some(format!("invalid url: {e}")),
-                    code: None,
-                    stopped: None,
-                    not_modified: 0,
-                }));
+                    ..RunRecord::default()
+                })));
                 return;
             }
         };
@@ -149,7 +143,7 @@ impl ScraperState {
         let me = myself.clone();
         self.run = Some(tokio::spawn(async move {
             let record = run_once(spec, pager, aggregator).await;
-            let _ = me.cast(ScraperMsg::Finished(record));
+            let _ = me.cast(ScraperMsg::Finished(Box::new(record)));
         }));
     }
 }
@@ -173,15 +167,8 @@ async fn run_once(
     let mut record = RunRecord {
         started_at: started,
         finished_at: started,
-        duration_ms: 0,
-        pages: 0,
-        items: 0,
-        inserted: 0,
-        changed: 0,
-        error: None,
-        code: None,
-        stopped: None,
-        not_modified: 0,
+        filled: spec.extract.fields.keys().map(|f| (f.clone(), 0)).collect(),
+        ..RunRecord::default()
     };
     while let Some(page) = pager.next_page().await {
         let page = match page {
@@ -196,6 +183,7 @@ async fn run_once(
             continue;
         }
         record.items += page.items.len() as u64;
+        count_filled(&mut record, &page.items);
         let batch = ItemBatch {
             source: spec.id.clone(),
             collection: spec.collection.clone(),
@@ -230,10 +218,33 @@ async fn run_once(
     record.pages = pager.pages();
     record.stopped = pager.stopped().map(Into::into);
     record.not_modified = u64::from(pager.not_modified());
+    let follows = pager.follow_stats();
+    record.follows = follows.fetched;
+    record.follow_errors = follows.errors;
+    record.follow_error = follows.error.clone();
     record.finished_at = Utc::now();
     record.duration_ms = clock.elapsed().as_millis() as u64;
     crate::instruments::run_finished(clock.elapsed(), record.error.is_some());
     record
+}
+
+/// Counts, per field, the items in which it is filled (see `RunRecord::filled`).
+pub fn count_filled(record: &mut RunRecord, items: &[crate::domain::Item]) {
+    for item in items {
+        for (field, value) in &item.data {
+            let filled = match value {
+                serde_json::Value::Null => false,
+                serde_json::Value::String(s) => !s.is_empty(),
+                serde_json::Value::Array(a) => !a.is_empty(),
+                _ => true,
+            };
+            if filled {
+                if let Some(n) = record.filled.get_mut(field) {
+                    *n += 1;
+                }
+            }
+        }
+    }
 }
 
 impl Actor for Scraper {
@@ -309,7 +320,8 @@ impl Actor for Scraper {
                     state.start_run(&myself);
                 }
             }
-            ScraperMsg::Finished(mut record) => {
+            ScraperMsg::Finished(record) => {
+                let mut record = *record;
                 // A full or failed disk here is not the source's fault: the
                 // run is kept as failed, and the schedule simply goes on.
                 let storage = state.args.store.storage_status(false);
@@ -320,6 +332,19 @@ impl Actor for Scraper {
                 }
                 state.run = None;
                 state.stats.running = false;
+                // Drift is judged against the runs before this one (a short
+                // read of the run history, like the write below).
+                let earlier = match state.args.store.runs(&state.args.spec.id, 10) {
+                    Ok(runs) => runs,
+                    Err(e) => {
+                        tracing::warn!(source = %state.args.spec.id, error = %e, "run history unreadable");
+                        state.stats.last_run.clone().into_iter().collect()
+                    }
+                };
+                (record.health, record.health_reason) = crate::domain::assess(&record, &earlier);
+                if record.health == crate::domain::Health::Degraded {
+                    tracing::warn!(source = %state.args.spec.id, reason = record.health_reason.as_deref(), "source degraded");
+                }
                 state.stats.last_run = Some(record.clone());
                 // A small write (sled writes out in its own threads): here,
                 // rather than two thread hops per run. A full disk refuses
@@ -340,6 +365,7 @@ impl Actor for Scraper {
                         pages: record.pages,
                         items: record.items,
                         failed: record.error.is_some(),
+                        degraded: record.health == crate::domain::Health::Degraded,
                     });
                 state.args.events.publish(Event::RunFinished {
                     source: source.clone(),

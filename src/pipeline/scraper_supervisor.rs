@@ -64,12 +64,17 @@ pub enum ScraperSupervisorMsg {
     /// How many sources run here are in each state, from what this
     /// supervisor knows (no scraper is asked): cheap whatever their number.
     StateCounts(RpcReplyPort<Vec<(SourceState, u64)>>),
+    /// How many of the sources run here were judged `degraded` by their
+    /// last run (for the metrics, without a view per source).
+    DegradedCount(RpcReplyPort<u64>),
     /// From a Scraper after each run, so the counts outlive the actor.
     RunCounted {
         id: String,
         pages: u32,
         items: u64,
         failed: bool,
+        /// The run's drift judgement was `degraded`.
+        degraded: bool,
     },
     /// The runtime status of the sources run here: all of them, or only
     /// those listed.
@@ -178,6 +183,8 @@ pub struct ScraperSupervisorState {
     children: BTreeMap<String, Child>,
     /// Sources whose scraper reported a run started and not yet counted.
     running: std::collections::HashSet<String>,
+    /// Sources whose last run here was judged `degraded`.
+    degraded: std::collections::HashSet<String>,
     rules: RulesCache,
     /// Spawns so far, for the children's generations: unique across
     /// children, so a timer outliving a removed source cannot match the
@@ -336,6 +343,7 @@ impl Actor for ScraperSupervisor {
             args,
             children: BTreeMap::new(),
             running: Default::default(),
+            degraded: Default::default(),
             rules: RulesCache::default(),
             spawns: 0,
         })
@@ -392,6 +400,7 @@ impl Actor for ScraperSupervisor {
                 state.spawn(&myself, &id, run_now).await;
             }
             ScraperSupervisorMsg::Remove(id) => {
+                state.degraded.remove(&id);
                 if let Some(mut child) = state.children.remove(&id) {
                     ScraperSupervisorState::stop_child(&mut child).await;
                     tracing::info!(source = %id, "scraper stopped");
@@ -420,6 +429,9 @@ impl Actor for ScraperSupervisor {
             ScraperSupervisorMsg::RunStarted { id } => {
                 state.running.insert(id);
             }
+            ScraperSupervisorMsg::DegradedCount(reply) => {
+                let _ = reply.send(state.degraded.len() as u64);
+            }
             ScraperSupervisorMsg::StateCounts(reply) => {
                 let mut counts: BTreeMap<&'static str, (SourceState, u64)> = BTreeMap::new();
                 for (id, child) in &state.children {
@@ -438,8 +450,14 @@ impl Actor for ScraperSupervisor {
                 pages,
                 items,
                 failed,
+                degraded,
             } => {
                 state.running.remove(&id);
+                if degraded {
+                    state.degraded.insert(id.clone());
+                } else {
+                    state.degraded.remove(&id);
+                }
                 if let Some(child) = state.children.get_mut(&id) {
                     let t = &mut child.totals;
                     t.runs += 1;

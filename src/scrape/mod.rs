@@ -4,22 +4,26 @@
 //! [`extract`] turns a page into items; and [`Pager`] walks a source's pages
 //! (following `next_page` up to `max_pages`, never twice the same URL),
 //! asking the politeness state first and the site conditionally when a page
-//! is remembered in the store (`store::pages`).
+//! is remembered in the store (`store::pages`). Fields that `follow` a URL
+//! are completed there too: each detail page is fetched under the same
+//! guard and politeness, at most once a run, at most `extract.max_follows`
+//! a listing page ([`FollowStats`]).
 
 pub mod extract;
 pub mod fetch;
 pub mod politeness;
 pub mod robots;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
 use url::Url;
 
-use crate::domain::RequestOptions;
+use crate::domain::{Item, Method, RequestOptions};
 use crate::store::{PageMemo, Store};
 
-use extract::{ExtractError, Limits, Page, Rules};
+use extract::{ExtractError, Limits, Page, Report, Rules};
 use fetch::{FetchError, Fetcher, Validators};
 use politeness::Refusal;
 
@@ -67,6 +71,26 @@ pub struct Pager {
     stopped: Option<&'static str>,
     memory: Option<Memory>,
     not_modified: u32,
+    /// What extraction saw on the last page parsed.
+    report: Option<Report>,
+    /// The last page's HTTP status and final URL.
+    answered: Option<(u16, Url)>,
+    max_follows: u32,
+    /// Detail pages of this run by URL: their object, or why there is none.
+    details: HashMap<String, Result<Map<String, Value>, String>>,
+    follows: FollowStats,
+}
+
+/// Detail pages of one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowStats {
+    /// Detail pages fetched (each URL once a run).
+    pub fetched: u64,
+    /// Follows that left their field null: the page failed, robots.txt
+    /// disallowed it, or the page's `max_follows` was spent.
+    pub errors: u64,
+    /// The first such failure's reason.
+    pub error: Option<String>,
 }
 
 /// Where a source's pages are remembered for conditional requests.
@@ -99,7 +123,33 @@ impl Pager {
             stopped: None,
             memory: None,
             not_modified: 0,
+            report: None,
+            answered: None,
+            max_follows: crate::domain::DEFAULT_MAX_FOLLOWS,
+            details: HashMap::new(),
+            follows: FollowStats::default(),
         }
+    }
+
+    /// Fetches at most `n` detail pages for one listing page.
+    pub fn with_max_follows(mut self, n: u32) -> Self {
+        self.max_follows = n;
+        self
+    }
+
+    /// What extraction saw on the last page it parsed (none for a 304).
+    pub fn report(&self) -> Option<&Report> {
+        self.report.as_ref()
+    }
+
+    /// The last page's status and final URL, once it answered.
+    pub fn answered(&self) -> Option<&(u16, Url)> {
+        self.answered.as_ref()
+    }
+
+    /// The run's detail pages so far.
+    pub fn follow_stats(&self) -> &FollowStats {
+        &self.follows
     }
 
     /// Remembers each page's validators and items in `store`, and asks the
@@ -190,6 +240,8 @@ impl Pager {
         };
         // The final URL after redirects counts as seen too.
         self.seen.insert(without_fragment(&fetched.url));
+        self.answered = Some((fetched.status, fetched.url.clone()));
+        self.report = None;
         if fetched.not_modified {
             if let Some(memo) = memo {
                 // Unchanged: the remembered items again, nothing parsed.
@@ -208,7 +260,7 @@ impl Pager {
         let limits = self.limits.clone();
         let page_url = fetched.url.clone();
         let inline = fetched.body.len() <= INLINE_EXTRACT_BYTES;
-        let work = move || extract::extract(&fetched.body, &fetched.url, &rules, &limits);
+        let work = move || extract::extract_reported(&fetched.body, &fetched.url, &rules, &limits);
         // A panic in extraction fails this page, not the run's task.
         let parsed = if inline {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|_| ())
@@ -216,8 +268,10 @@ impl Pager {
             tokio::task::spawn_blocking(work).await.map_err(|_| ())
         };
         match parsed {
-            Ok(Ok(page)) => {
+            Ok(Ok((mut page, report))) => {
+                self.report = Some(report);
                 self.next = page.next.clone();
+                self.follow(&mut page).await;
                 self.remember(&requested, answered, &page);
                 Some(Ok(page))
             }
@@ -233,6 +287,90 @@ impl Pager {
 }
 
 impl Pager {
+    /// Replaces each following field's URL with its detail page's object
+    /// (null when there is none), and rebuilds the items' keys.
+    async fn follow(&mut self, page: &mut Page) {
+        let rules = self.rules.clone();
+        if rules.follows().is_empty() {
+            return;
+        }
+        let mut budget = self.max_follows;
+        for item in &mut page.items {
+            let mut data = std::mem::take(&mut item.data);
+            for follow in rules.follows() {
+                let Some(Value::String(url)) = data.get(&follow.field).cloned() else {
+                    continue;
+                };
+                let object = match self.details.get(&url) {
+                    Some(known) => known.clone(),
+                    None if budget == 0 => Err(format!(
+                        "{url}: not fetched, the page's max_follows ({}) is spent",
+                        self.max_follows
+                    )),
+                    None => {
+                        budget -= 1;
+                        let got = self.detail(&url, &follow.rules).await;
+                        self.details.insert(url.clone(), got.clone());
+                        got
+                    }
+                };
+                let value = match object {
+                    Ok(object) => Value::Object(object),
+                    Err(reason) => {
+                        self.follows.errors += 1;
+                        if self.follows.error.is_none() {
+                            tracing::warn!(field = %follow.field, %reason, "detail page not had");
+                            self.follows.error = Some(reason);
+                        }
+                        Value::Null
+                    }
+                };
+                data.insert(follow.field.clone(), value);
+            }
+            *item = Item::new(data, rules.key());
+        }
+    }
+
+    /// One detail page as an object: admitted by politeness, fetched with
+    /// the source's headers (always a GET), extracted by `rules`.
+    async fn detail(
+        &mut self,
+        raw: &str,
+        rules: &Arc<Rules>,
+    ) -> Result<Map<String, Value>, String> {
+        let url = Url::parse(raw).map_err(|e| format!("{raw}: {e}"))?;
+        let politeness = self.fetcher.politeness().clone();
+        politeness
+            .admit(&self.fetcher, &url)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.follows.fetched += 1;
+        let request = RequestOptions {
+            method: Method::Get,
+            body: None,
+            ..self.request.clone()
+        };
+        let fetched = match self.fetcher.fetch_with(&url, &request).await {
+            Ok(f) => {
+                politeness.answered(&url);
+                f
+            }
+            Err(e) => {
+                if let FetchError::Throttled { retry_after, .. } = &e {
+                    politeness.throttled(&url, *retry_after);
+                }
+                return Err(format!("fetching {url}: {e}"));
+            }
+        };
+        let (rules, limits) = (rules.clone(), self.limits.clone());
+        let work = move || extract::extract_object(&fetched.body, &fetched.url, &rules, &limits);
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(object)) => Ok(object),
+            Ok(Err(e)) => Err(format!("extracting {url}: {e}")),
+            Err(_) => Err(format!("extracting {url}: the parser stopped unexpectedly")),
+        }
+    }
+
     /// Keeps a fully answered page for the next run's conditional request,
     /// when it came with a validator.
     fn remember(&self, url: &Url, validators: Validators, page: &Page) {

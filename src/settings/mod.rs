@@ -184,6 +184,11 @@ pub struct NodeArgs {
     /// [default: 5000]; the node closes it after that.
     #[arg(long, env = "GLEANER_CLUSTER_HANDSHAKE_TIMEOUT_MS")]
     pub cluster_handshake_timeout_ms: Option<u64>,
+    /// A directory of source files (`*.json`, `*.toml`, `*.yaml`, `*.yml`),
+    /// applied at start and on change; a node where it does not exist
+    /// leaves file-managed sources alone [default: config/sources].
+    #[arg(long, env = "GLEANER_SOURCES_DIR")]
+    pub sources_dir: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -230,6 +235,7 @@ impl NodeArgs {
             cluster_handshake_timeout_ms: self
                 .cluster_handshake_timeout_ms
                 .or(file.cluster_handshake_timeout_ms),
+            sources_dir: self.sources_dir.or(file.sources_dir),
         }
     }
 }
@@ -274,6 +280,8 @@ pub struct Settings {
     pub isolation: IsolationConfig,
     /// As given, to pass on to worker containers.
     pub allow_private_targets: Option<String>,
+    /// The sources directory (relative paths from the working directory).
+    pub sources_dir: PathBuf,
 }
 
 /// How a node joins the cluster.
@@ -387,6 +395,10 @@ impl Settings {
                 .unwrap_or_else(|| "gleaner".into()),
         };
         Ok(Settings {
+            sources_dir: a
+                .sources_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("config/sources")),
             cluster,
             isolation,
             allow_private_targets,

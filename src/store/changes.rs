@@ -89,7 +89,10 @@ impl Store {
             Some(n) => n,
             None => match log.last()? {
                 Some((k, _)) => seq_of(&k),
-                None => 0,
+                // Empty: new, or deleted (numbering goes on past the deletion).
+                None => self
+                    .dropped_record(collection)?
+                    .map_or(0, |d| d.last_change),
             },
         } + 1;
         (items, &log)
@@ -192,12 +195,12 @@ impl Store {
         self
     }
 
-    fn changes_tree(&self, collection: &str) -> Result<sled::Tree> {
+    pub(super) fn changes_tree(&self, collection: &str) -> Result<sled::Tree> {
         Ok(self.db.open_tree(format!("{CHANGES_PREFIX}{collection}"))?)
     }
 }
 
-fn seq_of(key: &[u8]) -> u64 {
+pub(super) fn seq_of(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     let n = key.len().min(8);
     b[..n].copy_from_slice(&key[..n]);

@@ -188,7 +188,7 @@ impl Store {
         applied
     }
 
-    fn with_generations(&self, collection: &str, f: impl FnOnce(&mut Generations)) {
+    pub(super) fn with_generations(&self, collection: &str, f: impl FnOnce(&mut Generations)) {
         let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
         match generations.get_mut(collection) {
             Some(g) => f(g),
@@ -226,6 +226,10 @@ impl Store {
         let mut inserted = 0;
         let mut last = None;
         for copy in items {
+            // Observed before the collection was deleted: it stays deleted.
+            if self.deleted_since(collection, copy.last_seen) {
+                continue;
+            }
             let old = tree
                 .get(copy.key.as_bytes())?
                 .map(|b| decode::<StoredItem>("item", &b))

@@ -40,6 +40,15 @@ impl Store {
     }
 
     fn apply_replicated_unguarded(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
+        // A batch fetched before its collection was deleted only moves the
+        // head: its items stay deleted.
+        if self.deleted_since(&rb.batch.collection, rb.batch.fetched_at) {
+            self.raise_dropped_head(&rb.batch.collection, &rb.origin, rb.seq)?;
+            return Ok(BatchOutcome {
+                unchanged: rb.batch.items.len() as u64,
+                ..BatchOutcome::default()
+            });
+        }
         let outcome = self.upsert_items(&rb.batch)?;
         let log = self.log_tree(&rb.batch.collection)?;
         log.insert(log_key(&rb.origin, rb.seq), encode(rb))?;
@@ -61,21 +70,39 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Every collection's heads.
+    /// Every collection's heads (a deleted collection's included: its
+    /// numbering goes on).
     pub fn heads(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
-        Ok(self
-            .collections()?
-            .into_iter()
-            .map(|(name, meta)| (name, meta.heads))
-            .collect())
+        let mut all: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for tombstone in self.tombstones()? {
+            let heads = self.heads_of(&tombstone.name)?;
+            all.insert(tombstone.name, heads);
+        }
+        for (name, meta) in self.collections()? {
+            let heads = all.entry(name).or_default();
+            for (origin, seq) in meta.heads {
+                let h = heads.entry(origin).or_default();
+                *h = (*h).max(seq);
+            }
+        }
+        Ok(all)
     }
 
-    /// One collection's heads (empty if it does not exist here).
+    /// One collection's heads (empty if it never existed here).
     pub fn heads_of(&self, collection: &str) -> Result<BTreeMap<String, u64>> {
-        Ok(self
+        let mut heads = self
+            .dropped_record(collection)?
+            .map(|d| d.heads)
+            .unwrap_or_default();
+        for (origin, seq) in self
             .collection(collection)?
             .map(|m| m.heads)
-            .unwrap_or_default())
+            .unwrap_or_default()
+        {
+            let h = heads.entry(origin).or_default();
+            *h = (*h).max(seq);
+        }
+        Ok(heads)
     }
 
     /// Up to `max` logged batches (and about `max_bytes`, at least one) of
@@ -118,7 +145,7 @@ impl Store {
         Ok(LogSlice::Batches(out))
     }
 
-    fn log_tree(&self, collection: &str) -> Result<sled::Tree> {
+    pub(super) fn log_tree(&self, collection: &str) -> Result<sled::Tree> {
         Ok(self.db.open_tree(format!("{LOG_PREFIX}{collection}"))?)
     }
 }

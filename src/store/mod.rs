@@ -10,6 +10,7 @@
 //! - `changes`: each collection's change feed (inserted/changed items);
 //! - `webhooks`: the replicated webhook registry and each webhook's
 //!   delivery state.
+//! - `dropped`: deleted collections' tombstones.
 //!
 //! Around them: [`Flusher`] (group commit) and [`guard`] (the disk reserve,
 //! a failed store, stalled flushes).
@@ -24,6 +25,7 @@
 //! ([`guard`]).
 
 mod changes;
+mod dropped;
 mod flusher;
 pub mod guard;
 mod items;
@@ -99,6 +101,9 @@ pub struct Store {
     collections: sled::Tree,
     webhooks: sled::Tree,
     hooks: sled::Tree,
+    dropped: sled::Tree,
+    /// Each deleted collection's deletion time, for the per-batch check.
+    dropped_at: dropped::DroppedAt,
     log_retained: u64,
     changes_kept: u64,
     change_seqs: changes::ChangeSeqs,
@@ -139,7 +144,10 @@ impl Store {
             .path(dir.join("db"))
             .cache_capacity(cache_bytes)
             .open()?;
+        let dropped = db.open_tree("dropped")?;
         Ok(Store {
+            dropped_at: dropped::load(&dropped)?,
+            dropped,
             meta: db.open_tree("meta")?,
             sources: db.open_tree("sources")?,
             runs: db.open_tree("runs")?,
@@ -243,6 +251,11 @@ impl Store {
         generations
             .get(collection)
             .is_none_or(|g| g.durable >= g.begun)
+    }
+
+    /// A small key in the meta tree.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|| Ok(self.meta.get(key)?.map(|v| v.to_vec())))
     }
 
     /// A small key in the meta tree (not flushed).
@@ -542,15 +555,9 @@ mod tests {
             let run = RunRecord {
                 started_at: at,
                 finished_at: at,
-                duration_ms: 0,
                 pages: 1,
                 items: i as u64,
-                inserted: 0,
-                changed: 0,
-                error: None,
-                code: None,
-                stopped: None,
-                not_modified: 0,
+                ..RunRecord::default()
             };
             store.record_run("s", &run).unwrap();
         }

@@ -363,3 +363,254 @@ async fn the_openapi_document_covers_every_route_and_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The spec part of a source view: the view without its status and bookkeeping.
+fn spec_of(view: &Value) -> Value {
+    let mut spec = view.clone();
+    for key in [
+        "status",
+        "version",
+        "created_at",
+        "updated_at",
+        "managed_by",
+        "file",
+    ] {
+        spec.as_object_mut().unwrap().remove(key);
+    }
+    spec
+}
+
+#[tokio::test]
+async fn put_takes_back_what_get_gave_and_patch_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    let mut spec = catalogue_spec("edit", "http://127.0.0.2:1/catalogue/page-1.html");
+    spec["enabled"] = json!(false);
+    node.create_source(&spec).await;
+    let got = node.source("edit").await;
+    assert_eq!(got["managed_by"], "api", "{got}");
+
+    // GET -> PUT round trip: accepted as it is, and the spec is unchanged.
+    let (status, body) = node.put("/api/v1/sources/edit", &got).await;
+    assert_eq!(status, 200, "{body}");
+    let again = node.source("edit").await;
+    assert_eq!(spec_of(&again), spec_of(&got));
+    // Read-only keys are dropped; unknown ones are still refused, by name.
+    let mut unknown = got.clone();
+    unknown["colour"] = json!("red");
+    let (status, body) = node.put("/api/v1/sources/edit", &unknown).await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["error"]["field"], "colour");
+    let mut other = got.clone();
+    other["id"] = json!("other");
+    let (status, body) = node.put("/api/v1/sources/edit", &other).await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["error"]["field"], "id");
+
+    let patch = |body: &Value, content_type: &str| {
+        node.request(Method::PATCH, "/api/v1/sources/edit")
+            .header("content-type", content_type)
+            .body(body.to_string())
+    };
+    // The schedule only: everything else stays.
+    let (status, body) = node
+        .send(patch(
+            &json!({"schedule": {"every_secs": 120}}),
+            "application/merge-patch+json",
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["schedule"]["every_secs"], 120);
+    let mut want = spec_of(&got);
+    want["schedule"]["every_secs"] = json!(120);
+    assert_eq!(spec_of(&body), want);
+    // null removes a field; nested objects merge.
+    let (status, body) = node
+        .send(patch(
+            &json!({"extract": {"next_page": null}, "key": null,
+                    "schedule": {"every_secs": null, "cron": "*/5 * * * *"}}),
+            "application/json",
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["extract"].get("next_page").is_none(), "{body}");
+    assert_eq!(body["key"], json!([]));
+    assert_eq!(
+        body["schedule"],
+        json!({"cron": "*/5 * * * *", "jitter_secs": 0})
+    );
+    assert_eq!(body["extract"]["fields"], got["extract"]["fields"]);
+    // An invalid result is a 400 naming the field, and changes nothing.
+    let (status, body) = node
+        .send(patch(
+            &json!({"schedule": {"cron": null, "every_secs": 0}}),
+            "application/merge-patch+json",
+        ))
+        .await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["error"]["field"], "schedule.every_secs");
+    let (status, body) = node
+        .send(patch(
+            &json!({"extract": {"fields": {"title": {"css": "h3 a", "colour": 1}}}}),
+            "application/json",
+        ))
+        .await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["error"]["field"], "extract.fields.title.colour");
+    let (status, body) = node
+        .send(patch(&json!({"id": "other"}), "application/json"))
+        .await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["error"]["field"], "id");
+    assert_eq!(node.source("edit").await["schedule"]["cron"], "*/5 * * * *");
+    // Other media types, non-object patches, unknown sources.
+    let (status, body) = node
+        .send(patch(&json!({"enabled": true}), "text/plain"))
+        .await;
+    assert_error(status, &body, 415, "unsupported_media_type");
+    let (status, body) = node.send(patch(&json!([1]), "application/json")).await;
+    assert_error(status, &body, 400, "invalid_request");
+    let (status, body) = node
+        .send(
+            node.request(Method::PATCH, "/api/v1/sources/nope")
+                .header("content-type", "application/merge-patch+json")
+                .body("{}"),
+        )
+        .await;
+    assert_error(status, &body, 404, "not_found");
+}
+
+#[tokio::test]
+async fn deleting_a_collection_deletes_it_on_every_node_once_nothing_feeds_it() {
+    use crate::harness::cluster::{wait_for_items, Cluster, ClusterPlan};
+    use crate::harness::fixture::{page_path, page_spec, FixtureSite};
+    use crate::harness::wait_until;
+    use std::time::Duration;
+
+    let site = FixtureSite::start().await;
+    let cluster = Cluster::start(ClusterPlan::new(2), &[0, 1]).await;
+    cluster.formed(Duration::from_secs(20)).await;
+    let (a, b) = (&cluster.nodes[&0], &cluster.nodes[&1]);
+    a.create_source(&page_spec("feed", &site.url(&page_path(1)), 3600))
+        .await;
+    wait_for_items(&cluster.all(), "books", 20, Duration::from_secs(30)).await;
+
+    let (status, body) = a.delete("/api/v1/collections/books").await;
+    assert_error(status, &body, 409, "collection_in_use");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("feed"),
+        "names the source: {body}"
+    );
+    let (status, body) = a.delete("/api/v1/collections/nope").await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = a
+        .send(a.anonymous(Method::DELETE, "/api/v1/collections/books"))
+        .await;
+    assert_error(status, &body, 401, "unauthorized");
+
+    let (status, _) = a.delete("/api/v1/sources/feed").await;
+    assert_eq!(status, 204);
+    // The source's deletion reaches b before b's registry frees the name.
+    wait_until(
+        "b to see the source deleted",
+        Duration::from_secs(10),
+        || async {
+            let (status, _) = b.get("/api/v1/sources/feed").await;
+            (status == 404).then_some(())
+        },
+    )
+    .await;
+    let (status, body) = b.delete("/api/v1/collections/books").await;
+    assert_eq!(status, 204, "{body}");
+    // Durable before the answer, here: gone at once.
+    let (status, _) = b.get("/api/v1/collections/books/items").await;
+    assert_eq!(status, 404);
+    for node in cluster.all() {
+        wait_until(
+            &format!("the collection gone on {}", node.addr),
+            Duration::from_secs(10),
+            || async {
+                let (items, _) = node.get("/api/v1/collections/books/items").await;
+                let (_, list) = node.get("/api/v1/collections").await;
+                let listed = list["collections"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["name"] == "books");
+                (items == 404 && !listed).then_some(())
+            },
+        )
+        .await;
+    }
+    let (status, body) = a.delete("/api/v1/collections/books").await;
+    assert_error(status, &body, 404, "not_found");
+
+    // Fed again, the collection starts afresh and replicates as before: the
+    // deleted items do not come back, the new ones reach every node.
+    a.create_source(&page_spec("feed2", &site.url(&page_path(2)), 3600))
+        .await;
+    wait_for_items(&cluster.all(), "books", 20, Duration::from_secs(30)).await;
+    for node in cluster.all() {
+        let items = node.all_items("books").await;
+        assert!(
+            items.iter().all(|i| i["source"] == "feed2"),
+            "nothing of the deleted collection came back on {}",
+            node.addr
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_down_during_a_collection_delete_follows_it_and_brings_nothing_back() {
+    use crate::harness::cluster::{wait_for_items, Cluster, ClusterPlan};
+    use crate::harness::fixture::{page_path, page_spec, FixtureSite};
+    use crate::harness::wait_until;
+    use std::time::Duration;
+
+    let site = FixtureSite::start().await;
+    let mut cluster = Cluster::start(ClusterPlan::new(2), &[0, 1]).await;
+    cluster.formed(Duration::from_secs(20)).await;
+    cluster.nodes[&0]
+        .create_source(&page_spec("feed", &site.url(&page_path(5)), 3600))
+        .await;
+    wait_for_items(&cluster.all(), "books", 20, Duration::from_secs(30)).await;
+    assert!(cluster.terminate(1), "n1 stops cleanly");
+
+    {
+        let n0 = &cluster.nodes[&0];
+        assert_eq!(n0.delete("/api/v1/sources/feed").await.0, 204);
+        let (status, body) = n0.delete("/api/v1/collections/books").await;
+        assert_eq!(status, 204, "{body}");
+    }
+
+    // n1 comes back with the collection on its disk: it learns the deletion
+    // from n0 and deletes its copy; n0 pulls nothing back from it.
+    cluster.add(1, |c| c).await;
+    cluster.formed(Duration::from_secs(20)).await;
+    let (n0, n1) = (&cluster.nodes[&0], &cluster.nodes[&1]);
+    wait_until("n1 to delete its copy", Duration::from_secs(20), || async {
+        (n1.get("/api/v1/collections/books/items").await.0 == 404).then_some(())
+    })
+    .await;
+    let rounds = |state: &serde_json::Value| -> u64 {
+        state["nodes"][0]["tree"]["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["kind"] == "Replicator")
+            .unwrap()["stats"]["rounds"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = rounds(&n0.get("/debug/state").await.1);
+    wait_until(
+        "two more rounds on n0 with n1 up",
+        Duration::from_secs(20),
+        || async { (rounds(&n0.get("/debug/state").await.1) >= before + 2).then_some(()) },
+    )
+    .await;
+    for node in cluster.all() {
+        let (status, body) = node.get("/api/v1/collections/books/items").await;
+        assert_eq!(status, 404, "{} brought items back: {body}", node.addr);
+    }
+}

@@ -326,6 +326,147 @@ fn find_actor<'a>(actor: &'a Value, kind: &str, id: &str) -> Option<&'a Value> {
         .find_map(|c| find_actor(c, kind, id))
 }
 
+/// The source editor: a pasted spec is previewed (its warnings and items
+/// shown, scraped markup as text), a bad one is refused naming the field,
+/// and a saved one appears as a source.
+#[tokio::test]
+async fn the_editor_previews_and_saves_a_pasted_source() {
+    let site = FixtureSite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&node.url("/dashboard")).await.unwrap();
+    wait_until("the login form", Duration::from_secs(20), || async {
+        browser.find(Locator::Css("#token")).await.ok().map(|_| ())
+    })
+    .await;
+    log_in(&browser, ADMIN_TOKEN).await;
+    wait_text(&browser, "#node-name", "the node's name", |t| {
+        t == "test-node"
+    })
+    .await;
+
+    let spec = json!({
+        "id": "pasted", "url": site.url("/xss.html"), "collection": "pasted",
+        "extract": { "scope": "article.product",
+                     "fields": { "title": "h3 a", "price": ".price", "missing": ".no-such" } }
+    });
+    let area = browser.find(Locator::Css("#editor-spec")).await.unwrap();
+    area.send_keys(&spec.to_string()).await.unwrap();
+    browser
+        .find(Locator::Css("#editor-preview"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let items = wait_text(&browser, "#editor-result", "the previewed items", |t| {
+        t.contains("onerror")
+    })
+    .await;
+    assert!(items.contains("<img src=x onerror=alert(1)>"), "{items}");
+    assert!(items.contains("<script>alert(2)</script>"), "{items}");
+    let warnings = text(&browser, "#editor-warnings").await.unwrap();
+    assert!(
+        warnings.contains("extract.fields.missing: matched nothing"),
+        "{warnings}"
+    );
+    assert!(
+        browser.get_alert_text().await.is_err(),
+        "scraped markup ran"
+    );
+    let injected = browser
+        .execute(
+            "return document.querySelectorAll('#editor img, #editor script').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!(0));
+    // The preview stored nothing.
+    let (status, _) = node.get("/api/v1/sources/pasted").await;
+    assert_eq!(status, 404);
+
+    // A bad spec is refused, naming the field.
+    area.clear().await.unwrap();
+    let mut bad = spec.clone();
+    bad["id"] = json!("Not A Slug");
+    area.send_keys(&bad.to_string()).await.unwrap();
+    browser
+        .find(Locator::Css("#editor-save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&browser, "#editor-error", "the refusal", |t| {
+        t.starts_with("id: ")
+    })
+    .await;
+
+    // Saved: the source exists and shows in the list.
+    area.clear().await.unwrap();
+    area.send_keys(&spec.to_string()).await.unwrap();
+    browser
+        .find(Locator::Css("#editor-save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&browser, "#editor-status", "the save", |t| {
+        t == "created pasted"
+    })
+    .await;
+    let source = node.source("pasted").await;
+    assert_eq!(source["url"], site.url("/xss.html"));
+    wait_text(
+        &browser,
+        "tr[data-source='pasted'] .id",
+        "the new source's row",
+        |t| t == "pasted",
+    )
+    .await;
+    assert_eq!(
+        text(&browser, "tr[data-source='pasted'] .health")
+            .await
+            .unwrap(),
+        "ok"
+    );
+    // "edit" loads a stored source back into the editor.
+    area.clear().await.unwrap();
+    browser
+        .find(Locator::Css("tr[data-source='pasted'] button.edit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let loaded = wait_until(
+        "the spec in the editor",
+        Duration::from_secs(20),
+        || async {
+            let v = browser
+                .execute(
+                    "return document.getElementById('editor-spec').value;",
+                    vec![],
+                )
+                .await
+                .ok()?;
+            serde_json::from_str::<Value>(v.as_str()?).ok()
+        },
+    )
+    .await;
+    assert_eq!(loaded["id"], "pasted");
+    assert!(loaded.get("status").is_none(), "{loaded}");
+    let png = browser.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("editor.png"), png).unwrap();
+    browser.close().await.unwrap();
+}
+
 /// The throughput charts (inline SVG drawn by the page's own script from
 /// each node's samples) and the webhooks table with its last deliveries.
 #[tokio::test]

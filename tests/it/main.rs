@@ -13,16 +13,19 @@
 mod harness;
 
 mod api;
+mod authoring;
 mod changes;
 mod cluster;
 mod containers;
 mod dashboard;
 mod faults;
 mod fetch;
+mod files;
 mod hostile;
 mod isolation;
 mod logs;
 mod metrics;
 mod pipeline;
 mod polite;
+mod reference;
 mod webhooks;

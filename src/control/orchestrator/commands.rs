@@ -2,6 +2,7 @@
 //! dispatches), and how writes are answered: once a peer has the record too.
 
 use super::*;
+use crate::domain::CollectionTombstone;
 
 /// How long an admin write waits for a peer to store the record too.
 pub const REPLICATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -25,6 +26,8 @@ impl OrchestratorState {
                 deleted: false,
                 created_at: now,
                 updated_at: now,
+                managed_by: ManagedBy::Api,
+                file: None,
             };
             let record = self.save(record).await?;
             tracing::info!(source = %record.spec.id, url = %record.spec.url, "source created");
@@ -39,28 +42,79 @@ impl OrchestratorState {
     /// Replaces an existing source's spec.
     pub(super) async fn replace(&self, spec: SourceSpec, reply: Reply<SourceView>) {
         let result = async {
-            let previous = self.existing(&spec.id).await?;
-            let record = SourceRecord {
-                version: Version::next(Some(&previous.version), &self.args.node_id),
-                spec,
-                deleted: false,
-                created_at: previous.created_at,
-                updated_at: Utc::now(),
-            };
-            let record = self.save(record).await?;
-            tracing::info!(source = %record.spec.id, "source replaced");
-            self.changed(&record.spec.id, "replaced");
-            let view = self.view(record.clone()).await;
-            Ok((record, view))
+            let previous = self.editable(&spec.id).await?;
+            self.replace_with(previous, spec).await
         }
         .await;
         self.answer_write(reply, result);
     }
 
+    /// Applies a JSON merge patch (RFC 7396) to a source's spec; the result
+    /// is validated like a replacement.
+    pub(super) async fn patch(
+        &self,
+        id: String,
+        patch: serde_json::Value,
+        reply: Reply<SourceView>,
+    ) {
+        let result = async {
+            let previous = self.editable(&id).await?;
+            let mut merged = serde_json::to_value(&previous.spec).map_err(store_err)?;
+            json_patch::merge(&mut merged, &patch);
+            if merged
+                .get("id")
+                .is_some_and(|given| *given != serde_json::json!(id))
+            {
+                return Err(AdminError::Invalid(crate::domain::SpecError::new(
+                    "id",
+                    format!("must match the path's id '{id}'"),
+                )));
+            }
+            let spec = SourceSpec::from_value(merged).map_err(AdminError::Invalid)?;
+            spec.validate().map_err(AdminError::Invalid)?;
+            self.replace_with(previous, spec).await
+        }
+        .await;
+        self.answer_write(reply, result);
+    }
+
+    /// A live source the API may change: 409 for a file-managed one.
+    async fn editable(&self, id: &str) -> Result<SourceRecord, AdminError> {
+        let record = self.existing(id).await?;
+        if record.managed_by == ManagedBy::File {
+            return Err(AdminError::ManagedByFile {
+                id: id.to_owned(),
+                file: record.file.unwrap_or_default(),
+            });
+        }
+        Ok(record)
+    }
+
+    async fn replace_with(
+        &self,
+        previous: SourceRecord,
+        spec: SourceSpec,
+    ) -> Result<(SourceRecord, Result<SourceView, AdminError>), AdminError> {
+        let record = SourceRecord {
+            version: Version::next(Some(&previous.version), &self.args.node_id),
+            spec,
+            deleted: false,
+            created_at: previous.created_at,
+            updated_at: Utc::now(),
+            managed_by: ManagedBy::Api,
+            file: None,
+        };
+        let record = self.save(record).await?;
+        tracing::info!(source = %record.spec.id, "source replaced");
+        self.changed(&record.spec.id, "replaced");
+        let view = self.view(record.clone()).await;
+        Ok((record, view))
+    }
+
     /// Deletes a source: a tombstone, so no stale copy can bring it back.
     pub(super) async fn delete(&self, id: String, reply: Reply<()>) {
         let result = async {
-            let previous = self.existing(&id).await?;
+            let previous = self.editable(&id).await?;
             let record = SourceRecord {
                 version: Version::next(Some(&previous.version), &self.args.node_id),
                 deleted: true,
@@ -225,6 +279,72 @@ impl OrchestratorState {
             }
             counts.push((SourceState::Disabled, disabled));
             let _ = reply.send(Ok(counts));
+        });
+    }
+
+    /// Deletes a collection's data on every node: refused while a source
+    /// feeds it; answered once it is durable here and on one peer (or none
+    /// is up, or none answered in time: the peers' Replicators then follow
+    /// the tombstone within a round).
+    pub(super) async fn drop_collection(&self, name: String, reply: Reply<()>) {
+        let checked = async {
+            let n = name.clone();
+            let (exists, feeding, previous) = self
+                .blocking(move |s| {
+                    let exists = s.collection(&n)?.is_some();
+                    let feeding: Vec<String> = s
+                        .sources()?
+                        .into_iter()
+                        .filter(|r| !r.deleted && r.spec.collection == n)
+                        .map(|r| r.spec.id)
+                        .collect();
+                    Ok((exists, feeding, s.tombstone(&n)?))
+                })
+                .await?;
+            if !feeding.is_empty() {
+                return Err(AdminError::CollectionInUse {
+                    name: name.clone(),
+                    sources: feeding,
+                });
+            }
+            if !exists {
+                return Err(AdminError::CollectionNotFound(name.clone()));
+            }
+            Ok(CollectionTombstone {
+                version: Version::next(previous.map(|p| p.version).as_ref(), &self.args.node_id),
+                name: name.clone(),
+            })
+        }
+        .await;
+        let tombstone = match checked {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        // Off this mailbox: deleting a large collection takes a while.
+        let collections = self.args.collections.clone();
+        let cluster = self.args.cluster.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let drop = |r| CollectionSupervisorMsg::Drop(tombstone.clone(), r);
+                match ask(&collections, drop, ASK_TIMEOUT * 6).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(AdminError::Store(e)),
+                    Err(e) => return Err(AdminError::Unavailable(e.to_string())),
+                }
+                let pending =
+                    cluster.ask_all(&Request::DropCollection(tombstone.clone()), REPLICATE_TIMEOUT);
+                if pending.asked() > 0
+                    && pending.first(|r| matches!(r, Response::Ok)).await.is_none()
+                {
+                    tracing::warn!(collection = %tombstone.name, "no peer deleted the collection in time; their replicators will");
+                }
+                Ok(())
+            }
+            .await;
+            let _ = reply.send(result);
         });
     }
 }

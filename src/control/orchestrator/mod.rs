@@ -16,7 +16,8 @@
 //! the collection's counts.
 //!
 //! Files: this one holds the actor, its messages and a one-line dispatch;
-//! `commands` one method per admin command, `registry` the replicated
+//! `commands` one method per admin command, `files` the sources directory's
+//! sync, `registry` the replicated
 //! registry (gossip, merge, acknowledgements, reconciliation) and `views`
 //! the status views.
 
@@ -32,7 +33,9 @@ use crate::cluster::groups;
 use crate::cluster::handle::Answer;
 use crate::cluster::wire::{Notice, Request, Response};
 use crate::cluster::Cluster;
-use crate::domain::{RunRecord, SourceRecord, SourceRuntime, SourceSpec, SourceState, Version};
+use crate::domain::{
+    ManagedBy, RunRecord, SourceRecord, SourceRuntime, SourceSpec, SourceState, Version,
+};
 use crate::events::{Event, Events};
 use crate::isolation::worker_supervisor::{
     add_worker_runtimes, WorkerSupervisor, WorkerSupervisorArgs, WorkerSupervisorMsg,
@@ -50,10 +53,12 @@ use crate::store::{Store, StoreError};
 use crate::supervision::{ask, child_down, AfterFailure, ChildDown, FailureWindow, ASK_TIMEOUT};
 
 mod commands;
+mod files;
 mod registry;
 mod views;
 
 pub use commands::REPLICATE_TIMEOUT;
+pub use files::{FileSync, FileSyncOutcome};
 pub use registry::GOSSIP_EVERY;
 pub use views::{LiveSources, SourceStatus, SourceView};
 
@@ -95,6 +100,19 @@ pub enum AdminError {
     /// The store failed or did not answer in time.
     #[error("{0}")]
     StorageUnavailable(String),
+    /// The source is defined by a file of the sources directory.
+    #[error(
+        "source '{id}' is managed by the file '{file}' of the sources directory: change the file"
+    )]
+    ManagedByFile { id: String, file: String },
+    #[error("collection '{0}' not found")]
+    CollectionNotFound(String),
+    /// Sources still feed the collection.
+    #[error("collection '{name}' is fed by the sources {}: delete them or point them elsewhere first", .sources.join(", "))]
+    CollectionInUse { name: String, sources: Vec<String> },
+    /// The spec a patch makes is not valid.
+    #[error("{0}")]
+    Invalid(crate::domain::SpecError),
 }
 
 impl From<StoreError> for AdminError {
@@ -113,6 +131,12 @@ type Reply<T> = RpcReplyPort<Result<T, AdminError>>;
 pub enum OrchestratorMsg {
     Create(SourceSpec, Reply<SourceView>),
     Replace(SourceSpec, Reply<SourceView>),
+    /// Applies a JSON merge patch (RFC 7396) to a source's spec.
+    Patch(String, serde_json::Value, Reply<SourceView>),
+    /// Deletes a collection's data on every node (no source may feed it).
+    DropCollection(String, Reply<()>),
+    /// The sources directory as this node read it: upsert, delete.
+    SyncFiles(FileSync, Reply<FileSyncOutcome>),
     Delete(String, Reply<()>),
     RunNow(String, Reply<()>),
     Get(String, Reply<SourceView>),
@@ -275,6 +299,11 @@ impl Actor for Orchestrator {
         match msg {
             OrchestratorMsg::Create(spec, reply) => state.create(spec, reply).await,
             OrchestratorMsg::Replace(spec, reply) => state.replace(spec, reply).await,
+            OrchestratorMsg::Patch(id, patch, reply) => state.patch(id, patch, reply).await,
+            OrchestratorMsg::DropCollection(name, reply) => {
+                state.drop_collection(name, reply).await
+            }
+            OrchestratorMsg::SyncFiles(sync, reply) => state.sync_files(sync, reply).await,
             OrchestratorMsg::Delete(id, reply) => state.delete(id, reply).await,
             OrchestratorMsg::RunNow(id, reply) => state.run_now(id, reply).await,
             OrchestratorMsg::Get(id, reply) => state.get(id, reply).await,

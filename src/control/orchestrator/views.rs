@@ -13,6 +13,12 @@ pub struct SourceView {
     pub version: Version,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `api`, or `file` for a source defined by a file of the sources
+    /// directory (the API then refuses to change or delete it).
+    pub managed_by: ManagedBy,
+    /// The file that defines it, for a file-managed source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// Source views together with the live state they were assembled from, so a
@@ -40,6 +46,12 @@ pub struct SourceStatus {
     pub items: u64,
     pub last_error: Option<String>,
     pub restarts: u64,
+    /// `ok`, or `degraded` when the runs drift from what they used to yield
+    /// (see `domain::health`); taken from the last run.
+    pub health: crate::domain::Health,
+    /// Why the source is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
     /// The worker container of an isolated source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<crate::domain::WorkerContainer>,
@@ -106,12 +118,13 @@ impl OrchestratorState {
                 let spec = &record.spec;
                 let runtime = runtimes.get(&spec.id);
                 // The live scraper's last run is newer when the store could
-                // not record it (a full disk).
+                // not record it (a full disk); on a tie the stored copy wins
+                // (it carries this node's judgement of drift, see inbound).
                 let live_run = runtime
                     .and_then(|r| r.scraper.as_ref())
                     .and_then(|s| s.last_run.clone());
                 let last_run = match (last_run, live_run) {
-                    (Some(kept), Some(live)) if kept.started_at > live.started_at => Some(kept),
+                    (Some(kept), Some(live)) if kept.started_at >= live.started_at => Some(kept),
                     (kept, live) => live.or(kept),
                 };
                 let (state, last_error) = if !spec.enabled {
@@ -130,6 +143,8 @@ impl OrchestratorState {
                     .copied()
                     .unwrap_or(0);
                 let owner_id = self.args.cluster.owner_of(&spec.id);
+                let health = last_run.as_ref().map(|r| r.health).unwrap_or_default();
+                let health_reason = last_run.as_ref().and_then(|r| r.health_reason.clone());
                 SourceView {
                     status: SourceStatus {
                         owner: owner_id
@@ -142,12 +157,16 @@ impl OrchestratorState {
                         items,
                         last_error,
                         restarts: runtime.map_or(0, |r| r.restarts),
+                        health,
+                        health_reason,
                         container: runtime.and_then(|r| r.container.clone()),
                     },
                     spec: record.spec,
                     version: record.version,
                     created_at: record.created_at,
                     updated_at: record.updated_at,
+                    managed_by: record.managed_by,
+                    file: record.file,
                 }
             })
             .collect();

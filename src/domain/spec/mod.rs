@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub mod files;
 mod request;
 mod schedule;
 
@@ -27,6 +28,10 @@ pub const MAX_PAGES_LIMIT: u32 = 1000;
 pub const MAX_EVERY_SECS: u64 = 7 * 24 * 3600;
 /// Longest source URL, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
+/// Default of `extract.max_follows`: detail pages fetched per listing page.
+pub const DEFAULT_MAX_FOLLOWS: u32 = 100;
+/// Upper bound of `extract.max_follows`.
+pub const MAX_FOLLOWS_LIMIT: u32 = 1000;
 
 /// One scraping configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -84,10 +89,34 @@ pub struct ExtractSpec {
     pub fields: BTreeMap<String, FieldSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_page: Option<NextPage>,
+    /// Most detail pages (fields with `follow`) fetched for one listing
+    /// page; further follows on that page are left null and counted.
+    #[serde(
+        default = "default_max_follows",
+        skip_serializing_if = "is_default_max_follows"
+    )]
+    pub max_follows: u32,
+}
+
+fn default_max_follows() -> u32 {
+    DEFAULT_MAX_FOLLOWS
+}
+
+fn is_default_max_follows(n: &u32) -> bool {
+    *n == DEFAULT_MAX_FOLLOWS
+}
+
+impl ExtractSpec {
+    /// Does any field follow its URL to a detail page?
+    pub fn follows(&self) -> bool {
+        self.fields
+            .values()
+            .any(|f| matches!(f, FieldSpec::Rule(r) if r.follow.is_some()))
+    }
 }
 
 /// A field: a bare selector string (its text is taken) or a full rule.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum FieldSpec {
     Selector(String),
@@ -155,6 +184,20 @@ pub struct FieldRule {
     /// Take every match as a list instead of the first one.
     #[serde(default)]
     pub all: bool,
+    /// Fetch the field's value (a URL, resolved against the page) and apply
+    /// these rules to that detail page: the field becomes an object. HTML
+    /// sources only; one level (the nested fields cannot follow again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<Follow>,
+}
+
+/// A detail page's rules: nested fields, in the same grammar as
+/// `extract.fields`, applied to the whole detail page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Follow {
+    #[schema(no_recursion)]
+    pub fields: BTreeMap<String, FieldSpec>,
 }
 
 /// How a field's raw text becomes a JSON value.
@@ -187,6 +230,36 @@ pub struct NextPage {
 
 fn default_max_pages() -> u32 {
     10
+}
+
+/// Keys a source view carries besides the spec (status and bookkeeping):
+/// a view sent back as a spec (`PUT` of what `GET` returned) drops them.
+pub const VIEW_ONLY_FIELDS: &[&str] = &[
+    "status",
+    "version",
+    "created_at",
+    "updated_at",
+    "managed_by",
+    "file",
+];
+
+/// A deserialisation failure as a [`SpecError`] naming the field at fault.
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> SpecError {
+    let path = e.path().to_string();
+    let mut field = if path == "." { String::new() } else { path };
+    let message = e.inner().to_string();
+    // For a missing key, the key itself is the field at fault (the path
+    // stops at its parent; for an unknown key it already names the key).
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    if let Some(name) = missing {
+        if !field.is_empty() {
+            field.push('.');
+        }
+        field.push_str(name);
+    }
+    SpecError::new(field, message)
 }
 
 /// A spec that cannot be accepted, naming the field at fault.
@@ -222,24 +295,24 @@ impl SourceSpec {
     /// Parses a spec from JSON, reporting the path of the field at fault.
     pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let spec: SourceSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let mut field = if path == "." { String::new() } else { path };
-            let message = e.inner().to_string();
-            // For a missing key, the key itself is the field at fault (the path
-            // stops at its parent; for an unknown key it already names the key).
-            let missing = message
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next());
-            if let Some(name) = missing {
-                if !field.is_empty() {
-                    field.push('.');
-                }
-                field.push_str(name);
+        serde_path_to_error::deserialize(de).map_err(path_error)
+    }
+
+    /// Parses a spec from a JSON value (a file's document, a merged patch),
+    /// reporting the path of the field at fault.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, SpecError> {
+        serde_path_to_error::deserialize(value).map_err(path_error)
+    }
+
+    /// Parses a spec as the API returned it: the view's read-only keys
+    /// ([`VIEW_ONLY_FIELDS`]) are dropped, anything else unknown is an error.
+    pub fn from_view(mut value: serde_json::Value) -> Result<Self, SpecError> {
+        if let Some(object) = value.as_object_mut() {
+            for key in VIEW_ONLY_FIELDS {
+                object.remove(*key);
             }
-            SpecError::new(field, message)
-        })?;
-        Ok(spec)
+        }
+        Self::from_value(value)
     }
 
     /// This spec as shown in shared views (the source list, `/debug/state`,
@@ -314,20 +387,57 @@ impl ExtractSpec {
         if let Some(scope) = &self.scope {
             self.check_locator("extract.scope", scope)?;
         }
-        if self.fields.is_empty() {
+        self.check_fields("extract.fields", &self.fields, true)?;
+        if self.max_follows > MAX_FOLLOWS_LIMIT {
             return Err(SpecError::new(
-                "extract.fields",
-                "must name at least one field",
+                "extract.max_follows",
+                format!("must be between 0 and {MAX_FOLLOWS_LIMIT}"),
             ));
         }
-        if self.fields.len() > MAX_FIELDS {
-            return Err(SpecError::new(
-                "extract.fields",
-                format!("at most {MAX_FIELDS} fields"),
-            ));
+        if let Some(next) = &self.next_page {
+            if next.max_pages < 1 || next.max_pages > MAX_PAGES_LIMIT {
+                return Err(SpecError::new(
+                    "extract.next_page.max_pages",
+                    format!("must be between 1 and {MAX_PAGES_LIMIT}"),
+                ));
+            }
+            match self.format {
+                Format::Html => {
+                    let css = next.css.as_deref().ok_or_else(|| {
+                        SpecError::new("extract.next_page.css", "is required for html")
+                    })?;
+                    self.check_locator("extract.next_page.css", css)?;
+                    if let Some(attr) = &next.attr {
+                        check_attr("extract.next_page.attr", attr)?;
+                    }
+                }
+                Format::Json => {
+                    let path = next.path.as_deref().ok_or_else(|| {
+                        SpecError::new("extract.next_page.path", "is required for json")
+                    })?;
+                    self.check_locator("extract.next_page.path", path)?;
+                }
+            }
         }
-        for (name, field) in &self.fields {
-            let at = format!("extract.fields.{name}");
+        Ok(())
+    }
+
+    /// Checks one set of field rules (`extract.fields`, or a follow's
+    /// nested fields at `at`); nested fields may not follow again.
+    fn check_fields(
+        &self,
+        at: &str,
+        fields: &BTreeMap<String, FieldSpec>,
+        top: bool,
+    ) -> Result<(), SpecError> {
+        if fields.is_empty() {
+            return Err(SpecError::new(at, "must name at least one field"));
+        }
+        if fields.len() > MAX_FIELDS {
+            return Err(SpecError::new(at, format!("at most {MAX_FIELDS} fields")));
+        }
+        for (name, field) in fields {
+            let at = format!("{at}.{name}");
             if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
                 return Err(SpecError::new(
                     at,
@@ -366,30 +476,27 @@ impl ExtractSpec {
                     self.check_locator(&format!("{at}.path"), path)?;
                 }
             }
-        }
-        if let Some(next) = &self.next_page {
-            if next.max_pages < 1 || next.max_pages > MAX_PAGES_LIMIT {
-                return Err(SpecError::new(
-                    "extract.next_page.max_pages",
-                    format!("must be between 1 and {MAX_PAGES_LIMIT}"),
-                ));
-            }
-            match self.format {
-                Format::Html => {
-                    let css = next.css.as_deref().ok_or_else(|| {
-                        SpecError::new("extract.next_page.css", "is required for html")
-                    })?;
-                    self.check_locator("extract.next_page.css", css)?;
-                    if let Some(attr) = &next.attr {
-                        check_attr("extract.next_page.attr", attr)?;
-                    }
+            if let Some(follow) = &rule.follow {
+                let here = format!("{at}.follow");
+                if !top {
+                    return Err(SpecError::new(
+                        here,
+                        "a detail page's fields cannot follow again (one level only)",
+                    ));
                 }
-                Format::Json => {
-                    let path = next.path.as_deref().ok_or_else(|| {
-                        SpecError::new("extract.next_page.path", "is required for json")
-                    })?;
-                    self.check_locator("extract.next_page.path", path)?;
+                if self.format != Format::Html {
+                    return Err(SpecError::new(
+                        here,
+                        "only html sources follow detail pages",
+                    ));
                 }
+                if rule.all {
+                    return Err(SpecError::new(
+                        format!("{at}.all"),
+                        "cannot be combined with follow (one detail page per field)",
+                    ));
+                }
+                self.check_fields(&format!("{here}.fields"), &follow.fields, false)?;
             }
         }
         Ok(())

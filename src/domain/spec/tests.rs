@@ -290,3 +290,51 @@ fn cron_schedules() {
         assert_eq!(field_of(v), field, "{schedule}");
     }
 }
+
+#[test]
+fn follow_takes_one_level_of_html_fields() {
+    let mut v = books();
+    v["extract"]["fields"]["detail"] = serde_json::json!({
+        "css": "h3 a", "attr": "href",
+        "follow": { "fields": { "upc": "td.upc", "stock": { "css": ".stock", "type": "number" } } }
+    });
+    let spec = check(v.clone()).unwrap();
+    assert!(spec.extract.follows());
+    assert_eq!(spec.extract.max_follows, DEFAULT_MAX_FOLLOWS);
+    // The default is left out when the spec is shown again.
+    let shown = serde_json::to_value(&spec).unwrap();
+    assert!(shown["extract"].get("max_follows").is_none());
+
+    let mut nested = v.clone();
+    nested["extract"]["fields"]["detail"]["follow"]["fields"]["upc"] =
+        serde_json::json!({ "css": "a", "follow": { "fields": { "x": "p" } } });
+    assert_eq!(
+        field_of(nested),
+        "extract.fields.detail.follow.fields.upc.follow"
+    );
+    let mut bad = v.clone();
+    bad["extract"]["fields"]["detail"]["follow"]["fields"]["upc"] = serde_json::json!("[[[");
+    assert_eq!(field_of(bad), "extract.fields.detail.follow.fields.upc.css");
+    let mut empty = v.clone();
+    empty["extract"]["fields"]["detail"]["follow"]["fields"] = serde_json::json!({});
+    assert_eq!(field_of(empty), "extract.fields.detail.follow.fields");
+    let mut all = v.clone();
+    all["extract"]["fields"]["detail"]["all"] = serde_json::json!(true);
+    assert_eq!(field_of(all), "extract.fields.detail.all");
+    let mut unknown = v.clone();
+    unknown["extract"]["fields"]["detail"]["follow"]["depth"] = serde_json::json!(2);
+    assert_eq!(field_of(unknown), "extract.fields.detail.follow.depth");
+    let mut many = v;
+    many["extract"]["max_follows"] = serde_json::json!(MAX_FOLLOWS_LIMIT + 1);
+    assert_eq!(field_of(many), "extract.max_follows");
+}
+
+#[test]
+fn json_sources_do_not_follow() {
+    let v = serde_json::json!({
+        "id": "api", "url": "https://example.org/api", "collection": "api",
+        "extract": { "format": "json", "scope": "/items",
+                     "fields": { "link": { "path": "/link", "follow": { "fields": { "x": "/x" } } } } }
+    });
+    assert_eq!(field_of(v), "extract.fields.link.follow");
+}

@@ -56,6 +56,13 @@ function stateCell(state) {
   return el("td", { class: "state state-" + state }, state);
 }
 
+function healthCell(status) {
+  const health = status.health || "ok";
+  const cell = el("td", { class: "health health-" + health }, health);
+  if (status.health_reason) cell.title = status.health_reason;
+  return cell;
+}
+
 function ago(iso) {
   if (!iso) return "";
   const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
@@ -145,6 +152,7 @@ function sourceRow(entry) {
   return el("tr", { class: "source", source: s.id, on: { click: () => showHistory(s.id) } },
     el("td", { class: "id" }, s.id),
     stateCell(s.status.state),
+    healthCell(s.status),
     el("td", {}, s.status.owner),
     el("td", {}, s.collection),
     el("td", { class: "runs" }, st.runs ?? 0),
@@ -152,7 +160,8 @@ function sourceRow(entry) {
     el("td", { class: "errors" }, st.errors ?? 0),
     el("td", {}, run ? ago(run.finished_at) + " (" + run.duration_ms + " ms, " + run.items + " items)" : "never"),
     el("td", {}, s.status.next_run ? ago(s.status.next_run) : ""),
-    el("td", { class: "error last-error" }, s.status.last_error || ""));
+    el("td", { class: "error last-error" }, s.status.last_error || ""),
+    el("td", {}, el("button", { class: "edit", on: { click: (ev) => { ev.stopPropagation(); editSource(s.id); } } }, "edit")));
 }
 
 const STATE_ORDER = ["failed", "backing_off", "running", "scheduled", "disabled"];
@@ -171,8 +180,8 @@ function renderSources(state) {
   $("source-count").textContent = "(" + shown.length + " of " + entries.length + ")";
   const groups = STATE_ORDER.map((st) => [st, shown.filter((e) => e.source.status.state === st)])
     .filter(([, list]) => list.length);
-  const head = () => el("thead", {}, el("tr", {}, ...["id", "state", "owner", "collection", "runs", "items",
-    "errors", "last run", "next run", "last error"].map((h) => el("th", {}, h))));
+  const head = () => el("thead", {}, el("tr", {}, ...["id", "state", "health", "owner", "collection", "runs", "items",
+    "errors", "last run", "next run", "last error", ""].map((h) => el("th", {}, h))));
   const open = new Set([...document.querySelectorAll("details.group[open]")].map((d) => d.dataset.group));
   $("sources").replaceChildren(...groups.map(([st, list]) => {
     const details = el("details", { class: "group", group: st },
@@ -197,6 +206,22 @@ function renderCollections(state) {
   $("collections").tBodies[0].replaceChildren(...rows);
 }
 
+// Each node's sources directory as it last read it; broken files first.
+function renderSourceFiles(state) {
+  const rows = [];
+  for (const node of state.nodes) {
+    const files = [...(node.source_files || [])].sort((a, b) => (b.error ? 1 : 0) - (a.error ? 1 : 0));
+    for (const f of files) {
+      const error = f.error ? (f.field ? f.field + ": " : "") + f.error : "";
+      rows.push(el("tr", { class: f.error ? "source broken" : "source", file: f.path, node: node.name },
+        el("td", {}, node.name), el("td", {}, f.path), el("td", {}, f.sources.join(", ")),
+        el("td", { class: f.error ? "error" : "" }, error)));
+    }
+  }
+  $("source-files-section").hidden = rows.length === 0;
+  $("source-files").tBodies[0].replaceChildren(...rows);
+}
+
 function render(state) {
   current = state;
   $("login").hidden = true;
@@ -206,6 +231,7 @@ function render(state) {
   renderMembers(state);
   renderTrees(state);
   renderSources(state);
+  renderSourceFiles(state);
   renderCollections(state);
   // charts.js: throughput charts and webhooks.
   if (typeof renderCharts === "function") renderCharts(state);
@@ -299,6 +325,134 @@ async function showHistory(id) {
     if (e instanceof Unauthorized) showLogin();
   }
 }
+
+// ---------------------------------------------------------------- source editor
+// A spec pasted or loaded from a source ("edit"), previewed through
+// POST /api/v1/preview and saved with POST /api/v1/sources (new) or
+// PUT /api/v1/sources/{id} (the source it was loaded from). Everything the
+// server sends back is shown as text.
+
+let editorOrigin = null;
+
+async function send(method, path, body) {
+  const response = await fetch(path, {
+    method, cache: "no-store",
+    headers: Object.assign({ "Content-Type": "application/json" }, headers()),
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401) throw new Unauthorized();
+  let json = null;
+  try { json = await response.json(); } catch (_) { /* no body */ }
+  return { status: response.status, json };
+}
+
+function editorSpec() {
+  $("editor-error").textContent = "";
+  $("editor-error").dataset.field = "";
+  try {
+    return JSON.parse($("editor-spec").value);
+  } catch (e) {
+    showEditorError({ field: "", message: "not valid JSON: " + e.message });
+    return null;
+  }
+}
+
+function showEditorError(error) {
+  const field = error.field || "";
+  $("editor-error").dataset.field = field;
+  $("editor-error").textContent = (field ? field + ": " : "") + (error.message || "refused");
+}
+
+function cellText(v) {
+  if (v === null || v === undefined) return "";
+  return typeof v === "object" ? JSON.stringify(v) : String(v);
+}
+
+function renderPreview(result) {
+  $("editor-warnings").replaceChildren(...result.warnings.map((w) =>
+    el("li", { field: w.field }, w.field + ": " + w.message)));
+  $("editor-result").replaceChildren(...result.pages.map((page, n) => {
+    const fields = [];
+    for (const item of page.items) for (const k of Object.keys(item.data)) if (!fields.includes(k)) fields.push(k);
+    const head = el("p", {},
+      "page " + (n + 1) + ": " + page.url + " (" + (page.status ?? "no answer") + ", " + page.elapsed_ms + " ms, " +
+      page.items.length + " items)" + (page.next_page ? ", next: " + page.next_page : ""));
+    const parts = [head];
+    if (page.error) parts.push(el("p", { class: "error" }, (page.error.code ? page.error.code + ": " : "") + page.error.message));
+    parts.push(el("table", { class: "preview-items" },
+      el("thead", {}, el("tr", {}, ...fields.map((f) => el("th", {}, f)))),
+      el("tbody", {}, ...page.items.map((item) => el("tr", { item: item.key },
+        ...fields.map((f) => el("td", { field: f }, cellText(item.data[f]))))))));
+    return el("div", { class: "preview-page", page: n + 1 }, ...parts);
+  }));
+}
+
+async function previewSpec() {
+  const spec = editorSpec();
+  if (!spec) return;
+  $("editor-status").textContent = "previewing…";
+  try {
+    const { status, json } = await send("POST", "/api/v1/preview?pages=" + $("editor-pages").value, spec);
+    $("editor-status").textContent = status === 200 ? "previewed (nothing stored)" : "preview refused (" + status + ")";
+    if (status === 200) renderPreview(json);
+    else showEditorError((json && json.error) || { message: "answered " + status });
+  } catch (e) {
+    if (e instanceof Unauthorized) showLogin();
+    else showEditorError({ message: e.message });
+  }
+}
+
+async function saveSpec() {
+  const spec = editorSpec();
+  if (!spec) return;
+  const replacing = editorOrigin !== null && spec.id === editorOrigin;
+  const path = replacing ? "/api/v1/sources/" + encodeURIComponent(editorOrigin) : "/api/v1/sources";
+  try {
+    const { status, json } = await send(replacing ? "PUT" : "POST", path, spec);
+    if (status === 200 || status === 201) {
+      editorOrigin = json.id;
+      $("editor-origin").textContent = "(" + json.id + ")";
+      $("editor-status").textContent = (status === 201 ? "created " : "saved ") + json.id;
+      scheduleRefresh();
+    } else {
+      $("editor-status").textContent = "not saved (" + status + ")";
+      showEditorError((json && json.error) || { message: "answered " + status });
+    }
+  } catch (e) {
+    if (e instanceof Unauthorized) showLogin();
+    else showEditorError({ message: e.message });
+  }
+}
+
+async function editSource(id) {
+  try {
+    const source = await (await api("/api/v1/sources/" + encodeURIComponent(id))).json();
+    for (const k of ["status", "version", "created_at", "updated_at", "managed_by"]) delete source[k];
+    $("editor-spec").value = JSON.stringify(source, null, 2);
+    editorOrigin = id;
+    $("editor-origin").textContent = "(" + id + ")";
+    $("editor-status").textContent = "";
+    $("editor-error").textContent = "";
+    $("editor").scrollIntoView();
+  } catch (e) {
+    if (e instanceof Unauthorized) showLogin();
+  }
+}
+
+function newSpec() {
+  editorOrigin = null;
+  $("editor-origin").textContent = "";
+  $("editor-spec").value = "";
+  for (const id of ["editor-status", "editor-error"]) $(id).textContent = "";
+  $("editor-warnings").replaceChildren();
+  $("editor-result").replaceChildren();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("editor-preview").addEventListener("click", previewSpec);
+  $("editor-save").addEventListener("click", saveSpec);
+  $("editor-new").addEventListener("click", newSpec);
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", (ev) => {

@@ -39,7 +39,7 @@
 //! JSON needs no gate: serde_json's recursion limit (128) bounds its nesting.
 
 use std::cell::Cell;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use html5ever::tendril::{StrTendril, TendrilSink};
 use html5ever::tree_builder::{Tracer, TreeSink};
@@ -48,7 +48,7 @@ use scraper::{ElementRef, Html, HtmlTreeSink, Selector};
 use serde_json::{Map, Number, Value};
 use url::Url;
 
-use crate::domain::{locator, ExtractSpec, FieldType, Format, Item};
+use crate::domain::{locator, ExtractSpec, FieldRule, FieldSpec, FieldType, Format, Item};
 
 /// Bounds on the work one page may cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +93,39 @@ pub struct Rules {
     plan: Plan,
     /// The fields whose values make an item's key (empty: the whole item).
     key: Vec<String>,
+    /// The fields that follow their URL to a detail page, with the rules
+    /// applied there; the caller fetches (see `scrape::Pager`).
+    follows: Vec<FollowRule>,
+}
+
+/// A field whose value (a URL) is fetched, and the rules that make the
+/// detail page into the field's object.
+#[derive(Debug)]
+pub struct FollowRule {
+    pub field: String,
+    pub rules: Arc<Rules>,
+}
+
+/// What extraction saw on one page, beyond the items: the material of a
+/// preview's warnings. Counting costs a few comparisons per match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Scope matches on the page (1 without a scope), empty items included.
+    pub scopes: usize,
+    /// Each field, in name order.
+    pub fields: Vec<FieldReport>,
+}
+
+/// How one field fared on one page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldReport {
+    pub name: String,
+    pub kind: FieldType,
+    /// Scopes where the field's selector (or pointer) found a value.
+    pub matched: usize,
+    /// Values found that did not parse as the field's type (a number
+    /// without digits, a URL that does not resolve to http or https).
+    pub unparsed: usize,
 }
 
 #[derive(Debug)]
@@ -111,6 +144,7 @@ struct HtmlPlan {
 #[derive(Debug)]
 struct HtmlField {
     name: String,
+    /// Fields that follow keep their value as a URL.
     css: Selector,
     /// Take this attribute's value instead of the element's text.
     attr: Option<String>,
@@ -167,10 +201,61 @@ impl Rules {
             Format::Html => Plan::Html(compile_html(spec)?),
             Format::Json => Plan::Json(compile_json(spec)?),
         };
+        let mut follows = Vec::new();
+        for (name, field) in &spec.fields {
+            let FieldSpec::Rule(FieldRule {
+                follow: Some(follow),
+                ..
+            }) = field
+            else {
+                continue;
+            };
+            let detail = ExtractSpec {
+                format: spec.format,
+                scope: None,
+                fields: follow.fields.clone(),
+                next_page: None,
+                max_follows: 0,
+            };
+            let rules = Rules::compile(&detail, &[]).map_err(|e| match e {
+                ExtractError::Selector { field, message } => ExtractError::Selector {
+                    field: field.replacen(
+                        "extract.fields",
+                        &format!("extract.fields.{name}.follow.fields"),
+                        1,
+                    ),
+                    message,
+                },
+                other => other,
+            })?;
+            follows.push(FollowRule {
+                field: name.clone(),
+                rules: Arc::new(rules),
+            });
+        }
         Ok(Rules {
             plan,
             key: key.to_vec(),
+            follows,
         })
+    }
+
+    /// The fields that follow a URL to a detail page.
+    pub fn follows(&self) -> &[FollowRule] {
+        &self.follows
+    }
+
+    /// The key fields.
+    pub fn key(&self) -> &[String] {
+        &self.key
+    }
+
+    /// The names of the fields, in order.
+    pub fn field_names(&self) -> Vec<String> {
+        match &self.plan {
+            Plan::Html(p) => p.fields.iter().map(|f| f.name.clone()).collect(),
+            Plan::Json(p) => p.fields.iter().map(|f| f.name.clone()).collect(),
+        }
     }
 }
 
@@ -183,11 +268,16 @@ fn compile_html(spec: &ExtractSpec) -> Result<HtmlPlan, ExtractError> {
     let mut fields = Vec::with_capacity(spec.fields.len());
     for (name, field) in &spec.fields {
         let rule = field.rule(Format::Html);
+        let kind = if rule.follow.is_some() {
+            FieldType::Url
+        } else {
+            rule.kind
+        };
         fields.push(HtmlField {
             name: name.clone(),
             css: css(&format!("extract.fields.{name}.css"), rule.css.as_deref())?,
             attr: rule.attr,
-            kind: rule.kind,
+            kind,
             all: rule.all,
         });
     }
@@ -255,10 +345,39 @@ pub fn extract(
     rules: &Rules,
     limits: &Limits,
 ) -> Result<Page, ExtractError> {
+    extract_reported(body, page_url, rules, limits).map(|(page, _)| page)
+}
+
+/// As [`extract`], with what extraction saw of each field ([`Report`]).
+pub fn extract_reported(
+    body: &[u8],
+    page_url: &Url,
+    rules: &Rules,
+    limits: &Limits,
+) -> Result<(Page, Report), ExtractError> {
     match &rules.plan {
         Plan::Html(plan) => extract_html(body, page_url, plan, &rules.key, limits),
         Plan::Json(plan) => extract_json(body, page_url, plan, &rules.key),
     }
+}
+
+/// A detail page made into one object by `rules` (fields that match
+/// nothing are null; nothing is dropped).
+pub fn extract_object(
+    body: &[u8],
+    page_url: &Url,
+    rules: &Rules,
+    limits: &Limits,
+) -> Result<Map<String, Value>, ExtractError> {
+    let (page, _) = extract_reported(body, page_url, rules, limits)?;
+    Ok(match page.items.into_iter().next() {
+        Some(item) => item.data,
+        None => rules
+            .field_names()
+            .into_iter()
+            .map(|name| (name, Value::Null))
+            .collect(),
+    })
 }
 
 // ---------------------------------------------------------------- html
@@ -269,7 +388,7 @@ fn extract_html(
     plan: &HtmlPlan,
     key: &[String],
     limits: &Limits,
-) -> Result<Page, ExtractError> {
+) -> Result<(Page, Report), ExtractError> {
     let text = String::from_utf8_lossy(body);
     let doc = parse_gated(&text, limits.max_depth)?;
     // A `<base href>` is itself resolved against the page URL; an unusable
@@ -285,17 +404,42 @@ fn extract_html(
         Some(scope) => doc.select(scope).map(Some).collect(),
         None => vec![None],
     };
+    let mut report = Report {
+        scopes: scopes.len(),
+        fields: plan
+            .fields
+            .iter()
+            .map(|f| FieldReport::new(&f.name, f.kind))
+            .collect(),
+    };
     let mut items = Vec::with_capacity(scopes.len());
     for scope in scopes {
         let mut data = Map::new();
-        for field in &plan.fields {
-            let mut values = select(&doc, scope, &field.css)
-                .map(|el| html_value(el, field.attr.as_deref(), field.kind, &base));
-            let value = if field.all {
-                Value::Array(values.filter(|v| !v.is_null()).collect())
-            } else {
-                values.next().unwrap_or(Value::Null)
+        for (field, seen) in plan.fields.iter().zip(&mut report.fields) {
+            let mut found = false;
+            let mut typed = |el: ElementRef| {
+                let raw = raw_value(el, field.attr.as_deref())?;
+                found = true;
+                let v = typed_value(raw, field.kind, &base);
+                if v.is_null() {
+                    seen.unparsed += 1;
+                }
+                Some(v)
             };
+            let value = if field.all {
+                Value::Array(
+                    select(&doc, scope, &field.css)
+                        .filter_map(&mut typed)
+                        .filter(|v| !v.is_null())
+                        .collect(),
+                )
+            } else {
+                select(&doc, scope, &field.css)
+                    .next()
+                    .and_then(typed)
+                    .unwrap_or(Value::Null)
+            };
+            seen.matched += usize::from(found);
             data.insert(field.name.clone(), value);
         }
         push_item(&mut items, data, key);
@@ -305,10 +449,24 @@ fn extract_html(
         let el = doc.select(&next.css).next()?;
         resolve(&base, el.value().attr(&next.attr)?)
     });
-    Ok(Page {
-        items,
-        next: next.filter(|n| !same_page(n, page_url)),
-    })
+    Ok((
+        Page {
+            items,
+            next: next.filter(|n| !same_page(n, page_url)),
+        },
+        report,
+    ))
+}
+
+impl FieldReport {
+    fn new(name: &str, kind: FieldType) -> FieldReport {
+        FieldReport {
+            name: name.to_owned(),
+            kind,
+            matched: 0,
+            unparsed: 0,
+        }
+    }
 }
 
 /// The matches of `css` inside `scope`, or in the whole document.
@@ -326,15 +484,17 @@ where
     }
 }
 
-/// One match's value: the attribute (trimmed) or the text (collapsed), typed.
-fn html_value(el: ElementRef, attr: Option<&str>, kind: FieldType, base: &Url) -> Value {
-    let raw = match attr {
-        Some(attr) => match el.value().attr(attr) {
-            Some(v) => v.trim().to_owned(),
-            None => return Value::Null,
-        },
-        None => collapse(el.text()),
-    };
+/// One match's raw value: the attribute (trimmed) or the text (collapsed);
+/// none when the attribute is missing.
+fn raw_value(el: ElementRef, attr: Option<&str>) -> Option<String> {
+    match attr {
+        Some(attr) => el.value().attr(attr).map(|v| v.trim().to_owned()),
+        None => Some(collapse(el.text())),
+    }
+}
+
+/// A raw value typed: null when it does not parse as `kind`.
+fn typed_value(raw: String, kind: FieldType, base: &Url) -> Value {
     match kind {
         FieldType::Text => Value::String(raw),
         FieldType::Number => parse_number(&raw).unwrap_or(Value::Null),
@@ -459,7 +619,7 @@ fn extract_json(
     page_url: &Url,
     plan: &JsonPlan,
     key: &[String],
-) -> Result<Page, ExtractError> {
+) -> Result<(Page, Report), ExtractError> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     // serde_json's recursion limit (128) stays on: deep input is an error,
     // not a stack overflow.
@@ -477,21 +637,37 @@ fn extract_json(
         Some(Value::Number(_)) => return Err(not_an_item("is a number, not an object or array")),
         Some(Value::Bool(_)) => return Err(not_an_item("is a boolean, not an object or array")),
     };
+    let mut report = Report {
+        scopes: elements.len(),
+        fields: plan
+            .fields
+            .iter()
+            .map(|f| FieldReport::new(&f.name, f.kind))
+            .collect(),
+    };
     let mut items = Vec::with_capacity(elements.len());
     for element in elements {
         let mut data = Map::new();
-        for field in &plan.fields {
-            let found = element.pointer(&field.path);
+        for (field, seen) in plan.fields.iter().zip(&mut report.fields) {
+            let found = element.pointer(&field.path).filter(|v| !v.is_null());
+            seen.matched += usize::from(found.is_some());
+            let mut typed = |v: &Value| {
+                let out = json_value(v, field.kind, page_url);
+                if out.is_null() && !v.is_null() {
+                    seen.unparsed += 1;
+                }
+                out
+            };
             let value = if field.all {
                 let list: Vec<Value> = match found {
-                    None | Some(Value::Null) => Vec::new(),
+                    None => Vec::new(),
                     Some(Value::Array(list)) => list
                         .iter()
-                        .map(|v| json_value(v, field.kind, page_url))
+                        .map(&mut typed)
                         .filter(|v| !v.is_null())
                         .collect(),
                     Some(one) => {
-                        let v = json_value(one, field.kind, page_url);
+                        let v = typed(one);
                         if v.is_null() {
                             Vec::new()
                         } else {
@@ -501,7 +677,7 @@ fn extract_json(
                 };
                 Value::Array(list)
             } else {
-                found.map_or(Value::Null, |v| json_value(v, field.kind, page_url))
+                found.map_or(Value::Null, typed)
             };
             data.insert(field.name.clone(), value);
         }
@@ -513,10 +689,13 @@ fn extract_json(
         .and_then(|p| doc.pointer(p))
         .and_then(Value::as_str)
         .and_then(|href| resolve(page_url, href));
-    Ok(Page {
-        items,
-        next: next.filter(|n| !same_page(n, page_url)),
-    })
+    Ok((
+        Page {
+            items,
+            next: next.filter(|n| !same_page(n, page_url)),
+        },
+        report,
+    ))
 }
 
 /// A JSON value by field type. Text: strings are collapsed, numbers and

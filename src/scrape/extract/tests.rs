@@ -470,3 +470,50 @@ fn compile_names_the_bad_locator() {
     let err = Rules::compile(&spec, &[]).unwrap_err();
     assert_eq!(err.to_string(), "extract.fields.a.css: is required");
 }
+
+#[test]
+fn the_report_counts_matches_and_unparsed_values_per_field() {
+    let rules = rules(
+        json!({
+            "scope": "li",
+            "fields": {
+                "name": "b",
+                "price": { "css": "i", "type": "number" },
+                "link": { "css": "a", "attr": "href" },
+                "detail": { "css": "a", "attr": "href", "follow": { "fields": { "upc": "td" } } }
+            }
+        }),
+        &[],
+    );
+    let body = "<ul><li><b>one</b><i>£3</i><a href='/d/1'>x</a></li>\
+                <li><b>two</b><i>free</i></li><li><i>n/a</i></li></ul>";
+    let (page, report) = extract_reported(
+        body.as_bytes(),
+        &url("http://e.org/l"),
+        &rules,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(report.scopes, 3);
+    let by_name = |n: &str| report.fields.iter().find(|f| f.name == n).unwrap().clone();
+    assert_eq!((by_name("name").matched, by_name("name").unparsed), (2, 0));
+    assert_eq!(
+        (by_name("price").matched, by_name("price").unparsed),
+        (3, 2)
+    );
+    assert_eq!(by_name("link").matched, 1);
+    // A following field is a resolved URL until the caller fetches it.
+    assert_eq!(page.items[0].data["detail"], json!("http://e.org/d/1"));
+    assert_eq!(rules.follows().len(), 1);
+    assert_eq!(rules.follows()[0].field, "detail");
+    // A detail page is one object, nulls kept.
+    let detail = &rules.follows()[0].rules;
+    let object = extract_object(
+        b"<p>no table</p>",
+        &url("http://e.org/d/1"),
+        detail,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(Value::Object(object), json!({ "upc": null }));
+}

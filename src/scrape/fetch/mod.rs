@@ -447,6 +447,33 @@ impl Fetcher {
         &self.config.targets
     }
 
+    /// Would the SSRF guard let a request to `url` through? Checks the
+    /// scheme and a literal address, and resolves a host name as a fetch
+    /// would (a name that does not resolve is left to the fetch to report).
+    /// A request is checked anyway; this lets a caller refuse before any
+    /// other request (robots.txt) is made for it.
+    pub async fn check_target(&self, url: &Url) -> Result<(), FetchError> {
+        let forbidden = |r: Refused| FetchError::Forbidden {
+            target: r.target,
+            reason: r.reason,
+        };
+        check_url(url, &self.config.targets).map_err(forbidden)?;
+        let Some(Host::Domain(host)) = url.host() else {
+            return Ok(());
+        };
+        let Ok(found) = tokio::net::lookup_host((host, 0)).await else {
+            return Ok(());
+        };
+        let found: Vec<SocketAddr> = found.collect();
+        if !found.is_empty() && !found.iter().any(|a| self.config.targets.permits(a.ip())) {
+            return Err(FetchError::Forbidden {
+                target: host.to_owned(),
+                reason: "it resolves only to non-public addresses".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The node's per-host politeness state.
     pub fn politeness(&self) -> &super::politeness::Politeness {
         &self.politeness

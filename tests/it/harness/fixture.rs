@@ -3,7 +3,8 @@
 //! 127.0.0.1 that only counts what reaches it: a node must never reach it.
 //!
 //! Routes: a 20-page catalogue, any number of single catalogue pages, a 3-page cycle, a paginated JSON API, a page
-//! that changes on demand, failures (always, or for a while), a page of markup-looking text, and
+//! that changes on demand, a two-page shop whose products link to detail pages
+//! (one of them failing), a page whose markup can be "redesigned", failures (always, or for a while), a page of markup-looking text, and
 //! hostile responses (gzip bomb, deep nesting, huge and endless bodies,
 //! redirects to the metadata address, to loopback, and to itself).
 
@@ -40,6 +41,9 @@ struct Site {
     /// The next requests under /catalogue/ answer this status with this
     /// `Retry-After`, as many times as the count says.
     throttle: Mutex<Option<(u16, String, u32)>>,
+    /// /redesign.html marks its products `article.item` instead of
+    /// `article.product`.
+    redesigned: std::sync::atomic::AtomicBool,
 }
 
 /// One request as the site saw it.
@@ -74,6 +78,7 @@ impl FixtureSite {
             requests: Mutex::new(Vec::new()),
             robots: Mutex::new((404, String::new())),
             throttle: Mutex::new(None),
+            redesigned: std::sync::atomic::AtomicBool::new(false),
         });
         let canary_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let canary = canary_listener.local_addr().unwrap();
@@ -169,6 +174,12 @@ impl FixtureSite {
         *self.site.throttle.lock().unwrap() = Some((status, retry_after.to_owned(), times));
     }
 
+    /// Switches /redesign.html to its new markup (products in
+    /// `article.item`) or back.
+    pub fn set_redesigned(&self, on: bool) {
+        self.site.redesigned.store(on, Ordering::SeqCst);
+    }
+
     /// Changes the prices on /changing.html.
     pub fn set_revision(&self, rev: u32) {
         self.site.revision.store(rev, Ordering::SeqCst);
@@ -204,6 +215,52 @@ pub fn page_spec(id: &str, url: &str, every_secs: u64) -> serde_json::Value {
     spec["schedule"]["every_secs"] = every_secs.into();
     spec["extract"]["next_page"]["max_pages"] = 1.into();
     spec
+}
+
+/// Products on each shop listing page; both pages link to the same
+/// detail pages `/shop/detail-1.html` ..= `-4`, and detail 3 answers 500.
+pub const SHOP_PRODUCTS: u32 = 4;
+/// The shop detail page that fails.
+pub const SHOP_FAILING_DETAIL: u32 = 3;
+
+/// A source over the two-page shop whose `detail` field follows each
+/// product's link.
+pub fn shop_spec(id: &str, url: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "url": url,
+        "collection": "shop",
+        "schedule": { "every_secs": 3600 },
+        "extract": {
+            "scope": "article.product",
+            "fields": {
+                "title": { "css": "h3 a", "attr": "title" },
+                "detail": { "css": "h3 a", "attr": "href",
+                            "follow": { "fields": { "upc": "td.upc", "description": "#desc",
+                                                    "stock": { "css": ".stock", "type": "number" } } } }
+            },
+            "next_page": { "css": "li.next a", "attr": "href", "max_pages": 5 }
+        },
+        "key": ["title"]
+    })
+}
+
+fn shop_list(n: u32) -> String {
+    let products: String = (1..=SHOP_PRODUCTS)
+        .map(|k| {
+            format!(
+                "  <article class=\"product\"><h3><a href=\"detail-{k}.html\" title=\"Product {n}-{k}\">Product {n}-{k}</a></h3></article>\n"
+            )
+        })
+        .collect();
+    page(&products, (n == 1).then(|| "list-2.html".to_owned()))
+}
+
+fn shop_detail(k: u32) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><body><table><tr><th>UPC</th><td class=\"upc\">UPC-{k:04}</td></tr></table>\n\
+         <div id=\"desc\"> Detail of product {k}. </div><p class=\"stock\">In stock ({k} available)</p></body></html>\n"
+    )
 }
 
 /// The path of catalogue page `page`.
@@ -458,7 +515,35 @@ async fn route(
             .collect();
         return html(page(&products, None));
     }
+    if let Some(n) = numbered(path, "/shop/list-", ".html") {
+        if (1..=2).contains(&n) {
+            return html(shop_list(n));
+        }
+    }
+    if let Some(k) = numbered(path, "/shop/detail-", ".html") {
+        if k == SHOP_FAILING_DETAIL {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "detail failing on purpose",
+            )
+                .into_response();
+        }
+        if (1..=SHOP_PRODUCTS).contains(&k) {
+            return html(shop_detail(k));
+        }
+    }
     match path {
+        "/redesign.html" => {
+            let products: String = (1..=5)
+                .map(|i| product(i, &format!("/redesign/item-{i}.html"), &format!("{i}.75")))
+                .collect();
+            let products = if site.redesigned.load(Ordering::SeqCst) {
+                products.replace("class=\"product\"", "class=\"item\"")
+            } else {
+                products
+            };
+            html(page(&products, None))
+        }
         "/api/items" => {
             let n: u32 = uri
                 .query()

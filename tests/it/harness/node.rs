@@ -210,7 +210,10 @@ impl NodeConfig {
             // ractor_cluster is quiet by default; the cluster tests read its
             // INFO line on refused handshakes (`authentication failure`).
             .env("GLEANER_LOG", "info,gleaner=debug,ractor_cluster=info")
-            .env("GLEANER_NODE_NAME", "test-node");
+            .env("GLEANER_NODE_NAME", "test-node")
+            // No sources directory unless a test gives one (the default,
+            // config/sources, is relative to the tests' working directory).
+            .env("GLEANER_SOURCES_DIR", self.data_dir.join("no-sources"));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
