@@ -29,13 +29,13 @@ start_node() {
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # add_catalogue_sources N SITE_PORT HTTP_PORT: N sources on the static site's
-# catalogue page, spread over 10 collections, hourly with jitter.
+# catalogue page, spread over 10 collections, hourly with jitter; PARALLEL
+# (default 1) requests at a time.
 add_catalogue_sources() {
   for i in $(seq 1 "$1"); do
     printf '{"id":"s%d","url":"http://127.0.0.1:%d/catalogue.html","collection":"c%d","schedule":{"every_secs":3600,"jitter_secs":600},"extract":{"scope":"article.product","fields":{"title":{"css":"h3 a","attr":"title"}}},"key":["title"]}' \
       "$i" "$2" "$((i % 10))"
     echo
-  done | while read -r spec; do
-    curl -sf -o /dev/null -X POST "http://127.0.0.1:$3/api/v1/sources" -d "$spec"
-  done
+  done | xargs -d '\n' -P "${PARALLEL:-1}" -I{} \
+    curl -sf -o /dev/null -X POST "http://127.0.0.1:$3/api/v1/sources" -d {}
 }

@@ -77,6 +77,7 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         // Before any work, so that no count is lost.
         crate::instruments::install();
+        tokio::spawn(crate::instruments::throughput::run_sampler());
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "creating the data directory {}",
@@ -160,6 +161,7 @@ impl App {
             ready: ready.clone(),
             pages: http::collections::PageCache::new(settings.query_cache_bytes),
             flusher,
+            targets: settings.fetch.targets.clone(),
         });
         let server = HttpServer::new(move || {
             actix_web::App::new()

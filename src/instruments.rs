@@ -14,6 +14,8 @@
 //! whose values the operator chooses (one per collection), every other
 //! label has a fixed, small set of values.
 
+pub mod throughput;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -37,6 +39,19 @@ pub const STORAGE_FREE: &str = "gleaner_storage_free_bytes";
 pub const STORAGE_RESERVE: &str = "gleaner_storage_reserve_bytes";
 pub const SNAPSHOT_FAILURES: &str = "gleaner_metrics_snapshot_failures_total";
 pub const BUILD_INFO: &str = "gleaner_build_info";
+pub const WEBHOOK_DELIVERIES: &str = "gleaner_webhook_deliveries_total";
+pub const WEBHOOK_DELIVERY_SECONDS: &str = "gleaner_webhook_delivery_seconds";
+
+/// Outcomes of a webhook delivery attempt: `ok` (2xx), `failed` (any other
+/// answer or none), and `retried` (an attempt that sends a delivery again:
+/// after a failure, or re-sent by a new owner after a failover).
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["ok", "failed", "retried"];
+
+/// Bucket bounds of the webhook delivery histogram, in seconds (from the
+/// batch being built to its acknowledgement, retries included).
+const WEBHOOK_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0,
+];
 
 /// The classes of a fetch's outcome; `error` is a fetch with no HTTP status
 /// (refused, timed out, connection failed, body too large or broken).
@@ -63,7 +78,12 @@ pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(RUN_DURATION.into()), &RUN_BUCKETS)
-            .expect("the run duration buckets are not empty");
+            .expect("the run duration buckets are not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(WEBHOOK_DELIVERY_SECONDS.into()),
+                &WEBHOOK_BUCKETS,
+            )
+            .expect("the webhook buckets are not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if let Err(e) = metrics::set_global_recorder(recorder) {
@@ -137,6 +157,17 @@ fn describe() {
         "Scrapes whose gauges of a part were left as they were: its actor did not answer in time"
     );
     describe_gauge!(BUILD_INFO, "1, labelled with the running version");
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook delivery attempts sent by this node, by outcome (ok, failed, retried)"
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY_SECONDS,
+        "Seconds from a webhook batch being built to its acknowledgement, retries included"
+    );
+    for outcome in WEBHOOK_OUTCOMES {
+        counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).absolute(0);
+    }
     for class in STATUS_CLASSES {
         counter!(PAGES_FETCHED, "class" => class).absolute(0);
     }
@@ -147,6 +178,16 @@ fn describe() {
     counter!(REPLICATION_PULLED).absolute(0);
     counter!(HOST_BACKOFFS).absolute(0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// A webhook delivery attempt ended (`outcome` one of [`WEBHOOK_OUTCOMES`]).
+pub fn webhook_attempt(outcome: &'static str) {
+    counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+}
+
+/// A webhook batch was acknowledged `age` after it was built.
+pub fn webhook_delivered(age: Duration) {
+    histogram!(WEBHOOK_DELIVERY_SECONDS).record(age.as_secs_f64());
 }
 
 /// A host asked this node to slow down (429 or 503) and was paused.
@@ -168,6 +209,7 @@ pub fn status_class(status: u16) -> &'static str {
 /// One fetch attempt ended: with an HTTP status, or without one (`None`).
 pub fn page_fetched(status: Option<u16>, body_bytes: usize) {
     let class = status.map_or("error", status_class);
+    throughput::pages();
     counter!(PAGES_FETCHED, "class" => class).increment(1);
     if body_bytes > 0 {
         counter!(FETCHED_BYTES).increment(body_bytes as u64);
@@ -176,6 +218,7 @@ pub fn page_fetched(status: Option<u16>, body_bytes: usize) {
 
 /// A batch was applied to `collection`.
 pub fn items_applied(collection: &str, inserted: u64, changed: u64, unchanged: u64) {
+    throughput::items(inserted + changed + unchanged);
     for (outcome, n) in [
         ("inserted", inserted),
         ("changed", changed),
@@ -191,6 +234,9 @@ pub fn items_applied(collection: &str, inserted: u64, changed: u64, unchanged: u
 /// A scraper run finished.
 pub fn run_finished(duration: Duration, failed: bool) {
     let outcome = if failed { "error" } else { "ok" };
+    if failed {
+        throughput::errors();
+    }
     counter!(RUNS, "outcome" => outcome).increment(1);
     histogram!(RUN_DURATION).record(duration.as_secs_f64());
 }

@@ -34,6 +34,9 @@
 //!    supervision tree live. Counters of the work (pages, bytes, items,
 //!    runs, requests) and gauges taken from the actors at scrape time are
 //!    served as Prometheus text by [`http::metrics`] ([`instruments`]).
+//! 7. Webhooks ([`delivery`]): each webhook's owner node follows its change
+//!    feed of a collection and POSTs signed batches to the operator's URL,
+//!    in order, at least once, resumed by another node after a failover.
 //!
 //! Module map, in dependency order (each imports only those before it):
 //! [`domain`] (plain types), [`instruments`] (the metrics families, for
@@ -42,7 +45,7 @@
 //! [`supervision`] (restart policy, typed asks), [`cluster`] (membership,
 //! peers, wire, placement, the cluster port's guard), [`pipeline`]
 //! (scrapers, aggregators, endpoints, replication), [`isolation`] (worker
-//! containers), [`control`] (the supervision root, the source registry, the
+//! containers), [`delivery`] (webhooks), [`control`] (the supervision root, the source registry, the
 //! views), [`http`] (routes), then the two processes: [`app`] (a node) and
 //! [`worker`] (one isolated source); [`telemetry`] sets up tracing for both.
 
@@ -51,6 +54,7 @@
 pub mod app;
 pub mod cluster;
 pub mod control;
+pub mod delivery;
 pub mod domain;
 pub mod events;
 pub mod http;

@@ -10,6 +10,8 @@ pub const SCRAPERS: &str = "gleaner.scrapers";
 pub const WORKERS: &str = "gleaner.workers";
 /// The node's Replicator (catches up on collections from peers).
 pub const REPLICATOR: &str = "gleaner.replicator";
+/// The node's Webhooks actor (the webhook registry, its senders).
+pub const WEBHOOKS: &str = "gleaner.webhooks";
 /// The node's SourceFiles actor (the sources directory).
 pub const SOURCE_FILES: &str = "gleaner.source_files";
 /// The process group every node's Peer actor joins.

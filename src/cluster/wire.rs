@@ -12,7 +12,10 @@ use serde_json::Value;
 use super::view::NodeInfo;
 pub use crate::domain::ReplicatedBatch;
 use crate::domain::SourceRuntime;
-use crate::domain::{CollectionTombstone, ItemBatch, RunRecord, SourceRecord, StoredItem, Version};
+use crate::domain::{
+    CollectionTombstone, DeliveryAck, DeliveryRecord, ItemBatch, PendingDelivery, RunRecord,
+    SourceRecord, StoredItem, Version, WebhookRecord,
+};
 use crate::store::BatchOutcome;
 
 /// One node's applied batches per collection: origin node id -> last sequence number.
@@ -32,6 +35,18 @@ pub enum Notice {
     Sources(Vec<SourceRecord>),
     /// A run finished on its owner.
     Run { source: String, run: RunRecord },
+    /// The sender's webhook versions, so the receiver can push what the sender lacks.
+    WebhookDigest {
+        from: String,
+        versions: BTreeMap<String, Version>,
+    },
+    /// Webhook records the receiver should merge (last writer wins).
+    Webhooks(Vec<WebhookRecord>),
+    /// A delivery attempt ended on the webhook's owner (for its status).
+    HookRecord {
+        webhook: String,
+        record: DeliveryRecord,
+    },
 }
 
 /// Questions, each answered by one [`Response`].
@@ -64,6 +79,15 @@ pub enum Request {
     Stats,
     /// A worker's batch for its owner node to accept as its own.
     Deliver(ItemBatch),
+    /// Merge these webhook records; answered once they are durable.
+    Webhooks(Vec<WebhookRecord>),
+    /// Keep this delivery, about to be sent; answered once durable.
+    HookPending(PendingDelivery),
+    /// This delivery was acknowledged; answered once durable.
+    HookAck(DeliveryAck),
+    /// The webhook's acknowledgements after `after` and its pending
+    /// deliveries, for a node taking the webhook over.
+    HookSync { webhook: String, after: u64 },
     /// Delete this collection's data; answered once durable.
     DropCollection(CollectionTombstone),
     /// The receiver's collection tombstones.
@@ -97,6 +121,10 @@ pub enum Response {
     Stats(Value),
     /// The delivered batch is durable (on the owner, and on a peer if one is up).
     Delivered(BatchOutcome),
+    HookSync {
+        acks: Vec<DeliveryAck>,
+        pendings: Vec<PendingDelivery>,
+    },
     Tombstones(Vec<CollectionTombstone>),
     Error(String),
 }

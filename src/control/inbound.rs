@@ -3,7 +3,8 @@
 //! Peer actor and is handed to the local actor in charge: the Orchestrator
 //! for the source registry, the CollectionSupervisor for item batches, the
 //! ScraperSupervisor and WorkerSupervisor for runtimes and runs, the store
-//! for logs and snapshots, and the debug view for stats. Nothing here blocks
+//! for logs and snapshots and webhooks' delivery state, the Webhooks actor
+//! for webhook records, and the debug view for stats. Nothing here blocks
 //! the Peer: store work runs on the blocking pool, asks on their own tasks.
 
 use crate::cluster::groups;
@@ -11,6 +12,7 @@ use crate::cluster::handle::Answer;
 use crate::cluster::peer::Inbound;
 use crate::cluster::wire::{Notice, Request, Response};
 use crate::control::orchestrator::OrchestratorMsg;
+use crate::delivery::registry::WebhooksMsg;
 use crate::isolation::worker_supervisor::{add_worker_runtimes, WorkerSupervisorMsg};
 use crate::pipeline::aggregator::AggregatorMsg;
 use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
@@ -92,6 +94,24 @@ impl Inbound for NodeInbound {
                 if let Some(o) = find::<OrchestratorMsg>(groups::ORCHESTRATOR) {
                     let _ = o.cast(OrchestratorMsg::Merge(records, None));
                 }
+            }
+            Notice::WebhookDigest { from, versions } => {
+                if let Some(w) = find::<WebhooksMsg>(groups::WEBHOOKS) {
+                    let _ = w.cast(WebhooksMsg::Digest { from, versions });
+                }
+            }
+            Notice::Webhooks(records) => {
+                if let Some(w) = find::<WebhooksMsg>(groups::WEBHOOKS) {
+                    let _ = w.cast(WebhooksMsg::Merge(records, None));
+                }
+            }
+            Notice::HookRecord { webhook, record } => {
+                let store = args.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = store.hook_record(&webhook, &record) {
+                        tracing::warn!(%webhook, error = %e, "replicated delivery record not kept");
+                    }
+                });
             }
             Notice::Run { source, mut run } => {
                 let store = args.store.clone();
@@ -196,6 +216,36 @@ impl Inbound for NodeInbound {
                     };
                     answer.send(response);
                 });
+            }
+            Request::Webhooks(records) => match find::<WebhooksMsg>(groups::WEBHOOKS) {
+                Some(w) => {
+                    if let Err(e) = w.cast(WebhooksMsg::Merge(records, Some(answer))) {
+                        tracing::warn!(error = %e, "webhooks unreachable");
+                    }
+                }
+                None => answer.send(Response::Error("the webhooks are restarting".into())),
+            },
+            Request::HookPending(pending) => answer_blocking(&args.store, answer, move |s| {
+                s.hook_pending(&pending)?;
+                s.flush()?;
+                Ok(Response::Ok)
+            }),
+            Request::HookAck(ack) => answer_blocking(&args.store, answer, move |s| {
+                if s.hook_ack(&ack)? {
+                    if let Some(record) = s.webhook(&ack.webhook)?.filter(|r| !r.deleted) {
+                        s.hook_advance(&record.spec, 10_000)?;
+                    }
+                }
+                s.flush()?;
+                Ok(Response::Ok)
+            }),
+            Request::HookSync { webhook, after } => {
+                answer_blocking(&args.store, answer, move |s| {
+                    Ok(Response::HookSync {
+                        acks: s.hook_acks_after(&webhook, after, 1000)?,
+                        pendings: s.hook_pendings(&webhook)?,
+                    })
+                })
             }
             Request::DropCollection(tombstone) => {
                 tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! NodeSupervisor: the root of a node's actor tree. It starts the
-//! CollectionSupervisor, the Orchestrator (which needs it) and the
-//! Replicator, all under registered names so HTTP and the Peer actor always
+//! CollectionSupervisor, the Orchestrator (which needs it), the
+//! Replicator and the Webhooks actor, all under registered names so HTTP and the Peer actor always
 //! find the current ones. If any fails, all are restarted together
 //! (one-for-all: the Orchestrator's scrapers hold aggregator references);
 //! past the restart intensity the node supervisor itself fails, and the
@@ -15,6 +15,7 @@ use super::orchestrator::{Orchestrator, OrchestratorArgs, OrchestratorMsg};
 use super::source_files::{SourceFiles, SourceFilesArgs, SourceFilesMsg};
 use crate::cluster::groups;
 use crate::cluster::Cluster;
+use crate::delivery::registry::{Webhooks, WebhooksArgs, WebhooksMsg};
 use crate::events::Events;
 use crate::pipeline::collection_supervisor::{
     CollectionSupervisor, CollectionSupervisorArgs, CollectionSupervisorMsg,
@@ -57,6 +58,7 @@ pub struct NodeState {
     collections: Option<ActorRef<CollectionSupervisorMsg>>,
     orchestrator: Option<ActorRef<OrchestratorMsg>>,
     replicator: Option<ActorRef<ReplicatorMsg>>,
+    webhooks: Option<ActorRef<WebhooksMsg>>,
     source_files: Option<ActorRef<SourceFilesMsg>>,
     failures: FailureWindow,
 }
@@ -113,6 +115,19 @@ impl NodeState {
         )
         .await?;
         self.replicator = Some(replicator);
+        let (webhooks, _) = Actor::spawn_linked(
+            Some(groups::WEBHOOKS.to_string()),
+            Webhooks,
+            WebhooksArgs {
+                store: a.store.clone(),
+                flusher: a.flusher.clone(),
+                cluster: a.cluster.clone(),
+                targets: a.fetcher.targets().clone(),
+                node_name: a.node_name.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
         let (source_files, _) = Actor::spawn_linked(
             Some(groups::SOURCE_FILES.to_string()),
             SourceFiles,
@@ -122,11 +137,15 @@ impl NodeState {
             myself.get_cell(),
         )
         .await?;
+        self.webhooks = Some(webhooks);
         self.source_files = Some(source_files);
         Ok(())
     }
 
     async fn stop_children(&mut self) {
+        if let Some(w) = self.webhooks.take() {
+            w.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
+        }
         if let Some(f) = self.source_files.take() {
             f.stop_and_wait(None, Some(ASK_TIMEOUT)).await.ok();
         }
@@ -157,6 +176,7 @@ impl Actor for NodeSupervisor {
             collections: None,
             orchestrator: None,
             replicator: None,
+            webhooks: None,
             source_files: None,
             failures: FailureWindow::default(),
         };
@@ -207,6 +227,7 @@ impl Actor for NodeSupervisor {
             .is_some_and(|o| o.get_id() == id)
             || state.collections.as_ref().is_some_and(|c| c.get_id() == id)
             || state.replicator.as_ref().is_some_and(|r| r.get_id() == id)
+            || state.webhooks.as_ref().is_some_and(|w| w.get_id() == id)
             || state
                 .source_files
                 .as_ref()

@@ -7,10 +7,11 @@ use chrono::Utc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR, REPLICATOR, SOURCE_FILES};
+use crate::cluster::groups::{COLLECTIONS, ORCHESTRATOR, REPLICATOR, SOURCE_FILES, WEBHOOKS};
 use crate::cluster::Cluster;
 use crate::control::orchestrator::{LiveSources, OrchestratorMsg, SourceView};
 use crate::control::source_files::{SourceFilesMsg, SourceFilesStats};
+use crate::delivery::registry::{WebhooksMsg, WebhooksStats};
 use crate::domain::SourceState;
 use crate::pipeline::aggregator::AggregatorStats;
 use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
@@ -90,6 +91,7 @@ pub async fn node_state(
         ask_named(COLLECTIONS, CollectionSupervisorMsg::Stats, ASK_TIMEOUT).await?;
     let replicator: ReplicatorStats =
         ask_named(REPLICATOR, ReplicatorMsg::Stats, ASK_TIMEOUT).await?;
+    let webhooks: WebhooksStats = ask_named(WEBHOOKS, WebhooksMsg::Stats, ASK_TIMEOUT).await?;
     // Missing only while the node's actors restart.
     let source_files: Option<SourceFilesStats> =
         ask_named(SOURCE_FILES, SourceFilesMsg::Stats, ASK_TIMEOUT)
@@ -176,6 +178,19 @@ pub async fn node_state(
                 Vec::new(),
             ),
             ActorNode::new(
+                "Webhooks",
+                "webhooks",
+                "running",
+                json!({ "senders": webhooks.senders.len() }),
+                webhooks
+                    .senders
+                    .iter()
+                    .map(|id| {
+                        ActorNode::new("Sender", id.clone(), "running", Value::Null, Vec::new())
+                    })
+                    .collect(),
+            ),
+            ActorNode::new(
                 "SourceFiles",
                 "source_files",
                 if source_files.is_some() { "running" } else { "stopped" },
@@ -225,6 +240,7 @@ pub async fn node_state(
         // Each node lists the sources it owns, so a cluster-wide view shows each once.
         "node": {
             "name": me.name, "tree": tree, "sources": owned_sources, "collections": collections,
+            "throughput": crate::instruments::throughput::series(),
             // The sources directory as this node last read it: every file,
             // with `error` (and `field`) when it is broken.
             "source_files": source_files.map(|s| s.files).unwrap_or_default(),

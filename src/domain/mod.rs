@@ -3,7 +3,8 @@
 //! what the node records about sources ([`record`]), what a source is doing
 //! where it runs ([`runtime`]), whether its runs drift from what they used
 //! to yield ([`health`]), and how CSS selectors and JSON pointers are
-//! checked ([`locator`]).
+//! checked ([`locator`]), and webhooks with their replicated delivery state
+//! ([`webhook`]).
 
 pub mod health;
 pub mod item;
@@ -11,6 +12,7 @@ pub mod locator;
 pub mod record;
 pub mod runtime;
 pub mod spec;
+pub mod webhook;
 
 pub use health::{assess, Health};
 pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
@@ -20,3 +22,4 @@ pub use spec::{
     ExtractSpec, FieldRule, FieldSpec, FieldType, Follow, Format, Method, NextPage, RequestOptions,
     Schedule, SourceSpec, SpecError, DEFAULT_MAX_FOLLOWS, MAX_FOLLOWS_LIMIT,
 };
+pub use webhook::{DeliveryAck, DeliveryRecord, PendingDelivery, WebhookRecord, WebhookSpec};

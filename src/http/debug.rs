@@ -156,3 +156,12 @@ pub async fn dashboard_js() -> HttpResponse {
 pub async fn dashboard_css() -> HttpResponse {
     asset("text/css; charset=utf-8", include_str!("dashboard/app.css"))
 }
+
+#[utoipa::path(get, path = "/dashboard/charts.js", tag = "debug",
+    responses((status = 200, description = "The dashboard's charts and webhooks table", content_type = "text/javascript", body = String)))]
+pub async fn dashboard_charts_js() -> HttpResponse {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("dashboard/charts.js"),
+    )
+}

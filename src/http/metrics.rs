@@ -9,12 +9,13 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
-use crate::cluster::groups::{ORCHESTRATOR, REPLICATOR};
+use crate::cluster::groups::{ORCHESTRATOR, REPLICATOR, SCRAPERS};
 use crate::cluster::view::MemberState;
 use crate::control::orchestrator::OrchestratorMsg;
 use crate::domain::SourceState;
 use crate::instruments::{self, Snapshot, StorageGauges};
 use crate::pipeline::replicator::ReplicatorMsg;
+use crate::pipeline::scraper_supervisor::ScraperSupervisorMsg;
 use crate::supervision::ask_named;
 
 /// The longest one part of a scrape waits for its actor (Prometheus's
@@ -49,28 +50,33 @@ fn member_state(s: MemberState) -> &'static str {
 }
 
 async fn snapshot(state: &AppState) -> Snapshot {
-    let me = state.cluster.me().node_id.clone();
     let sources = async {
-        let live = ask_named(ORCHESTRATOR, OrchestratorMsg::ListLive, SNAPSHOT_TIMEOUT)
+        // Each node counts the sources it owns, so a sum over nodes counts
+        // each source once; the counts are kept by the actors (cheap with
+        // thousands of sources).
+        let counts = ask_named(ORCHESTRATOR, OrchestratorMsg::StateCounts, SNAPSHOT_TIMEOUT)
             .await
             .ok()?
             .ok()?;
-        // Each node counts the sources it owns, so a sum over nodes counts
-        // each source once.
-        let owned: Vec<_> = live
-            .sources
-            .iter()
-            .filter(|v| v.status.owner_id.as_ref().is_none_or(|o| *o == me))
-            .collect();
-        let degraded = owned
-            .iter()
-            .filter(|v| v.status.health == crate::domain::Health::Degraded)
-            .count() as u64;
-        let states = owned.iter().map(|v| source_state(v.status.state));
-        Some((
-            instruments::count_states(&instruments::SOURCE_STATES, states),
-            degraded,
-        ))
+        let mut out = instruments::count_states(&instruments::SOURCE_STATES, []);
+        for (state, n) in counts {
+            if let Some(c) = out
+                .iter_mut()
+                .find(|(name, _)| *name == source_state(state))
+            {
+                c.1 += n;
+            }
+        }
+        // Drift, judged by the scrapers run here (isolated sources' runs are
+        // judged too, but counted only in their status).
+        let degraded = ask_named(
+            SCRAPERS,
+            ScraperSupervisorMsg::DegradedCount,
+            SNAPSHOT_TIMEOUT,
+        )
+        .await
+        .ok()?;
+        Some((out, degraded))
     };
     let behind = async {
         ask_named(REPLICATOR, ReplicatorMsg::Stats, SNAPSHOT_TIMEOUT)

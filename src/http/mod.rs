@@ -2,6 +2,7 @@
 //! node's actors (found by registered name, so a restarted actor is found
 //! again) with a timeout, and a timeout or a missing actor is a 503.
 //!
+//! One file per resource: [`sources`] and [`webhooks`] (admin), [`collections`] (read),
 //! One file per resource: [`sources`] (admin), [`preview`] (admin: a spec
 //! tried against its site, nothing stored), [`collections`] (read),
 //! [`health`], [`metrics`] (Prometheus text), [`openapi`] (the OpenAPI
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod preview;
 pub mod sources;
+pub mod webhooks;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub pages: collections::PageCache,
     /// Group commit; readers wait on it for writes not yet flushed.
     pub flusher: crate::store::Flusher,
+    /// Which non-public addresses outbound URLs (webhooks) may reach.
+    pub targets: crate::scrape::fetch::TargetPolicy,
     /// The node's HTTP client and politeness state, shared with its
     /// scrapers: a preview is one more client of the same hosts.
     pub fetcher: crate::scrape::fetch::Fetcher,
@@ -98,6 +102,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/api/v1/webhooks")
+            .route(web::post().to(webhooks::create))
+            .route(web::get().to(webhooks::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/webhooks/{id}")
+            .route(web::get().to(webhooks::get))
+            .route(web::put().to(webhooks::replace))
+            .route(web::delete().to(webhooks::delete))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/api/v1/collections")
             .route(web::get().to(collections::list))
             .default_service(web::to(method_not_allowed)),
@@ -137,6 +154,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/dashboard").route(web::get().to(debug::dashboard)))
     .service(web::resource("/dashboard/app.js").route(web::get().to(debug::dashboard_js)))
     .service(web::resource("/dashboard/app.css").route(web::get().to(debug::dashboard_css)))
+    .service(web::resource("/dashboard/charts.js").route(web::get().to(debug::dashboard_charts_js)))
     .service(web::resource("/metrics").route(web::get().to(metrics::metrics)))
     .service(web::resource("/healthz").route(web::get().to(health::healthz)))
     .service(web::resource("/readyz").route(web::get().to(health::readyz)))

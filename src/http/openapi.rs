@@ -7,7 +7,7 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{cluster, collections, debug, health, metrics, preview, sources};
+use super::{cluster, collections, debug, health, metrics, preview, sources, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,11 @@ use super::{cluster, collections, debug, health, metrics, preview, sources};
         sources::delete,
         sources::run_now,
         sources::runs,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::replace,
+        webhooks::delete,
         preview::preview,
         preview::preview_stored,
         collections::list,
@@ -38,6 +43,7 @@ use super::{cluster, collections, debug, health, metrics, preview, sources};
         debug::dashboard,
         debug::dashboard_js,
         debug::dashboard_css,
+        debug::dashboard_charts_js,
         health::healthz,
         health::readyz,
         metrics::metrics,

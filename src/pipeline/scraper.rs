@@ -106,6 +106,9 @@ impl ScraperState {
         }
         self.stats.next_run = None;
         self.stats.running = true;
+        let _ = self.args.supervisor.cast(ScraperSupervisorMsg::RunStarted {
+            id: self.args.spec.id.clone(),
+        });
         self.args.events.publish(Event::RunStarted {
             source: self.args.spec.id.clone(),
         });
@@ -362,6 +365,7 @@ impl Actor for Scraper {
                         pages: record.pages,
                         items: record.items,
                         failed: record.error.is_some(),
+                        degraded: record.health == crate::domain::Health::Degraded,
                     });
                 state.args.events.publish(Event::RunFinished {
                     source: source.clone(),

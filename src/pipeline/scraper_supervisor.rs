@@ -59,12 +59,22 @@ pub enum ScraperSupervisorMsg {
     /// Internal: a backoff ended (a restart's, or a failed source's retry);
     /// ignored unless `generation` is still the source's.
     Restart { id: String, generation: u64 },
+    /// From a Scraper when a run starts (for [`ScraperSupervisorMsg::StateCounts`]).
+    RunStarted { id: String },
+    /// How many sources run here are in each state, from what this
+    /// supervisor knows (no scraper is asked): cheap whatever their number.
+    StateCounts(RpcReplyPort<Vec<(SourceState, u64)>>),
+    /// How many of the sources run here were judged `degraded` by their
+    /// last run (for the metrics, without a view per source).
+    DegradedCount(RpcReplyPort<u64>),
     /// From a Scraper after each run, so the counts outlive the actor.
     RunCounted {
         id: String,
         pages: u32,
         items: u64,
         failed: bool,
+        /// The run's drift judgement was `degraded`.
+        degraded: bool,
     },
     /// The runtime status of the sources run here: all of them, or only
     /// those listed.
@@ -157,9 +167,24 @@ impl ChildSnapshot {
     }
 }
 
+/// A state's name, to group counts by.
+fn state_key(s: SourceState) -> &'static str {
+    match s {
+        SourceState::Scheduled => "scheduled",
+        SourceState::Running => "running",
+        SourceState::BackingOff => "backing_off",
+        SourceState::Failed => "failed",
+        SourceState::Disabled => "disabled",
+    }
+}
+
 pub struct ScraperSupervisorState {
     args: ScraperSupervisorArgs,
     children: BTreeMap<String, Child>,
+    /// Sources whose scraper reported a run started and not yet counted.
+    running: std::collections::HashSet<String>,
+    /// Sources whose last run here was judged `degraded`.
+    degraded: std::collections::HashSet<String>,
     rules: RulesCache,
     /// Spawns so far, for the children's generations: unique across
     /// children, so a timer outliving a removed source cannot match the
@@ -235,7 +260,10 @@ impl ScraperSupervisorState {
         }
         .await;
         match (started, self.children.get_mut(id)) {
-            (Ok(actor), Some(child)) => child.phase = Phase::Up(actor),
+            (Ok(actor), Some(child)) => {
+                child.phase = Phase::Up(actor);
+                self.running.remove(id);
+            }
             (Ok(actor), None) => actor.stop(None),
             (Err(e), _) => self.failed(myself, id, e),
         }
@@ -314,6 +342,8 @@ impl Actor for ScraperSupervisor {
         Ok(ScraperSupervisorState {
             args,
             children: BTreeMap::new(),
+            running: Default::default(),
+            degraded: Default::default(),
             rules: RulesCache::default(),
             spawns: 0,
         })
@@ -370,6 +400,7 @@ impl Actor for ScraperSupervisor {
                 state.spawn(&myself, &id, run_now).await;
             }
             ScraperSupervisorMsg::Remove(id) => {
+                state.degraded.remove(&id);
                 if let Some(mut child) = state.children.remove(&id) {
                     ScraperSupervisorState::stop_child(&mut child).await;
                     tracing::info!(source = %id, "scraper stopped");
@@ -395,12 +426,38 @@ impl Actor for ScraperSupervisor {
                 };
                 let _ = reply.send(result);
             }
+            ScraperSupervisorMsg::RunStarted { id } => {
+                state.running.insert(id);
+            }
+            ScraperSupervisorMsg::DegradedCount(reply) => {
+                let _ = reply.send(state.degraded.len() as u64);
+            }
+            ScraperSupervisorMsg::StateCounts(reply) => {
+                let mut counts: BTreeMap<&'static str, (SourceState, u64)> = BTreeMap::new();
+                for (id, child) in &state.children {
+                    let s = match child.phase {
+                        Phase::Up(_) if state.running.contains(id) => SourceState::Running,
+                        Phase::Up(_) | Phase::Down => SourceState::Scheduled,
+                        Phase::BackingOff { .. } => SourceState::BackingOff,
+                        Phase::Failed { .. } => SourceState::Failed,
+                    };
+                    counts.entry(state_key(s)).or_insert((s, 0)).1 += 1;
+                }
+                let _ = reply.send(counts.into_values().collect());
+            }
             ScraperSupervisorMsg::RunCounted {
                 id,
                 pages,
                 items,
                 failed,
+                degraded,
             } => {
+                state.running.remove(&id);
+                if degraded {
+                    state.degraded.insert(id.clone());
+                } else {
+                    state.degraded.remove(&id);
+                }
                 if let Some(child) = state.children.get_mut(&id) {
                     let t = &mut child.totals;
                     t.runs += 1;

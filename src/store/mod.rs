@@ -8,6 +8,8 @@
 //! - `items`: each collection's items, and the `collections` summaries;
 //! - `log`: each collection's applied batches, kept for peers, and heads;
 //! - `changes`: each collection's change feed (inserted/changed items);
+//! - `webhooks`: the replicated webhook registry and each webhook's
+//!   delivery state.
 //! - `dropped`: deleted collections' tombstones.
 //!
 //! Around them: [`Flusher`] (group commit) and [`guard`] (the disk reserve,
@@ -31,6 +33,7 @@ mod log;
 mod pages;
 mod runs;
 mod sources;
+mod webhooks;
 
 pub use changes::{Change, ChangeOp, CHANGES_KEPT};
 pub use flusher::Flusher;
@@ -39,6 +42,7 @@ pub use items::{BatchOutcome, CollectionMeta, ItemBytes};
 pub use log::{LogSlice, LOG_RETAINED};
 pub use pages::PageMemo;
 pub use runs::RUNS_KEPT;
+pub use webhooks::{ACKS_KEPT, LOG_KEPT};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -95,6 +99,8 @@ pub struct Store {
     runs: sled::Tree,
     pages: sled::Tree,
     collections: sled::Tree,
+    webhooks: sled::Tree,
+    hooks: sled::Tree,
     dropped: sled::Tree,
     /// Each deleted collection's deletion time, for the per-batch check.
     dropped_at: dropped::DroppedAt,
@@ -147,6 +153,8 @@ impl Store {
             runs: db.open_tree("runs")?,
             pages: db.open_tree("pages")?,
             collections: db.open_tree("collections")?,
+            webhooks: db.open_tree("webhooks")?,
+            hooks: db.open_tree("hooks")?,
             db,
             log_retained: LOG_RETAINED,
             changes_kept: CHANGES_KEPT,

@@ -466,3 +466,103 @@ async fn the_editor_previews_and_saves_a_pasted_source() {
     std::fs::write(dir.join("editor.png"), png).unwrap();
     browser.close().await.unwrap();
 }
+
+/// The throughput charts (inline SVG drawn by the page's own script from
+/// each node's samples) and the webhooks table with its last deliveries.
+#[tokio::test]
+async fn the_dashboard_charts_throughput_and_lists_webhooks() {
+    use crate::harness::fixture::page_spec;
+    use crate::harness::receiver::Receiver;
+    let site = FixtureSite::start().await;
+    let secret = "dashboard-webhook-secret-0123";
+    let receiver = Receiver::start(secret).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    node.create_source(&page_spec("pages", &site.url("/catalogue/page-1.html"), 1))
+        .await;
+    let (status, body) = node
+        .post(
+            "/api/v1/webhooks",
+            &json!({"id": "books-hook", "url": receiver.url("/hook"), "collection": "books", "secret": secret}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // An operator's text that looks like markup is shown as text.
+    let markup = "/<img src=x onerror=alert(3)>";
+    let (status, body) = node
+        .post(
+            "/api/v1/webhooks",
+            &json!({"id": "markup-hook", "url": receiver.url(markup), "collection": "books", "secret": secret}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A few runs, and a delivery.
+    wait_until("runs and a delivery", Duration::from_secs(40), || async {
+        let runs = node.get("/api/v1/sources/pages/runs").await.1["runs"]
+            .as_array()
+            .map_or(0, Vec::len);
+        (runs >= 3 && !receiver.accepted().is_empty()).then_some(())
+    })
+    .await;
+
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&node.url("/dashboard")).await.unwrap();
+    log_in(&browser, ADMIN_TOKEN).await;
+    let paths = wait_until("a drawn pages/s chart", Duration::from_secs(40), || async {
+        let d = browser
+            .execute(
+                "return [...document.querySelectorAll(\"#charts svg.chart[data-series='pages'] path.line\")].map(p => p.getAttribute('d'));",
+                vec![],
+            )
+            .await
+            .ok()?;
+        let d: Vec<String> = serde_json::from_value(d).ok()?;
+        // Drawn: a move and at least one line segment.
+        d.iter()
+            .any(|p| p.starts_with('M') && p.contains('L'))
+            .then_some(d)
+    })
+    .await;
+    assert!(!paths.is_empty());
+    for series in ["items", "errors"] {
+        let n = browser
+            .execute(
+                &format!("return document.querySelectorAll(\"#charts svg.chart[data-series='{series}'] path.line\").length;"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, json!(1), "one {series} chart for the one node");
+    }
+    let row = wait_text(
+        &browser,
+        "#webhooks tr[data-webhook='books-hook']",
+        "the webhook row with a delivery",
+        |t| t.contains("ok 200"),
+    )
+    .await;
+    assert!(row.contains("test-node") && !row.contains(secret), "{row}");
+    let shown = wait_text(
+        &browser,
+        "#webhooks tr[data-webhook='markup-hook']",
+        "the webhook with markup in its URL",
+        |t| t.contains("onerror"),
+    )
+    .await;
+    assert!(shown.contains(markup), "{shown}");
+    let injected = browser
+        .execute(
+            "return document.querySelectorAll('#webhooks img').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!(0));
+    assert!(browser.get_alert_text().await.is_err(), "markup ran");
+    let png = browser.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("dashboard-charts.png"), png).unwrap();
+    browser.close().await.unwrap();
+}

@@ -28,3 +28,4 @@ mod metrics;
 mod pipeline;
 mod polite;
 mod reference;
+mod webhooks;

@@ -250,6 +250,38 @@ impl OrchestratorState {
 }
 
 impl OrchestratorState {
+    /// Sources owned here per state: the disabled ones counted here, the
+    /// others by the supervisors (scrapers, worker containers), off this
+    /// mailbox.
+    pub(super) fn state_counts(&self, reply: Reply<Vec<(SourceState, u64)>>) {
+        let disabled = self
+            .disabled_here
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len() as u64;
+        let (scrapers, workers) = (self.scrapers.clone(), self.workers.clone());
+        tokio::spawn(async move {
+            let mut counts =
+                match ask(&scrapers, ScraperSupervisorMsg::StateCounts, ASK_TIMEOUT).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = reply.send(Err(AdminError::Unavailable(e.to_string())));
+                        return;
+                    }
+                };
+            let mut isolated = BTreeMap::new();
+            add_worker_runtimes(&mut isolated, &workers).await;
+            for runtime in isolated.values() {
+                match counts.iter_mut().find(|(s, _)| *s == runtime.state) {
+                    Some(c) => c.1 += 1,
+                    None => counts.push((runtime.state, 1)),
+                }
+            }
+            counts.push((SourceState::Disabled, disabled));
+            let _ = reply.send(Ok(counts));
+        });
+    }
+
     /// Deletes a collection's data on every node: refused while a source
     /// feeds it; answered once it is durable here and on one peer (or none
     /// is up, or none answered in time: the peers' Replicators then follow

@@ -145,6 +145,9 @@ pub enum OrchestratorMsg {
     Runs(String, usize, Reply<Vec<RunRecord>>),
     /// Every source with the live state its view was built from, for the debug view.
     ListLive(Reply<LiveSources>),
+    /// How many sources this node owns per state, for `/metrics`: from
+    /// counts the node keeps (no store read, no scraper asked).
+    StateCounts(Reply<Vec<(SourceState, u64)>>),
     /// Membership changed: reconcile, and exchange versions with peers.
     Membership,
     /// Time to send our versions to peers.
@@ -163,6 +166,8 @@ pub struct OrchestratorState {
     scrapers: ActorRef<ScraperSupervisorMsg>,
     workers: ActorRef<WorkerSupervisorMsg>,
     failures: FailureWindow,
+    /// The disabled sources this node owns, kept as records are reconciled.
+    disabled_here: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> AdminError {
@@ -260,6 +265,7 @@ impl Actor for Orchestrator {
             scrapers,
             workers,
             failures: FailureWindow::default(),
+            disabled_here: Default::default(),
         };
         let mut changes = state.args.cluster.changes();
         state.reconcile_all().await?;
@@ -303,6 +309,7 @@ impl Actor for Orchestrator {
             OrchestratorMsg::Get(id, reply) => state.get(id, reply).await,
             OrchestratorMsg::List(reply) => state.list(reply).await,
             OrchestratorMsg::ListLive(reply) => state.list_with_live(reply).await,
+            OrchestratorMsg::StateCounts(reply) => state.state_counts(reply),
             OrchestratorMsg::Runs(id, limit, reply) => state.runs(id, limit, reply).await,
             OrchestratorMsg::Membership => state.on_membership().await,
             OrchestratorMsg::Gossip => state.on_gossip().await,

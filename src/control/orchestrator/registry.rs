@@ -138,6 +138,14 @@ impl OrchestratorState {
 
     pub(super) fn reconcile_one(&self, record: &SourceRecord) {
         let spec = &record.spec;
+        {
+            let mut disabled = self.disabled_here.lock().unwrap_or_else(|e| e.into_inner());
+            if !record.deleted && !spec.enabled && self.args.cluster.owns(&spec.id) {
+                disabled.insert(spec.id.clone());
+            } else {
+                disabled.remove(&spec.id);
+            }
+        }
         let msg = if self.runs_here(record) {
             ScraperSupervisorMsg::Ensure(Box::new(spec.clone()))
         } else {

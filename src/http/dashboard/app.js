@@ -233,6 +233,9 @@ function render(state) {
   renderSources(state);
   renderSourceFiles(state);
   renderCollections(state);
+  // charts.js: throughput charts and webhooks.
+  if (typeof renderCharts === "function") renderCharts(state);
+  if (typeof renderWebhooks === "function") renderWebhooks();
 }
 
 async function refresh() {

@@ -332,6 +332,72 @@ fn check_url(url: &Url, targets: &TargetPolicy) -> Result<(), Refused> {
     }
 }
 
+/// Checks an outbound URL given by an operator (a webhook's) against the
+/// policy now: its scheme, an IP-literal host as it is, and a host name by
+/// the addresses it resolves to (at least one must be permitted; the
+/// [`guarded_client`] dials only those).
+pub async fn check_target(url: &Url, targets: &TargetPolicy) -> Result<(), FetchError> {
+    check_url(url, targets).map_err(|r| FetchError::Forbidden {
+        target: r.target,
+        reason: r.reason,
+    })?;
+    if let Some(Host::Domain(host)) = url.host() {
+        let port = url.port_or_known_default().unwrap_or(80);
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| FetchError::Connect(format!("resolving {host}: {e}")))?
+            .collect();
+        if !found.iter().any(|a| targets.permits(a.ip())) {
+            let shown: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
+            return Err(FetchError::Forbidden {
+                target: host.to_owned(),
+                reason: format!(
+                    "it resolves only to non-public addresses ({}; see GLEANER_ALLOW_PRIVATE_TARGETS)",
+                    shown.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The checks of [`check_target`] that need no I/O: the scheme, and an
+/// IP-literal host's address.
+pub fn check_url_now(url: &Url, targets: &TargetPolicy) -> Result<(), FetchError> {
+    check_url(url, targets).map_err(|r| FetchError::Forbidden {
+        target: r.target,
+        reason: r.reason,
+    })
+}
+
+/// An HTTP client for POSTs to operator-given URLs (webhooks) behind the
+/// same guard as fetches: host names resolved by the guarded resolver (what
+/// is checked is what is dialled), no redirects, no proxy, bounded connect
+/// and total timeouts. Check IP-literal URLs with [`check_target`] first.
+pub fn guarded_client(
+    targets: &TargetPolicy,
+    connect_timeout: Duration,
+    total_timeout: Duration,
+    user_agent: &str,
+) -> Result<reqwest::Client, FetchError> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .user_agent(user_agent)
+        .connect_timeout(connect_timeout)
+        .timeout(total_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver {
+            targets: targets.clone(),
+        }))
+        .build()
+        .map_err(|e| FetchError::Client(e.to_string()))
+}
+
+/// reqwest's error as ours, the guard's refusals found in its chain.
+pub fn request_error(e: reqwest::Error) -> FetchError {
+    classify(e)
+}
+
 /// The HTTP client of every scraper on a node; cheap to clone.
 #[derive(Clone)]
 pub struct Fetcher {
@@ -374,6 +440,11 @@ impl Fetcher {
             config: Arc::new(config),
             politeness: super::politeness::Politeness::default(),
         })
+    }
+
+    /// Which non-public addresses this client may reach.
+    pub fn targets(&self) -> &TargetPolicy {
+        &self.config.targets
     }
 
     /// Would the SSRF guard let a request to `url` through? Checks the

@@ -58,6 +58,8 @@ pub struct Recorded {
     pub throttled: Option<u16>,
 }
 
+/// Clones share the site (its state and listeners).
+#[derive(Clone)]
 pub struct FixtureSite {
     addr: SocketAddr,
     canary: SocketAddr,

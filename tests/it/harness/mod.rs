@@ -9,6 +9,7 @@
 //!   built by `scripts/image.sh`, inspect, published ports, cleanup);
 //! - [`fixture`]: the local fixture web site (and its canary);
 //! - [`prometheus`]: a real Prometheus server scraping nodes, and `promtool`;
+//! - [`receiver`]: a webhook receiver that checks signatures and records deliveries;
 //! - [`stranger`]: a hostile client of the cluster port.
 
 pub mod cluster;
@@ -16,6 +17,7 @@ pub mod docker;
 pub mod fixture;
 pub mod node;
 pub mod prometheus;
+pub mod receiver;
 pub mod stranger;
 
 pub use fixture::catalogue_spec;
