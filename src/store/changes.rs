@@ -145,10 +145,12 @@ impl Store {
                 };
                 // Items are never deleted; a missing one is skipped.
                 if let Some(bytes) = items.get(key)? {
+                    let mut item: StoredItem = decode("item", &bytes)?;
+                    self.fresh(collection, &mut item)?;
                     out.push(Change {
                         seq: seq_of(&k),
                         op,
-                        item: decode("item", &bytes)?,
+                        item,
                     });
                 }
             }
@@ -197,7 +199,7 @@ impl Store {
     }
 }
 
-fn seq_of(key: &[u8]) -> u64 {
+pub(super) fn seq_of(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     let n = key.len().min(8);
     b[..n].copy_from_slice(&key[..n]);

@@ -25,6 +25,7 @@ mod changes;
 mod flusher;
 pub mod guard;
 mod items;
+mod keydir;
 mod log;
 mod pages;
 mod runs;
@@ -97,6 +98,8 @@ pub struct Store {
     changes_kept: u64,
     change_seqs: changes::ChangeSeqs,
     change_watches: changes::ChangeWatches,
+    /// Per collection: the in-memory index of its items.
+    keydirs: keydir::Keydirs,
     /// Per collection: how far its item writes have gone and been flushed.
     generations: Arc<Mutex<HashMap<String, Generations>>>,
     /// Held shared by each item write from its start to its end, and
@@ -144,6 +147,7 @@ impl Store {
             changes_kept: CHANGES_KEPT,
             change_seqs: Arc::default(),
             change_watches: Arc::default(),
+            keydirs: Arc::default(),
             generations: Arc::default(),
             writing: Arc::default(),
             guard: Arc::new(guard::Guard::new(dir, guard::DEFAULT_RESERVE)),
@@ -323,6 +327,7 @@ mod tests {
             ItemBytes {
                 key: item.key.as_bytes(),
                 bytes: &legacy,
+                seen: None,
             }
             .write_view(&mut out)
             .unwrap();
