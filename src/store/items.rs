@@ -210,9 +210,6 @@ impl Store {
                 full.insert(item.key.as_str(), stored);
                 continue;
             };
-            if e.source != source {
-                *outcome.taken_from.entry(e.source.to_string()).or_default() += 1;
-            }
             if seen < e.last_seen {
                 // An older observation arriving late never overwrites newer
                 // content; it can only move first_seen back (rare: read it).
@@ -237,6 +234,9 @@ impl Store {
                     stale_records.extend(kd.point(&id, 0));
                 }
                 continue;
+            }
+            if e.source != source {
+                *outcome.taken_from.entry(e.source.to_string()).or_default() += 1;
             }
             if e.hash == id_of(&hash) {
                 outcome.unchanged += 1;

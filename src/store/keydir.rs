@@ -219,6 +219,12 @@ impl Store {
                 },
             );
         }
+        // Opening a tree creates it: a collection that never had an
+        // unchanged item keeps none.
+        let name = format!("{SEEN_PREFIX}{collection}");
+        if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+            return Ok(kd);
+        }
         let seen = self.seen_tree(collection)?;
         let mut records = Vec::new();
         for entry in seen.iter() {
