@@ -8,6 +8,13 @@ Subcommands (each prints or writes one JSON result):
   e2e API SITE PID SOURCES PAGES DEADLINE
                                   SOURCES catalogue sources of PAGES pages each; pages/s
                                   and items/s from the first run's start to the last finish
+  again API PID SOURCES PAGES DEADLINE
+                                  the e2e sources run once more over the same pages
+                                  (unchanged, or answered 304): pages/s of that pass
+  cluster APIS PIDS SITE SOURCES PAGES DEADLINE
+                                  APIS and PIDS comma-separated, one per node: the e2e
+                                  sources created through the first node, placed over
+                                  every node, replicated to all; pages/s of the cluster
   cursors API COLLECTION PAGES OUTDIR
                                   walk the collection (limit=100) and write wrk path
                                   lists: plain pages and field-filtered pages
@@ -283,6 +290,138 @@ def cmd_e2e(base, site, pid, sources, pages, deadline) -> None:
         raise SystemExit(f"e2e: {len(errors)} failed runs, {n_pages} of {sources * pages} pages")
 
 
+
+def runs_since(api: Api, ids, after: float, deadline: float):
+    """Polls GET /sources until every id has a last_run that started after `after`
+    (a Unix time) or the deadline passes; returns those runs by id."""
+    done = {}
+    while len(done) < len(ids) and time.monotonic() < deadline:
+        try:
+            status, doc = api.call("GET", "/api/v1/sources")
+        except OSError:
+            status, doc = 0, None
+        if status == 200:
+            for s in doc["sources"]:
+                run = s["status"].get("last_run")
+                if s["id"] in ids and run and ts(run["started_at"]) >= after and not s["status"].get("state") == "running":
+                    done[s["id"]] = (run, s["status"].get("owner"))
+        if len(done) < len(ids):
+            time.sleep(0.1)
+    return done
+
+
+def pass_figures(runs, cpu: float) -> dict:
+    first = min(ts(r["started_at"]) for r in runs)
+    last = max(ts(r["finished_at"]) for r in runs)
+    n_pages = sum(r["pages"] for r in runs)
+    secs = max(1e-3, last - first)
+    return {
+        "pages": n_pages,
+        "items": sum(r["items"] for r in runs),
+        "inserted": sum(r["inserted"] for r in runs),
+        "changed": sum(r["changed"] for r in runs),
+        "not_modified": sum(r.get("not_modified", 0) for r in runs),
+        "errors": [r["error"] for r in runs if r.get("error")][:5],
+        "seconds": round(secs, 3),
+        "pages_per_s": round(n_pages / secs, 1),
+        "node_cpu_seconds": round(cpu, 2),
+        "node_cpu_ms_per_page": round(1000 * cpu / max(1, n_pages), 3),
+    }
+
+
+def cmd_again(base, pid, sources, pages, deadline) -> None:
+    """Runs every e2e source once more (POST /sources/{id}/run) and measures that pass."""
+    api, pid, sources, pages = Api(base), int(pid), int(sources), int(pages)
+    deadline = time.monotonic() + float(deadline)
+    ids = {f"cat-{i:04d}" for i in range(sources)}
+    after = time.time()
+    cpu0 = cpu_seconds(pid)
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(lambda i: api.must("POST", f"/api/v1/sources/{i}/run", {}, ok=(200, 202)), sorted(ids)))
+    done = runs_since(api, ids, after, deadline)
+    if len(done) < len(ids):
+        raise SystemExit(f"again: {len(done)} of {len(ids)} sources ran again before the deadline")
+    out = pass_figures([r for r, _ in done.values()], cpu_seconds(pid) - cpu0)
+    out["node_rss_kib"] = proc_status(pid, "VmRSS")
+    json.dump(out, sys.stdout)
+    print()
+    if out["errors"] or out["pages"] != sources * pages:
+        raise SystemExit(f"again: {len(out['errors'])} failed runs, {out['pages']} of {sources * pages} pages")
+
+
+def cmd_cluster(bases, pids, site, sources, pages, deadline) -> None:
+    """The e2e sources on a cluster: created through the first node, run where they
+    are placed, replicated to every node. Pages/s from the first start to the last
+    finish; then how long until every node holds every item."""
+    apis = [Api(b) for b in bases.split(",")]
+    pids = [int(p) for p in pids.split(",")]
+    sources, pages = int(sources), int(pages)
+    deadline = time.monotonic() + float(deadline)
+    names = None
+    while time.monotonic() < deadline:  # every node sees every member up
+        views = []
+        for a in apis:
+            try:
+                status, doc = a.call("GET", "/api/v1/cluster")
+            except OSError:
+                status, doc = 0, None
+            views.append(sorted(m["name"] for m in doc["members"] if m.get("state") == "up") if status == 200 else [])
+            if status == 200 and not doc.get("settled", True):
+                views[-1] = []
+        if all(len(v) == len(apis) for v in views):
+            names = views[0]
+            break
+        time.sleep(0.2)
+    if names is None:
+        raise SystemExit("cluster: the nodes did not all see each other up in time")
+    specs = [catalogue_spec(i, site, pages) for i in range(sources)]
+    cpu0 = [cpu_seconds(p) for p in pids]
+    after = time.time()
+    created, _, _ = post_all(apis[0], specs, deadline)
+    if len(created) < len(specs):
+        raise SystemExit(f"cluster: the node accepted {len(created)} of {len(specs)} sources")
+    done = runs_since(apis[0], {s["id"] for s in specs}, after, deadline)
+    if len(done) < len(specs):
+        raise SystemExit(f"cluster: {len(done)} of {len(specs)} sources finished a run before the deadline")
+    runs_end = time.time()
+    want = sources * pages * 20
+    replicated = None
+    while time.monotonic() < deadline:
+        counts = []
+        for a in apis:
+            try:
+                status, doc = a.call("GET", "/api/v1/collections")
+            except OSError:
+                status, doc = 0, None
+            c = {x["name"]: x["items"] for x in doc["collections"]} if status == 200 else {}
+            counts.append(c.get("catalogue", 0))
+        if all(c >= want for c in counts):
+            replicated = time.time()
+            break
+        time.sleep(0.1)
+    cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+    runs = [r for r, _ in done.values()]
+    out = pass_figures(runs, sum(cpu))
+    per_node = {}
+    for r, owner in done.values():
+        per_node.setdefault(owner or "?", 0)
+        per_node[owner or "?"] += r["pages"]
+    out.update(
+        {
+            "nodes": len(apis),
+            "pages_per_s_per_node": round(out["pages_per_s"] / len(apis), 1),
+            "pages_by_owner": per_node,
+            "node_cpu_seconds_each": [round(c, 2) for c in cpu],
+            "node_rss_kib_each": [proc_status(p, "VmRSS") for p in pids],
+            "items_on_every_node": replicated is not None,
+            "replicated_after_last_run_s": None if replicated is None else round(replicated - runs_end, 3),
+        }
+    )
+    json.dump(out, sys.stdout)
+    print()
+    if out["errors"] or out["pages"] != sources * pages or replicated is None:
+        raise SystemExit(f"cluster: {len(out['errors'])} failed runs, {out['pages']} of {sources * pages} pages, replicated: {replicated is not None}")
+
 def cmd_cursors(base, collection, pages, outdir) -> None:
     """Walks the collection once (timed) and writes the wrk path lists."""
     api, pages = Api(base), int(pages)
@@ -424,7 +563,14 @@ def cmd_sched(base, site, pid, sources, collections, every, window, deadline) ->
 
 
 def main() -> None:
-    cmds = {"listen": cmd_listen, "e2e": cmd_e2e, "cursors": cmd_cursors, "sched": cmd_sched}
+    cmds = {
+        "listen": cmd_listen,
+        "e2e": cmd_e2e,
+        "again": cmd_again,
+        "cluster": cmd_cluster,
+        "cursors": cmd_cursors,
+        "sched": cmd_sched,
+    }
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         raise SystemExit(__doc__)
     cmds[sys.argv[1]](*sys.argv[2:])

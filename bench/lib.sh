@@ -29,6 +29,40 @@ start_node() {
   echo "node $1 (pid $node_pid) at $node_url"
 }
 
+# start_cluster NAME N: N fresh nodes n0.. on loopback, each seeded with every
+# node's cluster port and sharing a random cookie; sets cluster_pids and
+# cluster_urls (comma-separated, node 0 first).
+start_cluster() {
+  local name=$1 n=$2 i ports=() seeds="" cookie pid url
+  cookie=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  for ((i = 0; i < n; i++)); do ports+=("$(free_port)"); done
+  for ((i = 0; i < n; i++)); do seeds+="${seeds:+,}127.0.0.1:${ports[$i]}"; done
+  cluster_pids="" cluster_urls=""
+  for ((i = 0; i < n; i++)); do
+    GLEANER_CONFIG=/dev/null GLEANER_DATA_DIR="$WORK/$name-n$i" GLEANER_HTTP_ADDR=127.0.0.1:0 \
+      GLEANER_CLUSTER_PORT="${ports[$i]}" GLEANER_SEEDS="$seeds" GLEANER_COOKIE="$cookie" \
+      GLEANER_ALLOW_PRIVATE_TARGETS=127.0.0.0/8 GLEANER_LOG_FORMAT=json \
+      GLEANER_LOG=info GLEANER_NODE_NAME="n$i" "$WORK/gleaner" node >"$WORK/$name-n$i.log" 2>&1 &
+    pid=$!
+    cluster_pids+="${cluster_pids:+,}$pid"
+  done
+  for ((i = 0; i < n; i++)); do
+    pid=$(echo "$cluster_pids" | cut -d, -f$((i + 1)))
+    url="http://$(python3 bench/gleaner.py listen "$WORK/$name-n$i.log" "$pid" 60)"
+    cluster_urls+="${cluster_urls:+,}$url"
+  done
+  echo "cluster $name: pids $cluster_pids at $cluster_urls"
+}
+
+# stop_cluster: every node of start_cluster, as stop_node does one.
+stop_cluster() {
+  local pid
+  for pid in ${cluster_pids//,/ }; do
+    node_pid=$pid stop_node
+  done
+  cluster_pids=""
+}
+
 # stop_node: SIGTERM, then up to 20 s for the graceful shutdown, then SIGKILL.
 stop_node() {
   local _
@@ -80,9 +114,12 @@ need_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 }
 
-# start_nginx: nginx serving $WORK/site on a free loopback port; sets SITE.
+# start_nginx: nginx serving $WORK/site on a free loopback port; sets SITE, and
+# SITE_200: the same files on a second port without validators (no ETag, and
+# If-Modified-Since ignored), so a second pass gets full answers, never 304.
 start_nginx() {
   site_port=$(free_port)
+  site_port_200=$(free_port)
   mkdir -p "$WORK/nginx/tmp"
   user_line=""
   [ "$(id -u)" -eq 0 ] && user_line="user root;" # workers must read the private scratch dir
@@ -111,6 +148,12 @@ http {
     listen 127.0.0.1:$site_port;
     root $WORK/site;
   }
+  server {
+    listen 127.0.0.1:$site_port_200;
+    root $WORK/site;
+    etag off;
+    if_modified_since off;
+  }
 }
 EOF
   local nginx
@@ -119,6 +162,8 @@ EOF
   "$nginx" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
   nginx_pid=$!
   wait_port "$site_port"
+  wait_port "$site_port_200"
   SITE="http://127.0.0.1:$site_port"
+  SITE_200="http://127.0.0.1:$site_port_200"
   echo "nginx (pid $nginx_pid) serves the fixture at $SITE"
 }

@@ -2,7 +2,9 @@
 # The benchmark of one gleaner node, in one command, on loopback only:
 #   1. the limits: nginx serving the fixture to wrk (raw fetch), and html5ever
 #      parsing the same page in memory (`cargo bench --bench extract`);
-#   2. gleaner end to end (fetch, extract, aggregate, store) through its API;
+#   2. gleaner end to end (fetch, extract, aggregate, store) through its API,
+#      then a second pass over the unchanged catalogue (304s; then, on a fresh
+#      node, full 200 answers), and the first pass on a 3-node cluster;
 #   3. Scrapy on the same pages, one process and one process per core;
 #   4. the query API under wrk on the collection that step 2 filled;
 #   5. many tiny sources on a short schedule: schedule lag and RSS per source.
@@ -75,9 +77,11 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/gleaner-bench.XXXXXX")
 nginx_pid=""
 node_pid=""
 watch_pid=""
+cluster_pids=""
 cleanup() {
   [ -n "$watch_pid" ] && kill "$watch_pid" 2>/dev/null
   [ -n "$node_pid" ] && kill -KILL "$node_pid" 2>/dev/null
+  for p in ${cluster_pids//,/ }; do kill -KILL "$p" 2>/dev/null; done
   [ -n "$nginx_pid" ] && kill -TERM "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null
   rm -rf "$WORK"
 }
@@ -143,6 +147,11 @@ mark e2e
 python3 bench/gleaner.py e2e "$node_url" "$SITE" "$node_pid" "$SOURCES" "$PAGES" "$DEADLINE" \
   | tee "$OUT/e2e.json"
 
+say "second pass: the same sources again, the catalogue unchanged (nginx answers 304)"
+mark again
+python3 bench/gleaner.py again "$node_url" "$node_pid" "$SOURCES" "$PAGES" "$DEADLINE" \
+  | tee "$OUT/again-304.json"
+
 say "query API: wrk, $QUERY_CONNECTIONS connections"
 mark query
 python3 bench/gleaner.py cursors "$node_url" catalogue "$((TOTAL_PAGES * 20 / 100))" "$WORK" \
@@ -161,6 +170,22 @@ for q in plain common; do
   wrk_json "query-$q-uncached" "$QUERY_CONNECTIONS" 1 "$node_url" "$WORK/query-$q.txt"
 done
 stop_node
+
+say "second pass with full answers: a fresh node, a first pass and a second over $SITE_200"
+start_node e2e200
+mark e2e200
+python3 bench/gleaner.py e2e "$node_url" "$SITE_200" "$node_pid" "$SOURCES" "$PAGES" "$DEADLINE" \
+  | tee "$OUT/e2e-200.json"
+python3 bench/gleaner.py again "$node_url" "$node_pid" "$SOURCES" "$PAGES" "$DEADLINE" \
+  | tee "$OUT/again-200.json"
+stop_node
+
+say "3-node cluster on loopback: $SOURCES sources x $PAGES pages, replicated to every node"
+start_cluster cluster 3
+mark cluster
+python3 bench/gleaner.py cluster "$cluster_urls" "$cluster_pids" "$SITE" "$SOURCES" "$PAGES" "$DEADLINE" \
+  | tee "$OUT/cluster.json"
+stop_cluster
 
 # --- 3. Scrapy -----------------------------------------------------------------
 # scrapy_run NAME CONCURRENCY PROCESSES: the sources split evenly over PROCESSES

@@ -33,14 +33,22 @@ pub struct Scraper;
 const STORE_REFUSED: &str = "store_refused";
 
 pub struct ScraperArgs {
-    pub spec: SourceSpec,
+    /// Shared with the supervisor's record of the source (one copy a source).
+    pub spec: Arc<SourceSpec>,
     pub rules: Arc<Rules>,
-    pub fetcher: Fetcher,
-    pub limits: Limits,
-    pub store: Store,
     pub aggregator: ActorRef<AggregatorMsg>,
     /// Run at once instead of waiting for the schedule (after a failure's backoff).
     pub run_now: bool,
+    /// What every scraper of the node shares, held once rather than copied
+    /// into each (an idle source's memory is mostly what it holds).
+    pub node: Arc<ScraperNode>,
+}
+
+/// The node-wide handles a scraper uses.
+pub struct ScraperNode {
+    pub fetcher: Fetcher,
+    pub limits: Limits,
+    pub store: Store,
     pub events: Events,
     /// Told of every run, so the counts outlive this actor.
     pub supervisor: ActorRef<ScraperSupervisorMsg>,
@@ -106,10 +114,14 @@ impl ScraperState {
         }
         self.stats.next_run = None;
         self.stats.running = true;
-        let _ = self.args.supervisor.cast(ScraperSupervisorMsg::RunStarted {
-            id: self.args.spec.id.clone(),
-        });
-        self.args.events.publish(Event::RunStarted {
+        let _ = self
+            .args
+            .node
+            .supervisor
+            .cast(ScraperSupervisorMsg::RunStarted {
+                id: self.args.spec.id.clone(),
+            });
+        self.args.node.events.publish(Event::RunStarted {
             source: self.args.spec.id.clone(),
         });
         let spec = self.args.spec.clone();
@@ -117,13 +129,13 @@ impl ScraperState {
             Ok(url) => Pager::new(
                 url,
                 spec.extract.next_page.as_ref().map_or(1, |n| n.max_pages),
-                self.args.fetcher.clone(),
+                self.args.node.fetcher.clone(),
                 self.args.rules.clone(),
-                self.args.limits.clone(),
+                self.args.node.limits.clone(),
                 spec.request.clone(),
             )
             .with_memory(
-                self.args.store.clone(),
+                self.args.node.store.clone(),
                 spec.id.clone(),
                 page_fingerprint(&spec),
             )
@@ -158,7 +170,7 @@ fn page_fingerprint(spec: &SourceSpec) -> String {
 
 /// One run: every page, each page's items delivered before the next is fetched.
 async fn run_once(
-    spec: SourceSpec,
+    spec: Arc<SourceSpec>,
     mut pager: Pager,
     aggregator: ActorRef<AggregatorMsg>,
 ) -> RunRecord {
@@ -257,7 +269,7 @@ impl Actor for Scraper {
         myself: ActorRef<Self::Msg>,
         args: ScraperArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let store = args.store.clone();
+        let store = args.node.store.clone();
         let id = args.spec.id.clone();
         let last = tokio::task::spawn_blocking(move || store.runs(&id, 1))
             .await??
@@ -324,7 +336,7 @@ impl Actor for Scraper {
                 let mut record = *record;
                 // A full or failed disk here is not the source's fault: the
                 // run is kept as failed, and the schedule simply goes on.
-                let storage = state.args.store.storage_status(false);
+                let storage = state.args.node.store.storage_status(false);
                 let node_at_fault =
                     record.code.as_deref() == Some(STORE_REFUSED) && !storage.is_ok();
                 if node_at_fault {
@@ -334,7 +346,7 @@ impl Actor for Scraper {
                 state.stats.running = false;
                 // Drift is judged against the runs before this one (a short
                 // read of the run history, like the write below).
-                let earlier = match state.args.store.runs(&state.args.spec.id, 10) {
+                let earlier = match state.args.node.store.runs(&state.args.spec.id, 10) {
                     Ok(runs) => runs,
                     Err(e) => {
                         tracing::warn!(source = %state.args.spec.id, error = %e, "run history unreadable");
@@ -349,16 +361,22 @@ impl Actor for Scraper {
                 // A small write (sled writes out in its own threads): here,
                 // rather than two thread hops per run. A full disk refuses
                 // it: the run still shows in the status, only not in history.
-                if let Err(e) = state.args.store.record_run(&state.args.spec.id, &record) {
+                if let Err(e) = state
+                    .args
+                    .node
+                    .store
+                    .record_run(&state.args.spec.id, &record)
+                {
                     tracing::warn!(source = %state.args.spec.id, error = %e, "run not recorded");
                 }
                 let source = &state.args.spec.id;
-                state.args.cluster.cast_all(&Notice::Run {
+                state.args.node.cluster.cast_all(&Notice::Run {
                     source: source.clone(),
                     run: record.clone(),
                 });
                 let _ = state
                     .args
+                    .node
                     .supervisor
                     .cast(ScraperSupervisorMsg::RunCounted {
                         id: source.clone(),
@@ -367,7 +385,7 @@ impl Actor for Scraper {
                         failed: record.error.is_some(),
                         degraded: record.health == crate::domain::Health::Degraded,
                     });
-                state.args.events.publish(Event::RunFinished {
+                state.args.node.events.publish(Event::RunFinished {
                     source: source.clone(),
                     pages: record.pages,
                     items: record.items,

@@ -18,7 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use ractor_cluster::RactorMessage;
 
 use super::collection_supervisor::CollectionSupervisorMsg;
-use super::scraper::{Scraper, ScraperArgs, ScraperMsg};
+use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperNode};
 use crate::domain::{SourceRuntime, SourceSpec, SourceState, Totals};
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
@@ -98,7 +98,8 @@ enum Phase {
 }
 
 struct Child {
-    spec: SourceSpec,
+    /// Shared with the source's scraper.
+    spec: Arc<SourceSpec>,
     phase: Phase,
     /// Set from the supervisor's counter at each spawn, so a stale backoff
     /// or retry timer (one armed before a later spawn) is ignored.
@@ -186,6 +187,8 @@ pub struct ScraperSupervisorState {
     /// Sources whose last run here was judged `degraded`.
     degraded: std::collections::HashSet<String>,
     rules: RulesCache,
+    /// The handles every scraper shares.
+    node: Arc<ScraperNode>,
     /// Spawns so far, for the children's generations: unique across
     /// children, so a timer outliving a removed source cannot match the
     /// source created again under its id.
@@ -244,14 +247,9 @@ impl ScraperSupervisorState {
             let args = ScraperArgs {
                 spec: spec.clone(),
                 rules,
-                fetcher: self.args.fetcher.clone(),
-                limits: self.args.limits.clone(),
-                store: self.args.store.clone(),
                 aggregator,
                 run_now,
-                events: self.args.events.clone(),
-                supervisor: myself.clone(),
-                cluster: self.args.cluster.clone(),
+                node: self.node.clone(),
             };
             Actor::spawn_linked(None, Scraper, args, myself.get_cell())
                 .await
@@ -336,10 +334,19 @@ impl Actor for ScraperSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: ScraperSupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let node = Arc::new(ScraperNode {
+            fetcher: args.fetcher.clone(),
+            limits: args.limits.clone(),
+            store: args.store.clone(),
+            events: args.events.clone(),
+            supervisor: myself,
+            cluster: args.cluster.clone(),
+        });
         Ok(ScraperSupervisorState {
+            node,
             args,
             children: BTreeMap::new(),
             running: Default::default(),
@@ -366,7 +373,7 @@ impl Actor for ScraperSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ScraperSupervisorMsg::Ensure(spec) => {
-                let spec = *spec;
+                let spec = Arc::new(*spec);
                 let id = spec.id.clone();
                 // A changed spec runs at once, so its effect shows without waiting a period.
                 let mut run_now = false;

@@ -148,10 +148,12 @@ impl Store {
                 };
                 // Items are never deleted; a missing one is skipped.
                 if let Some(bytes) = items.get(key)? {
+                    let mut item: StoredItem = decode("item", &bytes)?;
+                    self.fresh(collection, &mut item)?;
                     out.push(Change {
                         seq: seq_of(&k),
                         op,
-                        item: decode("item", &bytes)?,
+                        item,
                     });
                 }
             }

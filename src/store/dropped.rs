@@ -125,7 +125,22 @@ impl Store {
                 .insert(name.to_owned(), tombstone.version.millis);
             {
                 let _writing = self.writing.read().unwrap_or_else(|e| e.into_inner());
+                // The key directory goes with the items, under its lock, so
+                // no upsert works from the items being deleted.
+                let slot = self
+                    .keydirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(name)
+                    .cloned();
+                let mut keydir = slot
+                    .as_ref()
+                    .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
                 self.items_tree(name)?.clear()?;
+                self.clear_seen(name)?;
+                if let Some(kd) = keydir.as_mut() {
+                    **kd = None;
+                }
                 changes.clear()?;
                 self.log_tree(name)?.clear()?;
                 self.collections.remove(name.as_bytes())?;

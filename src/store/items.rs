@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::keydir::{encode_seen, id_of, Entry, Id, Keydir};
 use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
-use crate::domain::{ItemBatch, ItemRef, StoredItem, Upsert};
+use crate::domain::{ItemBatch, ItemRef, StoredItem};
 
 const ITEMS_PREFIX: &str = "items:";
 
@@ -21,6 +22,14 @@ pub struct BatchOutcome {
     pub unchanged: u64,
     /// Items that moved from another source to this one (for per-source counts).
     pub taken_from: BTreeMap<String, u64>,
+}
+
+/// What a batch will write, worked out from the key directory.
+struct Plan {
+    outcome: BatchOutcome,
+    writes: sled::Batch,
+    changes: Vec<(ChangeOp, Vec<u8>)>,
+    seen: Option<sled::Batch>,
 }
 
 /// A collection's summary row.
@@ -36,6 +45,8 @@ pub struct CollectionMeta {
 pub struct ItemBytes<'a> {
     pub(super) key: &'a [u8],
     pub(super) bytes: &'a [u8],
+    /// A newer last_seen and source than stored (see the key directory).
+    pub(super) seen: Option<(DateTime<Utc>, std::sync::Arc<str>)>,
 }
 
 /// `{"hash":"` + 32 hex characters + `",`: how every item written since
@@ -52,7 +63,16 @@ impl ItemBytes<'_> {
 
     /// Reads the item in place.
     pub fn item_ref(&self) -> Result<ItemRef<'_>> {
-        decode("item", self.bytes)
+        let mut item: ItemRef<'_> = decode("item", self.bytes)?;
+        if let Some((at, source)) = &self.seen {
+            let at = serde_json::to_value(at).map_err(|source| StoreError::Corrupt {
+                what: "item",
+                source,
+            })?;
+            item.last_seen = at.as_str().unwrap_or_default().to_owned().into();
+            item.source = source.to_string().into();
+        }
+        Ok(item)
     }
 
     /// Appends the item as the API shows it (the stored object without its
@@ -66,7 +86,7 @@ impl ItemBytes<'_> {
                 .iter()
                 .all(u8::is_ascii_hexdigit)
             && &b[HASH_MEMBER_LEN - 2..HASH_MEMBER_LEN] == b"\",";
-        if hash_first {
+        if hash_first && self.seen.is_none() {
             out.push(b'{');
             out.extend_from_slice(&b[HASH_MEMBER_LEN..]);
         } else {
@@ -125,65 +145,185 @@ impl Store {
     }
 
     pub(super) fn upsert_items(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
-        let tree = self.items_tree(&batch.collection)?;
+        let collection = &batch.collection;
+        let slot = self.keydir(collection)?;
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let kd = guard.as_mut().ok_or_else(|| {
+            StoreError::Unavailable(format!("collection {collection}: no key directory"))
+        })?;
+        let planned = self.plan_upsert(batch, kd);
+        let result = planned.and_then(|plan| {
+            let tree = self.items_tree(collection)?;
+            self.write_items(collection, &tree, plan.writes, &plan.changes, plan.seen)?;
+            Ok(plan.outcome)
+        });
+        if result.is_err() {
+            // The directory may now say more than sled holds: load it again.
+            drop(guard);
+            self.drop_keydir(collection);
+        }
+        result
+    }
+
+    /// Works out a batch's writes from the key directory alone (sled is read
+    /// only for an observation older than the stored one), and updates the
+    /// directory as if they were made.
+    fn plan_upsert(&self, batch: &ItemBatch, kd: &mut Keydir) -> Result<Plan> {
         let mut outcome = BatchOutcome::default();
-        let mut writes = sled::Batch::default();
-        // Later duplicates within one batch see the earlier ones.
-        let mut pending: BTreeMap<&str, StoredItem> = BTreeMap::new();
+        let seen = batch.fetched_at;
+        let source = kd.name(&batch.source);
+        // Items written in full, by key: later duplicates within one batch
+        // see the earlier ones.
+        let mut full: BTreeMap<&str, StoredItem> = BTreeMap::new();
         // Each key's change (an unchanged key has none), recorded in key order.
         let mut ops: BTreeMap<&str, ChangeOp> = BTreeMap::new();
+        // Unchanged items seen now: one seen record for them all.
+        let record = kd.next_record();
+        let mut seen_keys: Vec<Id> = Vec::new();
+        let mut stale_records = Vec::new();
         for item in &batch.items {
-            let old = match pending.remove(item.key.as_str()) {
-                Some(p) => Some(p),
-                None => tree
-                    .get(item.key.as_bytes())?
-                    .map(|b| decode::<StoredItem>("item", &b))
-                    .transpose()?,
+            let id = id_of(&item.key);
+            let hash = item.content_hash();
+            let Some(e) = kd.entries.get(&id) else {
+                let stored = StoredItem {
+                    key: item.key.clone(),
+                    data: item.data.clone(),
+                    first_seen: seen,
+                    last_seen: seen,
+                    version: 1,
+                    source: batch.source.clone(),
+                    hash: hash.clone(),
+                };
+                kd.entries.insert(
+                    id,
+                    Entry {
+                        hash: id_of(&hash),
+                        version: 1,
+                        first_seen: seen,
+                        last_seen: seen,
+                        source: source.clone(),
+                        record: 0,
+                    },
+                );
+                outcome.inserted += 1;
+                ops.insert(item.key.as_str(), ChangeOp::Inserted);
+                full.insert(item.key.as_str(), stored);
+                continue;
             };
-            let old_source = old.as_ref().map(|o| o.source.clone());
-            let (stored, how) = StoredItem::merge(old, item, &batch.source, batch.fetched_at);
-            if let Some(from) = old_source.filter(|s| *s != stored.source) {
-                *outcome.taken_from.entry(from).or_default() += 1;
-            }
-            match how {
-                Upsert::Inserted => {
-                    outcome.inserted += 1;
-                    ops.insert(item.key.as_str(), ChangeOp::Inserted);
+            if seen < e.last_seen {
+                // An older observation arriving late never overwrites newer
+                // content; it can only move first_seen back (rare: read it).
+                outcome.unchanged += 1;
+                if seen < e.first_seen {
+                    let mut old = match full.remove(item.key.as_str()) {
+                        Some(p) => p,
+                        None => match self
+                            .items_tree(&batch.collection)?
+                            .get(item.key.as_bytes())?
+                        {
+                            Some(b) => decode::<StoredItem>("item", &b)?,
+                            None => continue,
+                        },
+                    };
+                    let e = kd.entries.get_mut(&id).expect("looked up above");
+                    old.first_seen = seen;
+                    old.last_seen = e.last_seen;
+                    old.source = e.source.to_string();
+                    e.first_seen = seen;
+                    full.insert(item.key.as_str(), old);
+                    stale_records.extend(kd.point(&id, 0));
                 }
-                Upsert::Changed => {
-                    outcome.changed += 1;
-                    // Inserted earlier in this batch stays inserted.
-                    ops.entry(item.key.as_str()).or_insert(ChangeOp::Changed);
-                }
-                Upsert::Unchanged => outcome.unchanged += 1,
+                continue;
             }
-            pending.insert(item.key.as_str(), stored);
+            if e.source != source {
+                *outcome.taken_from.entry(e.source.to_string()).or_default() += 1;
+            }
+            if e.hash == id_of(&hash) {
+                outcome.unchanged += 1;
+                let e = kd.entries.get_mut(&id).expect("looked up above");
+                e.last_seen = seen;
+                e.source = source.clone();
+                if let Some(p) = full.get_mut(item.key.as_str()) {
+                    // Written in full by this batch already: say it there.
+                    p.last_seen = seen;
+                    p.source = batch.source.clone();
+                } else {
+                    seen_keys.push(id);
+                    stale_records.extend(kd.point(&id, record));
+                }
+                continue;
+            }
+            outcome.changed += 1;
+            // Inserted earlier in this batch stays inserted.
+            ops.entry(item.key.as_str()).or_insert(ChangeOp::Changed);
+            let e = kd.entries.get_mut(&id).expect("looked up above");
+            e.hash = id_of(&hash);
+            e.version += 1;
+            e.last_seen = seen;
+            e.source = source.clone();
+            let stored = StoredItem {
+                key: item.key.clone(),
+                data: item.data.clone(),
+                first_seen: e.first_seen,
+                last_seen: seen,
+                version: e.version,
+                source: batch.source.clone(),
+                hash,
+            };
+            full.insert(item.key.as_str(), stored);
+            stale_records.extend(kd.point(&id, 0));
         }
-        for (key, stored) in &pending {
+        let mut writes = sled::Batch::default();
+        for (key, stored) in &full {
             writes.insert(key.as_bytes(), encode(stored));
         }
-        let changes: Vec<(ChangeOp, Vec<u8>)> = ops
+        let changes = ops
             .into_iter()
             .map(|(key, op)| (op, key.as_bytes().to_vec()))
             .collect();
-        self.write_items(&batch.collection, &tree, writes, &changes)?;
-        Ok(outcome)
+        let mut seen_batch = sled::Batch::default();
+        let mut any_seen = false;
+        if !seen_keys.is_empty() {
+            seen_batch.insert(
+                &record.to_be_bytes(),
+                encode_seen(seen, &batch.source, &seen_keys),
+            );
+            any_seen = true;
+        }
+        for n in stale_records {
+            seen_batch.remove(&n.to_be_bytes());
+            any_seen = true;
+        }
+        Ok(Plan {
+            outcome,
+            writes,
+            changes,
+            seen: any_seen.then_some(seen_batch),
+        })
     }
 
     /// Applies a write to a collection's items, counted so that readers
     /// know whether a flush covers it and whether their page is current.
     /// `changes` (op, item key) are recorded in the collection's change
-    /// feed in the same transaction.
+    /// feed in the same transaction; `seen` then goes to the seen tree.
     fn write_items(
         &self,
         collection: &str,
         tree: &sled::Tree,
         writes: sled::Batch,
         changes: &[(ChangeOp, Vec<u8>)],
+        seen: Option<sled::Batch>,
     ) -> Result<()> {
         let _writing = self.writing.read().unwrap_or_else(|e| e.into_inner());
         self.with_generations(collection, |g| g.begun += 1);
-        let applied = self.apply_with_changes(collection, tree, writes, changes);
+        let applied = self
+            .apply_with_changes(collection, tree, writes, changes)
+            .and_then(|()| match seen {
+                // After the items: a record removed here is one their
+                // rewrite (or a newer record) made useless.
+                Some(seen) => Ok(self.seen_tree(collection)?.apply_batch(seen)?),
+                None => Ok(()),
+            });
         self.with_generations(collection, |g| g.changed += 1);
         applied
     }
@@ -221,8 +361,14 @@ impl Store {
         heads: Option<&BTreeMap<String, u64>>,
     ) -> Result<u64> {
         let tree = self.items_tree(collection)?;
+        let slot = self.keydir(collection)?;
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let kd = guard.as_mut().ok_or_else(|| {
+            StoreError::Unavailable(format!("collection {collection}: no key directory"))
+        })?;
         let mut writes = sled::Batch::default();
         let mut changes = Vec::new();
+        let mut stale_records = Vec::new();
         let mut inserted = 0;
         let mut last = None;
         for copy in items {
@@ -230,10 +376,17 @@ impl Store {
             if self.deleted_since(collection, copy.last_seen) {
                 continue;
             }
-            let old = tree
+            let id = id_of(&copy.key);
+            let mut old = tree
                 .get(copy.key.as_bytes())?
                 .map(|b| decode::<StoredItem>("item", &b))
                 .transpose()?;
+            if let (Some(old), Some(e)) = (old.as_mut(), kd.entries.get(&id)) {
+                if e.record != 0 {
+                    old.last_seen = e.last_seen;
+                    old.source = e.source.to_string();
+                }
+            }
             inserted += u64::from(old.is_none());
             last = last.max(Some(copy.last_seen));
             let old_hash = old.as_ref().map(|o| o.hash.clone());
@@ -246,8 +399,33 @@ impl Store {
                 changes.push((op, copy.key.as_bytes().to_vec()));
             }
             writes.insert(copy.key.as_bytes(), encode(&merged));
+            let source = kd.name(&merged.source);
+            stale_records.extend(kd.point(&id, 0));
+            kd.entries.insert(
+                id,
+                Entry {
+                    hash: id_of(&merged.hash),
+                    version: merged.version,
+                    first_seen: merged.first_seen,
+                    last_seen: merged.last_seen,
+                    source,
+                    record: 0,
+                },
+            );
         }
-        self.write_items(collection, &tree, writes, &changes)?;
+        let seen = (!stale_records.is_empty()).then(|| {
+            let mut b = sled::Batch::default();
+            for n in stale_records {
+                b.remove(&n.to_be_bytes());
+            }
+            b
+        });
+        if let Err(e) = self.write_items(collection, &tree, writes, &changes, seen) {
+            drop(guard);
+            self.drop_keydir(collection);
+            return Err(e);
+        }
+        drop(guard);
         let mut meta = self.collection(collection)?;
         if meta.is_none() && last.is_none() && heads.is_none() {
             return Ok(0);
@@ -289,30 +467,26 @@ impl Store {
         })
     }
 
-    /// Counts a collection's items, in total and per source (a full scan: done
-    /// once when the collection's aggregator starts).
+    /// Counts a collection's items, in total and per source (from its key
+    /// directory, loaded by a full scan on the collection's first use).
     pub fn count_items(&self, collection: &str) -> Result<(u64, BTreeMap<String, u64>)> {
-        #[derive(Deserialize)]
-        struct SourceOnly {
-            source: String,
-        }
-        let tree = self.items_tree(collection)?;
-        let mut total = 0;
-        let mut per_source = BTreeMap::new();
-        for v in tree.iter().values() {
-            let item: SourceOnly = decode("item", &v?)?;
-            total += 1;
-            *per_source.entry(item.source).or_default() += 1;
-        }
-        Ok((total, per_source))
+        self.read(|| {
+            let slot = self.keydir(collection)?;
+            let kd = slot.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(kd.as_ref().map_or((0, BTreeMap::new()), |kd| {
+                (kd.entries.len() as u64, kd.per_source())
+            }))
+        })
     }
 
     pub fn item(&self, collection: &str, key: &str) -> Result<Option<StoredItem>> {
         self.read(|| {
-            self.items_tree(collection)?
-                .get(key.as_bytes())?
-                .map(|b| decode("item", &b))
-                .transpose()
+            let Some(b) = self.items_tree(collection)?.get(key.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut item: StoredItem = decode("item", &b)?;
+            self.fresh(collection, &mut item)?;
+            Ok(Some(item))
         })
     }
 
@@ -325,11 +499,23 @@ impl Store {
         mut visit: impl FnMut(ItemBytes<'_>) -> Result<bool>,
     ) -> Result<()> {
         self.guard.readable()?;
+        let slot = self.keydir(collection)?;
         for entry in items_after(&self.items_tree(collection)?, after) {
             let (key, bytes) = entry?;
+            let seen = {
+                let kd = slot.lock().unwrap_or_else(|e| e.into_inner());
+                kd.as_ref()
+                    .and_then(|kd| {
+                        kd.entries
+                            .get(&id_of(std::str::from_utf8(&key).unwrap_or_default()))
+                    })
+                    .filter(|e| e.record != 0)
+                    .map(|e| (e.last_seen, e.source.clone()))
+            };
             if !visit(ItemBytes {
                 key: &key,
                 bytes: &bytes,
+                seen,
             })? {
                 break;
             }
@@ -347,8 +533,12 @@ impl Store {
         keep: impl Fn(&StoredItem) -> bool,
     ) -> Result<(Vec<StoredItem>, bool)> {
         let (mut out, mut more) = (Vec::with_capacity(limit.min(1024)), false);
-        self.each_item(collection, after, |item| {
-            let item: StoredItem = decode("item", item.bytes)?;
+        self.each_item(collection, after, |bytes| {
+            let mut item: StoredItem = decode("item", bytes.bytes)?;
+            if let Some((at, source)) = &bytes.seen {
+                item.last_seen = *at;
+                item.source = source.to_string();
+            }
             if !keep(&item) {
                 return Ok(true);
             }

@@ -29,6 +29,7 @@ mod dropped;
 mod flusher;
 pub mod guard;
 mod items;
+mod keydir;
 mod log;
 mod pages;
 mod runs;
@@ -108,6 +109,8 @@ pub struct Store {
     changes_kept: u64,
     change_seqs: changes::ChangeSeqs,
     change_watches: changes::ChangeWatches,
+    /// Per collection: the in-memory index of its items.
+    keydirs: keydir::Keydirs,
     /// Per collection: how far its item writes have gone and been flushed.
     generations: Arc<Mutex<HashMap<String, Generations>>>,
     /// Held shared by each item write from its start to its end, and
@@ -160,6 +163,7 @@ impl Store {
             changes_kept: CHANGES_KEPT,
             change_seqs: Arc::default(),
             change_watches: Arc::default(),
+            keydirs: Arc::default(),
             generations: Arc::default(),
             writing: Arc::default(),
             guard: Arc::new(guard::Guard::new(dir, guard::DEFAULT_RESERVE)),
@@ -344,6 +348,7 @@ mod tests {
             ItemBytes {
                 key: item.key.as_bytes(),
                 bytes: &legacy,
+                seen: None,
             }
             .write_view(&mut out)
             .unwrap();
@@ -520,6 +525,83 @@ mod tests {
             .map(|c| c.seq)
             .collect();
         assert_eq!(seqs, [2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn unchanged_items_move_last_seen_through_seen_records_that_stay_bounded_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Utc::now();
+        let at = |secs: i64, b: ItemBatch| ItemBatch {
+            fetched_at: t0 + chrono::Duration::seconds(secs),
+            ..b
+        };
+        let seen_records = |store: &Store| store.seen_tree("books").unwrap().len();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            store
+                .apply_batch(&at(0, batch("a", &[("u1", 1), ("u2", 2)])))
+                .unwrap();
+            assert_eq!(seen_records(&store), 0, "nothing unchanged yet");
+            for pass in 1..=3 {
+                let out = store
+                    .apply_batch(&at(pass, batch("b", &[("u1", 1), ("u2", 2)])))
+                    .unwrap();
+                assert_eq!((out.unchanged, out.changed), (2, 0));
+                assert_eq!(seen_records(&store), 1, "one record a page, not a pass");
+            }
+            let (items, _) = store.items("books", None, 10, |_| true).unwrap();
+            for item in &items {
+                assert_eq!(item.version, 1);
+                assert_eq!(item.first_seen, t0);
+                assert_eq!(item.last_seen, t0 + chrono::Duration::seconds(3));
+                assert_eq!(item.source, "b");
+            }
+            let one = store.item("books", &items[0].key).unwrap().unwrap();
+            assert_eq!(&one, &items[0]);
+            let mut view = Vec::new();
+            store
+                .each_item("books", None, |i| {
+                    i.write_view(&mut view)?;
+                    Ok(false)
+                })
+                .unwrap();
+            let view: serde_json::Value = serde_json::from_slice(&view).unwrap();
+            assert_eq!(view["last_seen"], json!(items[0].last_seen));
+            assert_eq!(view["source"], "b");
+            assert_eq!(store.count_items("books").unwrap().1.get("b"), Some(&2));
+            store.flush().unwrap();
+        }
+        // Reopened: the directory is loaded again, seen records included.
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (items, _) = store.items("books", None, 10, |_| true).unwrap();
+        assert!(items
+            .iter()
+            .all(|i| i.last_seen == t0 + chrono::Duration::seconds(3) && i.source == "b"));
+        let out = store
+            .apply_batch(&at(4, batch("b", &[("u1", 1), ("u2", 5)])))
+            .unwrap();
+        assert_eq!((out.unchanged, out.changed), (1, 1));
+        let u2 = store
+            .items("books", None, 10, |i| i.data["url"] == "u2")
+            .unwrap()
+            .0
+            .remove(0);
+        assert_eq!((u2.version, u2.first_seen), (2, t0));
+        // A late observation changes nothing but can move first_seen back.
+        let out = store
+            .apply_batch(&at(-5, batch("c", &[("u1", 9)])))
+            .unwrap();
+        assert_eq!(out.unchanged, 1);
+        let u1 = store
+            .items("books", None, 10, |i| i.data["url"] == "u1")
+            .unwrap()
+            .0
+            .remove(0);
+        assert_eq!(u1.data["price"], 1);
+        assert_eq!(u1.first_seen, t0 - chrono::Duration::seconds(5));
+        assert_eq!(u1.last_seen, t0 + chrono::Duration::seconds(4));
+        assert_eq!(u1.source, "b");
+        assert_eq!(seen_records(&store), 0, "every key was rewritten since");
     }
 
     #[test]

@@ -482,3 +482,87 @@ async fn kill_9_and_restart_keep_sources_items_and_schedules() {
         "re-scraping duplicated nothing"
     );
 }
+
+/// Items keyed by key, as the items API, the one-item route and the change
+/// feed show them.
+async fn items_by_key(node: &crate::harness::Node, collection: &str) -> Vec<Value> {
+    let mut items = node.all_items(collection).await;
+    items.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+    for item in &items {
+        let key = item["key"].as_str().unwrap();
+        let (status, one) = node
+            .get(&format!("/api/v1/collections/{collection}/items/{key}"))
+            .await;
+        assert_eq!(status, 200, "{one}");
+        for field in ["last_seen", "first_seen", "version", "source"] {
+            assert_eq!(one[field], item[field], "{field} of {key}: {one} vs {item}");
+        }
+    }
+    items
+}
+
+#[tokio::test]
+async fn an_unchanged_run_moves_last_seen_only_and_a_restart_keeps_counting_versions() {
+    let site = FixtureSite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeConfig::new(dir.path()).start().await;
+    let mut spec = catalogue_spec("seen", &site.url("/changing.html"));
+    spec["collection"] = json!("seen");
+    node.create_source(&spec).await;
+    node.wait_for_run("seen", RUN, ok_run).await;
+    let first = items_by_key(&node, "seen").await;
+    assert_eq!(first.len(), 3);
+
+    // The same page again: nothing changed, so versions stay and only
+    // last_seen moves.
+    node.post("/api/v1/sources/seen/run", &json!({})).await;
+    wait_until("a second run", RUN, || async {
+        let (_, runs) = node.get("/api/v1/sources/seen/runs").await;
+        (runs["runs"].as_array().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    let second = items_by_key(&node, "seen").await;
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(b["version"], 1, "{b}");
+        assert_eq!(a["first_seen"], b["first_seen"]);
+        assert_eq!(a["data"], b["data"]);
+        let (l1, l2): (DateTime<Utc>, DateTime<Utc>) = (
+            serde_json::from_value(a["last_seen"].clone()).unwrap(),
+            serde_json::from_value(b["last_seen"].clone()).unwrap(),
+        );
+        assert!(l2 > l1, "last_seen moves on an unchanged run: {a} then {b}");
+    }
+
+    // kill -9: what was acknowledged comes back, last_seen included, and the
+    // node knows each item's version again.
+    node.kill9();
+    let node = NodeConfig::new(dir.path()).start().await;
+    let restarted = items_by_key(&node, "seen").await;
+    assert_eq!(restarted, second, "the same items after the restart");
+    site.set_revision(2);
+    node.post("/api/v1/sources/seen/run", &json!({})).await;
+    node.wait_for_run("seen", RUN, |r| r["changed"] == 3).await;
+    let third = items_by_key(&node, "seen").await;
+    for (b, c) in second.iter().zip(&third) {
+        assert_eq!(c["version"], 2, "{c}");
+        assert_eq!(b["first_seen"], c["first_seen"]);
+        assert_ne!(b["data"], c["data"]);
+    }
+    // The change feed: three inserts, then three changes with the newest bodies.
+    let (status, feed) = node.get("/api/v1/collections/seen/changes").await;
+    assert_eq!(status, 200, "{feed}");
+    let ops: Vec<&str> = feed["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        ["inserted"; 3]
+            .iter()
+            .chain(&["changed"; 3])
+            .copied()
+            .collect::<Vec<_>>()
+    );
+}

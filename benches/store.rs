@@ -1,0 +1,113 @@
+//! The write path's store half, without the network: catalogue-shaped pages
+//! (20 items of title, price, url and tags, keyed by url) applied through the
+//! real [`Store`] the way an Aggregator applies them (`apply_replicated`, a
+//! group-commit flush every few pages), in passes over the same catalogue:
+//!
+//! 1. first pass: every item new;
+//! 2. second pass: the same items again, unchanged (only `last_seen` moves);
+//! 3. third pass: one item in 20 with a new price.
+//!
+//! `cargo bench --bench store [PAGES] [PASSES]` (default 2,000 pages, 3
+//! passes) prints each pass's pages/s, CPU per page and ratio to the first.
+//! Wall-clock figures move with the machine's load; for a figure that does
+//! not, count instructions with callgrind (every thread, sled's included),
+//! once with one pass and once with two: the difference is the second pass.
+//!
+//! ```text
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null BENCH_EXE 300 1
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null BENCH_EXE 300 2
+//! ```
+
+use std::time::Instant;
+
+use chrono::Utc;
+use gleaner::domain::{Item, ItemBatch, ReplicatedBatch};
+use gleaner::store::Store;
+use serde_json::json;
+
+/// The node's allocator, so the figures are the node's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+const ITEMS: usize = 20;
+/// Pages applied between two flushes (group commit covers a few at a time).
+const FLUSH_EVERY: usize = 4;
+
+fn page(n: usize, pass: usize) -> Vec<Item> {
+    (0..ITEMS)
+        .map(|i| {
+            // The third pass changes one item in 20.
+            let cents = if pass >= 3 && i == n % ITEMS { 50 } else { 99 };
+            let data = json!({
+                "title": format!("Book {n}-{i} of a catalogue"),
+                "price": format!("{i}.{cents}").parse::<f64>().unwrap(),
+                "url": format!("http://127.0.0.1/catalogue/item-{n}-{i}.html"),
+                "tags": [format!("t{}", i % 3), "all"],
+            });
+            Item::new(data.as_object().unwrap().clone(), &["url".into()])
+        })
+        .collect()
+}
+
+/// Process CPU time (user + system, every thread) in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => 0.0,
+    }
+}
+
+fn main() {
+    let numbers: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let pages = numbers.first().copied().unwrap_or(2_000);
+    let passes = numbers.get(1).copied().unwrap_or(3);
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let store = Store::open(dir.path(), 64 << 20).expect("the store opens");
+    let mut seq = 0;
+    let mut first_rate = None;
+    println!("store: {pages} pages of {ITEMS} items a pass, a flush every {FLUSH_EVERY} pages");
+    for pass in 1..=passes {
+        let batches: Vec<Vec<Item>> = (0..pages).map(|n| page(n, pass)).collect();
+        let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+        let (mut inserted, mut changed, mut unchanged) = (0, 0, 0);
+        for (n, items) in batches.into_iter().enumerate() {
+            seq += 1;
+            let rb = ReplicatedBatch {
+                origin: "bench-node".into(),
+                seq,
+                batch: ItemBatch {
+                    source: format!("cat-{:04}", n / 100),
+                    collection: "catalogue".into(),
+                    fetched_at: Utc::now(),
+                    items,
+                },
+            };
+            let out = store.apply_replicated(&rb).expect("the batch applies");
+            inserted += out.inserted;
+            changed += out.changed;
+            unchanged += out.unchanged;
+            if seq % FLUSH_EVERY as u64 == 0 {
+                store.flush().expect("the flush");
+            }
+        }
+        store.flush().expect("the flush");
+        let wall = wall0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
+        let rate = pages as f64 / wall;
+        let ratio = rate / *first_rate.get_or_insert(rate);
+        println!(
+            "pass {pass}: {rate:>8.0} pages/s, {:>6.3} ms CPU a page, {ratio:.2} x the first pass \
+             (inserted {inserted}, changed {changed}, unchanged {unchanged})",
+            1000.0 * cpu / pages as f64
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! Each collection's key directory: an in-memory index of its items (key ->
+//! content hash, version, first and last seen, source), loaded on the
+//! collection's first use from the `items:` tree and the `seen:` tree, and
+//! kept up to date by every write. With it an upsert reads nothing from sled
+//! (what an item was is in memory) and an unchanged item is not rewritten:
+//! only its `last_seen` and source move, and those go, for a whole page at
+//! once, into one record of the `seen:{collection}` tree.
+//!
+//! `seen:{collection}`: record number (big-endian u64, from 1) -> the time
+//! seen (i64 nanoseconds, big-endian), the source's length (u16) and name,
+//! then the 16-byte keys of the unchanged items seen. An item's last_seen is
+//! the later of its stored one and the newest record naming it. Each record
+//! counts the keys for which it is still that newest word; a record no key
+//! needs any more (a later pass over the same page, or the items rewritten)
+//! is removed, so the tree holds about one record per page, not one per pass.
+//! Readers ([`Store::each_item`] and the others) show the directory's
+//! last_seen and source where a record holds them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{decode, Result, Store};
+use crate::domain::StoredItem;
+
+const SEEN_PREFIX: &str = "seen:";
+
+/// 16 bytes standing for a 32-hex key or hash (or a hash of any other string).
+pub(super) type Id = [u8; 16];
+
+pub(super) fn id_of(s: &str) -> Id {
+    let b = s.as_bytes();
+    let mut out = [0u8; 16];
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if b.len() == 32 {
+        let mut ok = true;
+        for (i, o) in out.iter_mut().enumerate() {
+            match (hex(b[2 * i]), hex(b[2 * i + 1])) {
+                (Some(h), Some(l)) => *o = h << 4 | l,
+                _ => ok = false,
+            }
+        }
+        if ok {
+            return out;
+        }
+    }
+    out.copy_from_slice(&blake3::hash(b).as_bytes()[..16]);
+    out
+}
+
+/// What the directory knows of one item.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub hash: Id,
+    pub version: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub source: Arc<str>,
+    /// The seen record holding a newer last_seen and source than the stored
+    /// item (0: the stored item is current).
+    pub record: u64,
+}
+
+/// One collection's directory.
+#[derive(Default)]
+pub(super) struct Keydir {
+    pub entries: HashMap<Id, Entry>,
+    /// Per seen record: how many keys it is the newest word for.
+    live: HashMap<u64, u32>,
+    /// The last record number used.
+    last_record: u64,
+    /// Source names, shared by the entries.
+    names: HashMap<Arc<str>, ()>,
+}
+
+/// A collection's directory, loaded on first use.
+pub(super) type Slot = Arc<Mutex<Option<Keydir>>>;
+
+/// Per collection.
+pub(super) type Keydirs = Arc<Mutex<HashMap<String, Slot>>>;
+
+impl Keydir {
+    pub fn name(&mut self, source: &str) -> Arc<str> {
+        if let Some((k, _)) = self.names.get_key_value(source) {
+            return k.clone();
+        }
+        let k: Arc<str> = source.into();
+        self.names.insert(k.clone(), ());
+        k
+    }
+
+    /// The number of the next seen record.
+    pub fn next_record(&self) -> u64 {
+        self.last_record + 1
+    }
+
+    /// Points an entry at `record` (0: the stored item); returns a record
+    /// that no key needs any more, to be removed.
+    pub fn point(&mut self, id: &Id, record: u64) -> Option<u64> {
+        let e = self.entries.get_mut(id)?;
+        let old = std::mem::replace(&mut e.record, record);
+        if old == record {
+            return None;
+        }
+        if record != 0 {
+            *self.live.entry(record).or_default() += 1;
+            self.last_record = self.last_record.max(record);
+        }
+        if old == 0 {
+            return None;
+        }
+        let n = self.live.get_mut(&old)?;
+        *n -= 1;
+        if *n == 0 {
+            self.live.remove(&old);
+            return Some(old);
+        }
+        None
+    }
+
+    /// Per source, how many items it last wrote.
+    pub fn per_source(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.entries.values() {
+            *out.entry(e.source.to_string()).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// A seen record's bytes.
+pub(super) fn encode_seen(at: DateTime<Utc>, source: &str, keys: &[Id]) -> Vec<u8> {
+    let nanos = at.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let name = &source.as_bytes()[..source.len().min(u16::MAX as usize)];
+    let mut v = Vec::with_capacity(10 + name.len() + 16 * keys.len());
+    v.extend_from_slice(&nanos.to_be_bytes());
+    v.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    v.extend_from_slice(name);
+    for k in keys {
+        v.extend_from_slice(k);
+    }
+    v
+}
+
+fn decode_seen(v: &[u8]) -> Option<(DateTime<Utc>, &str, impl Iterator<Item = Id> + '_)> {
+    let nanos = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let len = u16::from_be_bytes(v.get(8..10)?.try_into().ok()?) as usize;
+    let source = std::str::from_utf8(v.get(10..10 + len)?).ok()?;
+    let keys = v.get(10 + len..)?.chunks_exact(16).map(|c| {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(c);
+        id
+    });
+    Some((DateTime::from_timestamp_nanos(nanos), source, keys))
+}
+
+/// The fields of a stored item the directory keeps (its data is skipped).
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    hash: std::borrow::Cow<'a, str>,
+    version: u64,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+}
+
+impl Store {
+    pub(super) fn seen_tree(&self, collection: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(format!("{SEEN_PREFIX}{collection}"))?)
+    }
+
+    /// The collection's directory slot, loaded if it was not.
+    pub(super) fn keydir(&self, collection: &str) -> Result<Slot> {
+        let slot = {
+            let mut all = self.keydirs.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(collection.to_owned()).or_default().clone()
+        };
+        {
+            let mut kd = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if kd.is_none() {
+                *kd = Some(self.load_keydir(collection)?);
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Empties the collection's `seen:` tree, if it has one (opening a
+    /// tree creates it).
+    pub(super) fn clear_seen(&self, collection: &str) -> Result<()> {
+        let name = format!("{SEEN_PREFIX}{collection}");
+        if self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+            self.seen_tree(collection)?.clear()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a collection's directory (after a failed write): the next use
+    /// loads it again from what sled holds.
+    pub(super) fn drop_keydir(&self, collection: &str) {
+        let all = self.keydirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = all.get(collection) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    fn load_keydir(&self, collection: &str) -> Result<Keydir> {
+        let mut kd = Keydir::default();
+        for entry in self.items_tree(collection)?.iter() {
+            let (k, v) = entry?;
+            let head: Head = decode("item", &v)?;
+            let source = kd.name(&head.source);
+            kd.entries.insert(
+                id_of(std::str::from_utf8(&k).unwrap_or_default()),
+                Entry {
+                    hash: id_of(&head.hash),
+                    version: head.version,
+                    first_seen: head.first_seen,
+                    last_seen: head.last_seen,
+                    source,
+                    record: 0,
+                },
+            );
+        }
+        // Opening a tree creates it: a collection that never had an
+        // unchanged item keeps none.
+        let name = format!("{SEEN_PREFIX}{collection}");
+        if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+            return Ok(kd);
+        }
+        let seen = self.seen_tree(collection)?;
+        let mut records = Vec::new();
+        for entry in seen.iter() {
+            let (k, v) = entry?;
+            let n = super::changes::seq_of(&k);
+            records.push(n);
+            kd.last_record = kd.last_record.max(n);
+            let Some((at, source, keys)) = decode_seen(&v) else {
+                continue;
+            };
+            let source = kd.name(source);
+            for id in keys {
+                let Some(e) = kd.entries.get_mut(&id) else {
+                    continue;
+                };
+                // The newest word wins; an item rewritten later says more.
+                if at < e.last_seen {
+                    continue;
+                }
+                e.last_seen = at;
+                e.source = source.clone();
+                kd.point(&id, n);
+            }
+        }
+        // Records no key needs any more (a crash between writing a record
+        // and removing the ones it replaced leaves some).
+        let mut stale = sled::Batch::default();
+        let mut any = false;
+        for n in records {
+            if !kd.live.contains_key(&n) {
+                stale.remove(&n.to_be_bytes());
+                any = true;
+            }
+        }
+        if any && self.guard.writable().is_ok() {
+            seen.apply_batch(stale)?;
+        }
+        Ok(kd)
+    }
+
+    /// Shows a stored item as the directory knows it (its newest last_seen
+    /// and source).
+    pub(super) fn fresh(&self, collection: &str, item: &mut StoredItem) -> Result<()> {
+        if let Some((at, source)) = self.seen_of(collection, &item.key)? {
+            item.last_seen = at;
+            item.source = source.to_string();
+        }
+        Ok(())
+    }
+
+    /// The newer last_seen and source than stored that a seen record holds
+    /// for `key`, if any.
+    pub(super) fn seen_of(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<(DateTime<Utc>, Arc<str>)>> {
+        let slot = self.keydir(collection)?;
+        let kd = slot.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(kd
+            .as_ref()
+            .and_then(|kd| kd.entries.get(&id_of(key)))
+            .filter(|e| e.record != 0)
+            .map(|e| (e.last_seen, e.source.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_the_hex_bytes_or_a_hash() {
+        let hex = "00112233445566778899aabbccddeeff";
+        assert_eq!(id_of(hex)[..3], [0x00, 0x11, 0x22]);
+        assert_ne!(id_of("not hex"), id_of("not hex either"));
+        assert_eq!(id_of("not hex"), id_of("not hex"));
+    }
+
+    #[test]
+    fn seen_records_read_back() {
+        let at = Utc::now();
+        let keys = [id_of("00112233445566778899aabbccddeeff"), [7u8; 16]];
+        let v = encode_seen(at, "src-1", &keys);
+        let (t, s, k) = decode_seen(&v).unwrap();
+        assert_eq!((t, s), (at, "src-1"));
+        assert_eq!(k.collect::<Vec<_>>(), keys);
+    }
+}
