@@ -13,9 +13,12 @@
 //!    WorkerSupervisor runs a worker container ([`isolation`], [`worker`]).
 //! 3. On its schedule (a period or a cron expression) the Scraper fetches
 //!    the pages ([`scrape::fetch`]: the source's request options, limits,
-//!    SSRF guard, retries; [`scrape::politeness`]: robots.txt, Crawl-delay,
-//!    back-off per host; conditional requests against the pages remembered
-//!    in [`store`]), extracts items ([`scrape::extract`]: CSS selectors
+//!    SSRF guard, retries; [`scrape::politeness`]: every request takes a
+//!    permit of its host's gate, held cluster-wide by the host's owner node
+//!    ([`cluster::hosts`]) under the host's policy ([`control::hosts`]):
+//!    robots.txt, the gap between starts, requests in flight, back-off;
+//!    conditional requests against the pages remembered in [`store`]),
+//!    extracts items ([`scrape::extract`]: CSS selectors
 //!    or JSON pointers) and hands each page's items as a batch to its
 //!    collection's Aggregator ([`pipeline::aggregator`]).
 //! 4. The Aggregator upserts the batch by item key into sled ([`store`]),

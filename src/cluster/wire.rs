@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::view::NodeInfo;
+use crate::domain::host::{PermitAnswer, PermitRelease, PermitRequest};
 pub use crate::domain::ReplicatedBatch;
 use crate::domain::SourceRuntime;
+use crate::domain::{HostRecord, HostState};
 use crate::domain::{ItemBatch, RunRecord, SourceRecord, StoredItem, Version};
 use crate::store::BatchOutcome;
 
@@ -32,6 +34,20 @@ pub enum Notice {
     Sources(Vec<SourceRecord>),
     /// A run finished on its owner.
     Run { source: String, run: RunRecord },
+    /// The sender's host override versions (as `SourceDigest`, for hosts).
+    HostDigest {
+        from: String,
+        versions: BTreeMap<String, Version>,
+    },
+    /// Host override records the receiver should merge (last writer wins).
+    Hosts(Vec<HostRecord>),
+    /// A permit of the receiver's host gate comes back.
+    Release(PermitRelease),
+    /// The sender (the host's owner) paused the host until then.
+    HostPaused {
+        host: String,
+        until: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// Questions, each answered by one [`Response`].
@@ -64,6 +80,13 @@ pub enum Request {
     Stats,
     /// A worker's batch for its owner node to accept as its own.
     Deliver(ItemBatch),
+    /// Merge these host override records; answered once they are durable.
+    Hosts(Vec<HostRecord>),
+    /// A permit of a host whose gate the receiver holds (it owns the host).
+    Permit(PermitRequest),
+    /// The state of one host as the receiver holds it, or (`None`) of every
+    /// host whose gate it holds.
+    HostStates(Option<String>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +116,8 @@ pub enum Response {
     Stats(Value),
     /// The delivered batch is durable (on the owner, and on a peer if one is up).
     Delivered(BatchOutcome),
+    Permit(PermitAnswer),
+    HostStates(Vec<HostState>),
     Error(String),
 }
 

@@ -1,15 +1,18 @@
 //! Plain serde types and their validation, with no I/O: what a source asks for
 //! ([`spec`]), what scraping produces and a collection keeps ([`item`]), and
-//! what the node records about sources ([`record`]), what a source is doing
+//! what the node records about sources ([`record`]), each host's politeness
+//! policy and the host gate's messages ([`host`]), what a source is doing
 //! where it runs ([`runtime`]), and how CSS selectors and JSON pointers are
 //! checked ([`locator`]).
 
+pub mod host;
 pub mod item;
 pub mod locator;
 pub mod record;
 pub mod runtime;
 pub mod spec;
 
+pub use host::{HostOverride, HostPolicy, HostRecord, HostState};
 pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
 pub use record::{RunRecord, SourceRecord, Version};
 pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};

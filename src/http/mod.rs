@@ -2,7 +2,8 @@
 //! node's actors (found by registered name, so a restarted actor is found
 //! again) with a timeout, and a timeout or a missing actor is a 503.
 //!
-//! One file per resource: [`sources`] (admin), [`collections`] (read),
+//! One file per resource: [`sources`] (admin), [`hosts`] (admin: host
+//! policies and their politeness state), [`collections`] (read),
 //! [`health`], [`metrics`] (Prometheus text), [`openapi`] (the OpenAPI
 //! document, generated from the handlers' annotations and types); [`error`]
 //! maps every failure to the one JSON error shape and [`auth`] checks bearer
@@ -14,6 +15,7 @@ pub mod collections;
 pub mod debug;
 pub mod error;
 pub mod health;
+pub mod hosts;
 pub mod metrics;
 pub mod openapi;
 pub mod sources;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub pages: collections::PageCache,
     /// Group commit; readers wait on it for writes not yet flushed.
     pub flusher: crate::store::Flusher,
+    /// Host policies (stored, replicated) and, through it, this node's host gates.
+    pub hosts: crate::control::hosts::HostRegistry,
 }
 
 /// Registers every route on an actix `App`.
@@ -77,6 +81,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/v1/sources/{id}/runs")
             .route(web::get().to(sources::runs))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/hosts")
+            .route(web::get().to(hosts::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/hosts/{host}")
+            .route(web::get().to(hosts::get))
+            .route(web::put().to(hosts::put))
+            .route(web::delete().to(hosts::delete))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

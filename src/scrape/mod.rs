@@ -1,10 +1,12 @@
 //! Scraping, without actors: [`fetch`] gets a page within limits and behind the
-//! SSRF guard, as the source's request options say; [`robots`] and
-//! [`politeness`] keep each host's robots.txt, Crawl-delay and back-off;
+//! SSRF guard, as the source's request options say, each request under a
+//! permit of its host's gate; [`robots`] and [`politeness`] keep each
+//! host's policy, permits, robots.txt, Crawl-delay and back-off;
 //! [`extract`] turns a page into items; and [`Pager`] walks a source's pages
 //! (following `next_page` up to `max_pages`, never twice the same URL),
-//! asking the politeness state first and the site conditionally when a page
-//! is remembered in the store (`store::pages`).
+//! through the host's gate (robots.txt, back-off, gap and requests in
+//! flight, held cluster-wide by the host's owner node), and asking the site
+//! conditionally when a page is remembered in the store (`store::pages`).
 
 pub mod extract;
 pub mod fetch;
@@ -38,7 +40,7 @@ pub enum ScrapeError {
 
 impl ScrapeError {
     /// The run's code for this failure, where one applies
-    /// (`robots_disallowed`, `host_backoff`).
+    /// (`robots_disallowed`, `host_backoff`, `host_busy`, `host_gate_unavailable`).
     pub fn code(&self) -> Option<&'static str> {
         match self {
             ScrapeError::Refused { source, .. } => Some(source.code()),
@@ -147,23 +149,9 @@ impl Pager {
         if self.pages >= self.max_pages || !self.seen.insert(without_fragment(&url)) {
             return None;
         }
-        // robots.txt, the host's pause and its Crawl-delay come first: a
+        // The host's gate comes first (inside the fetcher): robots.txt, its
+        // pause, its gap and its requests in flight, cluster-wide. A
         // disallowed start URL fails the run, a disallowed next page ends it.
-        let politeness = self.fetcher.politeness().clone();
-        match politeness.admit(&self.fetcher, &url).await {
-            Ok(()) => {}
-            Err(Refusal::RobotsDisallowed { .. }) if self.pages > 0 => {
-                self.stopped = Some(STOPPED_ROBOTS);
-                return None;
-            }
-            Err(source) => {
-                return Some(Err(ScrapeError::Refused {
-                    url: url.to_string(),
-                    source,
-                }))
-            }
-        }
-        self.pages += 1;
         let memo = self.memo(&url);
         let validators = memo.as_ref().map(|m| Validators {
             etag: m.etag.clone(),
@@ -171,23 +159,29 @@ impl Pager {
         });
         let fetched = match self
             .fetcher
-            .fetch_conditional(&url, &self.request, validators.as_ref())
+            .fetch_page(&url, &self.request, validators.as_ref())
             .await
         {
-            Ok(f) => {
-                politeness.answered(&url);
-                f
+            Ok(f) => f,
+            Err(FetchError::Refused(Refusal::RobotsDisallowed { .. })) if self.pages > 0 => {
+                self.stopped = Some(STOPPED_ROBOTS);
+                return None;
+            }
+            Err(FetchError::Refused(source)) => {
+                return Some(Err(ScrapeError::Refused {
+                    url: url.to_string(),
+                    source,
+                }))
             }
             Err(source) => {
-                if let FetchError::Throttled { retry_after, .. } = &source {
-                    politeness.throttled(&url, *retry_after);
-                }
+                self.pages += 1;
                 return Some(Err(ScrapeError::Fetch {
                     url: url.to_string(),
                     source,
                 }));
             }
         };
+        self.pages += 1;
         // The final URL after redirects counts as seen too.
         self.seen.insert(without_fragment(&fetched.url));
         if fetched.not_modified {

@@ -4,6 +4,8 @@
 //! mocked: the tests drive the built binary over HTTP and TCP, and the library
 //! only where an area tests it directly (the fetcher).
 //!
+//! `hosts::` runs three node processes against one host (cluster-wide politeness).
+//!
 //! Run it all with `cargo test --test it` (part of `cargo test`), one area with
 //! `cargo test --test it cluster::`, one test by a part of its name.
 //! `containers::` and `isolation::` need a Docker engine and build the image
@@ -20,6 +22,7 @@ mod dashboard;
 mod faults;
 mod fetch;
 mod hostile;
+mod hosts;
 mod isolation;
 mod logs;
 mod metrics;
