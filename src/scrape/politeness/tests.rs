@@ -132,10 +132,15 @@ async fn starts_keep_the_gap_and_in_flight_stays_under_the_limit() {
     let mut starts = starts.lock().unwrap().clone();
     starts.sort();
     let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // The gate grants starts 30 ms apart; what is seen here is when each
+    // task woke up, a timer tick or a busy worker thread later than its start
+    // (up to ~7 ms on a loaded 2-core machine); their sum is the whole span.
     assert!(
-        gaps.iter().all(|g| *g >= Duration::from_millis(29)),
+        gaps.iter().all(|g| *g >= Duration::from_millis(15)),
         "{gaps:?}"
     );
+    let span = starts[starts.len() - 1] - starts[0];
+    assert!(span >= Duration::from_millis(11 * 30 - 5), "{span:?}");
     assert!(
         most.load(Ordering::SeqCst) <= 2,
         "{}",
