@@ -190,8 +190,17 @@ pub struct PermitRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PermitAnswer {
     /// Start in `wait_ms` (the gap since the host's previous start); the
-    /// permit is `id` on the owner.
-    Granted { id: u64, wait_ms: u64 },
+    /// permit is `id` on the owner. `queued_ms` is how long the request
+    /// waited on the owner (so the requester can tell how long the messages
+    /// took), `gap_ms` the host's gap (0: starts need not be spaced).
+    Granted {
+        id: u64,
+        wait_ms: u64,
+        #[serde(default)]
+        queued_ms: u64,
+        #[serde(default)]
+        gap_ms: u64,
+    },
     /// No request: `code` is `robots_disallowed`, `host_backoff` or
     /// `host_busy`.
     Refused {

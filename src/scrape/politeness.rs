@@ -67,6 +67,13 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(120);
 pub const PERMIT_MARGIN: Duration = Duration::from_secs(5);
 /// The longest a request keeps trying to reach its host's owner.
 pub const OWNER_WAIT: Duration = Duration::from_secs(30);
+/// How late after its granted start a request may still start, on a host
+/// whose starts are spaced: later (a slow answer from the owner, a late
+/// timer, a busy thread) it gives the permit back unused and asks again, so
+/// that it cannot start too close to the next permit's start.
+pub const LATE: Duration = Duration::from_millis(10);
+/// Times a request asks again for being late before it starts anyway.
+const LATE_RETRIES: u32 = 3;
 
 /// Why a request was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -456,6 +463,7 @@ impl Politeness {
         let asked = Instant::now();
         let ttl = ttl + PERMIT_MARGIN;
         let deadline = asked + OWNER_WAIT;
+        let mut late_retries = 0;
         loop {
             let router = self.router();
             let owner = router.as_ref().and_then(|r| r.remote_owner(&key));
@@ -466,6 +474,18 @@ impl Politeness {
                 match self.acquire_local(&key, ttl).await {
                     Ok(Some((id, start))) => {
                         tokio::time::sleep_until(start.into()).await;
+                        let gapped = !self.limits(&key, &self.host(&key)).gap.is_zero();
+                        let late = start.elapsed();
+                        if gapped && late > LATE && late_retries < LATE_RETRIES {
+                            late_retries += 1;
+                            tracing::debug!(host = %key, late_ms = late.as_millis() as u64, "permit used too late, asking again");
+                            self.release_local(PermitRelease {
+                                host: key.clone(),
+                                id,
+                                outcome: PermitOutcome::Failed,
+                            });
+                            continue;
+                        }
                         let waited = asked.elapsed();
                         crate::instruments::host_permit(true, waited);
                         return Ok(Permit {
@@ -489,6 +509,7 @@ impl Politeness {
                 holder: router.me(),
                 ttl_ms: ttl.as_millis() as u64,
             };
+            let sent = Instant::now();
             let call = router.acquire(owner.clone(), request);
             tokio::pin!(call);
             // Watch for the owner changing while the question is out.
@@ -503,8 +524,34 @@ impl Politeness {
                 }
             };
             let last_error = match answer {
-                Some(Ok(PermitAnswer::Granted { id, wait_ms })) => {
-                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                Some(Ok(PermitAnswer::Granted {
+                    id,
+                    wait_ms,
+                    queued_ms,
+                    gap_ms,
+                })) => {
+                    let answered = Instant::now();
+                    // The messages took at most this; the answer, at most as long.
+                    let transit =
+                        (answered - sent).saturating_sub(Duration::from_millis(queued_ms));
+                    tokio::time::sleep_until((answered + Duration::from_millis(wait_ms)).into())
+                        .await;
+                    let late = transit
+                        + Instant::now()
+                            .saturating_duration_since(answered + Duration::from_millis(wait_ms));
+                    if gap_ms > 0 && late > LATE && late_retries < LATE_RETRIES {
+                        late_retries += 1;
+                        tracing::debug!(host = %key, %owner, late_ms = late.as_millis() as u64, "permit used too late, asking again");
+                        router.release(
+                            &owner,
+                            PermitRelease {
+                                host: key.clone(),
+                                id,
+                                outcome: PermitOutcome::Failed,
+                            },
+                        );
+                        continue;
+                    }
                     let waited = asked.elapsed();
                     crate::instruments::host_permit(false, waited);
                     return Ok(Permit {
@@ -548,6 +595,7 @@ impl Politeness {
         fetcher: &Fetcher,
         request: PermitRequest,
     ) -> Result<PermitAnswer, String> {
+        let arrived = Instant::now();
         if let Some(owner) = self.router().and_then(|r| r.remote_owner(&request.host)) {
             return Err(format!("not the owner of {} ({owner} is)", request.host));
         }
@@ -562,10 +610,19 @@ impl Politeness {
         }
         let ttl = Duration::from_millis(request.ttl_ms).min(Duration::from_secs(3600));
         match self.acquire_local(&request.host, ttl).await {
-            Ok(Some((id, start))) => Ok(PermitAnswer::Granted {
-                id,
-                wait_ms: start.saturating_duration_since(Instant::now()).as_millis() as u64,
-            }),
+            Ok(Some((id, start))) => {
+                let gap = self.limits(&request.host, &self.host(&request.host)).gap;
+                Ok(PermitAnswer::Granted {
+                    id,
+                    // Rounded up: the requester must not start before the slot.
+                    wait_ms: start
+                        .saturating_duration_since(Instant::now())
+                        .as_micros()
+                        .div_ceil(1000) as u64,
+                    queued_ms: arrived.elapsed().as_millis() as u64,
+                    gap_ms: gap.as_millis() as u64,
+                })
+            }
             Ok(None) => Err(format!("{} moved to another owner", request.host)),
             Err(r) => Ok(r.answer()),
         }

@@ -479,6 +479,15 @@ async fn figures() {
         let spans = site.spans();
         let all: Vec<&Span> = spans.iter().collect();
         let f = measure(&all);
+        let mut gaps: Vec<Duration> = all.windows(2).map(|w| w[1].start - w[0].start).collect();
+        gaps.sort();
+        println!(
+            "  smallest gaps {:?}; gaps under {GAP_MS} ms: {}",
+            &gaps[..gaps.len().min(5)],
+            gaps.iter()
+                .filter(|g| **g < Duration::from_millis(GAP_MS))
+                .count()
+        );
         println!(
             "{secs} s, 3 nodes, kill of the owner: {kill}: {} requests, least gap {:?} (asked {GAP_MS} ms), most open {} (asked {MAX_IN_FLIGHT}), per source {:?}",
             f.requests, f.least_gap, f.most_open, f.per_source
