@@ -16,6 +16,10 @@
 //!   first come, first served; a permit not given back within its holder's
 //!   fetch timeout (plus a margin) is taken back, so a dead holder cannot
 //!   keep a slot;
+//! - **late starts**: a permit names a start time; a requester that would
+//!   start more than [`LATE`] after it (a slow answer, a late timer) gives
+//!   it back unused and asks again, and the gate spaces starts by the gap
+//!   plus [`LATE`], so that lags cannot shrink the gap;
 //! - **robots.txt** is fetched by the owner once per host and kept an hour
 //!   ([`ROBOTS_TTL`]); a 4xx answer allows everything, a 5xx or 429 answer or
 //!   a network failure disallows everything until the next try, at most
@@ -438,6 +442,11 @@ impl Politeness {
             if let Some(d) = *host.crawl_delay.lock().unwrap_or_else(|p| p.into_inner()) {
                 gap = gap.max(d);
             }
+        }
+        // Spaced by LATE more than asked: a start may be up to LATE late
+        // (see `permit`), which would shrink the gap to the next one.
+        if !gap.is_zero() {
+            gap += LATE;
         }
         Limits {
             max: policy.max_in_flight.max(1) as usize,

@@ -25,12 +25,12 @@ const GAP_MS: u64 = 200;
 /// The requests in flight allowed in the cluster tests.
 const MAX_IN_FLIGHT: usize = 2;
 /// How much earlier than the gap a start may be seen at the site. The
-/// owner hands out start times; each requester starts when its own timer
-/// fires and its request reaches the site after a connect and a write, so
-/// two starts seen at the site are `gap + (lag of the second - lag of the
-/// first)` apart. The lags differ by a timer tick, a thread wake-up and a
-/// loopback message (an answer from the owner to a remote requester); on a
-/// loaded 2-core machine with debug builds that is up to a few tens of ms.
+/// owner hands out start times; a requester starts at its slot or later, and
+/// gives the permit back unused when it would start more than `LATE` (10 ms)
+/// after it (src/scrape/politeness.rs). Two starts seen at the site are
+/// therefore at least `gap - 10 ms - (the lag from that check to the
+/// request reaching the site: a connect and a write on loopback, a few ms
+/// on a loaded 2-core machine with debug builds)` apart.
 const TOLERANCE: Duration = Duration::from_millis(25);
 
 fn host_of(site: &FixtureSite) -> String {
