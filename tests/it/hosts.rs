@@ -30,8 +30,10 @@ const MAX_IN_FLIGHT: usize = 2;
 /// after it (src/scrape/politeness.rs). Two starts seen at the site are
 /// therefore at least `gap - 10 ms - (the lag from that check to the
 /// request reaching the site: a connect and a write on loopback, a few ms
-/// on a loaded 2-core machine with debug builds)` apart.
-const TOLERANCE: Duration = Duration::from_millis(25);
+/// on a loaded 2-core machine with debug builds; 18 ms at most seen in
+/// 60 s runs at a load average of 16)` apart. The gate spaces starts by
+/// the gap plus those 10 ms, so what is left to tolerate is that lag.
+const TOLERANCE: Duration = Duration::from_millis(30);
 
 fn host_of(site: &FixtureSite) -> String {
     site.url("/")
