@@ -482,7 +482,11 @@ impl Politeness {
                 }
                 match self.acquire_local(&key, ttl).await {
                     Ok(Some((id, start))) => {
-                        tokio::time::sleep_until(start.into()).await;
+                        // Only when there is a wait: a timer, even one due
+                        // now, costs a timer tick (about 1 ms).
+                        if start > Instant::now() {
+                            tokio::time::sleep_until(start.into()).await;
+                        }
                         let gapped = !self.limits(&key, &self.host(&key)).gap.is_zero();
                         let late = start.elapsed();
                         if gapped && late > LATE && late_retries < LATE_RETRIES {
@@ -543,8 +547,12 @@ impl Politeness {
                     // The messages took at most this; the answer, at most as long.
                     let transit =
                         (answered - sent).saturating_sub(Duration::from_millis(queued_ms));
-                    tokio::time::sleep_until((answered + Duration::from_millis(wait_ms)).into())
+                    if wait_ms > 0 {
+                        tokio::time::sleep_until(
+                            (answered + Duration::from_millis(wait_ms)).into(),
+                        )
                         .await;
+                    }
                     let late = transit
                         + Instant::now()
                             .saturating_duration_since(answered + Duration::from_millis(wait_ms));
