@@ -24,6 +24,8 @@ use tokio::task::JoinHandle;
 use crate::cluster::membership::MembershipMsg;
 use crate::cluster::view::{NodeInfo, Role};
 use crate::cluster::Cluster;
+use crate::control::hosts::HostRegistry;
+use crate::control::inbound::HostSide;
 use crate::control::node_supervisor::{NodeMsg, NodeSupervisor, NodeSupervisorArgs};
 use crate::events::Events;
 use crate::http::{self, AppState};
@@ -95,10 +97,16 @@ impl App {
             .with_context(|| format!("binding the HTTP address {}", settings.http_addr))?;
         let http_addr = listener.local_addr()?;
         let started_at = chrono::Utc::now();
-        let (cluster, membership) = match &settings.cluster {
+        let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
+        let registry = |cluster: &Cluster| {
+            HostRegistry::new(store.clone(), cluster.clone(), fetcher.politeness().clone())
+        };
+        let (cluster, membership, hosts) = match &settings.cluster {
             None => {
                 let me = node_info(&settings, &node_id, http_addr, None, started_at);
-                (Cluster::single(me), None)
+                let cluster = Cluster::single(me);
+                let hosts = registry(&cluster);
+                (cluster, None, hosts)
             }
             Some(c) => {
                 let mut c = c.clone();
@@ -107,19 +115,25 @@ impl App {
                 c.port = listener.local_addr()?.port();
                 let me = node_info(&settings, &node_id, http_addr, Some(&c), started_at);
                 let cluster = Cluster::new(me);
+                let hosts = registry(&cluster);
+                let side = HostSide {
+                    fetcher: Some(fetcher.clone()),
+                    registry: Some(hosts.clone()),
+                };
                 let (membership, done) = crate::control::inbound::join_cluster(
                     c,
                     listener,
                     cluster.clone(),
                     store.clone(),
                     started_at,
+                    side,
                 )
                 .await
                 .context("joining the cluster")?;
-                (cluster, Some((membership, done)))
+                (cluster, Some((membership, done)), hosts)
             }
         };
-        let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
+        hosts.start().await.context("loading the host policies")?;
         let events = Events::new(&settings.node_name);
         let flusher = crate::store::Flusher::start(store.clone());
         let args = NodeSupervisorArgs {
@@ -162,6 +176,7 @@ impl App {
             pages: http::collections::PageCache::new(settings.query_cache_bytes),
             flusher,
             targets: settings.fetch.targets.clone(),
+            hosts,
         });
         let server = HttpServer::new(move || {
             actix_web::App::new()

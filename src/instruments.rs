@@ -33,6 +33,8 @@ pub const MEMBERS: &str = "gleaner_members";
 pub const REPLICATION_BEHIND: &str = "gleaner_replication_behind_batches";
 pub const REPLICATION_PULLED: &str = "gleaner_replication_pulled_batches_total";
 pub const HOST_BACKOFFS: &str = "gleaner_host_backoffs_total";
+pub const HOST_PERMITS: &str = "gleaner_host_permits_total";
+pub const HOST_PERMIT_WAIT: &str = "gleaner_host_permit_wait_seconds";
 pub const HTTP_REQUESTS: &str = "gleaner_http_requests_total";
 pub const STORAGE_STATE: &str = "gleaner_storage_state";
 pub const STORAGE_FREE: &str = "gleaner_storage_free_bytes";
@@ -69,6 +71,11 @@ const RUN_BUCKETS: [f64; 12] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Bucket bounds of the permit wait histogram, in seconds: the fast path
+/// takes microseconds, a gap or an ask to the owner milliseconds, a queue
+/// behind slow pages or a pause seconds.
+const WAIT_BUCKETS: [f64; 10] = [0.0001, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process's recorder (once; later calls return the same
@@ -83,7 +90,9 @@ pub fn install() -> &'static PrometheusHandle {
                 Matcher::Full(WEBHOOK_DELIVERY_SECONDS.into()),
                 &WEBHOOK_BUCKETS,
             )
-            .expect("the webhook buckets are not empty");
+            .expect("the webhook buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full(HOST_PERMIT_WAIT.into()), &WAIT_BUCKETS)
+            .expect("the permit wait buckets are not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if let Err(e) = metrics::set_global_recorder(recorder) {
@@ -134,7 +143,15 @@ fn describe() {
     );
     describe_counter!(
         HOST_BACKOFFS,
-        "Pauses of a host after it answered 429 or 503 (on this node)"
+        "Pauses of a host after a 429 or 503 answer, counted by the node that held the host's gate (its owner)"
+    );
+    describe_counter!(
+        HOST_PERMITS,
+        "Permits this node's requests took from their host's gate, by where the gate was (local: this node owns the host; remote: another node does)"
+    );
+    describe_histogram!(
+        HOST_PERMIT_WAIT,
+        "Seconds this node's requests waited for their host's permits (the gap, the requests in flight, a pause, the ask to the owner), by where the gate was"
     );
     describe_counter!(
         HTTP_REQUESTS,
@@ -177,6 +194,9 @@ fn describe() {
     counter!(FETCHED_BYTES).absolute(0);
     counter!(REPLICATION_PULLED).absolute(0);
     counter!(HOST_BACKOFFS).absolute(0);
+    for gate in ["local", "remote"] {
+        counter!(HOST_PERMITS, "gate" => gate).absolute(0);
+    }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -188,6 +208,13 @@ pub fn webhook_attempt(outcome: &'static str) {
 /// A webhook batch was acknowledged `age` after it was built.
 pub fn webhook_delivered(age: Duration) {
     histogram!(WEBHOOK_DELIVERY_SECONDS).record(age.as_secs_f64());
+}
+
+/// A request took a permit of its host's gate after waiting `waited`.
+pub fn host_permit(local: bool, waited: Duration) {
+    let gate = if local { "local" } else { "remote" };
+    counter!(HOST_PERMITS, "gate" => gate).increment(1);
+    histogram!(HOST_PERMIT_WAIT, "gate" => gate).record(waited.as_secs_f64());
 }
 
 /// A host asked this node to slow down (429 or 503) and was paused.

@@ -16,9 +16,12 @@
 //!    WorkerSupervisor runs a worker container ([`isolation`], [`worker`]).
 //! 3. On its schedule (a period or a cron expression) the Scraper fetches
 //!    the pages ([`scrape::fetch`]: the source's request options, limits,
-//!    SSRF guard, retries; [`scrape::politeness`]: robots.txt, Crawl-delay,
-//!    back-off per host; conditional requests against the pages remembered
-//!    in [`store`]), extracts items ([`scrape::extract`]: CSS selectors
+//!    SSRF guard, retries; [`scrape::politeness`]: every request takes a
+//!    permit of its host's gate, held cluster-wide by the host's owner node
+//!    ([`cluster::hosts`]) under the host's policy ([`control::hosts`]):
+//!    robots.txt, the gap between starts, requests in flight, back-off;
+//!    conditional requests against the pages remembered in [`store`]),
+//!    extracts items ([`scrape::extract`]: CSS selectors
 //!    or JSON pointers; fields that `follow` a link take a detail page's
 //!    object) and hands each page's items as a batch to its
 //!    collection's Aggregator ([`pipeline::aggregator`]).

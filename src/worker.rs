@@ -84,12 +84,18 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let cluster = Cluster::new(me);
+    // Its requests take permits from each host's owner node, like a node's.
+    let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
     let (membership, membership_done) = crate::control::inbound::join_cluster(
         cluster_settings,
         listener,
         cluster.clone(),
         store.clone(),
         started_at,
+        crate::control::inbound::HostSide {
+            fetcher: Some(fetcher.clone()),
+            registry: None,
+        },
     )
     .await
     .context("joining the cluster")?;
@@ -107,7 +113,7 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         None,
         ScraperSupervisor,
         ScraperSupervisorArgs {
-            fetcher: Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?,
+            fetcher,
             limits: Limits {
                 max_depth: settings.max_html_depth,
             },

@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::view::NodeInfo;
+use crate::domain::host::{PermitAnswer, PermitRelease, PermitRequest};
 pub use crate::domain::ReplicatedBatch;
 use crate::domain::SourceRuntime;
 use crate::domain::{
-    CollectionTombstone, DeliveryAck, DeliveryRecord, ItemBatch, PendingDelivery, RunRecord,
-    SourceRecord, StoredItem, Version, WebhookRecord,
+    CollectionTombstone, DeliveryAck, DeliveryRecord, HostRecord, HostState, ItemBatch,
+    PendingDelivery, RunRecord, SourceRecord, StoredItem, Version, WebhookRecord,
 };
 use crate::store::BatchOutcome;
 
@@ -46,6 +47,20 @@ pub enum Notice {
     HookRecord {
         webhook: String,
         record: DeliveryRecord,
+    },
+    /// The sender's host override versions (as `SourceDigest`, for hosts).
+    HostDigest {
+        from: String,
+        versions: BTreeMap<String, Version>,
+    },
+    /// Host override records the receiver should merge (last writer wins).
+    Hosts(Vec<HostRecord>),
+    /// A permit of the receiver's host gate comes back.
+    Release(PermitRelease),
+    /// The sender (the host's owner) paused the host until then.
+    HostPaused {
+        host: String,
+        until: chrono::DateTime<chrono::Utc>,
     },
 }
 
@@ -92,6 +107,13 @@ pub enum Request {
     DropCollection(CollectionTombstone),
     /// The receiver's collection tombstones.
     Tombstones,
+    /// Merge these host override records; answered once they are durable.
+    Hosts(Vec<HostRecord>),
+    /// A permit of a host whose gate the receiver holds (it owns the host).
+    Permit(PermitRequest),
+    /// The state of one host as the receiver holds it, or (`None`) of every
+    /// host whose gate it holds.
+    HostStates(Option<String>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +148,8 @@ pub enum Response {
         pendings: Vec<PendingDelivery>,
     },
     Tombstones(Vec<CollectionTombstone>),
+    Permit(PermitAnswer),
+    HostStates(Vec<HostState>),
     Error(String),
 }
 

@@ -4,11 +4,14 @@
 //! for the source registry, the CollectionSupervisor for item batches, the
 //! ScraperSupervisor and WorkerSupervisor for runtimes and runs, the store
 //! for logs and snapshots and webhooks' delivery state, the Webhooks actor
-//! for webhook records, and the debug view for stats. Nothing here blocks
+//! for webhook records, the debug view for stats, the host registry for
+//! host policies, and the node's host gates for permits. Nothing here blocks
 //! the Peer: store work runs on the blocking pool, asks on their own tasks.
 
+use super::hosts::HostRegistry;
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
+use crate::cluster::hosts::HostRouter;
 use crate::cluster::peer::Inbound;
 use crate::cluster::wire::{Notice, Request, Response};
 use crate::control::orchestrator::OrchestratorMsg;
@@ -17,6 +20,7 @@ use crate::isolation::worker_supervisor::{add_worker_runtimes, WorkerSupervisorM
 use crate::pipeline::aggregator::AggregatorMsg;
 use crate::pipeline::collection_supervisor::CollectionSupervisorMsg;
 use crate::pipeline::scraper_supervisor::ScraperSupervisorMsg;
+use crate::scrape::fetch::Fetcher;
 use crate::store::{LogSlice, Store};
 use crate::supervision::{ask, find, ASK_TIMEOUT};
 
@@ -33,6 +37,7 @@ pub async fn join_cluster(
     cluster: crate::cluster::Cluster,
     store: Store,
     started_at: chrono::DateTime<chrono::Utc>,
+    hosts: HostSide,
 ) -> Result<
     (
         ractor::ActorRef<crate::cluster::membership::MembershipMsg>,
@@ -40,10 +45,16 @@ pub async fn join_cluster(
     ),
     ractor::SpawnErr,
 > {
+    if let Some(fetcher) = &hosts.fetcher {
+        fetcher
+            .politeness()
+            .set_router(std::sync::Arc::new(HostRouter::new(cluster.clone())));
+    }
     let inbound = std::sync::Arc::new(NodeInbound {
         store,
         cluster: cluster.clone(),
         started_at,
+        hosts,
     });
     let args = crate::cluster::membership::MembershipArgs {
         settings,
@@ -60,6 +71,17 @@ pub struct NodeInbound {
     pub cluster: crate::cluster::Cluster,
     /// When this process started, for the stats answer.
     pub started_at: chrono::DateTime<chrono::Utc>,
+    pub hosts: HostSide,
+}
+
+/// The node's host gates and host registry: a node has both; a worker has
+/// its fetcher (whose permits its owners grant) and no registry.
+#[derive(Clone, Default)]
+pub struct HostSide {
+    /// The fetcher whose politeness holds this node's host gates; its
+    /// permits are routed through the cluster once joined.
+    pub fetcher: Option<Fetcher>,
+    pub registry: Option<HostRegistry>,
 }
 
 /// Runs blocking store work and answers with its result.
@@ -93,6 +115,26 @@ impl Inbound for NodeInbound {
             Notice::Sources(records) => {
                 if let Some(o) = find::<OrchestratorMsg>(groups::ORCHESTRATOR) {
                     let _ = o.cast(OrchestratorMsg::Merge(records, None));
+                }
+            }
+            Notice::HostDigest { from, versions } => {
+                if let Some(r) = args.hosts.registry.clone() {
+                    tokio::spawn(async move { r.push_newer(from, versions).await });
+                }
+            }
+            Notice::Hosts(records) => {
+                if let Some(r) = args.hosts.registry.clone() {
+                    tokio::spawn(async move { r.on_merge(records, None).await });
+                }
+            }
+            Notice::Release(release) => {
+                if let Some(f) = &args.hosts.fetcher {
+                    f.politeness().release_local(release);
+                }
+            }
+            Notice::HostPaused { host, until } => {
+                if let Some(f) = &args.hosts.fetcher {
+                    f.politeness().note_pause(&host, until);
                 }
             }
             Notice::WebhookDigest { from, versions } => {
@@ -258,6 +300,40 @@ impl Inbound for NodeInbound {
             Request::Tombstones => answer_blocking(&args.store, answer, |s| {
                 Ok(Response::Tombstones(s.tombstones()?))
             }),
+            Request::Hosts(records) => match args.hosts.registry.clone() {
+                Some(r) => {
+                    tokio::spawn(async move { r.on_merge(records, Some(answer)).await });
+                }
+                None => answer.send(Response::Error("a worker keeps no host policies".into())),
+            },
+            Request::Permit(request) => match args.hosts.fetcher.clone() {
+                Some(f) => {
+                    tokio::spawn(async move {
+                        answer.send(match f.politeness().serve(&f, request).await {
+                            Ok(a) => Response::Permit(a),
+                            Err(e) => Response::Error(e),
+                        });
+                    });
+                }
+                None => answer.send(Response::Error("this member holds no host gates".into())),
+            },
+            Request::HostStates(host) => {
+                let states = match &args.hosts.fetcher {
+                    None => Vec::new(),
+                    Some(f) => {
+                        let p = f.politeness();
+                        match host {
+                            Some(h) => vec![p.state(&h)],
+                            None => p
+                                .states()
+                                .into_iter()
+                                .filter(|s| p.holds_gate(&s.host))
+                                .collect(),
+                        }
+                    }
+                };
+                answer.send(Response::HostStates(states));
+            }
             Request::Deliver(batch) => {
                 tokio::spawn(async move {
                     answer.send(deliver(batch).await);

@@ -1,5 +1,5 @@
-//! The control plane of a node: the supervision root and the replicated
-//! source registry.
+//! The control plane of a node: the supervision root, the replicated
+//! source registry and the replicated host registry ([`hosts`]).
 //!
 //! ```text
 //! NodeSupervisor                     restarts its children together
@@ -16,6 +16,7 @@
 //! changes. Out: which sources run here (to the pipeline and isolation),
 //! source records to peers, views for the API.
 
+pub mod hosts;
 pub mod inbound;
 pub mod node_supervisor;
 pub mod orchestrator;

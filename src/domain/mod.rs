@@ -1,12 +1,14 @@
 //! Plain serde types and their validation, with no I/O: what a source asks for
 //! ([`spec`]), what scraping produces and a collection keeps ([`item`]), and
-//! what the node records about sources ([`record`]), what a source is doing
+//! what the node records about sources ([`record`]), each host's politeness
+//! policy and the host gate's messages ([`host`]), what a source is doing
 //! where it runs ([`runtime`]), whether its runs drift from what they used
-//! to yield ([`health`]), and how CSS selectors and JSON pointers are
-//! checked ([`locator`]), and webhooks with their replicated delivery state
+//! to yield ([`health`]), how CSS selectors and JSON pointers are checked
+//! ([`locator`]), and webhooks with their replicated delivery state
 //! ([`webhook`]).
 
 pub mod health;
+pub mod host;
 pub mod item;
 pub mod locator;
 pub mod record;
@@ -15,6 +17,7 @@ pub mod spec;
 pub mod webhook;
 
 pub use health::{assess, Health};
+pub use host::{HostOverride, HostPolicy, HostRecord, HostState};
 pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
 pub use record::{CollectionTombstone, ManagedBy, RunRecord, SourceRecord, Version};
 pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};

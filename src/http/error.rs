@@ -104,6 +104,17 @@ impl From<AdminError> for ApiError {
     }
 }
 
+impl From<crate::control::hosts::HostsError> for ApiError {
+    fn from(e: crate::control::hosts::HostsError) -> Self {
+        use crate::control::hosts::HostsError;
+        match e {
+            HostsError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            HostsError::Store(s) => s.into(),
+            HostsError::Task(m) => ApiError::Internal(anyhow::anyhow!(m)),
+        }
+    }
+}
+
 impl From<crate::supervision::ActorError> for ApiError {
     fn from(e: crate::supervision::ActorError) -> Self {
         ApiError::Unavailable(e.to_string())

@@ -2,9 +2,9 @@
 //! node's actors (found by registered name, so a restarted actor is found
 //! again) with a timeout, and a timeout or a missing actor is a 503.
 //!
-//! One file per resource: [`sources`] and [`webhooks`] (admin), [`collections`] (read),
-//! One file per resource: [`sources`] (admin), [`preview`] (admin: a spec
-//! tried against its site, nothing stored), [`collections`] (read),
+//! One file per resource: [`sources`] and [`webhooks`] (admin), [`preview`]
+//! (admin: a spec tried against its site, nothing stored), [`hosts`] (admin:
+//! host policies and their politeness state), [`collections`] (read),
 //! [`health`], [`metrics`] (Prometheus text), [`openapi`] (the OpenAPI
 //! document, generated from the handlers' annotations and types); [`error`]
 //! maps every failure to the one JSON error shape and [`auth`] checks bearer
@@ -16,6 +16,7 @@ pub mod collections;
 pub mod debug;
 pub mod error;
 pub mod health;
+pub mod hosts;
 pub mod metrics;
 pub mod openapi;
 pub mod preview;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub fetcher: crate::scrape::fetch::Fetcher,
     /// Extraction limits, as the scrapers have them.
     pub limits: crate::scrape::extract::Limits,
+    /// Host policies (stored, replicated) and, through it, this node's host gates.
+    pub hosts: crate::control::hosts::HostRegistry,
 }
 
 /// Registers every route on an actix `App`.
@@ -112,6 +115,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(webhooks::get))
             .route(web::put().to(webhooks::replace))
             .route(web::delete().to(webhooks::delete))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/hosts")
+            .route(web::get().to(hosts::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/hosts/{host}")
+            .route(web::get().to(hosts::get))
+            .route(web::put().to(hosts::put))
+            .route(web::delete().to(hosts::delete))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

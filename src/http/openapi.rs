@@ -7,13 +7,13 @@
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{cluster, collections, debug, health, metrics, preview, sources, webhooks};
+use super::{cluster, collections, debug, health, hosts, metrics, preview, sources, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "gleaner",
-        description = "A distributed data scraper: sources, collections of items, the cluster, health and metrics. Errors share one shape (ErrorBody). Admin routes take `Authorization: Bearer <admin token>`; collection routes the read token when one is set.",
+        description = "A distributed data scraper: sources, host politeness policies, collections of items, the cluster, health and metrics. Errors share one shape (ErrorBody). Admin routes take `Authorization: Bearer <admin token>`; collection routes the read token when one is set.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -32,6 +32,10 @@ use super::{cluster, collections, debug, health, metrics, preview, sources, webh
         webhooks::delete,
         preview::preview,
         preview::preview_stored,
+        hosts::list,
+        hosts::get,
+        hosts::put,
+        hosts::delete,
         collections::list,
         collections::items,
         collections::item,

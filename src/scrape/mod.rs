@@ -1,13 +1,15 @@
 //! Scraping, without actors: [`fetch`] gets a page within limits and behind the
-//! SSRF guard, as the source's request options say; [`robots`] and
-//! [`politeness`] keep each host's robots.txt, Crawl-delay and back-off;
+//! SSRF guard, as the source's request options say, each request under a
+//! permit of its host's gate; [`robots`] and [`politeness`] keep each
+//! host's policy, permits, robots.txt, Crawl-delay and back-off;
 //! [`extract`] turns a page into items; and [`Pager`] walks a source's pages
 //! (following `next_page` up to `max_pages`, never twice the same URL),
-//! asking the politeness state first and the site conditionally when a page
-//! is remembered in the store (`store::pages`). Fields that `follow` a URL
-//! are completed there too: each detail page is fetched under the same
-//! guard and politeness, at most once a run, at most `extract.max_follows`
-//! a listing page ([`FollowStats`]).
+//! through the host's gate (robots.txt, back-off, gap and requests in
+//! flight, held cluster-wide by the host's owner node), and asking the site
+//! conditionally when a page is remembered in the store (`store::pages`).
+//! Fields that `follow` a URL are completed there too: each detail page is
+//! fetched through the same guard and gate, at most once a run, at most
+//! `extract.max_follows` a listing page ([`FollowStats`]).
 
 pub mod extract;
 pub mod fetch;
@@ -42,7 +44,7 @@ pub enum ScrapeError {
 
 impl ScrapeError {
     /// The run's code for this failure, where one applies
-    /// (`robots_disallowed`, `host_backoff`).
+    /// (`robots_disallowed`, `host_backoff`, `host_busy`, `host_gate_unavailable`).
     pub fn code(&self) -> Option<&'static str> {
         match self {
             ScrapeError::Refused { source, .. } => Some(source.code()),
@@ -197,23 +199,9 @@ impl Pager {
         if self.pages >= self.max_pages || !self.seen.insert(without_fragment(&url)) {
             return None;
         }
-        // robots.txt, the host's pause and its Crawl-delay come first: a
+        // The host's gate comes first (inside the fetcher): robots.txt, its
+        // pause, its gap and its requests in flight, cluster-wide. A
         // disallowed start URL fails the run, a disallowed next page ends it.
-        let politeness = self.fetcher.politeness().clone();
-        match politeness.admit(&self.fetcher, &url).await {
-            Ok(()) => {}
-            Err(Refusal::RobotsDisallowed { .. }) if self.pages > 0 => {
-                self.stopped = Some(STOPPED_ROBOTS);
-                return None;
-            }
-            Err(source) => {
-                return Some(Err(ScrapeError::Refused {
-                    url: url.to_string(),
-                    source,
-                }))
-            }
-        }
-        self.pages += 1;
         let memo = self.memo(&url);
         let validators = memo.as_ref().map(|m| Validators {
             etag: m.etag.clone(),
@@ -221,23 +209,29 @@ impl Pager {
         });
         let fetched = match self
             .fetcher
-            .fetch_conditional(&url, &self.request, validators.as_ref())
+            .fetch_page(&url, &self.request, validators.as_ref())
             .await
         {
-            Ok(f) => {
-                politeness.answered(&url);
-                f
+            Ok(f) => f,
+            Err(FetchError::Refused(Refusal::RobotsDisallowed { .. })) if self.pages > 0 => {
+                self.stopped = Some(STOPPED_ROBOTS);
+                return None;
+            }
+            Err(FetchError::Refused(source)) => {
+                return Some(Err(ScrapeError::Refused {
+                    url: url.to_string(),
+                    source,
+                }))
             }
             Err(source) => {
-                if let FetchError::Throttled { retry_after, .. } = &source {
-                    politeness.throttled(&url, *retry_after);
-                }
+                self.pages += 1;
                 return Some(Err(ScrapeError::Fetch {
                     url: url.to_string(),
                     source,
                 }));
             }
         };
+        self.pages += 1;
         // The final URL after redirects counts as seen too.
         self.seen.insert(without_fragment(&fetched.url));
         self.answered = Some((fetched.status, fetched.url.clone()));
@@ -331,7 +325,7 @@ impl Pager {
         }
     }
 
-    /// One detail page as an object: admitted by politeness, fetched with
+    /// One detail page as an object: through robots.txt and the host's gate, fetched with
     /// the source's headers (always a GET), extracted by `rules`.
     async fn detail(
         &mut self,
@@ -339,26 +333,20 @@ impl Pager {
         rules: &Arc<Rules>,
     ) -> Result<Map<String, Value>, String> {
         let url = Url::parse(raw).map_err(|e| format!("{raw}: {e}"))?;
-        let politeness = self.fetcher.politeness().clone();
-        politeness
-            .admit(&self.fetcher, &url)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.follows.fetched += 1;
         let request = RequestOptions {
             method: Method::Get,
             body: None,
             ..self.request.clone()
         };
-        let fetched = match self.fetcher.fetch_with(&url, &request).await {
+        // robots.txt and the host's gate, as for every page.
+        let fetched = match self.fetcher.fetch_page(&url, &request, None).await {
             Ok(f) => {
-                politeness.answered(&url);
+                self.follows.fetched += 1;
                 f
             }
+            Err(e @ FetchError::Refused(_)) => return Err(e.to_string()),
             Err(e) => {
-                if let FetchError::Throttled { retry_after, .. } = &e {
-                    politeness.throttled(&url, *retry_after);
-                }
+                self.follows.fetched += 1;
                 return Err(format!("fetching {url}: {e}"));
             }
         };

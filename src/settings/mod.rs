@@ -109,6 +109,15 @@ pub struct NodeArgs {
     /// the default user agent as ` (+URL)` [default: none].
     #[arg(long, env = "GLEANER_CONTACT_URL")]
     pub contact_url: Option<String>,
+    /// Requests open at once to one host, cluster-wide, unless the host's
+    /// policy says otherwise [default: 8].
+    #[arg(long, env = "GLEANER_HOST_MAX_IN_FLIGHT")]
+    pub host_max_in_flight: Option<u32>,
+    /// Least time between the starts of two requests to one host,
+    /// cluster-wide, in ms, unless the host's policy says otherwise
+    /// (robots.txt's Crawl-delay raises it) [default: 0].
+    #[arg(long, env = "GLEANER_HOST_MIN_DELAY_MS")]
+    pub host_min_delay_ms: Option<u64>,
     /// Deepest HTML element nesting accepted [default: 512].
     #[arg(long, env = "GLEANER_MAX_HTML_DEPTH")]
     pub max_html_depth: Option<usize>,
@@ -211,6 +220,8 @@ impl NodeArgs {
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             fetch_retries: self.fetch_retries.or(file.fetch_retries),
             contact_url: self.contact_url.or(file.contact_url),
+            host_max_in_flight: self.host_max_in_flight.or(file.host_max_in_flight),
+            host_min_delay_ms: self.host_min_delay_ms.or(file.host_min_delay_ms),
             max_html_depth: self.max_html_depth.or(file.max_html_depth),
             cache_mb: self.cache_mb.or(file.cache_mb),
             query_cache_mb: self.query_cache_mb.or(file.query_cache_mb),
@@ -381,6 +392,7 @@ impl Settings {
             max_body_bytes: a.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             retries: a.fetch_retries.unwrap_or(defaults.retries),
             targets,
+            hosts: host_defaults(&a)?,
             ..defaults
         };
         if fetch.total_timeout.is_zero() || fetch.connect_timeout.is_zero() {
@@ -501,6 +513,24 @@ fn cluster_settings(
         peer_timeout,
         handshake_timeout,
     }))
+}
+
+/// Every host's policy unless an override says otherwise.
+fn host_defaults(a: &NodeArgs) -> anyhow::Result<crate::domain::HostPolicy> {
+    let defaults = crate::domain::HostPolicy::default();
+    let o = crate::domain::HostOverride {
+        max_in_flight: a.host_max_in_flight,
+        min_delay_ms: a.host_min_delay_ms,
+        obey_robots: None,
+    };
+    o.validate().map_err(|e| {
+        let name = match e.field.as_str() {
+            "max_in_flight" => "GLEANER_HOST_MAX_IN_FLIGHT",
+            _ => "GLEANER_HOST_MIN_DELAY_MS",
+        };
+        anyhow::anyhow!("{name}: {}", e.message)
+    })?;
+    Ok(defaults.with(&o))
 }
 
 fn read_file_settings(path: &Path) -> anyhow::Result<NodeArgs> {

@@ -132,3 +132,35 @@ fn secrets_come_from_files() {
     .unwrap();
     assert_eq!(s.admin_token.as_deref(), Some("s3cret"));
 }
+
+#[test]
+fn host_defaults_come_from_flags_and_are_bounded() {
+    let s = Settings::resolve(args(&["--config", "/dev/null"])).unwrap();
+    assert_eq!(s.fetch.hosts, crate::domain::HostPolicy::default());
+    let s = Settings::resolve(args(&[
+        "--config",
+        "/dev/null",
+        "--host-max-in-flight",
+        "2",
+        "--host-min-delay-ms",
+        "250",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (s.fetch.hosts.max_in_flight, s.fetch.hosts.min_delay_ms),
+        (2, 250)
+    );
+    for (flag, value, name) in [
+        ("--host-max-in-flight", "0", "GLEANER_HOST_MAX_IN_FLIGHT"),
+        (
+            "--host-min-delay-ms",
+            "3600001",
+            "GLEANER_HOST_MIN_DELAY_MS",
+        ),
+    ] {
+        let err = Settings::resolve(args(&["--config", "/dev/null", flag, value]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(name), "{err}");
+    }
+}

@@ -4,6 +4,7 @@
 //! One file per tree, each an `impl Store` block:
 //! - `meta` (here): node identity (a node id that survives restarts);
 //! - `sources`: the replicated source registry's records;
+//! - `hosts`: the replicated host policy overrides;
 //! - `runs`: each source's bounded run history;
 //! - `items`: each collection's items, and the `collections` summaries;
 //! - `log`: each collection's applied batches, kept for peers, and heads;
@@ -28,6 +29,7 @@ mod changes;
 mod dropped;
 mod flusher;
 pub mod guard;
+mod hosts;
 mod items;
 mod keydir;
 mod log;
@@ -97,6 +99,7 @@ pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
     sources: sled::Tree,
+    hosts: sled::Tree,
     runs: sled::Tree,
     pages: sled::Tree,
     collections: sled::Tree,
@@ -153,6 +156,7 @@ impl Store {
             dropped,
             meta: db.open_tree("meta")?,
             sources: db.open_tree("sources")?,
+            hosts: db.open_tree("hosts")?,
             runs: db.open_tree("runs")?,
             pages: db.open_tree("pages")?,
             collections: db.open_tree("collections")?,

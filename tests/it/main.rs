@@ -4,6 +4,8 @@
 //! mocked: the tests drive the built binary over HTTP and TCP, and the library
 //! only where an area tests it directly (the fetcher).
 //!
+//! `hosts::` runs three node processes against one host (cluster-wide politeness).
+//!
 //! Run it all with `cargo test --test it` (part of `cargo test`), one area with
 //! `cargo test --test it cluster::`, one test by a part of its name.
 //! `containers::` and `isolation::` need a Docker engine and build the image
@@ -22,6 +24,7 @@ mod faults;
 mod fetch;
 mod files;
 mod hostile;
+mod hosts;
 mod isolation;
 mod logs;
 mod metrics;

@@ -222,6 +222,33 @@ function renderSourceFiles(state) {
   $("source-files").tBodies[0].replaceChildren(...rows);
 }
 
+// Hosts come from /api/v1/hosts (each host's figures from its owner node).
+function renderHosts(list) {
+  const rows = list.hosts.map((h) => {
+    const p = h.policy;
+    const policy = `${p.max_in_flight} in flight, ${p.min_delay_ms} ms apart` +
+      (p.obey_robots ? "" : ", robots.txt ignored") + (h.override ? " (override)" : "");
+    const r = h.robots || {};
+    const robots = (r.status || "unknown") +
+      (r.crawl_delay_secs ? `, crawl-delay ${r.crawl_delay_secs} s` : "") +
+      (r.fetched_at ? ", " + ago(r.fetched_at) : "");
+    return el("tr", { class: "host", host: h.host },
+      el("td", {}, h.host), el("td", {}, h.owner ?? ""), el("td", {}, policy), el("td", {}, robots),
+      el("td", {}, h.backoff_until ? new Date(h.backoff_until).toLocaleTimeString() : ""),
+      el("td", { class: "in-flight" }, h.in_flight), el("td", {}, h.waiting ?? 0),
+      el("td", { class: "requests" }, h.requests));
+  });
+  $("hosts").tBodies[0].replaceChildren(...rows);
+}
+
+async function refreshHosts() {
+  try {
+    renderHosts(await (await api("/api/v1/hosts")).json());
+  } catch (e) {
+    // The hosts table keeps its last rows; the state refresh reports failures.
+  }
+}
+
 function render(state) {
   current = state;
   $("login").hidden = true;
@@ -243,6 +270,7 @@ async function refresh() {
   try {
     const state = await (await api("/debug/state")).json();
     render(state);
+    refreshHosts();
     if (!streaming) streamEvents();
   } catch (e) {
     if (e instanceof Unauthorized) showLogin(token() ? "That token was refused." : "");

@@ -31,8 +31,11 @@ use reqwest::header::{
 };
 use url::{Host, Url};
 
+use crate::domain::host::{HostPolicy, PermitOutcome};
 use crate::domain::spec::is_sensitive_header;
 use crate::domain::{Method, RequestOptions};
+
+use super::politeness::{Politeness, Refusal};
 
 /// Which non-public addresses may be fetched.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -166,6 +169,9 @@ pub struct FetchConfig {
     /// First retry delay; it grows exponentially, with jitter.
     pub retry_base: Duration,
     pub targets: TargetPolicy,
+    /// Every host's policy unless an override says otherwise
+    /// (`GLEANER_HOST_MAX_IN_FLIGHT`, `GLEANER_HOST_MIN_DELAY_MS`).
+    pub hosts: HostPolicy,
 }
 
 impl Default for FetchConfig {
@@ -179,6 +185,7 @@ impl Default for FetchConfig {
             retries: 2,
             retry_base: Duration::from_millis(200),
             targets: TargetPolicy::PublicOnly,
+            hosts: HostPolicy::default(),
         }
     }
 }
@@ -205,6 +212,9 @@ pub enum FetchError {
     },
     #[error("too many redirects")]
     TooManyRedirects,
+    /// The host's gate refused the request (robots.txt, a long pause).
+    #[error("{0}")]
+    Refused(Refusal),
     #[error("{0}: only http and https are fetched")]
     BadScheme(String),
     #[error("could not connect: {0}")]
@@ -405,7 +415,7 @@ pub struct Fetcher {
     config: Arc<FetchConfig>,
     /// Per-host robots.txt, Crawl-delay and back-off, shared by every
     /// scraper that uses this client (so: node-wide).
-    politeness: super::politeness::Politeness,
+    politeness: Politeness,
 }
 
 impl Fetcher {
@@ -437,8 +447,8 @@ impl Fetcher {
             .map_err(|e| FetchError::Client(e.to_string()))?;
         Ok(Fetcher {
             client,
+            politeness: Politeness::new(config.hosts),
             config: Arc::new(config),
-            politeness: super::politeness::Politeness::default(),
         })
     }
 
@@ -475,8 +485,19 @@ impl Fetcher {
     }
 
     /// The node's per-host politeness state.
-    pub fn politeness(&self) -> &super::politeness::Politeness {
+    pub fn politeness(&self) -> &Politeness {
         &self.politeness
+    }
+
+    /// Requests a source's page: as [`Fetcher::fetch_conditional`], after
+    /// robots.txt allowed it (when the host's policy obeys robots.txt).
+    pub async fn fetch_page(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
+        self.fetch_gated(url, request, validators, true).await
     }
 
     /// GETs `url` with the limits, the guard and retries. Ok only for 2xx.
@@ -503,6 +524,19 @@ impl Fetcher {
         request: &RequestOptions,
         validators: Option<&Validators>,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_gated(url, request, validators, false).await
+    }
+
+    /// Every attempt takes a permit from the host's gate (the first also
+    /// checks robots.txt when `robots`) and gives it back with what the
+    /// host answered.
+    async fn fetch_gated(
+        &self,
+        url: &Url,
+        request: &RequestOptions,
+        validators: Option<&Validators>,
+        robots: bool,
+    ) -> Result<Fetched, FetchError> {
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(FetchError::BadScheme(url.scheme().to_owned()));
         }
@@ -516,9 +550,23 @@ impl Fetcher {
             .with_max_delay(self.config.retry_base * 16)
             .with_max_times(self.config.retries as usize)
             .with_jitter();
+        let ttl = self.config.total_timeout + self.config.connect_timeout;
         let result = (|| async {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(url, request, validators).await
+            let first = attempts.fetch_add(1, Ordering::Relaxed) == 0;
+            let permit = self
+                .politeness
+                .permit(self, url, robots && first, ttl)
+                .await
+                .map_err(FetchError::Refused)?;
+            let result = self.attempt(url, request, validators).await;
+            permit.release(match &result {
+                Err(FetchError::Throttled { retry_after, .. }) => PermitOutcome::Throttled {
+                    retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+                },
+                Ok(_) | Err(FetchError::Status(_)) => PermitOutcome::Answered,
+                Err(_) => PermitOutcome::Failed,
+            });
+            result
         })
         .retry(backoff)
         .when(FetchError::is_retryable)

@@ -2,7 +2,8 @@
 //! address the test nodes are allowed to fetch), plus a *canary* listener on
 //! 127.0.0.1 that only counts what reaches it: a node must never reach it.
 //!
-//! Routes: a 20-page catalogue, any number of single catalogue pages, a 3-page cycle, a paginated JSON API, a page
+//! Routes: a 20-page catalogue, any number of single catalogue pages, slow
+//! pages that log each request's start and end, a 3-page cycle, a paginated JSON API, a page
 //! that changes on demand, a two-page shop whose products link to detail pages
 //! (one of them failing), a page whose markup can be "redesigned", failures (always, or for a while), a page of markup-looking text, and
 //! hostile responses (gzip bomb, deep nesting, huge and endless bodies,
@@ -44,6 +45,19 @@ struct Site {
     /// /redesign.html marks its products `article.item` instead of
     /// `article.product`.
     redesigned: std::sync::atomic::AtomicBool,
+    /// How long each /slow/ page takes to answer, in ms.
+    slow_ms: std::sync::atomic::AtomicU64,
+    /// Each /slow/ request's path, when its handler started and when it ended.
+    spans: Mutex<Vec<Span>>,
+}
+
+/// One request to a /slow/ page as the site saw it: it started (the
+/// handler ran) at `start` and was answered at `end`.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub path: String,
+    pub start: Instant,
+    pub end: Instant,
 }
 
 /// One request as the site saw it.
@@ -79,6 +93,8 @@ impl FixtureSite {
             robots: Mutex::new((404, String::new())),
             throttle: Mutex::new(None),
             redesigned: std::sync::atomic::AtomicBool::new(false),
+            slow_ms: std::sync::atomic::AtomicU64::new(300),
+            spans: Mutex::new(Vec::new()),
         });
         let canary_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let canary = canary_listener.local_addr().unwrap();
@@ -178,6 +194,20 @@ impl FixtureSite {
     /// `article.item`) or back.
     pub fn set_redesigned(&self, on: bool) {
         self.site.redesigned.store(on, Ordering::SeqCst);
+    }
+
+    /// Makes each /slow/page-N.html take `ms` to answer.
+    #[allow(dead_code)] // used by the hosts tests
+    pub fn set_slow_ms(&self, ms: u64) {
+        self.site.slow_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Every /slow/ request so far, by start.
+    #[allow(dead_code)] // used by the hosts tests
+    pub fn spans(&self) -> Vec<Span> {
+        let mut spans = self.site.spans.lock().unwrap().clone();
+        spans.sort_by_key(|s| s.start);
+        spans
     }
 
     /// Changes the prices on /changing.html.
@@ -476,6 +506,19 @@ async fn route(
         if (1..=CATALOGUE_PAGES).contains(&n) {
             return html(catalogue_page(n));
         }
+    }
+    // One-page catalogues that take a while to answer; each request's start
+    // and end are logged (the politeness tests measure gaps and overlap).
+    if let Some(n) = numbered(path, "/slow/page-", ".html") {
+        let ms = site.slow_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let end = Instant::now();
+        site.spans.lock().unwrap().push(Span {
+            path: path.to_owned(),
+            start: now,
+            end,
+        });
+        return html(catalogue_page(n.clamp(1, 1000)));
     }
     // Any number of distinct one-page catalogues, for many-source runs.
     if let Some(n) = numbered(path, "/single/page-", ".html") {
