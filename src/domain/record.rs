@@ -67,4 +67,16 @@ pub struct RunRecord {
     /// were stored again (their `last_seen` moved), nothing was parsed.
     #[serde(default)]
     pub not_modified: u64,
+    /// Requests a rendered page made that were blocked (`render: browser`):
+    /// a non-public address, another host than the page's, or another
+    /// scheme than http(s).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blocked: u64,
+    /// The first few blocked requests, as `URL (reason)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_sample: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

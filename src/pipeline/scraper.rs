@@ -123,7 +123,8 @@ impl ScraperState {
                 self.args.store.clone(),
                 spec.id.clone(),
                 page_fingerprint(&spec),
-            ),
+            )
+            .with_render(&spec),
             Err(e) => {
                 let now = Utc::now();
                 let _ = myself.cast(ScraperMsg::Finished(RunRecord {
@@ -138,6 +139,8 @@ impl ScraperState {
                     code: None,
                     stopped: None,
                     not_modified: 0,
+                    blocked: 0,
+                    blocked_sample: Vec::new(),
                 }));
                 return;
             }
@@ -179,6 +182,8 @@ async fn run_once(
         code: None,
         stopped: None,
         not_modified: 0,
+        blocked: 0,
+        blocked_sample: Vec::new(),
     };
     while let Some(page) = pager.next_page().await {
         let page = match page {
@@ -227,6 +232,8 @@ async fn run_once(
     record.pages = pager.pages();
     record.stopped = pager.stopped().map(Into::into);
     record.not_modified = u64::from(pager.not_modified());
+    record.blocked = pager.blocked().count;
+    record.blocked_sample = pager.blocked().sample.clone();
     record.finished_at = Utc::now();
     record.duration_ms = clock.elapsed().as_millis() as u64;
     crate::instruments::run_finished(clock.elapsed(), record.error.is_some());
@@ -346,7 +353,7 @@ impl Actor for Scraper {
                     error: record.error.clone(),
                 });
                 if let Some(error) = record.error {
-                    tracing::warn!(source = %source, pages = record.pages, items = record.items, code = record.code.as_deref(), %error, "run failed");
+                    tracing::warn!(source = %source, pages = record.pages, items = record.items, blocked = record.blocked, code = record.code.as_deref(), %error, "run failed");
                     if !node_at_fault {
                         return Err(Box::new(RunFailed { message: error }));
                     }
@@ -357,6 +364,7 @@ impl Actor for Scraper {
                     items = record.items,
                     inserted = record.inserted,
                     changed = record.changed,
+                    blocked = record.blocked,
                     duration_ms = record.duration_ms,
                     "run finished"
                 );

@@ -6,6 +6,7 @@
 //! asking the politeness state first and the site conditionally when a page
 //! is remembered in the store (`store::pages`).
 
+pub mod browser;
 pub mod extract;
 pub mod fetch;
 pub mod politeness;
@@ -19,6 +20,7 @@ use url::Url;
 use crate::domain::RequestOptions;
 use crate::store::{PageMemo, Store};
 
+use browser::{Blocked, RenderError, RenderOptions};
 use extract::{ExtractError, Limits, Page, Rules};
 use fetch::{FetchError, Fetcher, Validators};
 use politeness::Refusal;
@@ -34,6 +36,8 @@ pub enum ScrapeError {
     Crashed { url: String },
     #[error("{source}")]
     Refused { url: String, source: Refusal },
+    #[error("rendering {url}: {source}")]
+    Render { url: String, source: RenderError },
 }
 
 impl ScrapeError {
@@ -46,6 +50,10 @@ impl ScrapeError {
                 source: FetchError::Throttled { .. },
                 ..
             } => Some("host_backoff"),
+            ScrapeError::Render {
+                source: RenderError::WaitTimeout { .. } | RenderError::LoadTimeout(_),
+                ..
+            } => Some("render_timeout"),
             _ => None,
         }
     }
@@ -67,6 +75,9 @@ pub struct Pager {
     stopped: Option<&'static str>,
     memory: Option<Memory>,
     not_modified: u32,
+    /// `render: browser`: pages are rendered by the fetcher's browser.
+    browser: Option<RenderOptions>,
+    blocked: Blocked,
 }
 
 /// Where a source's pages are remembered for conditional requests.
@@ -99,7 +110,42 @@ impl Pager {
             stopped: None,
             memory: None,
             not_modified: 0,
+            browser: None,
+            blocked: Blocked::default(),
         }
+    }
+
+    /// Renders each page in the fetcher's browser instead of fetching it
+    /// (`render: browser`); no conditional requests then.
+    pub fn with_browser(mut self, options: RenderOptions) -> Self {
+        self.browser = Some(options);
+        self.memory = None;
+        self
+    }
+
+    /// Renders the pages when the spec says `render: browser`.
+    pub fn with_render(self, spec: &crate::domain::SourceSpec) -> Self {
+        if spec.render != crate::domain::spec::Render::Browser {
+            return self;
+        }
+        let e = &spec.extract;
+        self.with_browser(RenderOptions {
+            wait_for: e.wait_for.clone(),
+            timeout: e.wait_timeout(),
+            allow_hosts: e.allow_hosts.clone(),
+            headers: spec
+                .request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            user_agent: spec.request.user_agent.clone(),
+        })
+    }
+
+    /// Requests of rendered pages that were refused.
+    pub fn blocked(&self) -> &Blocked {
+        &self.blocked
     }
 
     /// Remembers each page's validators and items in `store`, and asks the
@@ -164,6 +210,9 @@ impl Pager {
             }
         }
         self.pages += 1;
+        if let Some(options) = self.browser.clone() {
+            return Some(self.render(url, &options).await);
+        }
         let memo = self.memo(&url);
         let validators = memo.as_ref().map(|m| Validators {
             etag: m.etag.clone(),
@@ -233,6 +282,45 @@ impl Pager {
 }
 
 impl Pager {
+    /// One page through the browser: rendered, then extracted as usual.
+    async fn render(&mut self, url: Url, options: &RenderOptions) -> Result<Page, ScrapeError> {
+        let renderer = self
+            .fetcher
+            .renderer()
+            .cloned()
+            .ok_or(ScrapeError::Render {
+                url: url.to_string(),
+                source: RenderError::Unavailable,
+            })?;
+        let rendered = renderer
+            .render(&self.fetcher, &url, options, &mut self.blocked)
+            .await
+            .map_err(|source| ScrapeError::Render {
+                url: url.to_string(),
+                source,
+            })?;
+        self.seen.insert(without_fragment(&rendered.url));
+        let (rules, limits) = (self.rules.clone(), self.limits.clone());
+        let page_url = rendered.url.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            extract::extract(rendered.html.as_bytes(), &rendered.url, &rules, &limits)
+        })
+        .await;
+        match parsed {
+            Ok(Ok(page)) => {
+                self.next = page.next.clone();
+                Ok(page)
+            }
+            Ok(Err(source)) => Err(ScrapeError::Extract {
+                url: page_url.to_string(),
+                source,
+            }),
+            Err(_) => Err(ScrapeError::Crashed {
+                url: page_url.to_string(),
+            }),
+        }
+    }
+
     /// Keeps a fully answered page for the next run's conditional request,
     /// when it came with a validator.
     fn remember(&self, url: &Url, validators: Validators, page: &Page) {

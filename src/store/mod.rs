@@ -543,6 +543,8 @@ mod tests {
                 code: None,
                 stopped: None,
                 not_modified: 0,
+                blocked: 0,
+                blocked_sample: Vec::new(),
             };
             store.record_run("s", &run).unwrap();
         }

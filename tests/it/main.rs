@@ -13,6 +13,7 @@
 mod harness;
 
 mod api;
+mod browser;
 mod changes;
 mod cluster;
 mod containers;

@@ -340,6 +340,8 @@ pub struct Fetcher {
     /// Per-host robots.txt, Crawl-delay and back-off, shared by every
     /// scraper that uses this client (so: node-wide).
     politeness: super::politeness::Politeness,
+    /// Headless Chromium for `render: browser` (browser workers only).
+    renderer: Option<super::browser::Renderer>,
 }
 
 impl Fetcher {
@@ -373,7 +375,24 @@ impl Fetcher {
             client,
             config: Arc::new(config),
             politeness: super::politeness::Politeness::default(),
+            renderer: None,
         })
+    }
+
+    /// This client with a browser, for sources with `render: browser`.
+    pub fn with_renderer(mut self, renderer: super::browser::Renderer) -> Fetcher {
+        self.renderer = Some(renderer);
+        self
+    }
+
+    /// The browser, in a browser worker.
+    pub fn renderer(&self) -> Option<&super::browser::Renderer> {
+        self.renderer.as_ref()
+    }
+
+    /// The policy on non-public addresses.
+    pub fn targets(&self) -> &TargetPolicy {
+        &self.config.targets
     }
 
     /// The node's per-host politeness state.
