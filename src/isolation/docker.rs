@@ -222,6 +222,7 @@ impl Isolation {
             format!("GLEANER_HEALTH_FILE={HEALTH_FILE}"),
             // Chromium writes below HOME (its NSS database, caches).
             format!("HOME={SCRATCH}"),
+            format!("TMPDIR={SCRATCH}"),
             // A worker serves no HTTP; this keeps the image's public default
             // (which requires an admin token) from applying.
             "GLEANER_HTTP_ADDR=127.0.0.1:0".to_owned(),

@@ -168,6 +168,8 @@ impl Renderer {
         let config = BrowserConfig::builder()
             .chrome_executable(&c.chromium)
             .user_data_dir(&profile)
+            // Its singleton socket and temporary files: the root is read-only.
+            .env("TMPDIR", c.data_dir.display().to_string())
             .no_sandbox()
             .enable_request_intercept()
             .disable_cache()
