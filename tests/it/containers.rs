@@ -486,18 +486,10 @@ async fn the_swarm_stack_forms_one_cluster() {
     made.volumes = (1..=3).map(|s| format!("{p}-data-{s}")).collect();
     made.stack = Some(p.clone());
     let port = crate::harness::node::free_port().to_string();
-    // The nodes may use the engine's socket (isolated sources), and scrape
-    // the overlay's addresses (Swarm's default pool), where the fixture runs.
-    let gid = std::fs::metadata("/var/run/docker.sock")
-        .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
-        .unwrap_or_else(|_| "0".into());
     let env = [
         ("GLEANER_IMAGE", local_ref.as_str()),
         ("GLEANER_HTTP_PORT", port.as_str()),
         ("GLEANER_TEST_PREFIX", p.as_str()),
-        ("GLEANER_STACK", p.as_str()),
-        ("GLEANER_DOCKER_GID", gid.as_str()),
-        ("GLEANER_ALLOW_PRIVATE_TARGETS", "10.0.0.0/8"),
     ];
     let swarm = repo_root().join("swarm");
     let (stack, test) = (swarm.join("stack.yml"), swarm.join("stack.test.yml"));
@@ -552,105 +544,5 @@ async fn the_swarm_stack_forms_one_cluster() {
             (state["State"]["Health"]["Status"] == "healthy").then_some(())
         })
         .await;
-    }
-
-    // An isolated source: its worker joins the stack's (attachable) overlay
-    // and scrapes a site there.
-    let overlay = format!("{p}_cluster");
-    let subnet = docker(&[
-        "network",
-        "inspect",
-        &overlay,
-        "-f",
-        "{{(index .IPAM.Config 0).Subnet}}",
-    ]);
-    let net = Network {
-        name: overlay.clone(),
-        subnet,
-    };
-    let site = Site::start(&made, &format!("{p}site"), &net, 1);
-    let mut spec = page_spec("iso", &site.url(1), 1);
-    spec["isolated"] = true.into();
-    let (status, body) = tasks[0].post("/api/v1/sources", &spec).await;
-    assert_eq!(status, 201, "{body}");
-    let owner = wait_until("the isolated source's worker running", FORM, || async {
-        let (code, s) = tasks[0].try_get("/api/v1/sources/iso").await?;
-        (code == 200 && s["status"]["container"]["state"] == "running")
-            .then(|| s["status"]["owner"].as_str().unwrap_or_default().to_owned())
-    })
-    .await;
-    wait_for_items(&[&tasks[0]], "books", 20, FORM).await;
-
-    // Failover: the owner's task is killed (Swarm starts a new one); the
-    // source runs in a worker again.
-    let mut owner_task = None;
-    for t in &tasks {
-        if let Some((200, c)) = t.try_get("/api/v1/cluster").await {
-            if c["self"] == owner.as_str() {
-                owner_task = Some(t.container.clone());
-            }
-        }
-    }
-    let owner_task = owner_task.expect("the owner is one of the tasks");
-    let hits = site.count(1);
-    docker(&["kill", &owner_task]);
-    let survivor = tasks.iter().find(|t| t.container != owner_task).unwrap();
-    wait_until(
-        "the source scraped again after the failover",
-        FORM,
-        || async {
-            let (code, s) = survivor.try_get("/api/v1/sources/iso").await?;
-            (code == 200 && s["status"]["container"]["state"] == "running" && site.count(1) > hits)
-                .then_some(())
-        },
-    )
-    .await;
-
-    // `docker stack rm` leaves nothing behind: no task, no worker, no
-    // worker volume, no network (the named data volumes are kept on purpose
-    // and removed by the test's cleanup).
-    let cluster = format!(
-        "label=org.gleaner.cluster={}",
-        gleaner::isolation::cluster_label(COOKIE)
-    );
-    let workers = docker(&["ps", "-aq", "--filter", &cluster]);
-    assert!(!workers.is_empty(), "the stack's workers are labelled");
-    let worker_volumes: Vec<String> = workers
-        .lines()
-        .filter_map(|w| inspect(w).ok())
-        .flat_map(|c| {
-            c["Mounts"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|m| m["Name"].as_str().map(str::to_owned))
-        })
-        .collect();
-    // The fixture is the test's own container on the overlay: it goes first.
-    docker(&["rm", "-f", &site.container]);
-    let removed = Instant::now();
-    docker(&["stack", "rm", &p]);
-    wait_until("no task and no worker left", FORM, || async {
-        let tasks_left = docker_try(&["ps", "-aq", "--filter", &label]).ok()?;
-        let workers_left = docker_try(&["ps", "-aq", "--filter", &cluster]).ok()?;
-        (tasks_left.is_empty() && workers_left.is_empty()).then_some(())
-    })
-    .await;
-    wait_until("the stack's network removed", FORM, || async {
-        docker_try(&["network", "inspect", &overlay])
-            .is_err()
-            .then_some(())
-    })
-    .await;
-    eprintln!(
-        "swarm: docker stack rm to nothing left in {} ms",
-        removed.elapsed().as_millis()
-    );
-    for v in &worker_volumes {
-        assert!(
-            docker_try(&["volume", "inspect", v]).is_err(),
-            "volume {v} left"
-        );
     }
 }
