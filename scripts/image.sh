@@ -7,9 +7,14 @@
 #   3. the Dockerfile's `host` stage (the runtime stage with the binary taken
 #      from the build context) on that base.
 #
-# Usage: scripts/image.sh [--base-only] [--measure N] [TAG]      (TAG: gleaner:dev)
+# Usage: scripts/image.sh [--browser] [--base-only] [--measure N] [TAG]
+#        (TAG: gleaner:dev, or gleaner-browser:dev with --browser)
 #
-#   --base-only   prepare the base image (if missing) and stop
+#   --browser     the browser variant, for workers of `render: browser` sources:
+#                 the same on a base with Debian's Chromium (made once with the
+#                 Dockerfile's `browser-base` stage, then reused like the base),
+#                 built from the `browser-host` stage
+#   --base-only   prepare the base image(s) (if missing) and stop
 #   --measure N   after building, start the image N times and print the time from
 #                 `docker run` to a 200 on /readyz, then remove those containers
 #
@@ -17,7 +22,9 @@
 #   GLEANER_BASE_IMAGE     the base image's tag           (gleaner-base:bookworm)
 #   GLEANER_REBUILD_BASE   1: rebuild the base even if it exists
 #   GLEANER_DEBIAN_MIRROR  a Debian mirror for debootstrap (default: debootstrap's own)
+#   GLEANER_BROWSER_BASE   the browser base's tag         (gleaner-browser-base:bookworm)
 #   GLEANER_BINARY         use this binary instead of building one
+#   CARGO_TARGET_DIR       where cargo builds (default: target/)
 #
 # The base carries busybox beside minbase: the container tests serve their fixture
 # site with `busybox httpd` from the same base. Needs root (or sudo) for
@@ -27,18 +34,24 @@ cd "$(dirname "$0")/.."
 
 base_only=0
 measure=0
-tag=gleaner:dev
+browser=0
+tag=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --browser) browser=1 ;;
     --base-only) base_only=1 ;;
     --measure) measure="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) tag="$1" ;;
   esac
   shift
 done
+if [ -z "$tag" ]; then
+  if [ "$browser" = 1 ]; then tag=gleaner-browser:dev; else tag=gleaner:dev; fi
+fi
 base="${GLEANER_BASE_IMAGE:-gleaner-base:bookworm}"
+browser_base="${GLEANER_BROWSER_BASE:-gleaner-browser-base:bookworm}"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -78,6 +91,24 @@ else
   trap - EXIT
   say "base image built in $(( ($(now_ms) - start) / 1000 )) s"
 fi
+# ---- 1b. the browser base: the base plus Debian's Chromium, once ---------------
+# Built from the Dockerfile's `browser-base` stage (apt-get inside the build),
+# tagged and reused while it exists, like the base.
+if [ "$browser" = 1 ]; then
+  if [ "${GLEANER_REBUILD_BASE:-0}" != 1 ] && docker image inspect "$browser_base" >/dev/null 2>&1; then
+    say "browser base image $browser_base exists: reused"
+  else
+    start=$(now_ms)
+    say "docker build --target browser-base (BASE=$base) -t $browser_base: apt-get install chromium"
+    # The legacy builder builds the stages before the target too: the `host`
+    # stage wants a binary, and a placeholder serves.
+    empty=$(mktemp -d); mkdir -p "$empty/target/release"; : >"$empty/target/release/gleaner"
+    docker build -q -f Dockerfile --target browser-base --build-arg "BASE=$base" \
+      -t "$browser_base" "$empty" >/dev/null
+    rm -rf "$empty"
+    say "browser base image built in $(( ($(now_ms) - start) / 1000 )) s"
+  fi
+fi
 [ "$base_only" = 1 ] && exit 0
 
 # ---- 2. the binary -------------------------------------------------------------
@@ -86,7 +117,7 @@ if [ -n "${GLEANER_BINARY:-}" ]; then
 else
   say "cargo build --release --locked"
   cargo build --release --locked --bin gleaner
-  bin=target/release/gleaner
+  bin="${CARGO_TARGET_DIR:-target}/release/gleaner"
 fi
 
 # ---- 3. the runtime stage on the base, with the host binary ---------------------
@@ -101,9 +132,11 @@ if command -v objcopy >/dev/null 2>&1; then
 else
   cp "$bin" "$ctx/target/release/gleaner"
 fi
-say "docker build --target host (BASE=$base) -t $tag"
+target=host
+if [ "$browser" = 1 ]; then target=browser-host; base="$browser_base"; fi
+say "docker build --target $target (BASE=$base) -t $tag"
 start=$(now_ms)
-docker build -q -f Dockerfile --target host --build-arg "BASE=$base" -t "$tag" "$ctx" >/dev/null
+docker build -q -f Dockerfile --target "$target" --build-arg "BASE=$base" -t "$tag" "$ctx" >/dev/null
 say "image built in $(( $(now_ms) - start )) ms"
 size=$(docker image inspect -f '{{.Size}}' "$tag")
 base_size=$(docker image inspect -f '{{.Size}}' "$base")

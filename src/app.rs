@@ -72,6 +72,9 @@ pub struct App {
     store: Store,
     ready: Arc<AtomicBool>,
     store_stall: Duration,
+    /// The engine, for the workers' fate at shutdown.
+    isolation: crate::isolation::Isolation,
+    node_id: String,
 }
 
 impl App {
@@ -136,6 +139,7 @@ impl App {
         hosts.start().await.context("loading the host policies")?;
         let events = Events::new(&settings.node_name);
         let flusher = crate::store::Flusher::start(store.clone());
+        let isolation = crate::isolation::Isolation::connect(settings.isolation.clone()).await;
         let args = NodeSupervisorArgs {
             store: store.clone(),
             node_name: settings.node_name.clone(),
@@ -147,7 +151,7 @@ impl App {
             restart: settings.restart,
             events: events.clone(),
             cluster: cluster.clone(),
-            isolation: crate::isolation::Isolation::connect(settings.isolation.clone()).await,
+            isolation: isolation.clone(),
             flusher: flusher.clone(),
             cookie: settings.cluster.as_ref().map(|c| c.cookie.clone()),
             allow_private_targets: settings.allow_private_targets.clone(),
@@ -218,6 +222,8 @@ impl App {
             store,
             ready,
             store_stall: settings.store_stall,
+            isolation,
+            node_id,
         })
     }
 
@@ -238,6 +244,8 @@ impl App {
             store,
             ready,
             store_stall,
+            isolation,
+            node_id,
             ..
         } = self;
         let stopping = watchdog(store.clone(), store_stall)?;
@@ -253,6 +261,13 @@ impl App {
             served = &mut serving => served.context("the HTTP server panicked")?.context("the HTTP server failed"),
         };
         ready.store(false, Ordering::Release);
+        // Workers normally outlive a stop, to be adopted on return; not when
+        // the node's Swarm service is gone (bounded: Swarm's grace is 10 s).
+        let _ = tokio::time::timeout(
+            SHUTDOWN_GRACE,
+            isolation.remove_workers_if_service_gone(&node_id),
+        )
+        .await;
         handle.stop(true).await;
         root.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, root_done).await;

@@ -18,10 +18,19 @@ use crate::isolation::courier::{Courier, CourierArgs};
 use crate::pipeline::scraper_supervisor::{
     BatchSink, ScraperSupervisor, ScraperSupervisorArgs, ScraperSupervisorMsg,
 };
+use crate::scrape::browser::{Renderer, RendererConfig};
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
 use crate::settings::{Settings, WorkerArgs};
 use crate::store::Store;
+
+/// Pages a browser renders before it is started anew (a bound on what a
+/// long-lived Chromium accumulates).
+const PAGES_PER_BROWSER: u32 = 50;
+/// V8's old-space limit in a rendered page, in MiB.
+const JS_HEAP_MB: u32 = 256;
+/// How often the health file is touched while the worker is healthy.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 /// How long the worker waits for its owner to be reachable before it runs anyway
 /// (deliveries then fail, and the scraper's restart policy takes over).
@@ -46,6 +55,26 @@ async fn owner_gone(cluster: Cluster, owner: String, grace: Duration) -> String 
                 return format!("the owner {owner} has been away for {grace:?}: stopping");
             }
             (false, Some(_)) => {}
+        }
+    }
+}
+
+/// Touches `path` every [`HEALTH_EVERY`] while the owner is present (a
+/// member, not down): the image's HEALTHCHECK reports the container
+/// `unhealthy` once the file is older than a few periods.
+async fn keep_healthy(cluster: Cluster, owner: String, path: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tick.tick().await;
+        let present = cluster
+            .members()
+            .iter()
+            .any(|m| m.node_id == owner && m.state != crate::cluster::view::MemberState::Down);
+        if present {
+            let now = chrono::Utc::now().to_rfc3339();
+            if let Err(e) = tokio::fs::write(&path, now).await {
+                tracing::warn!(path = %path.display(), error = %e, "health file not written");
+            }
         }
     }
 }
@@ -109,6 +138,20 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let mut fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
+    let renderer = (spec.render == crate::domain::spec::Render::Browser).then(|| {
+        Renderer::new(RendererConfig {
+            chromium: args.chromium.clone(),
+            data_dir: settings.data_dir.clone(),
+            pages_per_browser: PAGES_PER_BROWSER,
+            js_heap_mb: JS_HEAP_MB,
+            targets: settings.fetch.targets.clone(),
+            user_agent: settings.fetch.user_agent.clone(),
+        })
+    });
+    if let Some(r) = &renderer {
+        fetcher = fetcher.with_renderer(r.clone());
+    }
     let (scrapers, scrapers_done) = Actor::spawn(
         None,
         ScraperSupervisor,
@@ -148,6 +191,10 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
             .map_or(Duration::from_secs(3), |c| c.peer_timeout)
             * 2,
     );
+    let health = args
+        .health_file
+        .clone()
+        .map(|path| tokio::spawn(keep_healthy(cluster.clone(), args.owner.clone(), path)));
     let outcome = tokio::select! {
         why = owner_gone => Err(anyhow::anyhow!(why)),
         signal = crate::app::shutdown_signal() => {
@@ -158,7 +205,13 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         _ = scrapers_done => Err(anyhow::anyhow!("the worker's scraper supervisor stopped")),
         _ = membership_done => Err(anyhow::anyhow!("the worker left the cluster")),
     };
+    if let Some(h) = health {
+        h.abort();
+    }
     scrapers.stop(None);
+    if let Some(r) = renderer {
+        r.shutdown().await;
+    }
     courier.stop(None);
     membership.stop(None);
     let _ = tokio::task::spawn_blocking(move || store.flush()).await;

@@ -125,6 +125,14 @@ pub struct RunRecord {
     /// Why the health is `degraded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_reason: Option<String>,
+    /// Requests a rendered page made that were blocked (`render: browser`):
+    /// a non-public address, another host than the page's, or another
+    /// scheme than http(s).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blocked: u64,
+    /// The first few blocked requests, as `URL (reason)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_sample: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -25,6 +25,20 @@ pub const LABEL_ROLE: &str = "org.gleaner.role";
 pub const LABEL_OWNER: &str = "org.gleaner.owner";
 pub const LABEL_SOURCE: &str = "org.gleaner.source";
 pub const LABEL_SPEC: &str = "org.gleaner.spec-version";
+/// A digest of the cluster's cookie: which cluster a worker belongs to, so
+/// that any node of it may remove the orphans of a dead one.
+pub const LABEL_CLUSTER: &str = "org.gleaner.cluster";
+/// `browser` for a worker of a `render: browser` source.
+pub const LABEL_RENDER: &str = "org.gleaner.render";
+
+/// Where a worker keeps its scratch database (and Chromium its profile).
+const SCRATCH: &str = "/scratch";
+/// The file a worker touches while healthy (see the image's HEALTHCHECK).
+const HEALTH_FILE: &str = "/scratch/healthy";
+/// A browser worker's pids limit: Chromium's processes and threads count.
+const BROWSER_PIDS: i64 = 512;
+/// A browser worker's /dev/shm (Chromium's shared memory between processes).
+const BROWSER_SHM_BYTES: i64 = 256 * 1024 * 1024;
 
 /// Why the engine could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,6 +47,8 @@ pub enum IsolationError {
     Unreachable(String),
     #[error("no worker image is configured: set GLEANER_WORKER_IMAGE to this node's image")]
     NoImage,
+    #[error("no browser image is configured: set GLEANER_BROWSER_IMAGE (scripts/image.sh --browser builds one)")]
+    NoBrowserImage,
     #[error("the Docker engine refused: {0}")]
     Engine(String),
 }
@@ -50,6 +66,21 @@ pub struct WorkerPlan {
     pub cookie: String,
     /// Passed on as the worker's GLEANER_ALLOW_PRIVATE_TARGETS.
     pub allow_private_targets: Option<String>,
+}
+
+/// The [`LABEL_CLUSTER`] value of the cluster with this cookie (a digest:
+/// the label never shows the cookie).
+pub fn cluster_label(cookie: &str) -> String {
+    let digest = blake3::hash(format!("gleaner-cluster:{cookie}").as_bytes());
+    digest.to_hex()[..16].to_owned()
+}
+
+/// A worker container of the cluster, as the orphan sweep sees it.
+#[derive(Debug, Clone)]
+pub struct ClusterWorker {
+    pub container: WorkerContainer,
+    /// The node id of the node that started it.
+    pub owner: String,
 }
 
 /// A handle on the engine, or the reason there is none.
@@ -110,14 +141,30 @@ impl Isolation {
 
     /// The worker containers this node owns, running or not.
     pub async fn list(&self, owner_id: &str) -> Result<Vec<WorkerContainer>, IsolationError> {
-        let docker = self.docker()?;
-        let filters = HashMap::from([(
-            "label",
-            vec![
+        let found = self
+            .list_labelled(vec![
                 format!("{LABEL_ROLE}=worker"),
                 format!("{LABEL_OWNER}={owner_id}"),
-            ],
-        )]);
+            ])
+            .await?;
+        Ok(found.into_iter().map(|w| w.container).collect())
+    }
+
+    /// Every worker container of the cluster on this engine, whoever owns it.
+    pub async fn list_cluster(&self, cluster: &str) -> Result<Vec<ClusterWorker>, IsolationError> {
+        self.list_labelled(vec![
+            format!("{LABEL_ROLE}=worker"),
+            format!("{LABEL_CLUSTER}={cluster}"),
+        ])
+        .await
+    }
+
+    async fn list_labelled(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<ClusterWorker>, IsolationError> {
+        let docker = self.docker()?;
+        let filters = HashMap::from([("label", labels)]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -130,17 +177,20 @@ impl Isolation {
             .into_iter()
             .filter_map(|c| {
                 let labels = c.labels.unwrap_or_default();
-                Some(WorkerContainer {
-                    id: c.id?,
-                    name: c
-                        .names
-                        .and_then(|n| n.into_iter().next())
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_owned(),
-                    source: labels.get(LABEL_SOURCE)?.clone(),
-                    spec_version: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
-                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                Some(ClusterWorker {
+                    owner: labels.get(LABEL_OWNER).cloned().unwrap_or_default(),
+                    container: WorkerContainer {
+                        id: c.id?,
+                        name: c
+                            .names
+                            .and_then(|n| n.into_iter().next())
+                            .unwrap_or_default()
+                            .trim_start_matches('/')
+                            .to_owned(),
+                        source: labels.get(LABEL_SOURCE)?.clone(),
+                        spec_version: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
+                        state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    },
                 })
             })
             .collect())
@@ -149,7 +199,15 @@ impl Isolation {
     /// Creates and starts the worker container for `plan`.
     pub async fn start(&self, plan: &WorkerPlan) -> Result<WorkerContainer, IsolationError> {
         let docker = self.docker()?;
-        let image = self.config.image.clone().ok_or(IsolationError::NoImage)?;
+        let browser = plan.spec.render == crate::domain::spec::Render::Browser;
+        let image = if browser {
+            self.config
+                .browser_image
+                .clone()
+                .ok_or(IsolationError::NoBrowserImage)?
+        } else {
+            self.config.image.clone().ok_or(IsolationError::NoImage)?
+        };
         let name = container_name(&plan.owner_name, &plan.owner_id, &plan.spec.id);
         let spec_json = serde_json::to_string(&plan.spec).expect("a spec always serialises");
         let mut env = vec![
@@ -160,7 +218,11 @@ impl Isolation {
             format!("GLEANER_NODE_NAME={name}"),
             format!("GLEANER_CLUSTER_ADVERTISE={name}"),
             "GLEANER_CLUSTER_PORT=4697".to_owned(),
-            "GLEANER_DATA_DIR=/scratch".to_owned(),
+            format!("GLEANER_DATA_DIR={SCRATCH}"),
+            format!("GLEANER_HEALTH_FILE={HEALTH_FILE}"),
+            // Chromium writes below HOME (its NSS database, caches).
+            format!("HOME={SCRATCH}"),
+            format!("TMPDIR={SCRATCH}"),
             // A worker serves no HTTP; this keeps the image's public default
             // (which requires an admin token) from applying.
             "GLEANER_HTTP_ADDR=127.0.0.1:0".to_owned(),
@@ -177,19 +239,35 @@ impl Isolation {
             (LABEL_OWNER.to_owned(), plan.owner_id.clone()),
             (LABEL_SOURCE.to_owned(), plan.spec.id.clone()),
             (LABEL_SPEC.to_owned(), plan.spec_version.clone()),
+            (LABEL_CLUSTER.to_owned(), cluster_label(&plan.cookie)),
+            (
+                LABEL_RENDER.to_owned(),
+                if browser { "browser" } else { "http" }.to_owned(),
+            ),
         ]);
+        let (memory, pids, scratch) = if browser {
+            (self.config.browser_memory_bytes, BROWSER_PIDS, "256m")
+        } else {
+            (self.config.memory_bytes, self.config.pids_limit, "64m")
+        };
         let host = HostConfig {
-            memory: Some(self.config.memory_bytes),
+            memory: Some(memory),
+            // No swap beyond the memory limit.
+            memory_swap: Some(memory),
             nano_cpus: Some(self.config.nano_cpus),
-            pids_limit: Some(self.config.pids_limit),
+            pids_limit: Some(pids),
+            // An init process (the engine's) as PID 1 reaps the processes
+            // Chromium leaves when it is restarted or crashes.
+            init: Some(true),
+            shm_size: browser.then_some(BROWSER_SHM_BYTES),
             readonly_rootfs: Some(true),
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
             // The image's /data volume goes unused (an anonymous volume,
             // removed with the container: see `remove`).
             tmpfs: Some(HashMap::from([(
-                "/scratch".to_owned(),
-                "rw,noexec,nosuid,size=64m".to_owned(),
+                SCRATCH.to_owned(),
+                format!("rw,noexec,nosuid,size={scratch}"),
             )])),
             network_mode: self.config.network.clone(),
             ..HostConfig::default()
@@ -224,13 +302,77 @@ impl Isolation {
         })
     }
 
-    /// Removes a container, running or not, with its anonymous volumes.
+    /// Is this process a Swarm task whose service is gone (`docker stack rm`,
+    /// `docker service rm`)? Then its workers have no owner to come back.
+    /// A task's hostname is its container's short id unless the stack sets
+    /// another; anything that cannot be read answers no.
+    pub async fn own_service_removed(&self) -> bool {
+        let Ok(docker) = self.docker() else {
+            return false;
+        };
+        let Some(me) = hostname::get().ok().and_then(|h| h.into_string().ok()) else {
+            return false;
+        };
+        let Ok(container) = docker
+            .inspect_container(
+                &me,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        else {
+            return false;
+        };
+        let service = container
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get("com.docker.swarm.service.id").cloned());
+        let Some(service) = service else {
+            return false;
+        };
+        matches!(
+            docker
+                .inspect_service(
+                    &service,
+                    None::<bollard::query_parameters::InspectServiceOptions>
+                )
+                .await,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                ..
+            })
+        )
+    }
+
+    /// At a node's shutdown: when its Swarm service is gone (`docker stack
+    /// rm`), nothing will return to adopt its workers, so they are removed
+    /// with their volumes. Otherwise (a restart, a rolling update) they stay.
+    pub async fn remove_workers_if_service_gone(&self, owner_id: &str) {
+        if self.docker().is_err() || !self.own_service_removed().await {
+            return;
+        }
+        if let Ok(mine) = self.list(owner_id).await {
+            for c in mine {
+                tracing::info!(source = %c.source, container = %c.id, "the service is gone: removing its worker");
+                if let Err(e) = self.remove(&c.id).await {
+                    tracing::warn!(container = %c.id, error = %e, "worker not removed");
+                }
+            }
+        }
+    }
+
+    /// Removes a container, running or not, with its anonymous volumes
+    /// (the image's `/data`).
     pub async fn remove(&self, id: &str) -> Result<(), IsolationError> {
         let docker = self.docker()?;
         match docker
             .remove_container(
                 id,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+                Some(
+                    RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
             )
             .await
         {

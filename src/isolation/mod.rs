@@ -18,4 +18,4 @@ pub mod courier;
 pub mod docker;
 pub mod worker_supervisor;
 
-pub use docker::{container_name, Isolation, IsolationError, WorkerPlan};
+pub use docker::{cluster_label, container_name, Isolation, IsolationError, WorkerPlan};

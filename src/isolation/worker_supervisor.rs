@@ -7,7 +7,10 @@
 //!   left from before a restart) is removed: orphans never outlive us long;
 //! - a container started for an older spec is replaced;
 //! - a container that is not running (killed, crashed) is replaced;
-//! - a source without a container gets one; existing ones are adopted.
+//! - a source without a container gets one; existing ones are adopted;
+//! - a stopped worker of the same cluster (the [`LABEL_CLUSTER`] label) whose
+//!   owner is no live member is removed, with its anonymous volume, by
+//!   whichever node's full pass sees it first: the orphans of a dead owner.
 //!
 //! Without a reachable engine every isolated source reports that error; it is
 //! never run in-process.
@@ -19,8 +22,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::view::MemberState;
+use crate::cluster::Cluster;
 use crate::domain::SourceSpec;
 use crate::domain::{SourceRuntime, SourceState, Totals, WorkerContainer};
+use crate::isolation::docker::{cluster_label, LABEL_CLUSTER};
 use crate::isolation::{Isolation, WorkerPlan};
 use crate::supervision::{ask, ASK_TIMEOUT};
 
@@ -37,6 +43,8 @@ pub struct WorkerSupervisorArgs {
     pub cluster_addr: Option<String>,
     pub cookie: Option<String>,
     pub allow_private_targets: Option<String>,
+    /// The member view: whose workers are orphans.
+    pub cluster: Cluster,
 }
 
 #[derive(RactorMessage)]
@@ -194,6 +202,36 @@ impl WorkerSupervisorState {
             }
         }
         self.status.retain(|id, _| self.desired.contains_key(id));
+        if only.is_none() {
+            self.sweep_orphans().await;
+        }
+    }
+
+    /// Removes the stopped workers of this cluster whose owner is no live
+    /// member (a dead node's, which stopped by themselves). A running one is
+    /// left alone: it stops within two peer timeouts of losing its owner.
+    async fn sweep_orphans(&self) {
+        let Some(cookie) = &self.args.cookie else {
+            return;
+        };
+        let isolation = &self.args.isolation;
+        let Ok(workers) = isolation.list_cluster(&cluster_label(cookie)).await else {
+            return;
+        };
+        let members = self.args.cluster.members();
+        for w in workers {
+            let owner_live = w.owner == self.args.node_id
+                || members
+                    .iter()
+                    .any(|m| m.node_id == w.owner && m.state != MemberState::Down);
+            if owner_live || w.container.state == "running" {
+                continue;
+            }
+            tracing::info!(source = %w.container.source, container = %w.container.id, owner = %w.owner, label = LABEL_CLUSTER, "removing an orphaned worker container");
+            if let Err(e) = isolation.remove(&w.container.id).await {
+                tracing::warn!(container = %w.container.id, error = %e, "orphan not removed");
+            }
+        }
     }
 }
 

@@ -139,7 +139,8 @@ impl ScraperState {
                 spec.id.clone(),
                 page_fingerprint(&spec),
             )
-            .with_max_follows(spec.extract.max_follows),
+            .with_max_follows(spec.extract.max_follows)
+            .with_render(&spec),
             Err(e) => {
                 let now = Utc::now();
                 let _ = myself.cast(ScraperMsg::Finished(Box::new(RunRecord {
@@ -234,6 +235,8 @@ async fn run_once(
     record.follows = follows.fetched;
     record.follow_errors = follows.errors;
     record.follow_error = follows.error.clone();
+    record.blocked = pager.blocked().count;
+    record.blocked_sample = pager.blocked().sample.clone();
     record.finished_at = Utc::now();
     record.duration_ms = clock.elapsed().as_millis() as u64;
     crate::instruments::run_finished(clock.elapsed(), record.error.is_some());
@@ -393,7 +396,7 @@ impl Actor for Scraper {
                     error: record.error.clone(),
                 });
                 if let Some(error) = record.error {
-                    tracing::warn!(source = %source, pages = record.pages, items = record.items, code = record.code.as_deref(), %error, "run failed");
+                    tracing::warn!(source = %source, pages = record.pages, items = record.items, blocked = record.blocked, code = record.code.as_deref(), %error, "run failed");
                     if !node_at_fault {
                         return Err(Box::new(RunFailed { message: error }));
                     }
@@ -404,6 +407,7 @@ impl Actor for Scraper {
                     items = record.items,
                     inserted = record.inserted,
                     changed = record.changed,
+                    blocked = record.blocked,
                     duration_ms = record.duration_ms,
                     "run finished"
                 );

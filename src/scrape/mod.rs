@@ -11,6 +11,7 @@
 //! fetched through the same guard and gate, at most once a run, at most
 //! `extract.max_follows` a listing page ([`FollowStats`]).
 
+pub mod browser;
 pub mod extract;
 pub mod fetch;
 pub mod politeness;
@@ -22,9 +23,11 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use url::Url;
 
+use crate::domain::host::PermitOutcome;
 use crate::domain::{Item, Method, RequestOptions};
 use crate::store::{PageMemo, Store};
 
+use browser::{Blocked, RenderError, RenderOptions};
 use extract::{ExtractError, Limits, Page, Report, Rules};
 use fetch::{FetchError, Fetcher, Validators};
 use politeness::Refusal;
@@ -40,6 +43,8 @@ pub enum ScrapeError {
     Crashed { url: String },
     #[error("{source}")]
     Refused { url: String, source: Refusal },
+    #[error("rendering {url}: {source}")]
+    Render { url: String, source: RenderError },
 }
 
 impl ScrapeError {
@@ -52,6 +57,10 @@ impl ScrapeError {
                 source: FetchError::Throttled { .. },
                 ..
             } => Some("host_backoff"),
+            ScrapeError::Render {
+                source: RenderError::WaitTimeout { .. } | RenderError::LoadTimeout(_),
+                ..
+            } => Some("render_timeout"),
             _ => None,
         }
     }
@@ -81,6 +90,9 @@ pub struct Pager {
     /// Detail pages of this run by URL: their object, or why there is none.
     details: HashMap<String, Result<Map<String, Value>, String>>,
     follows: FollowStats,
+    /// `render: browser`: pages are rendered by the fetcher's browser.
+    browser: Option<RenderOptions>,
+    blocked: Blocked,
 }
 
 /// Detail pages of one run.
@@ -130,6 +142,8 @@ impl Pager {
             max_follows: crate::domain::DEFAULT_MAX_FOLLOWS,
             details: HashMap::new(),
             follows: FollowStats::default(),
+            browser: None,
+            blocked: Blocked::default(),
         }
     }
 
@@ -152,6 +166,39 @@ impl Pager {
     /// The run's detail pages so far.
     pub fn follow_stats(&self) -> &FollowStats {
         &self.follows
+    }
+
+    /// Renders each page in the fetcher's browser instead of fetching it
+    /// (`render: browser`); no conditional requests then.
+    pub fn with_browser(mut self, options: RenderOptions) -> Self {
+        self.browser = Some(options);
+        self.memory = None;
+        self
+    }
+
+    /// Renders the pages when the spec says `render: browser`.
+    pub fn with_render(self, spec: &crate::domain::SourceSpec) -> Self {
+        if spec.render != crate::domain::spec::Render::Browser {
+            return self;
+        }
+        let e = &spec.extract;
+        self.with_browser(RenderOptions {
+            wait_for: e.wait_for.clone(),
+            timeout: e.wait_timeout(),
+            allow_hosts: e.allow_hosts.clone(),
+            headers: spec
+                .request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            user_agent: spec.request.user_agent.clone(),
+        })
+    }
+
+    /// Requests of rendered pages that were refused.
+    pub fn blocked(&self) -> &Blocked {
+        &self.blocked
     }
 
     /// Remembers each page's validators and items in `store`, and asks the
@@ -202,6 +249,32 @@ impl Pager {
         // The host's gate comes first (inside the fetcher): robots.txt, its
         // pause, its gap and its requests in flight, cluster-wide. A
         // disallowed start URL fails the run, a disallowed next page ends it.
+        if let Some(options) = self.browser.clone() {
+            // robots.txt and the host's gate for the page itself; the
+            // requests the page makes take their own permits (browser.rs).
+            let ttl = options.timeout + std::time::Duration::from_secs(5);
+            let politeness = self.fetcher.politeness().clone();
+            let permit = match politeness.permit(&self.fetcher, &url, true, ttl).await {
+                Ok(p) => p,
+                Err(Refusal::RobotsDisallowed { .. }) if self.pages > 0 => {
+                    self.stopped = Some(STOPPED_ROBOTS);
+                    return None;
+                }
+                Err(source) => {
+                    return Some(Err(ScrapeError::Refused {
+                        url: url.to_string(),
+                        source,
+                    }))
+                }
+            };
+            self.pages += 1;
+            let page = self.render(url, &options).await;
+            permit.release(match &page {
+                Ok(_) => PermitOutcome::Answered,
+                Err(_) => PermitOutcome::Failed,
+            });
+            return Some(page);
+        }
         let memo = self.memo(&url);
         let validators = memo.as_ref().map(|m| Validators {
             etag: m.etag.clone(),
@@ -356,6 +429,45 @@ impl Pager {
             Ok(Ok(object)) => Ok(object),
             Ok(Err(e)) => Err(format!("extracting {url}: {e}")),
             Err(_) => Err(format!("extracting {url}: the parser stopped unexpectedly")),
+        }
+    }
+
+    /// One page through the browser: rendered, then extracted as usual.
+    async fn render(&mut self, url: Url, options: &RenderOptions) -> Result<Page, ScrapeError> {
+        let renderer = self
+            .fetcher
+            .renderer()
+            .cloned()
+            .ok_or(ScrapeError::Render {
+                url: url.to_string(),
+                source: RenderError::Unavailable,
+            })?;
+        let rendered = renderer
+            .render(&self.fetcher, &url, options, &mut self.blocked)
+            .await
+            .map_err(|source| ScrapeError::Render {
+                url: url.to_string(),
+                source,
+            })?;
+        self.seen.insert(without_fragment(&rendered.url));
+        let (rules, limits) = (self.rules.clone(), self.limits.clone());
+        let page_url = rendered.url.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            extract::extract(rendered.html.as_bytes(), &rendered.url, &rules, &limits)
+        })
+        .await;
+        match parsed {
+            Ok(Ok(page)) => {
+                self.next = page.next.clone();
+                Ok(page)
+            }
+            Ok(Err(source)) => Err(ScrapeError::Extract {
+                url: page_url.to_string(),
+                source,
+            }),
+            Err(_) => Err(ScrapeError::Crashed {
+                url: page_url.to_string(),
+            }),
         }
     }
 

@@ -41,6 +41,13 @@ pub struct WorkerArgs {
     /// The node id of the owner the worker delivers to.
     #[arg(long, env = "GLEANER_WORKER_OWNER")]
     pub owner: String,
+    /// A file the worker touches every few seconds while it is healthy
+    /// (running, its owner present): the image's HEALTHCHECK reads its age.
+    #[arg(long, env = "GLEANER_HEALTH_FILE")]
+    pub health_file: Option<std::path::PathBuf>,
+    /// The Chromium binary, for `render: browser` (the browser image's).
+    #[arg(long, env = "GLEANER_CHROMIUM", default_value = "chromium")]
+    pub chromium: std::path::PathBuf,
 }
 
 /// Log output format.
@@ -182,6 +189,13 @@ pub struct NodeArgs {
     /// CPU limit of a worker container, in CPUs [default: 0.5].
     #[arg(long, env = "GLEANER_WORKER_CPUS")]
     pub worker_cpus: Option<f64>,
+    /// The image of worker containers for `render: browser` sources: the
+    /// node's image with Chromium (`scripts/image.sh --browser`).
+    #[arg(long, env = "GLEANER_BROWSER_IMAGE")]
+    pub browser_image: Option<String>,
+    /// Memory limit of a browser worker container, in MiB [default: 1024].
+    #[arg(long, env = "GLEANER_BROWSER_MEMORY_MB")]
+    pub browser_memory_mb: Option<u64>,
     /// Interval between heartbeats to each peer, in ms [default: 300].
     #[arg(long, env = "GLEANER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -241,6 +255,8 @@ impl NodeArgs {
             worker_network: self.worker_network.or(file.worker_network),
             worker_memory_mb: self.worker_memory_mb.or(file.worker_memory_mb),
             worker_cpus: self.worker_cpus.or(file.worker_cpus),
+            browser_image: self.browser_image.or(file.browser_image),
+            browser_memory_mb: self.browser_memory_mb.or(file.browser_memory_mb),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             peer_timeout_ms: self.peer_timeout_ms.or(file.peer_timeout_ms),
             cluster_handshake_timeout_ms: self
@@ -361,6 +377,9 @@ impl Settings {
             memory_bytes: (a.worker_memory_mb.unwrap_or(256).max(16) * 1024 * 1024) as i64,
             nano_cpus: (cpus * 1e9) as i64,
             pids_limit: 128,
+            browser_image: a.browser_image.clone().filter(|i| !i.trim().is_empty()),
+            browser_memory_bytes: (a.browser_memory_mb.unwrap_or(1024).max(128) * 1024 * 1024)
+                as i64,
             contact_url: a.contact_url.clone().filter(|c| !c.trim().is_empty()),
         };
         let allow_private_targets = a.allow_private_targets.clone();
@@ -571,6 +590,10 @@ pub struct IsolationConfig {
     pub memory_bytes: i64,
     pub nano_cpus: i64,
     pub pids_limit: i64,
+    /// The image for `render: browser` workers (`GLEANER_BROWSER_IMAGE`).
+    pub browser_image: Option<String>,
+    /// A browser worker's memory limit (Chromium needs more than a worker).
+    pub browser_memory_bytes: i64,
     /// `GLEANER_CONTACT_URL`, handed on to workers so that their user agent
     /// is the node's.
     pub contact_url: Option<String>,

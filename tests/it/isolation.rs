@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use crate::harness::docker::{
-    docker, exclusive, image, inspect, prefix, Cleanup, Network, NodeBox, NodeRun, Site, IMAGE,
+    docker, docker_try, exclusive, image, inspect, prefix, Cleanup, Network, NodeBox, NodeRun,
+    Site, IMAGE,
 };
 use crate::harness::fixture::page_spec;
 use crate::harness::wait_until;
@@ -185,7 +186,18 @@ async fn isolated_sources_run_in_locked_down_workers_that_are_replaced_and_remov
     assert!(host["NanoCpus"].as_i64().unwrap() > 0);
     assert!(host["PidsLimit"].as_i64().unwrap() > 0);
     assert!(!c["Mounts"].to_string().contains("docker.sock"), "{c}");
+    assert_eq!(host["Init"], true);
     assert_eq!(c["Config"]["Labels"]["org.gleaner.source"], "iso1");
+    assert!(
+        c["Config"]["Labels"]["org.gleaner.cluster"].is_string(),
+        "{c}"
+    );
+    // A worker serves no HTTP; its health file turns it healthy.
+    wait_until("the worker healthy", WITHIN, || async {
+        let state = inspect(&container).ok()?;
+        (state["State"]["Health"]["Status"] == "healthy").then_some(())
+    })
+    .await;
     // The worker is a cluster member of role worker, never an owner.
     let (_, cluster) = n0.try_get("/api/v1/cluster").await.unwrap();
     assert!(
@@ -225,11 +237,30 @@ async fn isolated_sources_run_in_locked_down_workers_that_are_replaced_and_remov
         (items(&n0, "iso").await == 40).then_some(())
     })
     .await;
+    let volume = data_volume(&lab.workers()[0].0);
     assert_eq!(n0.delete("/api/v1/sources/iso1").await.0, 204);
     wait_until("no worker container left", WITHIN, || async {
         lab.workers().is_empty().then_some(())
     })
     .await;
+    // Its anonymous /data volume went with it.
+    assert!(
+        docker_try(&["volume", "inspect", &volume]).is_err(),
+        "{volume} left"
+    );
+}
+
+/// The anonymous volume a worker container has at the image's /data.
+fn data_volume(container: &str) -> String {
+    let c = inspect(container).unwrap();
+    c["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Destination"] == "/data")
+        .and_then(|m| m["Name"].as_str())
+        .unwrap_or_else(|| panic!("no /data volume: {c}"))
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -287,13 +318,28 @@ async fn workers_are_adopted_after_a_restart_and_follow_their_source_to_a_new_ow
         .then_some(())
     })
     .await;
-    wait_until("the orphan worker to stop", WITHIN, || async {
-        lab.workers()
+    // The orphan stops by itself, and the survivor's reconcile removes it
+    // with its volume (its owner is no live member); then one worker is left.
+    let volume = data_volume(&container);
+    wait_until("the orphan worker removed", WITHIN, || async {
+        (!lab
+            .workers()
             .iter()
-            .any(|(id, _, state, _)| container.starts_with(id.as_str()) && state != "running")
-            .then_some(())
+            .any(|(id, _, _, _)| container.starts_with(id.as_str())))
+        .then_some(())
     })
     .await;
+    assert!(
+        docker_try(&["volume", "inspect", &volume]).is_err(),
+        "{volume} left"
+    );
+    let left: Vec<_> = lab
+        .workers()
+        .into_iter()
+        .filter(|(_, _, _, source)| source == "iso2")
+        .collect();
+    assert_eq!(left.len(), 1, "one worker for the source: {left:?}");
+    assert_eq!(left[0].2, "running", "{left:?}");
     let hits = lab.hits(3);
     wait_until("the survivor's worker to scrape", WITHIN, || async {
         (lab.hits(3) > hits).then_some(())

@@ -16,6 +16,7 @@ mod harness;
 
 mod api;
 mod authoring;
+mod browser;
 mod changes;
 mod cluster;
 mod containers;

@@ -3,10 +3,7 @@
 //! (`POST /api/v1/sources`, disabled first so that nothing is fetched from
 //! the example hosts) and must be accepted; each ```toml and ```yaml block
 //! goes through the parser the node reads source files with. Blocks marked
-//! ```json fragment are parts of a spec: they must be valid JSON. A block
-//! marked ```json requires=FEATURE shows a field another part of gleaner
-//! brings: while this build does not know that field, the test says so and
-//! goes on; once it does, the example must be accepted like any other.
+//! ```json fragment are parts of a spec: they must be valid JSON.
 
 use serde_json::{json, Value};
 
@@ -44,23 +41,13 @@ fn blocks(markdown: &str) -> Vec<Block> {
     out
 }
 
-/// The fields a feature brings: an unknown-field error naming one of them
-/// means the feature is not in this build.
-fn feature_fields(feature: &str) -> &'static [&'static str] {
-    match feature {
-        "follow" => &["follow", "max_follows"],
-        "render" => &["render", "wait_for"],
-        other => panic!("docs/sources.md marks an unknown feature: requires={other}"),
-    }
-}
-
 #[tokio::test]
 async fn every_example_in_the_spec_reference_is_accepted() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sources.md");
     let markdown = std::fs::read_to_string(path).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let node = NodeConfig::new(dir.path()).start().await;
-    let (mut specs, mut fragments, mut files, mut pending) = (0, 0, 0, Vec::new());
+    let (mut specs, mut fragments, mut files) = (0, 0, 0);
     for block in blocks(&markdown) {
         let at = format!("docs/sources.md:{} (```{})", block.line, block.info);
         let mut words = block.info.split_whitespace();
@@ -93,7 +80,7 @@ async fn every_example_in_the_spec_reference_is_accepted() {
             fragments += 1;
             continue;
         }
-        let requires = marks.iter().find_map(|m| m.strip_prefix("requires="));
+        assert!(marks.is_empty(), "{at}: an unknown mark");
         let mut spec: Value = serde_json::from_str(&block.text)
             .unwrap_or_else(|e| panic!("{at}: not valid JSON: {e}"));
         // Nothing is fetched from the example hosts.
@@ -103,32 +90,13 @@ async fn every_example_in_the_spec_reference_is_accepted() {
             .unwrap_or_else(|| panic!("{at}: no id"))
             .to_owned();
         let (status, body) = node.post("/api/v1/sources", &spec).await;
-        if status != 201 {
-            let field = body["error"]["field"].as_str().unwrap_or("");
-            let unknown = body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("unknown field"));
-            let last = field.rsplit('.').next().unwrap_or("");
-            match requires {
-                Some(feature) if unknown && feature_fields(feature).contains(&last) => {
-                    pending.push(format!(
-                        "{at}: needs `{feature}` ({field} unknown to this build)"
-                    ));
-                    continue;
-                }
-                _ => panic!("{at} is rejected: {status} {body}"),
-            }
-        }
+        assert_eq!(status, 201, "{at} is rejected: {body}");
         specs += 1;
         let (status, body) = node.delete(&format!("/api/v1/sources/{id}")).await;
         assert_eq!(status, 204, "{at}: {body}");
     }
-    for note in &pending {
-        eprintln!("NOT YET CHECKED: {note}");
-    }
     eprintln!(
-        "docs/sources.md: {specs} whole specs accepted, {fragments} fragments and {files} file examples valid, {} pending a feature",
-        pending.len()
+        "docs/sources.md: {specs} whole specs accepted, {fragments} fragments and {files} file examples valid"
     );
     assert!(
         specs >= 4,

@@ -218,6 +218,7 @@ async fn spawn_workers(
             cluster_addr: (!me.cluster.is_empty()).then(|| me.cluster.clone()),
             cookie: args.cookie.clone(),
             allow_private_targets: args.allow_private_targets.clone(),
+            cluster: args.cluster.clone(),
         },
         myself.get_cell(),
     )

@@ -32,6 +32,13 @@ pub const MAX_URL_LEN: usize = 2048;
 pub const DEFAULT_MAX_FOLLOWS: u32 = 100;
 /// Upper bound of `extract.max_follows`.
 pub const MAX_FOLLOWS_LIMIT: u32 = 1000;
+/// `extract.wait_timeout_ms` when it is not given: 10 s.
+pub const DEFAULT_WAIT_TIMEOUT_MS: u64 = 10_000;
+/// Bounds of `extract.wait_timeout_ms`.
+pub const MIN_WAIT_TIMEOUT_MS: u64 = 100;
+pub const MAX_WAIT_TIMEOUT_MS: u64 = 60_000;
+/// Most entries of `extract.allow_hosts`.
+pub const MAX_ALLOW_HOSTS: usize = 32;
 
 /// One scraping configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -61,6 +68,28 @@ pub struct SourceSpec {
     /// Left out when it is all defaults, so older specs keep their shape.
     #[serde(default, skip_serializing_if = "RequestOptions::is_default")]
     pub request: RequestOptions,
+    /// `browser`: the page is rendered in headless Chromium (in the worker
+    /// container, so only with `isolated`) and extracted from the rendered
+    /// DOM. Left out when `http` (the default: the page as served).
+    #[serde(default, skip_serializing_if = "Render::is_http")]
+    pub render: Render,
+}
+
+/// How a page becomes the HTML that is extracted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Render {
+    /// The body as the server sends it.
+    #[default]
+    Http,
+    /// The DOM after headless Chromium ran the page's scripts.
+    Browser,
+}
+
+impl Render {
+    pub fn is_http(&self) -> bool {
+        *self == Render::Http
+    }
 }
 
 fn default_true() -> bool {
@@ -96,6 +125,19 @@ pub struct ExtractSpec {
         skip_serializing_if = "is_default_max_follows"
     )]
     pub max_follows: u32,
+    /// With `render: browser`: a CSS selector the rendered page must
+    /// contain before it is extracted (waited for up to `wait_timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<String>,
+    /// With `render: browser`: how long a page may take to load and show
+    /// `wait_for`, in ms (default 10000, 100 to 60000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_ms: Option<u64>,
+    /// With `render: browser`: other hosts than the page's own that the
+    /// page may request (`cdn.example.org`, `host:port`, or `*.example.org`);
+    /// every other host is blocked. The SSRF guard applies to all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<String>,
 }
 
 fn default_max_follows() -> u32 {
@@ -112,6 +154,11 @@ impl ExtractSpec {
         self.fields
             .values()
             .any(|f| matches!(f, FieldSpec::Rule(r) if r.follow.is_some()))
+    }
+
+    /// `wait_timeout_ms`, or its default.
+    pub fn wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.wait_timeout_ms.unwrap_or(DEFAULT_WAIT_TIMEOUT_MS))
     }
 }
 
@@ -342,6 +389,7 @@ impl SourceSpec {
         self.schedule.validate()?;
         self.request.validate()?;
         self.extract.validate()?;
+        self.validate_render()?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, k) in self.key.iter().enumerate() {
             if !self.extract.fields.contains_key(k) {
@@ -358,6 +406,90 @@ impl SourceSpec {
             }
         }
         Ok(())
+    }
+}
+
+impl SourceSpec {
+    /// `render: browser` needs a worker container (`isolated`) and HTML;
+    /// the browser-only options need `render: browser`.
+    fn validate_render(&self) -> Result<(), SpecError> {
+        let e = &self.extract;
+        if self.render == Render::Http {
+            let stray = [
+                ("extract.wait_for", e.wait_for.is_some()),
+                ("extract.wait_timeout_ms", e.wait_timeout_ms.is_some()),
+                ("extract.allow_hosts", !e.allow_hosts.is_empty()),
+            ];
+            if let Some((field, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(SpecError::new(
+                    *field,
+                    "only applies with \"render\": \"browser\"",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.isolated {
+            return Err(SpecError::new(
+                "render",
+                "\"browser\" runs only in a worker container: set \"isolated\": true",
+            ));
+        }
+        if self.request.method != Method::Get {
+            return Err(SpecError::new(
+                "request.method",
+                "a rendered page is loaded with GET",
+            ));
+        }
+        if e.format != Format::Html {
+            return Err(SpecError::new(
+                "extract.format",
+                "a rendered page is html: \"render\": \"browser\" needs format html",
+            ));
+        }
+        if let Some(wait_for) = &e.wait_for {
+            e.check_locator("extract.wait_for", wait_for)?;
+        }
+        if let Some(ms) = e.wait_timeout_ms {
+            if !(MIN_WAIT_TIMEOUT_MS..=MAX_WAIT_TIMEOUT_MS).contains(&ms) {
+                return Err(SpecError::new(
+                    "extract.wait_timeout_ms",
+                    format!("must be between {MIN_WAIT_TIMEOUT_MS} and {MAX_WAIT_TIMEOUT_MS}"),
+                ));
+            }
+        }
+        if e.allow_hosts.len() > MAX_ALLOW_HOSTS {
+            return Err(SpecError::new(
+                "extract.allow_hosts",
+                format!("at most {MAX_ALLOW_HOSTS} hosts"),
+            ));
+        }
+        for (i, host) in e.allow_hosts.iter().enumerate() {
+            if !is_host_pattern(host) {
+                return Err(SpecError::new(
+                    format!("extract.allow_hosts[{i}]"),
+                    "a host name, host:port, or *.domain (lowercase, no scheme or path)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `example.org`, `127.0.0.1:8000`, `[::1]:8000` or `*.example.org`.
+fn is_host_pattern(p: &str) -> bool {
+    let name = p.strip_prefix("*.").unwrap_or(p);
+    if name.is_empty() || p.len() > 255 || name.starts_with('*') {
+        return false;
+    }
+    match url::Url::parse(&format!("http://{name}/")) {
+        Ok(u) => {
+            let mut shown = u.host_str().unwrap_or_default().to_owned();
+            if let Some(port) = u.port() {
+                shown.push_str(&format!(":{port}"));
+            }
+            shown == name && u.username().is_empty()
+        }
+        Err(_) => false,
     }
 }
 

@@ -338,3 +338,70 @@ fn json_sources_do_not_follow() {
     });
     assert_eq!(field_of(v), "extract.fields.link.follow");
 }
+
+#[test]
+fn browser_rendering_is_for_isolated_html_sources() {
+    let mut v = books();
+    v["render"] = "browser".into();
+    assert_eq!(field_of(v.clone()), "render");
+    v["isolated"] = true.into();
+    v["extract"]["wait_for"] = "#list article".into();
+    v["extract"]["allow_hosts"] =
+        serde_json::json!(["cdn.example.org", "127.0.0.1:8000", "*.example.net"]);
+    let spec = check(v.clone()).unwrap();
+    assert_eq!(spec.render, Render::Browser);
+    assert_eq!(
+        spec.extract.wait_timeout(),
+        std::time::Duration::from_secs(10)
+    );
+    // The shape round-trips, and an http source keeps its old shape.
+    let shown = serde_json::to_value(&spec).unwrap();
+    assert_eq!(shown["render"], "browser");
+    assert!(serde_json::to_value(check(books()).unwrap())
+        .unwrap()
+        .get("render")
+        .is_none());
+
+    let bad = |path: &str, value: serde_json::Value| {
+        let mut w = v.clone();
+        let mut at = &mut w;
+        let parts: Vec<&str> = path.split('.').collect();
+        for p in &parts[..parts.len() - 1] {
+            at = &mut at[*p];
+        }
+        at[parts[parts.len() - 1]] = value;
+        field_of(w)
+    };
+    assert_eq!(
+        bad("extract.wait_timeout_ms", 0.into()),
+        "extract.wait_timeout_ms"
+    );
+    assert_eq!(
+        bad("extract.wait_timeout_ms", 600_000.into()),
+        "extract.wait_timeout_ms"
+    );
+    assert_eq!(bad("extract.wait_for", "a[".into()), "extract.wait_for");
+    assert_eq!(
+        bad("extract.allow_hosts", serde_json::json!(["https://x.org/"])),
+        "extract.allow_hosts[0]"
+    );
+    assert_eq!(
+        bad("extract.allow_hosts", serde_json::json!(["ok.org", "*"])),
+        "extract.allow_hosts[1]"
+    );
+    assert_eq!(bad("render", "pdf".into()), "render");
+    let mut post = v.clone();
+    post["request"] = serde_json::json!({ "method": "POST", "body": "x" });
+    assert_eq!(field_of(post), "request.method");
+    let mut json = v.clone();
+    json["extract"] = serde_json::json!({ "format": "json", "fields": { "a": "/a" } });
+    assert_eq!(field_of(json), "extract.format");
+
+    // The browser-only options need render browser.
+    let mut plain = books();
+    plain["extract"]["wait_for"] = "#x".into();
+    assert_eq!(field_of(plain), "extract.wait_for");
+    let mut plain = books();
+    plain["extract"]["wait_timeout_ms"] = 1000.into();
+    assert_eq!(field_of(plain), "extract.wait_timeout_ms");
+}

@@ -216,6 +216,9 @@ impl Rules {
                 fields: follow.fields.clone(),
                 next_page: None,
                 max_follows: 0,
+                wait_for: None,
+                wait_timeout_ms: None,
+                allow_hosts: Vec::new(),
             };
             let rules = Rules::compile(&detail, &[]).map_err(|e| match e {
                 ExtractError::Selector { field, message } => ExtractError::Selector {

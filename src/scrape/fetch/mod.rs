@@ -416,6 +416,8 @@ pub struct Fetcher {
     /// Per-host robots.txt, Crawl-delay and back-off, shared by every
     /// scraper that uses this client (so: node-wide).
     politeness: Politeness,
+    /// Headless Chromium for `render: browser` (browser workers only).
+    renderer: Option<super::browser::Renderer>,
 }
 
 impl Fetcher {
@@ -449,10 +451,22 @@ impl Fetcher {
             client,
             politeness: Politeness::new(config.hosts),
             config: Arc::new(config),
+            renderer: None,
         })
     }
 
-    /// Which non-public addresses this client may reach.
+    /// This client with a browser, for sources with `render: browser`.
+    pub fn with_renderer(mut self, renderer: super::browser::Renderer) -> Fetcher {
+        self.renderer = Some(renderer);
+        self
+    }
+
+    /// The browser, in a browser worker.
+    pub fn renderer(&self) -> Option<&super::browser::Renderer> {
+        self.renderer.as_ref()
+    }
+
+    /// The policy on non-public addresses.
     pub fn targets(&self) -> &TargetPolicy {
         &self.config.targets
     }

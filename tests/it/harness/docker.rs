@@ -162,6 +162,47 @@ pub fn image() -> &'static str {
     IMAGE
 }
 
+/// The browser variant the tests build and run (`scripts/image.sh --browser`).
+pub const BROWSER_IMAGE: &str = "gleaner-browser:test";
+
+/// Builds the browser variant once per test run (after [`image`], so the
+/// binary is built once; its Chromium base is made once and reused).
+pub fn browser_image() -> &'static str {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    image();
+    let built = BUILT.get_or_init(|| {
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/image.sh"))
+            .args(["--browser", BROWSER_IMAGE])
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("bash scripts/image.sh --browser: {e}"))?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(format!("scripts/image.sh --browser failed:\n{log}"));
+        }
+        eprintln!(
+            "image {BROWSER_IMAGE} ready in {:.1} s:\n{}",
+            started.elapsed().as_secs_f64(),
+            log.lines()
+                .filter(|l| l.starts_with("==>"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        Ok(())
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    BROWSER_IMAGE
+}
+
 /// The base image scripts/image.sh made (it has busybox).
 pub fn base_image() -> String {
     std::env::var("GLEANER_BASE_IMAGE").unwrap_or_else(|_| "gleaner-base:bookworm".into())
@@ -310,11 +351,24 @@ pub struct Site {
 
 impl Site {
     pub fn start(cleanup: &Cleanup, container: &str, network: &Network, pages: u32) -> Site {
+        let files: Vec<(String, String)> = (1..=pages)
+            .map(|p| (format!("catalogue/page-{p}.html"), catalogue_page(p)))
+            .collect();
+        Site::serve(cleanup, container, network, &files)
+    }
+
+    /// `busybox httpd` serving `files` (paths relative to the site's root).
+    pub fn serve(
+        cleanup: &Cleanup,
+        container: &str,
+        network: &Network,
+        files: &[(String, String)],
+    ) -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let cat = dir.path().join("catalogue");
-        std::fs::create_dir_all(&cat).unwrap();
-        for p in 1..=pages {
-            std::fs::write(cat.join(format!("page-{p}.html")), catalogue_page(p)).unwrap();
+        for (path, body) in files {
+            let at = dir.path().join(path);
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::write(at, body).unwrap();
         }
         cleanup.container(container);
         let mount = format!("{}:/srv:ro", dir.path().display());
@@ -341,6 +395,11 @@ impl Site {
             container: container.to_owned(),
             _pages: dir,
         }
+    }
+
+    /// The URL of `path` (from the site's root, with a leading `/`).
+    pub fn at(&self, path: &str) -> String {
+        format!("http://{}:8000{path}", self.container)
     }
 
     /// Catalogue page `page`'s URL, for a node on the network.

@@ -1,0 +1,550 @@
+//! Rendering a page in headless Chromium (`render: browser`), for worker
+//! containers: the page's scripts run, and the DOM they leave is the HTML that
+//! [`super::extract`] reads.
+//!
+//! - **Crate.** chromiumoxide speaks the DevTools protocol (CDP) to a
+//!   Chromium it launches, on tokio. Its Fetch domain pauses every request the
+//!   page makes, which is what the guard below needs; WebDriver (fantoccini,
+//!   through chromedriver) has no request interception, and headless_chrome
+//!   is blocking.
+//! - **Every request is intercepted** ([`decide`]): only http(s); only the
+//!   page's own host and the spec's `extract.allow_hosts`; never a non-public
+//!   address unless the operator's [`TargetPolicy`] allows it (an IP literal
+//!   is checked as it is, a name on every address it resolves to); and the
+//!   host's politeness (robots.txt, Crawl-delay, back-off) as for any fetch.
+//!   A refused request fails inside the page (`BlockedByClient`) and is
+//!   counted, with a few samples, in the run record.
+//! - **Bounds.** One page at a time; the load and the `wait_for` selector
+//!   share the spec's `wait_timeout_ms`; V8's heap is capped
+//!   ([`RendererConfig::js_heap_mb`]); the browser is started anew after
+//!   [`RendererConfig::pages_per_browser`] pages and after any failure
+//!   (a crash included). The container's memory and pids limits bound the
+//!   rest, and its init process reaps what Chromium leaves.
+//! - **Flags.** `--headless --no-sandbox --disable-gpu
+//!   --disable-background-networking`: Chromium's own sandbox needs user
+//!   namespaces or setuid, which the hardened container (no capabilities,
+//!   no-new-privileges) refuses; the container is the sandbox.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::fetch::{
+    ContinueRequestParams, EventRequestPaused, FailRequestParams, HeaderEntry,
+};
+use chromiumoxide::cdp::browser_protocol::network::{ErrorReason, ResourceType};
+use chromiumoxide::Page;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+use url::{Host, Url};
+
+use super::fetch::{Fetcher, TargetPolicy};
+use super::robots::host_key;
+
+/// Blocked requests kept as samples per run.
+pub const BLOCKED_SAMPLES: usize = 5;
+
+/// How the worker runs Chromium.
+#[derive(Debug, Clone)]
+pub struct RendererConfig {
+    /// The Chromium binary (`GLEANER_CHROMIUM`; Debian's is `chromium`).
+    pub chromium: PathBuf,
+    /// A writable directory for the profile (the worker's tmpfs).
+    pub data_dir: PathBuf,
+    /// Pages rendered before the browser is started anew.
+    pub pages_per_browser: u32,
+    /// V8's old-space limit per renderer, in MiB.
+    pub js_heap_mb: u32,
+    /// Which non-public addresses pages may request.
+    pub targets: TargetPolicy,
+    /// The user agent, unless the source's request names one.
+    pub user_agent: String,
+}
+
+/// What one page asks of the renderer.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// A CSS selector the page must show before it is read.
+    pub wait_for: Option<String>,
+    /// The bound on loading and waiting.
+    pub timeout: Duration,
+    /// Other hosts the page may request (`host`, `host:port`, `*.domain`).
+    pub allow_hosts: Vec<String>,
+    /// Headers sent with the page's requests to its own host.
+    pub headers: Vec<(String, String)>,
+    pub user_agent: Option<String>,
+}
+
+/// Why a page could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("this process has no browser: render \"browser\" runs only in a browser worker")]
+    Unavailable,
+    #[error("the browser did not start: {0}")]
+    Launch(String),
+    #[error("loading the page did not finish within {0} ms")]
+    LoadTimeout(u128),
+    #[error("extract.wait_for '{selector}' did not appear within {ms} ms")]
+    WaitTimeout { selector: String, ms: u128 },
+    #[error("the browser failed: {0}")]
+    Browser(String),
+}
+
+/// Requests a rendered page was refused.
+#[derive(Debug, Clone, Default)]
+pub struct Blocked {
+    pub count: u64,
+    /// The first few, as `URL (reason)`.
+    pub sample: Vec<String>,
+}
+
+impl Blocked {
+    fn add(&mut self, url: &str, reason: &str) {
+        self.count += 1;
+        if self.sample.len() < BLOCKED_SAMPLES {
+            let shown: String = url.chars().take(200).collect();
+            self.sample.push(format!("{shown} ({reason})"));
+        }
+    }
+
+    pub fn merge(&mut self, other: Blocked) {
+        self.count += other.count;
+        let room = BLOCKED_SAMPLES.saturating_sub(self.sample.len());
+        self.sample.extend(other.sample.into_iter().take(room));
+    }
+}
+
+/// A rendered page: its URL after navigation and its DOM as HTML.
+#[derive(Debug)]
+pub struct Rendered {
+    pub url: Url,
+    pub html: String,
+}
+
+/// One Chromium, started when first needed; cheap to clone.
+#[derive(Clone)]
+pub struct Renderer {
+    config: Arc<RendererConfig>,
+    slot: Arc<tokio::sync::Mutex<Option<Running>>>,
+}
+
+struct Running {
+    browser: Browser,
+    events: JoinHandle<()>,
+    pages: u32,
+}
+
+impl Running {
+    /// Closes the browser and waits for its process (its own children are
+    /// the container's init's to reap).
+    async fn shut(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.browser.close()).await;
+        if tokio::time::timeout(Duration::from_secs(3), self.browser.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.browser.kill().await;
+            let _ = self.browser.wait().await;
+        }
+        self.events.abort();
+    }
+}
+
+impl Renderer {
+    pub fn new(config: RendererConfig) -> Renderer {
+        Renderer {
+            config: Arc::new(config),
+            slot: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    async fn launch(&self) -> Result<Running, RenderError> {
+        let c = &self.config;
+        let profile = c
+            .data_dir
+            .join(format!("chromium-{}", uuid::Uuid::new_v4().simple()));
+        let config = BrowserConfig::builder()
+            .chrome_executable(&c.chromium)
+            .user_data_dir(&profile)
+            // Its singleton socket and temporary files: the root is read-only.
+            .env("TMPDIR", c.data_dir.display().to_string())
+            .no_sandbox()
+            .enable_request_intercept()
+            .disable_cache()
+            .launch_timeout(Duration::from_secs(20))
+            .args([
+                "--disable-gpu".to_owned(),
+                "--disable-dev-shm-usage".to_owned(),
+                "--disable-background-networking".to_owned(),
+                "--disable-component-update".to_owned(),
+                "--no-first-run".to_owned(),
+                format!("--js-flags=--max-old-space-size={}", c.js_heap_mb),
+            ])
+            .build()
+            .map_err(RenderError::Launch)?;
+        let (browser, mut handler) = Browser::launch(config)
+            .await
+            .map_err(|e| RenderError::Launch(e.to_string()))?;
+        // The handler drives the protocol; it ends when the browser is gone.
+        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        tracing::info!(chromium = %c.chromium.display(), "browser started");
+        Ok(Running {
+            browser,
+            events,
+            pages: 0,
+        })
+    }
+
+    /// Renders `url`: loads it with every request guarded, waits for
+    /// `wait_for`, and returns the DOM. The requests refused on the way are
+    /// added to `blocked`, whatever the outcome.
+    pub async fn render(
+        &self,
+        fetcher: &Fetcher,
+        url: &Url,
+        options: &RenderOptions,
+        blocked: &mut Blocked,
+    ) -> Result<Rendered, RenderError> {
+        let mut slot = self.slot.lock().await;
+        let stale = slot
+            .as_ref()
+            .is_some_and(|r| r.events.is_finished() || r.pages >= self.config.pages_per_browser);
+        if stale {
+            if let Some(old) = slot.take() {
+                tracing::info!(
+                    pages = old.pages,
+                    crashed = old.events.is_finished(),
+                    "restarting the browser"
+                );
+                old.shut().await;
+            }
+        }
+        if slot.is_none() {
+            *slot = Some(self.launch().await?);
+        }
+        let running = slot.as_mut().expect("launched above");
+        running.pages += 1;
+        let log = Arc::new(Mutex::new(Blocked::default()));
+        let result = self
+            .render_in(&running.browser, fetcher, url, options, log.clone())
+            .await;
+        blocked.merge(std::mem::take(
+            &mut *log.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
+        if let Err(e) = &result {
+            // A timeout may leave the browser busy; a failure may mean it died:
+            // the next page gets a new one.
+            if !matches!(e, RenderError::WaitTimeout { .. }) {
+                if let Some(old) = slot.take() {
+                    old.shut().await;
+                }
+            }
+        }
+        result
+    }
+
+    async fn render_in(
+        &self,
+        browser: &Browser,
+        fetcher: &Fetcher,
+        url: &Url,
+        options: &RenderOptions,
+        log: Arc<Mutex<Blocked>>,
+    ) -> Result<Rendered, RenderError> {
+        let fail = |e: chromiumoxide::error::CdpError| RenderError::Browser(e.to_string());
+        let page = browser.new_page("about:blank").await.map_err(fail)?;
+        let agent = options
+            .user_agent
+            .clone()
+            .unwrap_or_else(|| self.config.user_agent.clone());
+        page.set_user_agent(agent).await.map_err(fail)?;
+        let paused = page
+            .event_listener::<EventRequestPaused>()
+            .await
+            .map_err(fail)?;
+        let guard = Guard {
+            page: page.clone(),
+            fetcher: fetcher.clone(),
+            targets: self.config.targets.clone(),
+            document: url.clone(),
+            options: options.clone(),
+            log,
+        };
+        let interceptor = tokio::spawn(guard.run(paused));
+        let outcome = self.load_and_wait(&page, url, options).await;
+        let rendered = match outcome {
+            Ok(()) => {
+                let html = page.content().await.map_err(fail);
+                let at = page
+                    .url()
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|u| Url::parse(&u).ok())
+                    .unwrap_or_else(|| url.clone());
+                html.map(|html| Rendered { url: at, html })
+            }
+            Err(e) => Err(e),
+        };
+        interceptor.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(3), page.close()).await;
+        rendered
+    }
+
+    /// Navigates, then polls for `wait_for`, both within `options.timeout`.
+    async fn load_and_wait(
+        &self,
+        page: &Page,
+        url: &Url,
+        options: &RenderOptions,
+    ) -> Result<(), RenderError> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + options.timeout;
+        let ms = options.timeout.as_millis();
+        match tokio::time::timeout_at(deadline, page.goto(url.as_str())).await {
+            Err(_) => return Err(RenderError::LoadTimeout(ms)),
+            Ok(Err(e)) => return Err(RenderError::Browser(format!("loading {url}: {e}"))),
+            Ok(Ok(_)) => {}
+        }
+        let Some(selector) = &options.wait_for else {
+            return Ok(());
+        };
+        let probe = format!(
+            "document.querySelector({}) !== null",
+            serde_json::to_string(selector).expect("a string serialises")
+        );
+        loop {
+            let found = tokio::time::timeout_at(deadline, page.evaluate(probe.as_str()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|r| r.into_value::<bool>().ok())
+                .unwrap_or(false);
+            if found {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(RenderError::WaitTimeout {
+                    selector: selector.clone(),
+                    ms,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the browser, if one runs.
+    pub async fn shutdown(&self) {
+        if let Some(running) = self.slot.lock().await.take() {
+            running.shut().await;
+        }
+    }
+}
+
+/// Decides every paused request of one page.
+struct Guard {
+    page: Page,
+    fetcher: Fetcher,
+    targets: TargetPolicy,
+    /// The page being rendered: its host is allowed, and its own request
+    /// was admitted by the pager already.
+    document: Url,
+    options: RenderOptions,
+    log: Arc<Mutex<Blocked>>,
+}
+
+impl Guard {
+    async fn run(self, mut paused: chromiumoxide::listeners::EventStream<EventRequestPaused>) {
+        let guard = Arc::new(self);
+        while let Some(event) = paused.next().await {
+            let guard = guard.clone();
+            tokio::spawn(async move { guard.answer(&event).await });
+        }
+    }
+
+    async fn answer(&self, event: &EventRequestPaused) {
+        let raw = &event.request.url;
+        let first = event.resource_type == ResourceType::Document && *raw == self.document.as_str();
+        let verdict = match Url::parse(raw) {
+            Ok(url) => self.decide(&url, first).await,
+            Err(_) => Err("not a valid URL".to_owned()),
+        };
+        let id = event.request_id.clone();
+        let sent = match verdict {
+            Ok(()) => {
+                let mut params = ContinueRequestParams::new(id);
+                if !self.options.headers.is_empty() && same_host(raw, &self.document) {
+                    params.headers =
+                        Some(with_headers(&event.request.headers, &self.options.headers));
+                }
+                self.page.execute(params).await.map(|_| ())
+            }
+            Err(reason) => {
+                tracing::info!(url = %raw, %reason, "page request blocked");
+                self.log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add(raw, &reason);
+                self.page
+                    .execute(FailRequestParams::new(id, ErrorReason::BlockedByClient))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(url = %raw, error = %e, "paused request not answered");
+        }
+    }
+
+    /// Ok, or the reason the request is refused.
+    async fn decide(&self, url: &Url, first: bool) -> Result<(), String> {
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("scheme {} is not fetched", url.scheme()));
+        }
+        let host = host_key(url).ok_or("no host")?;
+        let own = host_key(&self.document).is_some_and(|h| h == host);
+        if !own
+            && !self
+                .options
+                .allow_hosts
+                .iter()
+                .any(|p| host_matches(p, &host))
+        {
+            return Err(format!(
+                "{host} is not the page's host nor in extract.allow_hosts"
+            ));
+        }
+        check_address(url, &self.targets).await?;
+        if !first {
+            // robots.txt and the host's gate: the permit spaces this
+            // request's start from the host's others; it is given back at
+            // once, as the browser's request is not followed to its end.
+            let permit = self
+                .fetcher
+                .politeness()
+                .permit(&self.fetcher, url, true, self.options.timeout)
+                .await
+                .map_err(|r| r.to_string())?;
+            permit.release(crate::domain::host::PermitOutcome::Answered);
+        }
+        Ok(())
+    }
+}
+
+/// Is `url`'s host the document's?
+fn same_host(url: &str, document: &Url) -> bool {
+    Url::parse(url).ok().and_then(|u| host_key(&u)) == host_key(document)
+}
+
+/// The request's headers with the source's own set over them.
+fn with_headers(
+    sent: &chromiumoxide::cdp::browser_protocol::network::Headers,
+    ours: &[(String, String)],
+) -> Vec<HeaderEntry> {
+    let mut out: Vec<HeaderEntry> = sent
+        .inner()
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| !ours.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)))
+        .filter_map(|(name, value)| Some(HeaderEntry::new(name.clone(), value.as_str()?)))
+        .collect();
+    out.extend(
+        ours.iter()
+            .map(|(n, v)| HeaderEntry::new(n.clone(), v.clone())),
+    );
+    out
+}
+
+/// Does `host` (a host key: lowercase host, `:port` unless the default)
+/// match an `allow_hosts` entry: equal, or under a `*.domain`?
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(domain) => host
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+        None => pattern == host,
+    }
+}
+
+/// The SSRF guard for a browser request: an IP literal as it is; a name on
+/// every address it resolves to (Chromium may dial any of them).
+pub async fn check_address(url: &Url, targets: &TargetPolicy) -> Result<(), String> {
+    let refuse =
+        |ip: IpAddr| format!("{ip} is not a public address (see GLEANER_ALLOW_PRIVATE_TARGETS)");
+    let ip = match url.host() {
+        Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
+        Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
+        Some(Host::Domain(name)) => {
+            let port = url.port_or_known_default().unwrap_or(80);
+            let found: Vec<IpAddr> = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::lookup_host((name, port)),
+            )
+            .await
+            .map_err(|_| format!("resolving {name} timed out"))?
+            .map_err(|e| format!("resolving {name}: {e}"))?
+            .map(|a| a.ip())
+            .collect();
+            if found.is_empty() {
+                return Err(format!("{name} resolves to no address"));
+            }
+            return match found.into_iter().find(|ip| !targets.permits(*ip)) {
+                Some(ip) => Err(refuse(ip)),
+                None => Ok(()),
+            };
+        }
+        None => return Err("no host".into()),
+    };
+    if targets.permits(ip) {
+        Ok(())
+    } else {
+        Err(refuse(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_hosts_match_exactly_or_under_a_domain() {
+        assert!(host_matches("cdn.example.org", "cdn.example.org"));
+        assert!(!host_matches("cdn.example.org", "cdn.example.org:8080"));
+        assert!(host_matches("127.0.0.1:8000", "127.0.0.1:8000"));
+        assert!(host_matches("*.example.org", "a.b.example.org"));
+        assert!(!host_matches("*.example.org", "example.org"));
+        assert!(!host_matches("*.example.org", "badexample.org"));
+    }
+
+    #[tokio::test]
+    async fn metadata_and_loopback_addresses_are_refused_by_default() {
+        let public = TargetPolicy::PublicOnly;
+        for u in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://127.0.0.1:9/",
+            "http://[::1]/",
+            "http://localhost/",
+        ] {
+            let url = Url::parse(u).unwrap();
+            assert!(check_address(&url, &public).await.is_err(), "{u}");
+        }
+        let allowed: TargetPolicy = "127.0.0.0/8".parse().unwrap();
+        let url = Url::parse("http://127.0.0.1:9/").unwrap();
+        assert!(check_address(&url, &allowed).await.is_ok());
+        let url = Url::parse("http://169.254.169.254/").unwrap();
+        assert!(check_address(&url, &allowed).await.is_err());
+    }
+
+    #[test]
+    fn blocked_keeps_a_bounded_sample() {
+        let mut b = Blocked::default();
+        for i in 0..20 {
+            b.add(&format!("http://x/{i}"), "r");
+        }
+        assert_eq!(b.count, 20);
+        assert_eq!(b.sample.len(), BLOCKED_SAMPLES);
+    }
+}
