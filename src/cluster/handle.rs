@@ -145,6 +145,20 @@ impl Cluster {
         self.inner.changes.subscribe()
     }
 
+    /// Casts `msg()` to `to` at each change (as [`Cluster::changes`]), from
+    /// now until `to` stops. The first change is the one after this call:
+    /// the caller reconciles once itself.
+    pub fn notify_changes<M: ractor::Message>(&self, to: ActorRef<M>, msg: fn() -> M) {
+        let mut changes = self.changes();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if to.cast(msg()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     pub fn settled(&self) -> bool {
         self.inner.view.read().expect("view lock").settled
     }

@@ -437,21 +437,17 @@ impl Actor for Webhooks {
             ATTEMPT_TIMEOUT,
             &format!("gleaner/{} (webhook)", env!("CARGO_PKG_VERSION")),
         )?;
-        let mut changes = args.cluster.changes();
         let mut state = WebhooksState {
             args,
             client,
             senders: HashMap::new(),
         };
+        // Subscribed first: a change during the first reconcile is not lost.
+        state
+            .args
+            .cluster
+            .notify_changes(myself.clone(), || WebhooksMsg::Membership);
         state.reconcile_all().await;
-        let me = myself.clone();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                if me.cast(WebhooksMsg::Membership).is_err() {
-                    break;
-                }
-            }
-        });
         myself.send_interval(GOSSIP_EVERY, || WebhooksMsg::Gossip);
         Ok(state)
     }

@@ -316,15 +316,8 @@ impl Actor for Replicator {
         myself: ActorRef<Self::Msg>,
         args: ReplicatorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut changes = args.cluster.changes();
-        let me = myself.clone();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                if me.cast(ReplicatorMsg::CatchUp).is_err() {
-                    break;
-                }
-            }
-        });
+        args.cluster
+            .notify_changes(myself.clone(), || ReplicatorMsg::CatchUp);
         myself.send_interval(ROUND_EVERY, || ReplicatorMsg::CatchUp);
         Ok(ReplicatorState {
             args,

@@ -268,16 +268,12 @@ impl Actor for Orchestrator {
             failures: FailureWindow::default(),
             disabled_here: Default::default(),
         };
-        let mut changes = state.args.cluster.changes();
+        // Subscribed first: a change during the first reconcile is not lost.
+        state
+            .args
+            .cluster
+            .notify_changes(myself.clone(), || OrchestratorMsg::Membership);
         state.reconcile_all().await?;
-        let me = myself.clone();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                if me.cast(OrchestratorMsg::Membership).is_err() {
-                    break;
-                }
-            }
-        });
         myself.send_interval(GOSSIP_EVERY, || OrchestratorMsg::Gossip);
         Ok(state)
     }
