@@ -130,31 +130,7 @@ pub fn image() -> &'static str {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         require_engine();
-        let started = Instant::now();
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/image.sh"))
-            .arg(IMAGE)
-            .current_dir(repo_root())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("bash scripts/image.sh: {e}"))?;
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            return Err(format!("scripts/image.sh {IMAGE} failed:\n{log}"));
-        }
-        eprintln!(
-            "image {IMAGE} ready in {:.1} s:\n{}",
-            started.elapsed().as_secs_f64(),
-            log.lines()
-                .filter(|l| l.starts_with("==>"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        Ok(())
+        build_with_script(&[IMAGE], IMAGE)
     });
     if let Err(e) = built {
         panic!("{e}");
@@ -170,37 +146,44 @@ pub const BROWSER_IMAGE: &str = "gleaner-browser:test";
 pub fn browser_image() -> &'static str {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     image();
-    let built = BUILT.get_or_init(|| {
-        let started = Instant::now();
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/image.sh"))
-            .args(["--browser", BROWSER_IMAGE])
-            .current_dir(repo_root())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("bash scripts/image.sh --browser: {e}"))?;
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            return Err(format!("scripts/image.sh --browser failed:\n{log}"));
-        }
-        eprintln!(
-            "image {BROWSER_IMAGE} ready in {:.1} s:\n{}",
-            started.elapsed().as_secs_f64(),
-            log.lines()
-                .filter(|l| l.starts_with("==>"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        Ok(())
-    });
+    let built =
+        BUILT.get_or_init(|| build_with_script(&["--browser", BROWSER_IMAGE], BROWSER_IMAGE));
     if let Err(e) = built {
         panic!("{e}");
     }
     BROWSER_IMAGE
+}
+
+/// Runs `scripts/image.sh ARGS` to build `tag`; on failure, its whole output.
+fn build_with_script(args: &[&str], tag: &str) -> Result<(), String> {
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/image.sh"))
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("bash scripts/image.sh {}: {e}", args.join(" ")))?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/image.sh {} failed:\n{log}",
+            args.join(" ")
+        ));
+    }
+    eprintln!(
+        "image {tag} ready in {:.1} s:\n{}",
+        started.elapsed().as_secs_f64(),
+        log.lines()
+            .filter(|l| l.starts_with("==>"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
 }
 
 /// The base image scripts/image.sh made (it has busybox).
