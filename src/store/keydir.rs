@@ -266,8 +266,8 @@ impl Store {
                 .dropped_record(collection)?
                 .map_or(0, |d| d.last_change),
         };
-        // Records no key needs any more (a crash between writing a record
-        // and removing the ones it replaced leaves some).
+        // Records no key needs any more (stores written before a page's
+        // writes became one batch may hold some).
         let mut stale = sled::Batch::default();
         let mut any = false;
         for n in records {

@@ -36,9 +36,10 @@ pub(super) fn log_key(origin: &str, seq: u64) -> Vec<u8> {
 
 impl Store {
     /// Applies a batch from `origin` with sequence number `seq`: upserts its
-    /// items atomically, appends it to the collection's log (dropping the
-    /// oldest beyond the retention) and records the collection's head for
-    /// the origin. Applying the same batch twice changes nothing.
+    /// items, appends it to the collection's log (dropping the oldest beyond
+    /// the retention) and records the collection's head for the origin, all
+    /// in one atomic sled batch. Applying the same batch twice changes
+    /// nothing.
     pub fn apply_replicated(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
         self.write(|| self.apply_replicated_unguarded(rb))
     }
