@@ -1,10 +1,14 @@
-//! The `changes:{collection}` trees: this node's change sequence for the
-//! collection (big-endian u64, from 1, strictly increasing) -> one op byte
-//! and the item's key. A change is written in the same sled transaction as
-//! the item it records ([`Store::write_items`]), so it exists exactly when
-//! the item write does. Only the newest [`CHANGES_KEPT`] are kept per
-//! collection. Served bodies are read from the items tree, so a change shows
-//! the item's newest version.
+//! Each collection's change feed, in the collection's tree
+//! ([`super::items`]) under keys tagged [`CHANGE_TAG`]: one record per
+//! write that changed items, keyed by its first change sequence (big-endian
+//! u64, from 1), whose value lists each change's op byte, key length (u32,
+//! big-endian) and item key. The changes of one write take the sequences
+//! that follow the previous record's, in key order, so sequences are
+//! strictly increasing and contiguous across records. A record is written
+//! in the same sled batch as the items it records, so it exists exactly
+//! when they do. Whole records are dropped once all their changes are
+//! older than the newest [`CHANGES_KEPT`]. Served bodies are read from the
+//! items, so a change shows the item's newest version.
 //!
 //! Long-polling readers wait on a `tokio::sync::watch` per collection,
 //! bumped by [`Store::flush`] once the collection's writes are durable.
@@ -13,13 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::watch;
 
-use super::{decode, Result, Store, StoreError};
+use super::items::CHANGE_TAG;
+use super::{decode, Result, Store};
 use crate::domain::StoredItem;
-
-const CHANGES_PREFIX: &str = "changes:";
 
 /// Changes kept per collection: older ones are dropped.
 pub const CHANGES_KEPT: u64 = 100_000;
@@ -33,14 +35,14 @@ pub enum ChangeOp {
 }
 
 impl ChangeOp {
-    fn byte(self) -> u8 {
+    pub(super) fn byte(self) -> u8 {
         match self {
             ChangeOp::Inserted => b'i',
             ChangeOp::Changed => b'c',
         }
     }
 
-    fn from_byte(b: u8) -> Option<ChangeOp> {
+    pub(super) fn from_byte(b: u8) -> Option<ChangeOp> {
         match b {
             b'i' => Some(ChangeOp::Inserted),
             b'c' => Some(ChangeOp::Changed),
@@ -57,72 +59,86 @@ pub struct Change {
     pub item: StoredItem,
 }
 
-/// Per collection: the last change sequence used (`None` until read from
-/// the tree), locked across a write so sequences commit in order.
-pub(super) type ChangeSeqs = Arc<Mutex<HashMap<String, Arc<Mutex<Option<u64>>>>>>;
-
 /// Per collection: bumped when its writes become durable.
 pub(super) type ChangeWatches = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
 
+/// A change record's key: the tag, then its first sequence.
+pub(super) fn change_key(first: u64) -> [u8; 9] {
+    let mut k = [CHANGE_TAG; 9];
+    k[1..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+/// A change record's value.
+pub(super) fn encode_changes(changes: &[(ChangeOp, Vec<u8>)]) -> Vec<u8> {
+    let len = changes.iter().map(|(_, k)| 5 + k.len()).sum();
+    let mut v = Vec::with_capacity(len);
+    for (op, key) in changes {
+        v.push(op.byte());
+        v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        v.extend_from_slice(key);
+    }
+    v
+}
+
+/// A change record's changes, in sequence order (a corrupt tail ends it).
+pub(super) fn decode_changes(mut v: &[u8]) -> impl Iterator<Item = (ChangeOp, &[u8])> {
+    std::iter::from_fn(move || {
+        let op = ChangeOp::from_byte(*v.first()?)?;
+        let len = u32::from_be_bytes(v.get(1..5)?.try_into().ok()?) as usize;
+        let key = v.get(5..5 + len)?;
+        v = &v[5 + len..];
+        Some((op, key))
+    })
+}
+
+/// The change records' key range.
+fn change_range() -> std::ops::RangeInclusive<[u8; 9]> {
+    change_key(0)..=change_key(u64::MAX)
+}
+
 impl Store {
-    /// Applies `writes` to a collection's items tree and records `changes`
-    /// (op, item key) under the next sequence numbers, in one transaction;
-    /// then drops changes beyond [`CHANGES_KEPT`].
-    pub(super) fn apply_with_changes(
-        &self,
-        collection: &str,
-        items: &sled::Tree,
-        writes: sled::Batch,
-        changes: &[(ChangeOp, Vec<u8>)],
-    ) -> Result<()> {
-        if changes.is_empty() {
-            items.apply_batch(writes)?;
-            return Ok(());
-        }
-        let log = self.changes_tree(collection)?;
-        let seq_lock = {
-            let mut seqs = self.change_seqs.lock().unwrap_or_else(|e| e.into_inner());
-            seqs.entry(collection.to_owned()).or_default().clone()
+    /// The last change sequence recorded in a collection's tree.
+    pub(super) fn last_change_in(tree: &sled::Tree) -> Result<Option<u64>> {
+        let Some((k, v)) = tree.range(change_range()).next_back().transpose()? else {
+            return Ok(None);
         };
-        let mut last = seq_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let first = match *last {
-            Some(n) => n,
-            None => match log.last()? {
-                Some((k, _)) => seq_of(&k),
-                // Empty: new, or deleted (numbering goes on past the deletion).
-                None => self
-                    .dropped_record(collection)?
-                    .map_or(0, |d| d.last_change),
-            },
-        } + 1;
-        (items, &log)
-            .transaction(|(items, log)| {
-                items.apply_batch(&writes)?;
-                for (i, (op, key)) in changes.iter().enumerate() {
-                    let mut value = Vec::with_capacity(key.len() + 1);
-                    value.push(op.byte());
-                    value.extend_from_slice(key);
-                    log.insert(&(first + i as u64).to_be_bytes(), value)?;
+        let n = decode_changes(&v).count() as u64;
+        Ok(Some((seq_of(&k[1..]) + n).saturating_sub(1)))
+    }
+
+    /// Adds to `writes` the removal of every record whose changes are all
+    /// older than the newest [`CHANGES_KEPT`], once the newest change is
+    /// `newest`; `stored_last` is the last change the tree holds.
+    pub(super) fn trim_changes(
+        &self,
+        tree: &sled::Tree,
+        stored_last: u64,
+        newest: u64,
+        writes: &mut sled::Batch,
+    ) -> Result<()> {
+        let Some(cut) = newest.checked_sub(self.changes_kept).filter(|c| *c > 0) else {
+            return Ok(());
+        };
+        // A record's last change is the next record's first minus one.
+        let mut previous: Option<sled::IVec> = None;
+        for entry in tree.range(change_range()) {
+            let (k, _) = entry?;
+            let first = seq_of(&k[1..]);
+            if let Some(p) = previous.take() {
+                if first - 1 > cut {
+                    return Ok(());
                 }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
-                TransactionError::Abort(()) => {
-                    StoreError::Unavailable("the change transaction aborted".into())
-                }
-            })?;
-        let newest = first + changes.len() as u64 - 1;
-        *last = Some(newest);
-        drop(last);
-        if newest > self.changes_kept {
-            let cut = (newest - self.changes_kept).to_be_bytes();
-            let stale: Vec<sled::IVec> = log
-                .range(..=cut)
-                .keys()
-                .collect::<std::result::Result<_, _>>()?;
-            for k in stale {
-                log.remove(k)?;
+                writes.remove(p);
+            }
+            if first > cut {
+                return Ok(());
+            }
+            previous = Some(k);
+        }
+        if let Some(p) = previous {
+            if stored_last <= cut {
+                writes.remove(p);
             }
         }
         Ok(())
@@ -132,29 +148,30 @@ impl Store {
     /// in order, each with its item's current version.
     pub fn changes_after(&self, collection: &str, since: u64, limit: usize) -> Result<Vec<Change>> {
         self.read(|| {
-            let log = self.changes_tree(collection)?;
-            let items = self.items_tree(collection)?;
+            let tree = self.items_tree(collection)?;
+            let from = since.saturating_add(1);
+            // The record holding `from`, if one began before it.
+            let start = match tree.range(change_key(0)..=change_key(from)).next_back() {
+                Some(entry) => entry?.0.to_vec(),
+                None => change_key(from).to_vec(),
+            };
             let mut out = Vec::new();
-            for entry in log.range(since.saturating_add(1).to_be_bytes()..) {
-                if out.len() >= limit {
-                    break;
-                }
+            'records: for entry in tree.range(start..=change_key(u64::MAX).to_vec()) {
                 let (k, v) = entry?;
-                let Some((&op, key)) = v.split_first() else {
-                    continue;
-                };
-                let Some(op) = ChangeOp::from_byte(op) else {
-                    continue;
-                };
-                // Items are never deleted; a missing one is skipped.
-                if let Some(bytes) = items.get(key)? {
-                    let mut item: StoredItem = decode("item", &bytes)?;
-                    self.fresh(collection, &mut item)?;
-                    out.push(Change {
-                        seq: seq_of(&k),
-                        op,
-                        item,
-                    });
+                let first = seq_of(&k[1..]);
+                for (seq, (op, key)) in (first..).zip(decode_changes(&v)) {
+                    if seq < from {
+                        continue;
+                    }
+                    if out.len() >= limit {
+                        break 'records;
+                    }
+                    // Items are never deleted; a missing one is skipped.
+                    if let Some(bytes) = tree.get(key)? {
+                        let mut item: StoredItem = decode("item", &bytes)?;
+                        self.fresh(collection, &mut item)?;
+                        out.push(Change { seq, op, item });
+                    }
                 }
             }
             Ok(out)
@@ -195,10 +212,6 @@ impl Store {
     pub fn with_changes_kept(mut self, n: u64) -> Store {
         self.changes_kept = n.max(1);
         self
-    }
-
-    pub(super) fn changes_tree(&self, collection: &str) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(format!("{CHANGES_PREFIX}{collection}"))?)
     }
 }
 

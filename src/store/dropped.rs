@@ -4,8 +4,8 @@
 //! collection is fed again: peers then neither pull the deleted batches back
 //! nor take new batches for ones they already applied.
 //!
-//! Deleting a collection empties its items, changes and log trees and
-//! removes its summary row. A batch or snapshot copy observed at or before
+//! Deleting a collection empties its tree (items, changes, log, seen
+//! records, summary) and removes it from the `collections` list. A batch or snapshot copy observed at or before
 //! the deletion ([`CollectionTombstone::covers`]) is not applied afterwards:
 //! its sequence number still counts (heads move), its items are skipped.
 
@@ -106,9 +106,9 @@ impl Store {
             // Sequence numbers go on from where they are: heads and the
             // change feed's last number.
             let heads = self.heads_of(name)?;
-            let changes = self.changes_tree(name)?;
-            let last_change = match changes.last()? {
-                Some((k, _)) => super::changes::seq_of(&k),
+            let tree = self.items_tree(name)?;
+            let last_change = match Store::last_change_in(&tree)? {
+                Some(n) => n,
                 None => previous.as_ref().map_or(0, |p| p.last_change),
             };
             let record = Dropped {
@@ -136,23 +136,16 @@ impl Store {
                 let mut keydir = slot
                     .as_ref()
                     .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
-                self.items_tree(name)?.clear()?;
-                self.clear_seen(name)?;
+                tree.clear()?;
                 if let Some(kd) = keydir.as_mut() {
                     **kd = None;
                 }
-                changes.clear()?;
-                self.log_tree(name)?.clear()?;
                 self.collections.remove(name.as_bytes())?;
                 self.with_generations(name, |g| {
                     g.begun += 1;
                     g.changed += 1;
                 });
             }
-            self.change_seqs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(name);
             Ok(true)
         })
     }

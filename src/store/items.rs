@@ -1,18 +1,46 @@
-//! The `items:{collection}` trees (item key -> [`StoredItem`], written with
-//! its hash first so a page copies it as stored) and the `collections` tree
-//! (name -> [`CollectionMeta`]): upserts by key, snapshot copies from peers,
-//! and the reads behind queries.
+//! Each collection's tree, `items:{collection}`, holds everything a write
+//! to the collection makes, so that one sled `apply_batch` (atomic within a
+//! tree) writes a page without a transaction:
+//! - item key (UTF-8) -> [`StoredItem`], written with its hash first so a
+//!   page copies it as stored;
+//! - [`CHANGE_TAG`]: the change feed ([`super::changes`]);
+//! - [`LOG_TAG`]: the replication log ([`super::log`]);
+//! - [`SEEN_TAG`]: the seen records ([`super::keydir`]);
+//! - [`META_KEY`]: the collection's [`CollectionMeta`] (last update, heads).
+//!
+//! The tags are bytes that never begin a UTF-8 string (0xF8 to 0xFF), so
+//! items sort before every tagged key and `..ITEMS_END` ranges over the
+//! items alone.
+//!
+//! The `collections` tree lists each collection (name -> the summary it had
+//! when first written, or, in stores written before the summary moved into
+//! the collection's tree, its summary): it is written once per collection.
+//!
+//! Upserts by key, snapshot copies from peers, and the reads behind queries.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::keydir::{encode_seen, id_of, Entry, Id, Keydir};
+use super::changes::{change_key, encode_changes};
+use super::keydir::{encode_seen, id_of, seen_key, Entry, Id, Keydir};
+use super::log::log_key;
 use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
-use crate::domain::{ItemBatch, ItemRef, StoredItem};
+use crate::domain::{ItemBatch, ItemRef, ReplicatedBatch, StoredItem};
 
 const ITEMS_PREFIX: &str = "items:";
+
+/// Keys at and above this are not items (no UTF-8 string begins with 0xF8).
+pub(super) const ITEMS_END: &[u8] = &[0xF8];
+/// Change records' keys begin with this byte.
+pub(super) const CHANGE_TAG: u8 = 0xF9;
+/// Log entries' keys begin with this byte.
+pub(super) const LOG_TAG: u8 = 0xFA;
+/// Seen records' keys begin with this byte.
+pub(super) const SEEN_TAG: u8 = 0xFB;
+/// The collection's summary.
+pub(super) const META_KEY: &[u8] = &[0xFC];
 
 /// What one batch did to a collection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,9 +55,9 @@ pub struct BatchOutcome {
 /// What a batch will write, worked out from the key directory.
 struct Plan {
     outcome: BatchOutcome,
+    /// Items and seen records.
     writes: sled::Batch,
     changes: Vec<(ChangeOp, Vec<u8>)>,
-    seen: Option<sled::Batch>,
 }
 
 /// A collection's summary row.
@@ -107,9 +135,9 @@ fn items_after(tree: &sled::Tree, after: Option<&str>) -> sled::Iter {
         Some(k) => {
             let mut start = k.as_bytes().to_vec();
             start.push(0);
-            tree.range(start..)
+            tree.range(start.as_slice()..ITEMS_END)
         }
-        None => tree.iter(),
+        None => tree.range(..ITEMS_END),
     }
 }
 
@@ -117,44 +145,49 @@ impl Store {
     /// Upserts a batch into its collection (no log entry, no heads): for
     /// tests and tools; nodes use [`Store::apply_replicated`].
     pub fn apply_batch(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
-        self.write(|| {
-            let outcome = self.upsert_items(batch)?;
-            self.update_meta(&batch.collection, batch.fetched_at, None)?;
-            Ok(outcome)
-        })
+        self.write(|| self.upsert_items(batch, None))
     }
 
-    pub(super) fn update_meta(
+    /// Upserts a batch's items and, for a replicated batch, appends it to
+    /// the log and raises its origin's head: one atomic sled batch.
+    pub(super) fn upsert_items(
         &self,
-        collection: &str,
-        fetched_at: DateTime<Utc>,
-        head: Option<(&str, u64)>,
-    ) -> Result<()> {
-        let mut meta = self.collection(collection)?.unwrap_or(CollectionMeta {
-            last_update: fetched_at,
-            heads: BTreeMap::new(),
-        });
-        meta.last_update = meta.last_update.max(fetched_at);
-        if let Some((origin, seq)) = head {
-            let h = meta.heads.entry(origin.to_owned()).or_default();
-            *h = (*h).max(seq);
-        }
-        self.collections
-            .insert(collection.as_bytes(), encode(&meta))?;
-        Ok(())
-    }
-
-    pub(super) fn upsert_items(&self, batch: &ItemBatch) -> Result<BatchOutcome> {
+        batch: &ItemBatch,
+        replicated: Option<&ReplicatedBatch>,
+    ) -> Result<BatchOutcome> {
         let collection = &batch.collection;
         let slot = self.keydir(collection)?;
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
         let kd = guard.as_mut().ok_or_else(|| {
             StoreError::Unavailable(format!("collection {collection}: no key directory"))
         })?;
-        let planned = self.plan_upsert(batch, kd);
-        let result = planned.and_then(|plan| {
-            let tree = self.items_tree(collection)?;
-            self.write_items(collection, &tree, plan.writes, &plan.changes, plan.seen)?;
+        let tree = self.items_tree(collection)?;
+        let result = self.plan_upsert(batch, kd, &tree).and_then(|mut plan| {
+            let mut meta = kd.meta.clone().unwrap_or(CollectionMeta {
+                last_update: batch.fetched_at,
+                heads: BTreeMap::new(),
+            });
+            meta.last_update = meta.last_update.max(batch.fetched_at);
+            if let Some(rb) = replicated {
+                let h = meta.heads.entry(rb.origin.clone()).or_default();
+                *h = (*h).max(rb.seq);
+                plan.writes.insert(log_key(&rb.origin, rb.seq), encode(rb));
+                if rb.seq > self.log_retained {
+                    let cut = rb.seq - self.log_retained;
+                    let range = log_key(&rb.origin, 0)..=log_key(&rb.origin, cut);
+                    for k in tree.range(range).keys() {
+                        plan.writes.remove(k?);
+                    }
+                }
+            }
+            self.commit(
+                collection,
+                &tree,
+                kd,
+                plan.writes,
+                &plan.changes,
+                Some(meta),
+            )?;
             Ok(plan.outcome)
         });
         if result.is_err() {
@@ -168,7 +201,7 @@ impl Store {
     /// Works out a batch's writes from the key directory alone (sled is read
     /// only for an observation older than the stored one), and updates the
     /// directory as if they were made.
-    fn plan_upsert(&self, batch: &ItemBatch, kd: &mut Keydir) -> Result<Plan> {
+    fn plan_upsert(&self, batch: &ItemBatch, kd: &mut Keydir, tree: &sled::Tree) -> Result<Plan> {
         let mut outcome = BatchOutcome::default();
         let seen = batch.fetched_at;
         let source = kd.name(&batch.source);
@@ -217,10 +250,7 @@ impl Store {
                 if seen < e.first_seen {
                     let mut old = match full.remove(item.key.as_str()) {
                         Some(p) => p,
-                        None => match self
-                            .items_tree(&batch.collection)?
-                            .get(item.key.as_bytes())?
-                        {
+                        None => match tree.get(item.key.as_bytes())? {
                             Some(b) => decode::<StoredItem>("item", &b)?,
                             None => continue,
                         },
@@ -281,49 +311,62 @@ impl Store {
             .into_iter()
             .map(|(key, op)| (op, key.as_bytes().to_vec()))
             .collect();
-        let mut seen_batch = sled::Batch::default();
-        let mut any_seen = false;
         if !seen_keys.is_empty() {
-            seen_batch.insert(
-                &record.to_be_bytes(),
+            writes.insert(
+                &seen_key(record),
                 encode_seen(seen, &batch.source, &seen_keys),
             );
-            any_seen = true;
         }
         for n in stale_records {
-            seen_batch.remove(&n.to_be_bytes());
-            any_seen = true;
+            writes.remove(&seen_key(n));
         }
         Ok(Plan {
             outcome,
             writes,
             changes,
-            seen: any_seen.then_some(seen_batch),
         })
     }
 
-    /// Applies a write to a collection's items, counted so that readers
-    /// know whether a flush covers it and whether their page is current.
-    /// `changes` (op, item key) are recorded in the collection's change
-    /// feed in the same transaction; `seen` then goes to the seen tree.
-    fn write_items(
+    /// Applies a write to a collection's tree in one sled batch: `writes`,
+    /// then `changes` (op, item key) as one change record under the next
+    /// sequence numbers (dropping records past the retention), and `meta`.
+    /// The write is counted so that readers know whether a flush covers it
+    /// and whether their page is current. Called under the key directory's
+    /// lock, which orders the collection's writes and so its sequences.
+    fn commit(
         &self,
         collection: &str,
         tree: &sled::Tree,
-        writes: sled::Batch,
+        kd: &mut Keydir,
+        mut writes: sled::Batch,
         changes: &[(ChangeOp, Vec<u8>)],
-        seen: Option<sled::Batch>,
+        meta: Option<CollectionMeta>,
     ) -> Result<()> {
         let _writing = self.writing.read().unwrap_or_else(|e| e.into_inner());
         self.with_generations(collection, |g| g.begun += 1);
-        let applied = self
-            .apply_with_changes(collection, tree, writes, changes)
-            .and_then(|()| match seen {
-                // After the items: a record removed here is one their
-                // rewrite (or a newer record) made useless.
-                Some(seen) => Ok(self.seen_tree(collection)?.apply_batch(seen)?),
-                None => Ok(()),
-            });
+        let applied = (|| {
+            let newest = kd.last_change + changes.len() as u64;
+            if !changes.is_empty() {
+                writes.insert(&change_key(kd.last_change + 1), encode_changes(changes));
+                self.trim_changes(tree, kd.last_change, newest, &mut writes)?;
+            }
+            if let Some(meta) = &meta {
+                if !kd.listed {
+                    // Listed first: a crash before the batch leaves an
+                    // empty collection listed, never a hidden one.
+                    self.collections
+                        .insert(collection.as_bytes(), encode(meta))?;
+                    kd.listed = true;
+                }
+                writes.insert(META_KEY, encode(meta));
+            }
+            tree.apply_batch(writes)?;
+            kd.last_change = newest;
+            if meta.is_some() {
+                kd.meta = meta;
+            }
+            Ok(())
+        })();
         self.with_generations(collection, |g| g.changed += 1);
         applied
     }
@@ -413,58 +456,69 @@ impl Store {
                 },
             );
         }
-        let seen = (!stale_records.is_empty()).then(|| {
-            let mut b = sled::Batch::default();
-            for n in stale_records {
-                b.remove(&n.to_be_bytes());
+        for n in stale_records {
+            writes.remove(&seen_key(n));
+        }
+        let meta = if kd.meta.is_none() && last.is_none() && heads.is_none() {
+            None
+        } else {
+            let now = last.unwrap_or_else(Utc::now);
+            let mut m = kd.meta.clone().unwrap_or(CollectionMeta {
+                last_update: now,
+                heads: BTreeMap::new(),
+            });
+            m.last_update = m.last_update.max(now);
+            for (origin, seq) in heads.into_iter().flatten() {
+                let h = m.heads.entry(origin.clone()).or_default();
+                *h = (*h).max(*seq);
             }
-            b
-        });
-        if let Err(e) = self.write_items(collection, &tree, writes, &changes, seen) {
+            Some(m)
+        };
+        if let Err(e) = self.commit(collection, &tree, kd, writes, &changes, meta) {
             drop(guard);
             self.drop_keydir(collection);
             return Err(e);
         }
-        drop(guard);
-        let mut meta = self.collection(collection)?;
-        if meta.is_none() && last.is_none() && heads.is_none() {
-            return Ok(0);
-        }
-        let now = last.unwrap_or_else(Utc::now);
-        let m = meta.get_or_insert_with(|| CollectionMeta {
-            last_update: now,
-            heads: BTreeMap::new(),
-        });
-        m.last_update = m.last_update.max(now);
-        for (origin, seq) in heads.into_iter().flatten() {
-            let h = m.heads.entry(origin.clone()).or_default();
-            *h = (*h).max(*seq);
-        }
-        self.collections.insert(collection.as_bytes(), encode(m))?;
         Ok(inserted)
     }
 
-    /// Names of every collection that has received a batch.
+    /// Names of every collection that has received a batch, with their
+    /// summaries.
     pub fn collections(&self) -> Result<Vec<(String, CollectionMeta)>> {
-        self.collections
+        let names: Vec<(String, sled::IVec)> = self
+            .collections
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    decode("collection", &v)?,
-                ))
+                Ok((String::from_utf8_lossy(&k).into_owned(), v))
+            })
+            .collect::<Result<_>>()?;
+        names
+            .into_iter()
+            .map(|(name, listed)| {
+                let meta = self.stored_meta(&name, &listed)?;
+                Ok((name, meta))
             })
             .collect()
     }
 
     pub fn collection(&self, name: &str) -> Result<Option<CollectionMeta>> {
         self.read(|| {
-            self.collections
-                .get(name.as_bytes())?
-                .map(|b| decode("collection", &b))
-                .transpose()
+            // Only a listed collection has a tree: looking does not create one.
+            match self.collections.get(name.as_bytes())? {
+                Some(listed) => Ok(Some(self.stored_meta(name, &listed)?)),
+                None => Ok(None),
+            }
         })
+    }
+
+    /// A listed collection's summary: in its tree, or (written before the
+    /// summary moved there, or never written since) as listed.
+    pub(super) fn stored_meta(&self, name: &str, listed: &[u8]) -> Result<CollectionMeta> {
+        match self.items_tree(name)?.get(META_KEY)? {
+            Some(b) => decode("collection", &b),
+            None => decode("collection", listed),
+        }
     }
 
     /// Counts a collection's items, in total and per source (from its key

@@ -1,12 +1,15 @@
 //! Each collection's key directory: an in-memory index of its items (key ->
 //! content hash, version, first and last seen, source), loaded on the
-//! collection's first use from the `items:` tree and the `seen:` tree, and
-//! kept up to date by every write. With it an upsert reads nothing from sled
-//! (what an item was is in memory) and an unchanged item is not rewritten:
-//! only its `last_seen` and source move, and those go, for a whole page at
-//! once, into one record of the `seen:{collection}` tree.
+//! collection's first use by one scan of the collection's tree (its items and
+//! seen records), and kept up to date by every write. With it an upsert
+//! reads nothing from sled (what an item was is in memory) and an unchanged
+//! item is not rewritten: only its `last_seen` and source move, and those
+//! go, for a whole page at once, into one seen record. The directory also
+//! holds what a write needs besides: the collection's summary and its last
+//! change sequence.
 //!
-//! `seen:{collection}`: record number (big-endian u64, from 1) -> the time
+//! Seen records, in the collection's tree under keys tagged [`SEEN_TAG`]:
+//! the tag and the record number (big-endian u64, from 1) -> the time
 //! seen (i64 nanoseconds, big-endian), the source's length (u16) and name,
 //! then the 16-byte keys of the unchanged items seen. An item's last_seen is
 //! the later of its stored one and the newest record naming it. Each record
@@ -22,10 +25,16 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::items::{CollectionMeta, ITEMS_END, SEEN_TAG};
 use super::{decode, Result, Store};
 use crate::domain::StoredItem;
 
-const SEEN_PREFIX: &str = "seen:";
+/// A seen record's key.
+pub(super) fn seen_key(record: u64) -> [u8; 9] {
+    let mut k = [SEEN_TAG; 9];
+    k[1..].copy_from_slice(&record.to_be_bytes());
+    k
+}
 
 /// 16 bytes standing for a 32-hex key or hash (or a hash of any other string).
 pub(super) type Id = [u8; 16];
@@ -77,6 +86,12 @@ pub(super) struct Keydir {
     last_record: u64,
     /// Source names, shared by the entries.
     names: HashMap<Arc<str>, ()>,
+    /// The collection's summary (`None`: never written).
+    pub meta: Option<CollectionMeta>,
+    /// Whether the `collections` tree lists the collection.
+    pub listed: bool,
+    /// The last change sequence used (numbering goes on past a deletion).
+    pub last_change: u64,
 }
 
 /// A collection's directory, loaded on first use.
@@ -173,10 +188,6 @@ struct Head<'a> {
 }
 
 impl Store {
-    pub(super) fn seen_tree(&self, collection: &str) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(format!("{SEEN_PREFIX}{collection}"))?)
-    }
-
     /// The collection's directory slot, loaded if it was not.
     pub(super) fn keydir(&self, collection: &str) -> Result<Slot> {
         let slot = {
@@ -192,16 +203,6 @@ impl Store {
         Ok(slot)
     }
 
-    /// Empties the collection's `seen:` tree, if it has one (opening a
-    /// tree creates it).
-    pub(super) fn clear_seen(&self, collection: &str) -> Result<()> {
-        let name = format!("{SEEN_PREFIX}{collection}");
-        if self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
-            self.seen_tree(collection)?.clear()?;
-        }
-        Ok(())
-    }
-
     /// Forgets a collection's directory (after a failed write): the next use
     /// loads it again from what sled holds.
     pub(super) fn drop_keydir(&self, collection: &str) {
@@ -213,7 +214,8 @@ impl Store {
 
     fn load_keydir(&self, collection: &str) -> Result<Keydir> {
         let mut kd = Keydir::default();
-        for entry in self.items_tree(collection)?.iter() {
+        let tree = self.items_tree(collection)?;
+        for entry in tree.range(..ITEMS_END) {
             let (k, v) = entry?;
             let head: Head = decode("item", &v)?;
             let source = kd.name(&head.source);
@@ -229,17 +231,10 @@ impl Store {
                 },
             );
         }
-        // Opening a tree creates it: a collection that never had an
-        // unchanged item keeps none.
-        let name = format!("{SEEN_PREFIX}{collection}");
-        if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
-            return Ok(kd);
-        }
-        let seen = self.seen_tree(collection)?;
         let mut records = Vec::new();
-        for entry in seen.iter() {
+        for entry in tree.range(seen_key(0)..=seen_key(u64::MAX)) {
             let (k, v) = entry?;
-            let n = super::changes::seq_of(&k);
+            let n = super::changes::seq_of(&k[1..]);
             records.push(n);
             kd.last_record = kd.last_record.max(n);
             let Some((at, source, keys)) = decode_seen(&v) else {
@@ -259,18 +254,30 @@ impl Store {
                 kd.point(&id, n);
             }
         }
-        // Records no key needs any more (a crash between writing a record
-        // and removing the ones it replaced leaves some).
+        let listed = self.collections.get(collection.as_bytes())?;
+        kd.listed = listed.is_some();
+        kd.meta = match listed {
+            Some(listed) => Some(self.stored_meta(collection, &listed)?),
+            None => None,
+        };
+        kd.last_change = match Store::last_change_in(&tree)? {
+            Some(n) => n,
+            None => self
+                .dropped_record(collection)?
+                .map_or(0, |d| d.last_change),
+        };
+        // Records no key needs any more (stores written before a page's
+        // writes became one batch may hold some).
         let mut stale = sled::Batch::default();
         let mut any = false;
         for n in records {
             if !kd.live.contains_key(&n) {
-                stale.remove(&n.to_be_bytes());
+                stale.remove(&seen_key(n));
                 any = true;
             }
         }
         if any && self.guard.writable().is_ok() {
-            seen.apply_batch(stale)?;
+            tree.apply_batch(stale)?;
         }
         Ok(kd)
     }

@@ -1,14 +1,16 @@
-//! The `log:{collection}` trees: `origin node id \0 sequence (big-endian)` ->
-//! [`ReplicatedBatch`], every batch applied to a collection, kept so that
-//! peers can pull what they missed (the newest [`Store::log_retained`] per
-//! origin), and the heads (last sequence applied per origin) they compare.
+//! Each collection's replication log, in the collection's tree
+//! ([`super::items`]) under keys tagged [`LOG_TAG`]: `tag, origin node id,
+//! \0, sequence (big-endian)` -> [`ReplicatedBatch`], every batch applied to
+//! the collection, kept so that peers can pull what they missed (the newest
+//! [`Store::log_retained`] per origin); and the heads (last sequence applied
+//! per origin) they compare, in the collection's summary. A batch's log
+//! entry and heads are written in the same sled batch as its items.
 
 use std::collections::BTreeMap;
 
-use super::{decode, encode, BatchOutcome, Result, Store};
+use super::items::LOG_TAG;
+use super::{decode, BatchOutcome, Result, Store};
 use crate::domain::ReplicatedBatch;
-
-const LOG_PREFIX: &str = "log:";
 
 /// Batches kept in the log per collection and origin, by default.
 pub const LOG_RETAINED: u64 = 10_000;
@@ -23,8 +25,10 @@ pub enum LogSlice {
     },
 }
 
-fn log_key(origin: &str, seq: u64) -> Vec<u8> {
-    let mut key = origin.as_bytes().to_vec();
+pub(super) fn log_key(origin: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(origin.len() + 10);
+    key.push(LOG_TAG);
+    key.extend_from_slice(origin.as_bytes());
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
@@ -32,9 +36,10 @@ fn log_key(origin: &str, seq: u64) -> Vec<u8> {
 
 impl Store {
     /// Applies a batch from `origin` with sequence number `seq`: upserts its
-    /// items atomically, appends it to the collection's log (dropping the
-    /// oldest beyond the retention) and records the collection's head for
-    /// the origin. Applying the same batch twice changes nothing.
+    /// items, appends it to the collection's log (dropping the oldest beyond
+    /// the retention) and records the collection's head for the origin, all
+    /// in one atomic sled batch. Applying the same batch twice changes
+    /// nothing.
     pub fn apply_replicated(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
         self.write(|| self.apply_replicated_unguarded(rb))
     }
@@ -49,25 +54,7 @@ impl Store {
                 ..BatchOutcome::default()
             });
         }
-        let outcome = self.upsert_items(&rb.batch)?;
-        let log = self.log_tree(&rb.batch.collection)?;
-        log.insert(log_key(&rb.origin, rb.seq), encode(rb))?;
-        if rb.seq > self.log_retained {
-            let cut = rb.seq - self.log_retained;
-            let stale: Vec<sled::IVec> = log
-                .range(log_key(&rb.origin, 0)..=log_key(&rb.origin, cut))
-                .keys()
-                .collect::<std::result::Result<_, _>>()?;
-            for k in stale {
-                log.remove(k)?;
-            }
-        }
-        self.update_meta(
-            &rb.batch.collection,
-            rb.batch.fetched_at,
-            Some((&rb.origin, rb.seq)),
-        )?;
-        Ok(outcome)
+        self.upsert_items(&rb.batch, Some(rb))
     }
 
     /// Every collection's heads (a deleted collection's included: its
@@ -116,7 +103,7 @@ impl Store {
         max: usize,
         max_bytes: usize,
     ) -> Result<LogSlice> {
-        let log = self.log_tree(collection)?;
+        let log = self.items_tree(collection)?;
         let mut out = Vec::new();
         let mut bytes = 0;
         let range = log_key(origin, after.saturating_add(1))..=log_key(origin, u64::MAX);
@@ -143,9 +130,5 @@ impl Store {
             }
         }
         Ok(LogSlice::Batches(out))
-    }
-
-    pub(super) fn log_tree(&self, collection: &str) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(format!("{LOG_PREFIX}{collection}"))?)
     }
 }

@@ -6,9 +6,11 @@
 //! - `sources`: the replicated source registry's records;
 //! - `hosts`: the replicated host policy overrides;
 //! - `runs`: each source's bounded run history;
-//! - `items`: each collection's items, and the `collections` summaries;
-//! - `log`: each collection's applied batches, kept for peers, and heads;
-//! - `changes`: each collection's change feed (inserted/changed items);
+//! - `items`: each collection's tree, `items:{collection}`, holding all a
+//!   write to it makes, so that one atomic sled batch writes a page: its
+//!   items, and under tagged keys its change feed (`changes`), its applied
+//!   batches kept for peers (`log`), its seen records (`keydir`) and its
+//!   summary with the heads; and the `collections` list;
 //! - `webhooks`: the replicated webhook registry and each webhook's
 //!   delivery state.
 //! - `dropped`: deleted collections' tombstones.
@@ -33,6 +35,7 @@ mod hosts;
 mod items;
 mod keydir;
 mod log;
+mod migrate;
 mod pages;
 mod runs;
 mod sources;
@@ -110,7 +113,6 @@ pub struct Store {
     dropped_at: dropped::DroppedAt,
     log_retained: u64,
     changes_kept: u64,
-    change_seqs: changes::ChangeSeqs,
     change_watches: changes::ChangeWatches,
     /// Per collection: the in-memory index of its items.
     keydirs: keydir::Keydirs,
@@ -150,6 +152,7 @@ impl Store {
             .path(dir.join("db"))
             .cache_capacity(cache_bytes)
             .open()?;
+        migrate::migrate(&db)?;
         let dropped = db.open_tree("dropped")?;
         Ok(Store {
             dropped_at: dropped::load(&dropped)?,
@@ -165,7 +168,6 @@ impl Store {
             db,
             log_retained: LOG_RETAINED,
             changes_kept: CHANGES_KEPT,
-            change_seqs: Arc::default(),
             change_watches: Arc::default(),
             keydirs: Arc::default(),
             generations: Arc::default(),
@@ -513,22 +515,128 @@ mod tests {
         let u2 = feed.iter().find(|c| c.item.data["url"] == "u2").unwrap();
         assert_eq!(u2.item.data["price"], 3, "bodies are the newest");
         assert_eq!(store.changes_after("books", 1, 1).unwrap()[0].seq, 2);
-        assert!(store.changes_after("books", 3, 10).unwrap().is_empty());
-        // Sequences survive a reopen, and only the newest are kept.
-        drop(store);
-        let store = Store::open(dir.path(), 1 << 20)
-            .unwrap()
-            .with_changes_kept(4);
-        store
-            .apply_batch(&batch("a", &[("u3", 1), ("u4", 1)]))
-            .unwrap();
-        let seqs: Vec<u64> = store
-            .changes_after("books", 0, 10)
+        // A page of the feed starts inside one write's record and ends in the next.
+        let across: Vec<u64> = store
+            .changes_after("books", 1, 2)
             .unwrap()
             .iter()
             .map(|c| c.seq)
             .collect();
-        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert_eq!(across, [2, 3]);
+        assert!(store.changes_after("books", 3, 10).unwrap().is_empty());
+        // Sequences survive a reopen, and only the newest are kept, by
+        // whole records (one per write).
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_changes_kept(4);
+        let seqs = |store: &Store| -> Vec<u64> {
+            let feed = store.changes_after("books", 0, 10).unwrap();
+            feed.iter().map(|c| c.seq).collect()
+        };
+        store
+            .apply_batch(&batch("a", &[("u3", 1), ("u4", 1)]))
+            .unwrap();
+        assert_eq!(seqs(&store), [1, 2, 3, 4, 5], "the first record holds 2");
+        store.apply_batch(&batch("a", &[("u5", 1)])).unwrap();
+        assert_eq!(seqs(&store), [3, 4, 5, 6]);
+        store
+            .apply_batch(&batch("a", &[("u6", 1), ("u7", 1), ("u8", 1), ("u9", 1)]))
+            .unwrap();
+        assert_eq!(seqs(&store), [7, 8, 9, 10], "every older record went");
+        assert_eq!(store.changes_after("books", 8, 10).unwrap()[0].seq, 9);
+    }
+
+    #[test]
+    fn a_store_written_with_a_tree_per_kind_opens_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Utc::now();
+        let items: Vec<StoredItem> = ["u1", "u2"]
+            .iter()
+            .map(|url| {
+                let item = Item::new(
+                    json!({"url": url, "price": 1}).as_object().unwrap().clone(),
+                    &["url".into()],
+                );
+                StoredItem {
+                    key: item.key.clone(),
+                    hash: item.content_hash(),
+                    data: item.data,
+                    first_seen: t0,
+                    last_seen: t0,
+                    version: 1,
+                    source: "a".into(),
+                }
+            })
+            .collect();
+        let logged = numbered("A", 2, batch("a", &[("u1", 1), ("u2", 1)]));
+        {
+            // The layout before: items, changes, log and seen trees apart,
+            // and the summary in the collections tree.
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .open()
+                .unwrap();
+            let tree = db.open_tree("items:books").unwrap();
+            for item in &items {
+                tree.insert(item.key.as_bytes(), encode(item)).unwrap();
+            }
+            let changes = db.open_tree("changes:books").unwrap();
+            for (n, item) in (1u64..).zip(&items) {
+                let mut v = vec![b'i'];
+                v.extend_from_slice(item.key.as_bytes());
+                changes.insert(n.to_be_bytes(), v).unwrap();
+            }
+            let mut log_key = b"A\0".to_vec();
+            log_key.extend_from_slice(&2u64.to_be_bytes());
+            db.open_tree("log:books")
+                .unwrap()
+                .insert(log_key, encode(&logged))
+                .unwrap();
+            let later = t0 + chrono::Duration::seconds(5);
+            let seen = keydir::encode_seen(later, "b", &[keydir::id_of(&items[0].key)]);
+            db.open_tree("seen:books")
+                .unwrap()
+                .insert(7u64.to_be_bytes(), seen)
+                .unwrap();
+            let meta = CollectionMeta {
+                last_update: t0,
+                heads: BTreeMap::from([("A".to_string(), 2)]),
+            };
+            db.open_tree("collections")
+                .unwrap()
+                .insert("books", encode(&meta))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let check = |store: &Store, changes: &[u64], head: u64, count: u64| {
+            assert!(store.old_layout_trees().is_empty());
+            let feed = store.changes_after("books", 0, 10).unwrap();
+            assert_eq!(feed.iter().map(|c| c.seq).collect::<Vec<_>>(), changes);
+            assert_eq!(store.heads_of("books").unwrap()["A"], head);
+            assert_eq!(store.count_items("books").unwrap().0, count);
+            let u1 = store.item("books", &items[0].key).unwrap().unwrap();
+            assert_eq!((u1.source.as_str(), u1.version), ("b", 1));
+            match store.log_after("books", "A", 1, 10, usize::MAX).unwrap() {
+                LogSlice::Batches(b) => assert_eq!(b[0], logged),
+                other => panic!("{other:?}"),
+            }
+        };
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        check(&store, &[1, 2], 2, 2);
+        assert_eq!(store.collections().unwrap().len(), 1);
+        let out = store
+            .apply_replicated(&numbered("A", 3, batch("a", &[("u2", 5), ("u3", 1)])))
+            .unwrap();
+        assert_eq!((out.inserted, out.changed), (1, 1));
+        check(&store, &[1, 2, 3, 4], 3, 3);
+        store.flush().unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.count_items("books").unwrap().0, 3);
+        let feed = store.changes_after("books", 2, 10).unwrap();
+        assert_eq!(feed.len(), 2);
+        assert_eq!(store.heads_of("books").unwrap()["A"], 3);
     }
 
     #[test]
@@ -539,7 +647,11 @@ mod tests {
             fetched_at: t0 + chrono::Duration::seconds(secs),
             ..b
         };
-        let seen_records = |store: &Store| store.seen_tree("books").unwrap().len();
+        let seen_records = |store: &Store| {
+            let tree = store.items_tree("books").unwrap();
+            tree.range(keydir::seen_key(0)..=keydir::seen_key(u64::MAX))
+                .count()
+        };
         {
             let store = Store::open(dir.path(), 1 << 20).unwrap();
             store
