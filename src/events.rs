@@ -77,6 +77,11 @@ impl Events {
 
     /// Publishes an event; with nobody listening it is simply dropped.
     pub fn publish(&self, event: Event) {
+        // Stamped only for a listener: with none (most of the time) an event
+        // costs no clock read and no copy of the node's name.
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
         let _ = self.tx.send(Stamped {
             at: Utc::now(),
             node: self.node.clone(),

@@ -246,9 +246,14 @@ impl Cluster {
     /// that successive requests reach each peer in the order they were
     /// made), and returns a future that waits for the answers.
     pub fn ask_all(&self, request: &Request, timeout: Duration) -> PendingAnswers {
-        let bytes = wire::encode(request);
+        let peers = self.node_peers();
         let mut waiting = Vec::new();
-        for peer in self.node_peers() {
+        if peers.is_empty() {
+            // Nothing to encode for nobody (a lone node's every batch).
+            return PendingAnswers { waiting, timeout };
+        }
+        let bytes = wire::encode(request);
+        for peer in peers {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if peer
                 .actor

@@ -99,17 +99,13 @@ impl AggregatorState {
 
     /// Applies a numbered batch (not yet flushed: see the Flusher), then
     /// updates counts.
-    async fn apply(&mut self, rb: ReplicatedBatch) -> Result<BatchOutcome, StoreError> {
-        let store = &self.args.store;
-        let source = rb.batch.source.clone();
-        let fetched_at = rb.batch.fetched_at;
-        let (origin, seq) = (rb.origin.clone(), rb.seq);
+    async fn apply(&mut self, rb: &ReplicatedBatch) -> Result<BatchOutcome, StoreError> {
         // On this task: one batch is a few in-memory sled operations (sled
         // writes out in its own threads, and the Flusher waits for the disk
         // on the blocking pool), cheaper than two thread hops per batch.
-        let outcome = store.apply_replicated(&rb)?;
-        self.stats.heads.insert(origin, seq);
-        self.count(&outcome, &source, Some(fetched_at));
+        let outcome = self.args.store.apply_replicated(rb)?;
+        self.stats.heads.insert(rb.origin.clone(), rb.seq);
+        self.count(&outcome, &rb.batch.source, Some(rb.batch.fetched_at));
         Ok(outcome)
     }
 
@@ -214,8 +210,7 @@ impl Actor for Aggregator {
                     seq,
                     batch,
                 };
-                let request = Request::Batch(rb.clone());
-                let outcome = match state.apply(rb).await {
+                let outcome = match state.apply(&rb).await {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::error!(collection = %state.stats.collection, error = %e, "batch not applied");
@@ -228,8 +223,13 @@ impl Actor for Aggregator {
                 // Sent from here, in sequence order; waited for elsewhere, so
                 // this mailbox never waits on a peer (whose aggregator may be
                 // waiting on us) nor on the disk (the next batch applies while
-                // this one is flushed, with others, by the Flusher).
-                let pending = state.args.cluster.ask_all(&request, REPLICA_TIMEOUT);
+                // this one is flushed, with others, by the Flusher). The batch
+                // moves into the request: it is encoded only when there are
+                // peers to send it to.
+                let pending = state
+                    .args
+                    .cluster
+                    .ask_all(&Request::Batch(rb), REPLICA_TIMEOUT);
                 let flusher = state.args.flusher.clone();
                 let collection = state.stats.collection.clone();
                 tokio::spawn(async move {
@@ -260,7 +260,7 @@ impl Actor for Aggregator {
                     }
                 } else {
                     let seq = rb.seq;
-                    match state.apply(rb).await {
+                    match state.apply(&rb).await {
                         Ok(_) => {
                             state.stats.replicated += 1;
                             let flusher = state.args.flusher.clone();
