@@ -9,6 +9,7 @@
 //! capabilities, no-new-privileges and no Docker socket.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -35,6 +36,12 @@ pub const LABEL_RENDER: &str = "org.gleaner.render";
 const SCRATCH: &str = "/scratch";
 /// The file a worker touches while healthy (see the image's HEALTHCHECK).
 const HEALTH_FILE: &str = "/scratch/healthy";
+/// The label Swarm puts on a stack's containers and networks: its name.
+const STACK_LABEL: &str = "com.docker.stack.namespace";
+/// How long a node whose stack was removed tries to remove the stack's
+/// network (within its stop grace, see `remove_stack_network`).
+const NETWORK_REMOVAL: std::time::Duration = std::time::Duration::from_secs(3);
+const NETWORK_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 /// A browser worker's pids limit: Chromium's processes and threads count.
 const BROWSER_PIDS: i64 = 512;
 /// A browser worker's /dev/shm (Chromium's shared memory between processes).
@@ -51,6 +58,8 @@ pub enum IsolationError {
     NoBrowserImage,
     #[error("the Docker engine refused: {0}")]
     Engine(String),
+    #[error("this node is leaving for good (its service is gone): no worker starts")]
+    Closed,
 }
 
 /// Everything a worker needs to run one source.
@@ -88,6 +97,10 @@ pub struct ClusterWorker {
 pub struct Isolation {
     docker: Result<Docker, IsolationError>,
     config: IsolationConfig,
+    /// Shared by every clone: true once this node removes its workers for
+    /// good. A start holds it for reading from its check to the container's
+    /// start, so none is under way, and none follows, once it is set.
+    closed: Arc<tokio::sync::RwLock<bool>>,
 }
 
 fn engine(e: bollard::errors::Error) -> IsolationError {
@@ -132,7 +145,11 @@ impl Isolation {
         if let Err(e) = &docker {
             tracing::info!(error = %e, "isolated sources cannot run on this node");
         }
-        Isolation { docker, config }
+        Isolation {
+            docker,
+            config,
+            closed: Arc::default(),
+        }
     }
 
     fn docker(&self) -> Result<&Docker, IsolationError> {
@@ -199,6 +216,10 @@ impl Isolation {
     /// Creates and starts the worker container for `plan`.
     pub async fn start(&self, plan: &WorkerPlan) -> Result<WorkerContainer, IsolationError> {
         let docker = self.docker()?;
+        let closed = self.closed.read().await;
+        if *closed {
+            return Err(IsolationError::Closed);
+        }
         let browser = plan.spec.render == crate::domain::spec::Render::Browser;
         let image = if browser {
             self.config
@@ -303,36 +324,26 @@ impl Isolation {
     }
 
     /// Is this process a Swarm task whose service is gone (`docker stack rm`,
-    /// `docker service rm`)? Then its workers have no owner to come back.
+    /// `docker service rm`)? Then its workers have no owner to come back, and
+    /// the answer is its container's labels (the stack's name among them).
     /// A task's hostname is its container's short id unless the stack sets
-    /// another; anything that cannot be read answers no.
-    pub async fn own_service_removed(&self) -> bool {
-        let Ok(docker) = self.docker() else {
-            return false;
-        };
-        let Some(me) = hostname::get().ok().and_then(|h| h.into_string().ok()) else {
-            return false;
-        };
-        let Ok(container) = docker
+    /// another; anything that cannot be read answers no (`None`).
+    pub async fn own_service_removed(&self) -> Option<HashMap<String, String>> {
+        let docker = self.docker().ok()?;
+        let me = hostname::get().ok()?.into_string().ok()?;
+        let container = docker
             .inspect_container(
                 &me,
                 None::<bollard::query_parameters::InspectContainerOptions>,
             )
             .await
-        else {
-            return false;
-        };
-        let service = container
-            .config
-            .and_then(|c| c.labels)
-            .and_then(|l| l.get("com.docker.swarm.service.id").cloned());
-        let Some(service) = service else {
-            return false;
-        };
+            .ok()?;
+        let labels = container.config.and_then(|c| c.labels)?;
+        let service = labels.get("com.docker.swarm.service.id")?;
         matches!(
             docker
                 .inspect_service(
-                    &service,
+                    service,
                     None::<bollard::query_parameters::InspectServiceOptions>
                 )
                 .await,
@@ -341,21 +352,72 @@ impl Isolation {
                 ..
             })
         )
+        .then_some(labels)
     }
 
     /// At a node's shutdown: when its Swarm service is gone (`docker stack
     /// rm`), nothing will return to adopt its workers, so they are removed
     /// with their volumes. Otherwise (a restart, a rolling update) they stay.
+    /// The WorkerSupervisor still runs at that point and would replace a
+    /// removed worker: starts are closed first (waiting for one under way).
     pub async fn remove_workers_if_service_gone(&self, owner_id: &str) {
-        if self.docker().is_err() || !self.own_service_removed().await {
+        if self.docker().is_err() {
             return;
         }
+        let Some(labels) = self.own_service_removed().await else {
+            return;
+        };
+        *self.closed.write().await = true;
         if let Ok(mine) = self.list(owner_id).await {
             for c in mine {
                 tracing::info!(source = %c.source, container = %c.id, "the service is gone: removing its worker");
                 if let Err(e) = self.remove(&c.id).await {
                     tracing::warn!(container = %c.id, error = %e, "worker not removed");
                 }
+            }
+        }
+        if let Some(stack) = labels.get(STACK_LABEL) {
+            self.remove_stack_network(stack).await;
+        }
+    }
+
+    /// `docker stack rm` removes the stack's network right after its
+    /// services, while workers are still attached to it, and Swarm refuses
+    /// ("in use by task") without retrying. So once its workers are gone, a
+    /// node whose stack was removed removes the workers' network itself, if
+    /// it is that stack's (its `com.docker.stack.namespace` label): it tries
+    /// for [`NETWORK_REMOVAL`], while the other nodes remove their workers.
+    /// Only a manager's engine may remove a Swarm network; elsewhere, or when
+    /// a worker remains, it is left as `docker stack rm` left it.
+    async fn remove_stack_network(&self, stack: &str) {
+        let (Ok(docker), Some(network)) = (self.docker(), &self.config.network) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + NETWORK_REMOVAL;
+        loop {
+            let Ok(found) = docker
+                .inspect_network(
+                    network,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+            else {
+                return;
+            };
+            let labels = found.labels.unwrap_or_default();
+            if labels.get(STACK_LABEL).map(String::as_str) != Some(stack) {
+                return;
+            }
+            match docker.remove_network(network).await {
+                Ok(()) => {
+                    tracing::info!(%network, %stack, "the removed stack's network removed");
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::info!(%network, error = %engine(e), "the removed stack's network left");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(NETWORK_RETRY).await,
             }
         }
     }
