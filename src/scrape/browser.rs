@@ -58,6 +58,9 @@ use super::politeness::Permit;
 use super::robots::host_key;
 use crate::domain::host::PermitOutcome;
 
+/// Room over a page's timeout for opening and closing its tab.
+const RENDER_MARGIN: Duration = Duration::from_secs(10);
+
 /// Blocked requests kept as samples per run.
 pub const BLOCKED_SAMPLES: usize = 5;
 
@@ -204,8 +207,19 @@ impl Renderer {
         let (browser, mut handler) = Browser::launch(config)
             .await
             .map_err(|e| RenderError::Launch(e.to_string()))?;
-        // The handler drives the protocol; it ends when the browser is gone.
-        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        // The handler drives the protocol; it ends when the browser is gone
+        // (a connection error: the next page then starts a new browser).
+        let events = tokio::spawn(async move {
+            while let Some(event) = handler.next().await {
+                match event {
+                    Ok(()) | Err(chromiumoxide::error::CdpError::InvalidMessage(..)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the browser's connection ended");
+                        break;
+                    }
+                }
+            }
+        });
         tracing::info!(chromium = %c.chromium.display(), "browser started");
         Ok(Running {
             browser,
@@ -247,16 +261,27 @@ impl Renderer {
         let running = slot.as_mut().expect("launched above");
         running.pages += 1;
         let log = Arc::new(Mutex::new(Blocked::default()));
-        let result = self
-            .render_in(
+        // A browser that stopped answering (a crash the handler has not
+        // seen) must not hold the run: the whole page is bounded.
+        let bound = options.timeout + RENDER_MARGIN;
+        let result = tokio::time::timeout(
+            bound,
+            self.render_in(
                 &running.browser,
                 fetcher,
                 url,
                 options,
                 document,
                 log.clone(),
-            )
-            .await;
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RenderError::Browser(format!(
+                "the browser did not answer within {} ms",
+                bound.as_millis()
+            )))
+        });
         blocked.merge(std::mem::take(
             &mut *log.lock().unwrap_or_else(|p| p.into_inner()),
         ));

@@ -585,7 +585,7 @@ fn browser_process(procs: &[Proc]) -> Option<u32> {
     let gleaner = procs.iter().find(|p| p.comm == "gleaner")?.pid;
     procs
         .iter()
-        .find(|p| p.ppid == gleaner && p.comm.starts_with("chrom") && p.state != "Z")
+        .find(|p| p.ppid == gleaner && p.comm == "chromium" && p.state != "Z")
         .map(|p| p.pid)
 }
 
