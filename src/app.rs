@@ -181,6 +181,8 @@ impl App {
             flusher,
             targets: settings.fetch.targets.clone(),
             hosts,
+            isolation: isolation.clone(),
+            allow_private_targets: settings.allow_private_targets.clone(),
         });
         let server = HttpServer::new(move || {
             actix_web::App::new()

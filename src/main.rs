@@ -20,6 +20,7 @@ async fn main() -> ExitCode {
     let result = match command {
         Command::Node(args) => run_node(args).await,
         Command::Worker(args) => run_worker(args).await,
+        Command::Preview(args) => run_preview(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -34,6 +35,13 @@ async fn run_worker(args: gleaner::settings::WorkerArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args.node.clone())?;
     gleaner::telemetry::init(&settings.log, settings.log_format)?;
     gleaner::worker::run(args, settings).await
+}
+
+async fn run_preview(args: gleaner::settings::PreviewArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args.node.clone())?;
+    // Its stdout is the answer: logs go to stderr.
+    gleaner::telemetry::init_to_stderr(&settings.log, settings.log_format)?;
+    gleaner::worker::preview(args, settings).await
 }
 
 async fn run_node(args: gleaner::settings::NodeArgs) -> anyhow::Result<()> {

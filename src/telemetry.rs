@@ -71,6 +71,22 @@ pub fn init(user_filter: &str, format: LogFormat) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
+/// As [`init`], with the lines on stderr (for a command whose stdout is
+/// its answer).
+pub fn init_to_stderr(user_filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter(user_filter))
+        .map_err(|e| anyhow::anyhow!("GLEANER_LOG is not a valid filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,10 @@
 //! runs the source's scraper on its schedule under a ScraperSupervisor, and
 //! hands each batch to a Courier, which delivers it to the owner node. Its
 //! scratch database (run history, for the schedule) lives on a tmpfs.
+//!
+//! `gleaner preview` ([`preview`]) is the short-lived sibling a node starts
+//! to preview an isolated source: no cluster, no store; it walks the first
+//! pages (in Chromium for `render: browser`) and prints the answer.
 
 use std::time::Duration;
 
@@ -21,7 +25,7 @@ use crate::pipeline::scraper_supervisor::{
 use crate::scrape::browser::{Renderer, RendererConfig};
 use crate::scrape::extract::Limits;
 use crate::scrape::fetch::Fetcher;
-use crate::settings::{Settings, WorkerArgs};
+use crate::settings::{PreviewArgs, Settings, WorkerArgs};
 use crate::store::Store;
 
 /// Pages a browser renders before it is started anew (a bound on what a
@@ -216,4 +220,49 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
     membership.stop(None);
     let _ = tokio::task::spawn_blocking(move || store.flush()).await;
     outcome
+}
+
+/// `gleaner preview`: walks the spec's first pages as a node's preview does
+/// (`http::preview::walk`), rendering them in Chromium for a browser source,
+/// within `budget_ms`, and prints the answer (or `{"error": ..}`) as one
+/// JSON line on stdout. Nothing is stored: its only state is the browser's
+/// profile on the container's tmpfs.
+pub async fn preview(args: PreviewArgs, settings: Settings) -> anyhow::Result<()> {
+    use crate::http::error::ApiError;
+    use crate::http::preview::{error_json, walk};
+    let spec = SourceSpec::from_json(args.spec.as_bytes())
+        .map_err(|e| anyhow::anyhow!("GLEANER_PREVIEW_SPEC: {e}"))?;
+    let mut fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
+    let renderer = (spec.render == crate::domain::spec::Render::Browser).then(|| {
+        std::fs::create_dir_all(&settings.data_dir).ok();
+        Renderer::new(RendererConfig {
+            chromium: args.chromium.clone(),
+            data_dir: settings.data_dir.clone(),
+            pages_per_browser: PAGES_PER_BROWSER,
+            js_heap_mb: JS_HEAP_MB,
+            targets: settings.fetch.targets.clone(),
+            user_agent: settings.fetch.user_agent.clone(),
+        })
+    });
+    if let Some(r) = &renderer {
+        fetcher = fetcher.with_renderer(r.clone());
+    }
+    let limits = Limits {
+        max_depth: settings.max_html_depth,
+    };
+    let budget = Duration::from_millis(args.budget_ms);
+    let answer =
+        match tokio::time::timeout(budget, walk(&fetcher, &limits, &spec, args.pages)).await {
+            Ok(Ok(preview)) => serde_json::to_value(preview).expect("a preview serialises"),
+            Ok(Err(e)) => error_json(&e),
+            Err(_) => error_json(&ApiError::Timeout(format!(
+                "the preview did not finish within {} ms",
+                args.budget_ms
+            ))),
+        };
+    if let Some(r) = renderer {
+        r.shutdown().await;
+    }
+    println!("{answer}");
+    Ok(())
 }

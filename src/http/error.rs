@@ -36,6 +36,9 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("{0}")]
     Unavailable(String),
+    /// Work done for the request did not finish in its bound (504).
+    #[error("{0}")]
+    Timeout(String),
     /// The data directory's disk is below its free-space reserve (507).
     #[error("{0}")]
     DiskFull(String),
@@ -69,6 +72,7 @@ impl ApiError {
             }
             ApiError::TooLarge { .. } => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
             ApiError::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::Timeout(_) => ("timeout", StatusCode::GATEWAY_TIMEOUT),
             ApiError::DiskFull(_) => ("disk_full", StatusCode::INSUFFICIENT_STORAGE),
             ApiError::StorageUnavailable(_) => {
                 ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE)

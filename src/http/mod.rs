@@ -66,6 +66,10 @@ pub struct AppState {
     pub limits: crate::scrape::extract::Limits,
     /// Host policies (stored, replicated) and, through it, this node's host gates.
     pub hosts: crate::control::hosts::HostRegistry,
+    /// The engine, for previews of isolated sources (in containers).
+    pub isolation: crate::isolation::Isolation,
+    /// As given, passed on to preview containers.
+    pub allow_private_targets: Option<String>,
 }
 
 /// Registers every route on an actix `App`.

@@ -8,8 +8,15 @@
 //! page's items and warnings about the rules ([`warnings`]).
 //!
 //! `POST /api/v1/sources/{id}/preview` does the same for a stored source,
-//! enabled or not. Isolated and browser sources are previewed in this
-//! process too (a static fetch, no container).
+//! enabled or not.
+//!
+//! An isolated source (`render: browser` ones included) is never fetched
+//! nor parsed in the node: its preview runs in a short-lived container
+//! (`gleaner preview`, started through [`crate::isolation`] with a worker's
+//! hardening), which renders its pages in Chromium for a browser source, and
+//! prints the same answer as JSON; the node answers with it. The walk is
+//! bounded ([`preview_budget`]): past it the container is removed and the
+//! answer is a 504 `timeout`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,8 +32,9 @@ use super::{ask, auth, read_body, AppState};
 use crate::cluster::groups::ORCHESTRATOR;
 use crate::control::orchestrator::OrchestratorMsg;
 use crate::domain::{FieldType, Item, SourceSpec};
-use crate::scrape::extract::{Report, Rules};
-use crate::scrape::fetch::FetchError;
+use crate::isolation::{IsolationError, PreviewPlan};
+use crate::scrape::extract::{Limits, Report, Rules};
+use crate::scrape::fetch::{FetchError, Fetcher};
 use crate::scrape::{FollowStats, Pager, ScrapeError};
 
 /// Most pages one preview walks.
@@ -119,7 +127,9 @@ fn parse_spec(body: &[u8]) -> Result<SourceSpec, ApiError> {
         (status = 200, description = "The pages' items and warnings; nothing stored", body = Preview),
         (status = 400, description = "An invalid spec or `pages`, naming the field; or a start URL the SSRF guard refuses (field `url`)", body = ErrorBody),
         (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
-        (status = 413, description = "Body over 256 KiB", body = ErrorBody)))]
+        (status = 413, description = "Body over 256 KiB", body = ErrorBody),
+        (status = 503, description = "An isolated source, and no engine or image to preview it in a container", body = ErrorBody),
+        (status = 504, description = "The preview's container did not finish within its bound", body = ErrorBody)))]
 pub async fn preview(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -139,7 +149,9 @@ pub async fn preview(
         (status = 200, description = "The stored source previewed (enabled or not); nothing stored", body = Preview),
         (status = 400, description = "A bad `pages`, or a start URL the SSRF guard refuses", body = ErrorBody),
         (status = 401, description = "A token is required and missing or wrong", body = ErrorBody),
-        (status = 404, description = "No such source", body = ErrorBody)))]
+        (status = 404, description = "No such source", body = ErrorBody),
+        (status = 503, description = "An isolated source, and no engine or image to preview it in a container", body = ErrorBody),
+        (status = 504, description = "The preview's container did not finish within its bound", body = ErrorBody)))]
 pub async fn preview_stored(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -151,9 +163,95 @@ pub async fn preview_stored(
     Ok(HttpResponse::Ok().json(run_preview(&state, &view.spec, pages).await?))
 }
 
-/// Walks up to `pages` pages of `spec` with the node's fetcher, storing nothing.
-async fn run_preview(state: &AppState, spec: &SourceSpec, pages: u32) -> Result<Preview, ApiError> {
-    let rules = Rules::compile(&spec.extract, &spec.key).map_err(|e| match e {
+/// How long a preview in a container may take: the container's and the
+/// browser's start, then each page's load and wait with some room.
+pub fn preview_budget(spec: &SourceSpec, pages: u32) -> std::time::Duration {
+    let per_page = spec.extract.wait_timeout() + std::time::Duration::from_secs(10);
+    (std::time::Duration::from_secs(20) + per_page * pages)
+        .min(std::time::Duration::from_secs(MAX_BUDGET_SECS))
+}
+
+/// The most a container preview may take, whatever the spec.
+const MAX_BUDGET_SECS: u64 = 120;
+
+/// Previews `spec`: in this process, or in a container for an isolated source.
+async fn run_preview(state: &AppState, spec: &SourceSpec, pages: u32) -> Result<Value, ApiError> {
+    if !spec.isolated {
+        let preview = walk(&state.fetcher, &state.limits, spec, pages).await?;
+        return Ok(serde_json::to_value(preview).expect("a preview serialises"));
+    }
+    // The spec's faults are said at once, before a container starts.
+    compile(spec)?;
+    let start = Url::parse(&spec.url).map_err(|e| ApiError::invalid("url", e.to_string()))?;
+    state
+        .fetcher
+        .check_target(&start)
+        .await
+        .map_err(|e| ApiError::invalid("url", e.to_string()))?;
+    let plan = PreviewPlan {
+        spec: spec.clone(),
+        pages,
+        budget: preview_budget(spec, pages),
+        owner_id: state.node_id.clone(),
+        owner_name: state.node_name.clone(),
+        allow_private_targets: state.allow_private_targets.clone(),
+    };
+    let clock = Instant::now();
+    let out = state.isolation.preview(&plan).await.map_err(|e| match e {
+        IsolationError::TimedOut(ms) => ApiError::Timeout(format!(
+            "the preview did not finish within {ms} ms; its container was removed"
+        )),
+        other => ApiError::Unavailable(format!("the preview's container: {other}")),
+    })?;
+    tracing::info!(source = %spec.id, render = ?spec.render, elapsed_ms = clock.elapsed().as_millis() as u64, "previewed in a container");
+    from_container(&out)
+}
+
+/// The answer a preview container printed: a preview, or an error.
+fn from_container(out: &str) -> Result<Value, ApiError> {
+    let value: Value = out
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .filter(Value::is_object)
+        .ok_or_else(|| {
+            let tail: String = out
+                .chars()
+                .rev()
+                .take(300)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            ApiError::Unavailable(format!("the preview's container printed no answer: {tail}"))
+        })?;
+    if value.get("pages").is_some() {
+        return Ok(value);
+    }
+    let error = &value["error"];
+    let message = error["message"].as_str().unwrap_or("unknown").to_owned();
+    Err(match error["code"].as_str() {
+        Some("invalid_request") => ApiError::Invalid {
+            field: error["field"].as_str().map(str::to_owned),
+            message,
+        },
+        Some("timeout") => ApiError::Timeout(message),
+        _ => ApiError::Unavailable(message),
+    })
+}
+
+/// A walk's error as a preview container prints it.
+pub fn error_json(e: &ApiError) -> Value {
+    let (code, field) = match e {
+        ApiError::Invalid { field, .. } => ("invalid_request", field.clone()),
+        ApiError::Timeout(_) => ("timeout", None),
+        _ => ("unavailable", None),
+    };
+    json!({ "error": { "code": code, "field": field, "message": e.to_string() } })
+}
+
+fn compile(spec: &SourceSpec) -> Result<Rules, ApiError> {
+    Rules::compile(&spec.extract, &spec.key).map_err(|e| match e {
         crate::scrape::extract::ExtractError::Selector { field, message } => {
             ApiError::invalid(field, message)
         }
@@ -161,13 +259,22 @@ async fn run_preview(state: &AppState, spec: &SourceSpec, pages: u32) -> Result<
             field: None,
             message: other.to_string(),
         },
-    })?;
-    let rules = Arc::new(rules);
+    })
+}
+
+/// Walks up to `pages` pages of `spec` with `fetcher` (rendering them when
+/// the fetcher has a browser and the spec asks for one), storing nothing.
+pub async fn walk(
+    fetcher: &Fetcher,
+    limits: &Limits,
+    spec: &SourceSpec,
+    pages: u32,
+) -> Result<Preview, ApiError> {
+    let rules = Arc::new(compile(spec)?);
     let start = Url::parse(&spec.url).map_err(|e| ApiError::invalid("url", e.to_string()))?;
     // The SSRF guard's refusal of the start URL is the spec's fault: said
     // before any request (robots.txt included) is made.
-    state
-        .fetcher
+    fetcher
         .check_target(&start)
         .await
         .map_err(|e| ApiError::invalid("url", e.to_string()))?;
@@ -175,12 +282,15 @@ async fn run_preview(state: &AppState, spec: &SourceSpec, pages: u32) -> Result<
     let mut pager = Pager::new(
         start.clone(),
         pages.min(max_pages),
-        state.fetcher.clone(),
+        fetcher.clone(),
         rules.clone(),
-        state.limits.clone(),
+        limits.clone(),
         spec.request.clone(),
     )
     .with_max_follows(spec.extract.max_follows);
+    if fetcher.renderer().is_some() {
+        pager = pager.with_render(spec);
+    }
     let mut out = Vec::new();
     let mut reports = Vec::new();
     let mut requested = start;

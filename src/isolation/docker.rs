@@ -60,6 +60,8 @@ pub enum IsolationError {
     Engine(String),
     #[error("this node is leaving for good (its service is gone): no worker starts")]
     Closed,
+    #[error("the container did not finish within {0} ms")]
+    TimedOut(u128),
 }
 
 /// Everything a worker needs to run one source.
@@ -76,6 +78,24 @@ pub struct WorkerPlan {
     /// Passed on as the worker's GLEANER_ALLOW_PRIVATE_TARGETS.
     pub allow_private_targets: Option<String>,
 }
+
+/// What a preview container is asked: walk `pages` pages of `spec` within
+/// `budget`, and print the answer.
+#[derive(Debug, Clone)]
+pub struct PreviewPlan {
+    pub spec: SourceSpec,
+    pub pages: u32,
+    pub budget: std::time::Duration,
+    /// This node, which started it.
+    pub owner_id: String,
+    pub owner_name: String,
+    /// Passed on as the container's GLEANER_ALLOW_PRIVATE_TARGETS.
+    pub allow_private_targets: Option<String>,
+}
+
+/// How long after its budget a preview container is waited for (its own
+/// deadline ends the walk; this covers its exit).
+const PREVIEW_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The [`LABEL_CLUSTER`] value of the cluster with this cookie (a digest:
 /// the label never shows the cookie).
@@ -213,6 +233,19 @@ impl Isolation {
             .collect())
     }
 
+    /// The image for a worker (or preview) of `spec`: the browser variant
+    /// for `render: browser`.
+    fn image_for(&self, spec: &SourceSpec) -> Result<String, IsolationError> {
+        if spec.render == crate::domain::spec::Render::Browser {
+            self.config
+                .browser_image
+                .clone()
+                .ok_or(IsolationError::NoBrowserImage)
+        } else {
+            self.config.image.clone().ok_or(IsolationError::NoImage)
+        }
+    }
+
     /// Creates and starts the worker container for `plan`.
     pub async fn start(&self, plan: &WorkerPlan) -> Result<WorkerContainer, IsolationError> {
         let docker = self.docker()?;
@@ -221,14 +254,7 @@ impl Isolation {
             return Err(IsolationError::Closed);
         }
         let browser = plan.spec.render == crate::domain::spec::Render::Browser;
-        let image = if browser {
-            self.config
-                .browser_image
-                .clone()
-                .ok_or(IsolationError::NoBrowserImage)?
-        } else {
-            self.config.image.clone().ok_or(IsolationError::NoImage)?
-        };
+        let image = self.image_for(&plan.spec)?;
         let name = container_name(&plan.owner_name, &plan.owner_id, &plan.spec.id);
         let spec_json = serde_json::to_string(&plan.spec).expect("a spec always serialises");
         let mut env = vec![
@@ -266,33 +292,7 @@ impl Isolation {
                 if browser { "browser" } else { "http" }.to_owned(),
             ),
         ]);
-        let (memory, pids, scratch) = if browser {
-            (self.config.browser_memory_bytes, BROWSER_PIDS, "256m")
-        } else {
-            (self.config.memory_bytes, self.config.pids_limit, "64m")
-        };
-        let host = HostConfig {
-            memory: Some(memory),
-            // No swap beyond the memory limit.
-            memory_swap: Some(memory),
-            nano_cpus: Some(self.config.nano_cpus),
-            pids_limit: Some(pids),
-            // An init process (the engine's) as PID 1 reaps the processes
-            // Chromium leaves when it is restarted or crashes.
-            init: Some(true),
-            shm_size: browser.then_some(BROWSER_SHM_BYTES),
-            readonly_rootfs: Some(true),
-            cap_drop: Some(vec!["ALL".to_owned()]),
-            security_opt: Some(vec!["no-new-privileges".to_owned()]),
-            // The image's /data volume goes unused (an anonymous volume,
-            // removed with the container: see `remove`).
-            tmpfs: Some(HashMap::from([(
-                SCRATCH.to_owned(),
-                format!("rw,noexec,nosuid,size={scratch}"),
-            )])),
-            network_mode: self.config.network.clone(),
-            ..HostConfig::default()
-        };
+        let host = self.hardened(browser);
         let body = ContainerCreateBody {
             image: Some(image),
             cmd: Some(vec!["worker".to_owned()]),
@@ -321,6 +321,136 @@ impl Isolation {
             spec_version: plan.spec_version.clone(),
             state: "running".to_owned(),
         })
+    }
+
+    /// Previews a source in a container of its own (`gleaner preview`),
+    /// with a worker's image and hardening but no cluster: it walks the
+    /// pages (rendering them for a browser source), prints the answer on
+    /// its stdout and exits. Returns that output. The container is removed
+    /// in every case; past `plan.budget` (and a grace) it is removed
+    /// running, and the answer is [`IsolationError::TimedOut`].
+    pub async fn preview(&self, plan: &PreviewPlan) -> Result<String, IsolationError> {
+        use futures_util::StreamExt;
+        let docker = self.docker()?;
+        let browser = plan.spec.render == crate::domain::spec::Render::Browser;
+        let image = self.image_for(&plan.spec)?;
+        let owner: String = plan.owner_id.chars().take(8).collect();
+        let name = format!(
+            "gleaner-preview-{owner}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let spec_json = serde_json::to_string(&plan.spec).expect("a spec always serialises");
+        let mut env = vec![
+            format!("GLEANER_PREVIEW_SPEC={spec_json}"),
+            format!("GLEANER_PREVIEW_PAGES={}", plan.pages),
+            format!("GLEANER_PREVIEW_BUDGET_MS={}", plan.budget.as_millis()),
+            format!("GLEANER_NODE_NAME={name}"),
+            format!("GLEANER_DATA_DIR={SCRATCH}"),
+            format!("HOME={SCRATCH}"),
+            format!("TMPDIR={SCRATCH}"),
+            "GLEANER_HTTP_ADDR=127.0.0.1:0".to_owned(),
+            "GLEANER_LOG_FORMAT=json".to_owned(),
+        ];
+        if let Some(allow) = &plan.allow_private_targets {
+            env.push(format!("GLEANER_ALLOW_PRIVATE_TARGETS={allow}"));
+        }
+        if let Some(contact) = &self.config.contact_url {
+            env.push(format!("GLEANER_CONTACT_URL={contact}"));
+        }
+        let labels = HashMap::from([
+            (LABEL_ROLE.to_owned(), "preview".to_owned()),
+            (LABEL_OWNER.to_owned(), plan.owner_id.clone()),
+            (LABEL_SOURCE.to_owned(), plan.spec.id.clone()),
+            (
+                LABEL_RENDER.to_owned(),
+                if browser { "browser" } else { "http" }.to_owned(),
+            ),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec!["preview".to_owned()]),
+            env: Some(env),
+            labels: Some(labels),
+            hostname: Some(name.clone()),
+            host_config: Some(self.hardened(browser)),
+            ..ContainerCreateBody::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(engine)?;
+        let id = created.id;
+        let run = async {
+            docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(engine)?;
+            // Its exit, whatever its code (a non-zero one is an error here).
+            let _ = docker
+                .wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>)
+                .next()
+                .await;
+            let mut logs = docker.logs(
+                &id,
+                Some(
+                    bollard::query_parameters::LogsOptionsBuilder::new()
+                        .stdout(true)
+                        .stderr(false)
+                        .tail("all")
+                        .build(),
+                ),
+            );
+            let mut out = Vec::new();
+            while let Some(chunk) = logs.next().await {
+                if let bollard::container::LogOutput::StdOut { message } = chunk.map_err(engine)? {
+                    out.extend_from_slice(&message);
+                }
+            }
+            Ok::<String, IsolationError>(String::from_utf8_lossy(&out).into_owned())
+        };
+        let limit = plan.budget + PREVIEW_GRACE;
+        let outcome = match tokio::time::timeout(limit, run).await {
+            Ok(result) => result,
+            Err(_) => Err(IsolationError::TimedOut(limit.as_millis())),
+        };
+        if let Err(e) = self.remove(&id).await {
+            tracing::warn!(container = %id, error = %e, "preview container not removed");
+        }
+        outcome
+    }
+
+    /// A container's limits and hardening (a worker's or a preview's).
+    fn hardened(&self, browser: bool) -> HostConfig {
+        let (memory, pids, scratch) = if browser {
+            (self.config.browser_memory_bytes, BROWSER_PIDS, "256m")
+        } else {
+            (self.config.memory_bytes, self.config.pids_limit, "64m")
+        };
+        HostConfig {
+            memory: Some(memory),
+            // No swap beyond the memory limit.
+            memory_swap: Some(memory),
+            nano_cpus: Some(self.config.nano_cpus),
+            pids_limit: Some(pids),
+            // An init process (the engine's) as PID 1 reaps the processes
+            // Chromium leaves when it is restarted or crashes.
+            init: Some(true),
+            shm_size: browser.then_some(BROWSER_SHM_BYTES),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            // The image's /data volume goes unused (an anonymous volume,
+            // removed with the container: see `remove`).
+            tmpfs: Some(HashMap::from([(
+                SCRATCH.to_owned(),
+                format!("rw,noexec,nosuid,size={scratch}"),
+            )])),
+            network_mode: self.config.network.clone(),
+            ..HostConfig::default()
+        }
     }
 
     /// Is this process a Swarm task whose service is gone (`docker stack rm`,

@@ -18,4 +18,6 @@ pub mod courier;
 pub mod docker;
 pub mod worker_supervisor;
 
-pub use docker::{cluster_label, container_name, Isolation, IsolationError, WorkerPlan};
+pub use docker::{
+    cluster_label, container_name, Isolation, IsolationError, PreviewPlan, WorkerPlan,
+};

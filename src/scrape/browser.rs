@@ -14,6 +14,16 @@
 //!   host's politeness (robots.txt, Crawl-delay, back-off) as for any fetch.
 //!   A refused request fails inside the page (`BlockedByClient`) and is
 //!   counted, with a few samples, in the run record.
+//! - **Requests in flight.** The permit an admitted request took from its
+//!   host's gate is held until the request ends, as Chromium reports it on
+//!   the Network domain (`loadingFinished`, `loadingFailed`), keyed by the
+//!   request's network id; so a host's `max_in_flight` counts the page's
+//!   requests while they are open, not only their starts. The page's own
+//!   document holds the permit the pager took for it the same way. A
+//!   request that never ends holds its permit at most until the page is
+//!   closed, and the gate itself takes a permit back after its ttl (the
+//!   page's timeout). A 429 or 503 answer gives the permit back as a
+//!   throttle, which pauses the host as for any fetch.
 //! - **Bounds.** One page at a time; the load and the `wait_for` selector
 //!   share the spec's `wait_timeout_ms`; V8's heap is capped
 //!   ([`RendererConfig::js_heap_mb`]); the browser is started anew after
@@ -25,6 +35,7 @@
 //!   namespaces or setuid, which the hardened container (no capabilities,
 //!   no-new-privileges) refuses; the container is the sandbox.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,14 +45,21 @@ use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::fetch::{
     ContinueRequestParams, EventRequestPaused, FailRequestParams, HeaderEntry,
 };
-use chromiumoxide::cdp::browser_protocol::network::{ErrorReason, ResourceType};
+use chromiumoxide::cdp::browser_protocol::network::{
+    ErrorReason, EventLoadingFailed, EventLoadingFinished, EventResponseReceived, ResourceType,
+};
 use chromiumoxide::Page;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use url::{Host, Url};
 
 use super::fetch::{Fetcher, TargetPolicy};
+use super::politeness::Permit;
 use super::robots::host_key;
+use crate::domain::host::PermitOutcome;
+
+/// Room over a page's timeout for opening and closing its tab.
+const RENDER_MARGIN: Duration = Duration::from_secs(10);
 
 /// Blocked requests kept as samples per run.
 pub const BLOCKED_SAMPLES: usize = 5;
@@ -120,6 +138,8 @@ impl Blocked {
 #[derive(Debug)]
 pub struct Rendered {
     pub url: Url,
+    /// The HTTP status of the page's document, when Chromium reported one.
+    pub status: Option<u16>,
     pub html: String,
 }
 
@@ -187,8 +207,19 @@ impl Renderer {
         let (browser, mut handler) = Browser::launch(config)
             .await
             .map_err(|e| RenderError::Launch(e.to_string()))?;
-        // The handler drives the protocol; it ends when the browser is gone.
-        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        // The handler drives the protocol; it ends when the browser is gone
+        // (a connection error: the next page then starts a new browser).
+        let events = tokio::spawn(async move {
+            while let Some(event) = handler.next().await {
+                match event {
+                    Ok(()) | Err(chromiumoxide::error::CdpError::InvalidMessage(..)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the browser's connection ended");
+                        break;
+                    }
+                }
+            }
+        });
         tracing::info!(chromium = %c.chromium.display(), "browser started");
         Ok(Running {
             browser,
@@ -198,13 +229,16 @@ impl Renderer {
     }
 
     /// Renders `url`: loads it with every request guarded, waits for
-    /// `wait_for`, and returns the DOM. The requests refused on the way are
-    /// added to `blocked`, whatever the outcome.
+    /// `wait_for`, and returns the DOM. `document` is the permit the caller
+    /// took for the page itself: it is held until the document has loaded.
+    /// The requests refused on the way are added to `blocked`, whatever the
+    /// outcome.
     pub async fn render(
         &self,
         fetcher: &Fetcher,
         url: &Url,
         options: &RenderOptions,
+        document: Option<Permit>,
         blocked: &mut Blocked,
     ) -> Result<Rendered, RenderError> {
         let mut slot = self.slot.lock().await;
@@ -227,9 +261,27 @@ impl Renderer {
         let running = slot.as_mut().expect("launched above");
         running.pages += 1;
         let log = Arc::new(Mutex::new(Blocked::default()));
-        let result = self
-            .render_in(&running.browser, fetcher, url, options, log.clone())
-            .await;
+        // A browser that stopped answering (a crash the handler has not
+        // seen) must not hold the run: the whole page is bounded.
+        let bound = options.timeout + RENDER_MARGIN;
+        let result = tokio::time::timeout(
+            bound,
+            self.render_in(
+                &running.browser,
+                fetcher,
+                url,
+                options,
+                document,
+                log.clone(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RenderError::Browser(format!(
+                "the browser did not answer within {} ms",
+                bound.as_millis()
+            )))
+        });
         blocked.merge(std::mem::take(
             &mut *log.lock().unwrap_or_else(|p| p.into_inner()),
         ));
@@ -251,6 +303,7 @@ impl Renderer {
         fetcher: &Fetcher,
         url: &Url,
         options: &RenderOptions,
+        document: Option<Permit>,
         log: Arc<Mutex<Blocked>>,
     ) -> Result<Rendered, RenderError> {
         let fail = |e: chromiumoxide::error::CdpError| RenderError::Browser(e.to_string());
@@ -264,11 +317,27 @@ impl Renderer {
             .event_listener::<EventRequestPaused>()
             .await
             .map_err(fail)?;
+        let in_flight = InFlight::default();
+        let ends = tokio::spawn(
+            in_flight.clone().follow(
+                page.event_listener::<EventResponseReceived>()
+                    .await
+                    .map_err(fail)?,
+                page.event_listener::<EventLoadingFinished>()
+                    .await
+                    .map_err(fail)?,
+                page.event_listener::<EventLoadingFailed>()
+                    .await
+                    .map_err(fail)?,
+            ),
+        );
         let guard = Guard {
             page: page.clone(),
             fetcher: fetcher.clone(),
             targets: self.config.targets.clone(),
             document: url.clone(),
+            document_permit: Mutex::new(document),
+            in_flight: in_flight.clone(),
             options: options.clone(),
             log,
         };
@@ -284,12 +353,20 @@ impl Renderer {
                     .flatten()
                     .and_then(|u| Url::parse(&u).ok())
                     .unwrap_or_else(|| url.clone());
-                html.map(|html| Rendered { url: at, html })
+                let status = in_flight.document_status();
+                html.map(|html| Rendered {
+                    url: at,
+                    status,
+                    html,
+                })
             }
             Err(e) => Err(e),
         };
         interceptor.abort();
         let _ = tokio::time::timeout(Duration::from_secs(3), page.close()).await;
+        ends.abort();
+        // Whatever is still open ends with the page.
+        in_flight.close();
         rendered
     }
 
@@ -351,8 +428,113 @@ struct Guard {
     /// The page being rendered: its host is allowed, and its own request
     /// was admitted by the pager already.
     document: Url,
+    /// The pager's permit for the document, held by its request once seen.
+    document_permit: Mutex<Option<Permit>>,
+    in_flight: InFlight,
     options: RenderOptions,
     log: Arc<Mutex<Blocked>>,
+}
+
+/// The permits of a page's requests in flight, by network request id.
+#[derive(Clone, Default)]
+struct InFlight {
+    inner: Arc<Mutex<InFlightState>>,
+}
+
+#[derive(Default)]
+struct InFlightState {
+    held: HashMap<String, Held>,
+    /// The status of the first document response (the page's own).
+    document_status: Option<u16>,
+    closed: bool,
+}
+
+struct Held {
+    permit: Permit,
+    /// The answer's status, once its headers arrived.
+    status: Option<i64>,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlightState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds `permit` while request `id` is open. A redirect reuses the id:
+    /// the permit of the hop before is given back then.
+    fn hold(&self, id: String, permit: Permit) {
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        if let Some(before) = state.held.insert(
+            id,
+            Held {
+                permit,
+                status: None,
+            },
+        ) {
+            before.permit.release(PermitOutcome::Answered);
+        }
+    }
+
+    /// Request `id` ended: its permit goes back, as a throttle after a 429
+    /// or a 503.
+    fn end(&self, id: &str, failed: bool) {
+        let held = self.lock().held.remove(id);
+        if let Some(held) = held {
+            let outcome = match held.status {
+                Some(429 | 503) => PermitOutcome::Throttled {
+                    retry_after_ms: None,
+                },
+                _ if failed => PermitOutcome::Failed,
+                _ => PermitOutcome::Answered,
+            };
+            held.permit.release(outcome);
+        }
+    }
+
+    fn document_status(&self) -> Option<u16> {
+        self.lock().document_status
+    }
+
+    /// The page is closed: every permit still held goes back.
+    fn close(&self) {
+        let held: Vec<Held> = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.held.drain().map(|(_, h)| h).collect()
+        };
+        for h in held {
+            h.permit.release(PermitOutcome::Failed);
+        }
+    }
+
+    /// Follows the page's requests to their ends (until aborted).
+    async fn follow(
+        self,
+        mut responses: chromiumoxide::listeners::EventStream<EventResponseReceived>,
+        mut finished: chromiumoxide::listeners::EventStream<EventLoadingFinished>,
+        mut failed: chromiumoxide::listeners::EventStream<EventLoadingFailed>,
+    ) {
+        loop {
+            tokio::select! {
+                Some(r) = responses.next() => {
+                    let status = r.response.status;
+                    let mut state = self.lock();
+                    if r.r#type == ResourceType::Document && state.document_status.is_none() {
+                        state.document_status = u16::try_from(status).ok();
+                    }
+                    if let Some(h) = state.held.get_mut(r.request_id.inner()) {
+                        h.status = Some(status);
+                    }
+                }
+                Some(e) = finished.next() => self.end(e.request_id.inner(), false),
+                Some(e) = failed.next() => self.end(e.request_id.inner(), true),
+                else => break,
+            }
+        }
+    }
 }
 
 impl Guard {
@@ -373,7 +555,24 @@ impl Guard {
         };
         let id = event.request_id.clone();
         let sent = match verdict {
-            Ok(()) => {
+            Ok(permit) => {
+                // Held before the request goes on, so its end cannot come first.
+                let permit = match permit {
+                    Some(p) => Some(p),
+                    None if first => self
+                        .document_permit
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take(),
+                    None => None,
+                };
+                if let Some(permit) = permit {
+                    let key = event
+                        .network_id
+                        .as_ref()
+                        .map_or_else(|| id.inner().clone(), |n| n.inner().clone());
+                    self.in_flight.hold(key, permit);
+                }
                 let mut params = ContinueRequestParams::new(id);
                 if !self.options.headers.is_empty() && same_host(raw, &self.document) {
                     params.headers =
@@ -398,8 +597,9 @@ impl Guard {
         }
     }
 
-    /// Ok, or the reason the request is refused.
-    async fn decide(&self, url: &Url, first: bool) -> Result<(), String> {
+    /// The permit to hold while the request is open (none for the page's
+    /// own document: the pager's is used), or the reason it is refused.
+    async fn decide(&self, url: &Url, first: bool) -> Result<Option<Permit>, String> {
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(format!("scheme {} is not fetched", url.scheme()));
         }
@@ -417,19 +617,18 @@ impl Guard {
             ));
         }
         check_address(url, &self.targets).await?;
-        if !first {
-            // robots.txt and the host's gate: the permit spaces this
-            // request's start from the host's others; it is given back at
-            // once, as the browser's request is not followed to its end.
-            let permit = self
-                .fetcher
-                .politeness()
-                .permit(&self.fetcher, url, true, self.options.timeout)
-                .await
-                .map_err(|r| r.to_string())?;
-            permit.release(crate::domain::host::PermitOutcome::Answered);
+        if first {
+            return Ok(None);
         }
-        Ok(())
+        // robots.txt and the host's gate: the permit spaces this request's
+        // start from the host's others and counts it in flight until it
+        // ends (or the page's timeout, the permit's ttl, has passed).
+        self.fetcher
+            .politeness()
+            .permit(&self.fetcher, url, true, self.options.timeout)
+            .await
+            .map(Some)
+            .map_err(|r| r.to_string())
     }
 }
 

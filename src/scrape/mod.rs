@@ -23,14 +23,13 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::domain::host::PermitOutcome;
 use crate::domain::{Item, Method, RequestOptions};
 use crate::store::{PageMemo, Store};
 
 use browser::{Blocked, RenderError, RenderOptions};
 use extract::{ExtractError, Limits, Page, Report, Rules};
 use fetch::{FetchError, Fetcher, Validators};
-use politeness::Refusal;
+use politeness::{Permit, Refusal};
 
 /// Why a page could not be scraped.
 #[derive(Debug, thiserror::Error)]
@@ -268,12 +267,10 @@ impl Pager {
                 }
             };
             self.pages += 1;
-            let page = self.render(url, &options).await;
-            permit.release(match &page {
-                Ok(_) => PermitOutcome::Answered,
-                Err(_) => PermitOutcome::Failed,
-            });
-            return Some(page);
+            // The permit is held by the document's request until it has
+            // loaded (browser.rs), not for the whole render: the page's
+            // other requests to its host need permits of the same gate.
+            return Some(self.render(url, &options, permit).await);
         }
         let memo = self.memo(&url);
         let validators = memo.as_ref().map(|m| Validators {
@@ -433,7 +430,12 @@ impl Pager {
     }
 
     /// One page through the browser: rendered, then extracted as usual.
-    async fn render(&mut self, url: Url, options: &RenderOptions) -> Result<Page, ScrapeError> {
+    async fn render(
+        &mut self,
+        url: Url,
+        options: &RenderOptions,
+        permit: Permit,
+    ) -> Result<Page, ScrapeError> {
         let renderer = self
             .fetcher
             .renderer()
@@ -443,21 +445,30 @@ impl Pager {
                 source: RenderError::Unavailable,
             })?;
         let rendered = renderer
-            .render(&self.fetcher, &url, options, &mut self.blocked)
+            .render(
+                &self.fetcher,
+                &url,
+                options,
+                Some(permit),
+                &mut self.blocked,
+            )
             .await
             .map_err(|source| ScrapeError::Render {
                 url: url.to_string(),
                 source,
             })?;
         self.seen.insert(without_fragment(&rendered.url));
+        self.answered = rendered.status.map(|s| (s, rendered.url.clone()));
+        self.report = None;
         let (rules, limits) = (self.rules.clone(), self.limits.clone());
         let page_url = rendered.url.clone();
         let parsed = tokio::task::spawn_blocking(move || {
-            extract::extract(rendered.html.as_bytes(), &rendered.url, &rules, &limits)
+            extract::extract_reported(rendered.html.as_bytes(), &rendered.url, &rules, &limits)
         })
         .await;
         match parsed {
-            Ok(Ok(page)) => {
+            Ok(Ok((page, report))) => {
+                self.report = Some(report);
                 self.next = page.next.clone();
                 Ok(page)
             }

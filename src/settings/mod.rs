@@ -28,6 +28,29 @@ pub enum Command {
     /// Run one isolated source and deliver its items to its owner node
     /// (started by the owner in a container; not for direct use).
     Worker(WorkerArgs),
+    /// Preview a source's first pages and print the answer as JSON on
+    /// stdout (started by a node in a container for an isolated source's
+    /// preview; not for direct use).
+    Preview(PreviewArgs),
+}
+
+/// A preview container's settings: a node's, plus the spec and the bounds.
+#[derive(Debug, Clone, Args)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The source's spec, as JSON.
+    #[arg(long, env = "GLEANER_PREVIEW_SPEC", hide_env_values = true)]
+    pub spec: String,
+    /// Pages to walk.
+    #[arg(long, env = "GLEANER_PREVIEW_PAGES", default_value_t = 1)]
+    pub pages: u32,
+    /// The bound on the whole walk, in milliseconds.
+    #[arg(long, env = "GLEANER_PREVIEW_BUDGET_MS", default_value_t = 60_000)]
+    pub budget_ms: u64,
+    /// The Chromium binary, for `render: browser` (the browser image's).
+    #[arg(long, env = "GLEANER_CHROMIUM", default_value = "chromium")]
+    pub chromium: std::path::PathBuf,
 }
 
 /// A worker's settings: a node's, plus the source and its owner.

@@ -340,7 +340,9 @@ impl Site {
         Site::serve(cleanup, container, network, &files)
     }
 
-    /// `busybox httpd` serving `files` (paths relative to the site's root).
+    /// `busybox httpd` serving `files` (paths relative to the site's root;
+    /// those under `cgi-bin/` are made executable: httpd runs them as CGI
+    /// scripts, with the container's shell and a writable `/tmp`).
     pub fn serve(
         cleanup: &Cleanup,
         container: &str,
@@ -351,7 +353,11 @@ impl Site {
         for (path, body) in files {
             let at = dir.path().join(path);
             std::fs::create_dir_all(at.parent().unwrap()).unwrap();
-            std::fs::write(at, body).unwrap();
+            std::fs::write(&at, body).unwrap();
+            if path.starts_with("cgi-bin/") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
         }
         cleanup.container(container);
         let mount = format!("{}:/srv:ro", dir.path().display());
