@@ -2,9 +2,9 @@
 # The schedule phase of bench/run.sh alone, for the memory of idle sources:
 # SOURCES tiny sources (default 10,000) every 10 s on one fresh release-built
 # node, a short window, and RSS per idle source as run.sh computes it
-# ((VmRSS once every source has run once - VmRSS before the first POST) /
-# sources). RSS does not depend on the machine's load, so this can run while
-# the machine is busy.
+# ((VmRSS once every source has run once and the node has had 15 s without
+# requests - VmRSS before the first POST) / sources). RSS does not depend on
+# the machine's load, so this can run while the machine is busy.
 #
 # Usage: bench/idle.sh [SOURCES] [WINDOW_SECS] [EVERY_SECS]
 #   EVERY_SECS (default 10, as run.sh): a long period (600) leaves every source
@@ -49,7 +49,8 @@ python3 bench/gleaner.py sched "$node_url" "$SITE" "$node_pid" "$SCHED_SOURCES" 
 python3 - "$OUT/idle.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-print("RSS per idle source: %s KiB (%s sources, first runs done %s, node idle %s KiB, with them %s KiB, run mean %s ms)" % (
+print("RSS per idle source: %s KiB (%s sources, first runs done %s, node idle %s KiB, with them %s KiB %s s later, %s KiB right after the last poll: %s KiB a source; run mean %s ms)" % (
     d["rss_per_idle_source_kib"], d["registered"], d["first_runs_done"], d["idle_rss_kib"],
-    d["rss_ran_once_kib"], d["run_ms_mean"]))
+    d["rss_ran_once_kib"], d["settle_seconds"], d["rss_first_runs_done_kib"],
+    d["rss_per_source_unsettled_kib"], d["run_ms_mean"]))
 PY

@@ -23,6 +23,6 @@ pub use record::{CollectionTombstone, ManagedBy, RunRecord, SourceRecord, Versio
 pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};
 pub use spec::{
     ExtractSpec, FieldRule, FieldSpec, FieldType, Follow, Format, Method, NextPage, RequestOptions,
-    Schedule, SourceSpec, SpecError, DEFAULT_MAX_FOLLOWS, MAX_FOLLOWS_LIMIT,
+    Schedule, SharedExtracts, SourceSpec, SpecError, DEFAULT_MAX_FOLLOWS, MAX_FOLLOWS_LIMIT,
 };
 pub use webhook::{DeliveryAck, DeliveryRecord, PendingDelivery, WebhookRecord, WebhookSpec};

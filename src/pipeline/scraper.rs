@@ -164,7 +164,7 @@ impl ScraperState {
 /// A hash of what shapes a page's items (extraction rules, key fields,
 /// request, collection): pages remembered under other rules are not reused.
 fn page_fingerprint(spec: &SourceSpec) -> String {
-    let shape = serde_json::to_vec(&(&spec.extract, &spec.key, &spec.request, &spec.collection))
+    let shape = serde_json::to_vec(&(&*spec.extract, &spec.key, &spec.request, &spec.collection))
         .unwrap_or_default();
     blake3::hash(&shape).to_hex()[..32].to_owned()
 }

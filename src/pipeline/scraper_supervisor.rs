@@ -19,7 +19,7 @@ use ractor_cluster::RactorMessage;
 
 use super::collection_supervisor::CollectionSupervisorMsg;
 use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperNode};
-use crate::domain::{SourceRuntime, SourceSpec, SourceState, Totals};
+use crate::domain::{SharedExtracts, SourceRuntime, SourceSpec, SourceState, Totals};
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
@@ -187,6 +187,8 @@ pub struct ScraperSupervisorState {
     /// Sources whose last run here was judged `degraded`.
     degraded: std::collections::HashSet<String>,
     rules: RulesCache,
+    /// One `extract` section for the sources that extract alike.
+    extracts: SharedExtracts,
     /// The handles every scraper shares.
     node: Arc<ScraperNode>,
     /// Spawns so far, for the children's generations: unique across
@@ -205,7 +207,7 @@ struct RulesCache {
 
 impl RulesCache {
     fn get(&mut self, spec: &SourceSpec) -> Result<Arc<Rules>, String> {
-        let id = serde_json::to_string(&(&spec.extract, &spec.key)).map_err(|e| e.to_string())?;
+        let id = serde_json::to_string(&(&*spec.extract, &spec.key)).map_err(|e| e.to_string())?;
         if let Some(rules) = self.by_spec.get(&id).and_then(Weak::upgrade) {
             return Ok(rules);
         }
@@ -352,6 +354,7 @@ impl Actor for ScraperSupervisor {
             running: Default::default(),
             degraded: Default::default(),
             rules: RulesCache::default(),
+            extracts: SharedExtracts::default(),
             spawns: 0,
         })
     }
@@ -372,7 +375,8 @@ impl Actor for ScraperSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ScraperSupervisorMsg::Ensure(spec) => {
+            ScraperSupervisorMsg::Ensure(mut spec) => {
+                state.extracts.share(&mut spec);
                 let spec = Arc::new(*spec);
                 let id = spec.id.clone();
                 // A changed spec runs at once, so its effect shows without waiting a period.

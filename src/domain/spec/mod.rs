@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -14,9 +15,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub mod files;
 mod request;
 mod schedule;
+mod shared;
 
 pub use request::*;
 pub use schedule::*;
+pub use shared::SharedExtracts;
 
 /// Longest CSS selector or JSON pointer accepted, in bytes.
 pub const MAX_SELECTOR_LEN: usize = 1024;
@@ -53,8 +56,13 @@ pub struct SourceSpec {
     /// How often the source runs.
     #[serde(default)]
     pub schedule: Schedule,
-    /// How items are found in a fetched page.
-    pub extract: ExtractSpec,
+    /// How items are found in a fetched page. Shared between the sources
+    /// of a node that extract alike ([`SharedExtracts`]): a fleet often runs
+    /// one template over many start URLs, and an idle source's memory is
+    /// mostly what it holds.
+    #[serde(with = "shared::arc")]
+    #[schema(value_type = ExtractSpec)]
+    pub extract: Arc<ExtractSpec>,
     /// The fields whose values make an item's key; empty means the whole item.
     #[serde(default)]
     pub key: Vec<String>,
