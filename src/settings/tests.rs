@@ -8,6 +8,7 @@ fn args(extra: &[&str]) -> NodeArgs {
     match Cli::try_parse_from(argv).unwrap().command {
         Command::Node(a) => a,
         Command::Worker(w) => w.node,
+        Command::Preview(p) => p.node,
     }
 }
 
