@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::view::Role;
 use super::wire::{Notice, Request, Response};
 use super::Cluster;
 use crate::domain::host::{PermitAnswer, PermitRelease, PermitRequest};
@@ -44,6 +45,10 @@ impl Router for HostRouter {
 
     fn epoch(&self) -> u64 {
         *self.changes.borrow()
+    }
+
+    fn may_own(&self) -> bool {
+        self.cluster.me().role == Role::Node
     }
 
     fn acquire(

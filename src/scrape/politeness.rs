@@ -148,6 +148,12 @@ pub trait Router: Send + Sync + 'static {
     fn remote_owner(&self, host: &str) -> Option<String>;
     /// Changes whenever the owners may have changed.
     fn epoch(&self) -> u64;
+    /// May this member hold host gates? A worker never does: until it
+    /// knows the owner of a host, it waits rather than grant itself a
+    /// permit under a policy it does not hold.
+    fn may_own(&self) -> bool {
+        true
+    }
     /// Asks `owner` for a permit; `Err` when it did not answer (or no longer owns the host).
     fn acquire(
         &self,
@@ -476,6 +482,17 @@ impl Politeness {
         loop {
             let router = self.router();
             let owner = router.as_ref().and_then(|r| r.remote_owner(&key));
+            if owner.is_none() && router.as_ref().is_some_and(|r| !r.may_own()) {
+                // A worker whose view of the cluster is not settled yet.
+                if Instant::now() >= deadline {
+                    return Err(Refusal::GateUnavailable {
+                        host: key,
+                        reason: "no node owns the host".into(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let Some(owner) = owner else {
                 if robots {
                     self.check_robots(fetcher, url, &key).await?;

@@ -679,7 +679,7 @@ fn slow_spans(site: &Site) -> (usize, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: the site saw 6 of the page's requests open at once under max_in_flight 1"]
+#[ignore = "fails: the site sees the six requests of a rendered page open at once under max_in_flight 1"]
 async fn a_pages_requests_stay_within_its_hosts_max_in_flight() {
     let _one = exclusive().await;
     let lab = Lab::new("brf");
