@@ -83,6 +83,31 @@ async fn keep_healthy(cluster: Cluster, owner: String, path: std::path::PathBuf)
     }
 }
 
+/// The fetcher a worker or a preview uses for `spec`: with a browser (its
+/// profile below the data directory) when the source renders.
+fn fetcher_for(
+    spec: &SourceSpec,
+    settings: &Settings,
+    chromium: &std::path::Path,
+) -> anyhow::Result<(Fetcher, Option<Renderer>)> {
+    let mut fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
+    let renderer = (spec.render == crate::domain::spec::Render::Browser).then(|| {
+        std::fs::create_dir_all(&settings.data_dir).ok();
+        Renderer::new(RendererConfig {
+            chromium: chromium.to_path_buf(),
+            data_dir: settings.data_dir.clone(),
+            pages_per_browser: PAGES_PER_BROWSER,
+            js_heap_mb: JS_HEAP_MB,
+            targets: settings.fetch.targets.clone(),
+            user_agent: settings.fetch.user_agent.clone(),
+        })
+    });
+    if let Some(r) = &renderer {
+        fetcher = fetcher.with_renderer(r.clone());
+    }
+    Ok((fetcher, renderer))
+}
+
 /// Runs the worker until SIGTERM (its container being removed) or a fatal error.
 pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
     let spec = SourceSpec::from_json(args.spec.as_bytes())
@@ -142,20 +167,7 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let mut fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
-    let renderer = (spec.render == crate::domain::spec::Render::Browser).then(|| {
-        Renderer::new(RendererConfig {
-            chromium: args.chromium.clone(),
-            data_dir: settings.data_dir.clone(),
-            pages_per_browser: PAGES_PER_BROWSER,
-            js_heap_mb: JS_HEAP_MB,
-            targets: settings.fetch.targets.clone(),
-            user_agent: settings.fetch.user_agent.clone(),
-        })
-    });
-    if let Some(r) = &renderer {
-        fetcher = fetcher.with_renderer(r.clone());
-    }
+    let (fetcher, renderer) = fetcher_for(&spec, &settings, &args.chromium)?;
     let (scrapers, scrapers_done) = Actor::spawn(
         None,
         ScraperSupervisor,
@@ -232,21 +244,7 @@ pub async fn preview(args: PreviewArgs, settings: Settings) -> anyhow::Result<()
     use crate::http::preview::{error_json, walk};
     let spec = SourceSpec::from_json(args.spec.as_bytes())
         .map_err(|e| anyhow::anyhow!("GLEANER_PREVIEW_SPEC: {e}"))?;
-    let mut fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
-    let renderer = (spec.render == crate::domain::spec::Render::Browser).then(|| {
-        std::fs::create_dir_all(&settings.data_dir).ok();
-        Renderer::new(RendererConfig {
-            chromium: args.chromium.clone(),
-            data_dir: settings.data_dir.clone(),
-            pages_per_browser: PAGES_PER_BROWSER,
-            js_heap_mb: JS_HEAP_MB,
-            targets: settings.fetch.targets.clone(),
-            user_agent: settings.fetch.user_agent.clone(),
-        })
-    });
-    if let Some(r) = &renderer {
-        fetcher = fetcher.with_renderer(r.clone());
-    }
+    let (fetcher, renderer) = fetcher_for(&spec, &settings, &args.chromium)?;
     let limits = Limits {
         max_depth: settings.max_html_depth,
     };

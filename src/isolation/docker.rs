@@ -262,25 +262,11 @@ impl Isolation {
             format!("GLEANER_WORKER_OWNER={}", plan.owner_id),
             format!("GLEANER_SEEDS={}", plan.owner_cluster),
             format!("GLEANER_COOKIE={}", plan.cookie),
-            format!("GLEANER_NODE_NAME={name}"),
             format!("GLEANER_CLUSTER_ADVERTISE={name}"),
             "GLEANER_CLUSTER_PORT=4697".to_owned(),
-            format!("GLEANER_DATA_DIR={SCRATCH}"),
             format!("GLEANER_HEALTH_FILE={HEALTH_FILE}"),
-            // Chromium writes below HOME (its NSS database, caches).
-            format!("HOME={SCRATCH}"),
-            format!("TMPDIR={SCRATCH}"),
-            // A worker serves no HTTP; this keeps the image's public default
-            // (which requires an admin token) from applying.
-            "GLEANER_HTTP_ADDR=127.0.0.1:0".to_owned(),
-            "GLEANER_LOG_FORMAT=json".to_owned(),
         ];
-        if let Some(allow) = &plan.allow_private_targets {
-            env.push(format!("GLEANER_ALLOW_PRIVATE_TARGETS={allow}"));
-        }
-        if let Some(contact) = &self.config.contact_url {
-            env.push(format!("GLEANER_CONTACT_URL={contact}"));
-        }
+        env.extend(self.container_env(&name, plan.allow_private_targets.as_deref()));
         let labels = HashMap::from([
             (LABEL_ROLE.to_owned(), "worker".to_owned()),
             (LABEL_OWNER.to_owned(), plan.owner_id.clone()),
@@ -323,6 +309,30 @@ impl Isolation {
         })
     }
 
+    /// The environment every container of ours gets, worker or preview:
+    /// its name, its scratch space, no HTTP, JSON logs, and the node's
+    /// private-target allowance and contact URL.
+    fn container_env(&self, name: &str, allow_private_targets: Option<&str>) -> Vec<String> {
+        let mut env = vec![
+            format!("GLEANER_NODE_NAME={name}"),
+            format!("GLEANER_DATA_DIR={SCRATCH}"),
+            // Chromium writes below HOME (its NSS database, caches).
+            format!("HOME={SCRATCH}"),
+            format!("TMPDIR={SCRATCH}"),
+            // A container serves no HTTP; this keeps the image's public
+            // default (which requires an admin token) from applying.
+            "GLEANER_HTTP_ADDR=127.0.0.1:0".to_owned(),
+            "GLEANER_LOG_FORMAT=json".to_owned(),
+        ];
+        if let Some(allow) = allow_private_targets {
+            env.push(format!("GLEANER_ALLOW_PRIVATE_TARGETS={allow}"));
+        }
+        if let Some(contact) = &self.config.contact_url {
+            env.push(format!("GLEANER_CONTACT_URL={contact}"));
+        }
+        env
+    }
+
     /// Previews a source in a container of its own (`gleaner preview`),
     /// with a worker's image and hardening but no cluster: it walks the
     /// pages (rendering them for a browser source), prints the answer on
@@ -344,19 +354,8 @@ impl Isolation {
             format!("GLEANER_PREVIEW_SPEC={spec_json}"),
             format!("GLEANER_PREVIEW_PAGES={}", plan.pages),
             format!("GLEANER_PREVIEW_BUDGET_MS={}", plan.budget.as_millis()),
-            format!("GLEANER_NODE_NAME={name}"),
-            format!("GLEANER_DATA_DIR={SCRATCH}"),
-            format!("HOME={SCRATCH}"),
-            format!("TMPDIR={SCRATCH}"),
-            "GLEANER_HTTP_ADDR=127.0.0.1:0".to_owned(),
-            "GLEANER_LOG_FORMAT=json".to_owned(),
         ];
-        if let Some(allow) = &plan.allow_private_targets {
-            env.push(format!("GLEANER_ALLOW_PRIVATE_TARGETS={allow}"));
-        }
-        if let Some(contact) = &self.config.contact_url {
-            env.push(format!("GLEANER_CONTACT_URL={contact}"));
-        }
+        env.extend(self.container_env(&name, plan.allow_private_targets.as_deref()));
         let labels = HashMap::from([
             (LABEL_ROLE.to_owned(), "preview".to_owned()),
             (LABEL_OWNER.to_owned(), plan.owner_id.clone()),
