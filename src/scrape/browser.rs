@@ -192,6 +192,8 @@ impl Renderer {
             .env("TMPDIR", c.data_dir.display().to_string())
             .no_sandbox()
             .enable_request_intercept()
+            // Handed to the loop below, which names what did not parse.
+            .surface_invalid_messages()
             .disable_cache()
             .launch_timeout(Duration::from_secs(20))
             .args([
@@ -212,7 +214,10 @@ impl Renderer {
         let events = tokio::spawn(async move {
             while let Some(event) = handler.next().await {
                 match event {
-                    Ok(()) | Err(chromiumoxide::error::CdpError::InvalidMessage(..)) => {}
+                    Ok(()) => {}
+                    Err(chromiumoxide::error::CdpError::InvalidMessage(raw, error)) => {
+                        unparsed(&raw, &error);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "the browser's connection ended");
                         break;
@@ -420,6 +425,31 @@ impl Renderer {
     }
 }
 
+/// A message from the browser that the protocol client could not read (a
+/// Chromium newer than the protocol the client was generated from; with
+/// Debian's Chromium, `Network.requestWillBeSentExtraInfo`, which the guard
+/// does not use). It is dropped, and logged by its method: one the guard
+/// depends on (a paused request, a request's answer or end) is a warning,
+/// since a request then stays paused, or holds its permit until the page
+/// closes.
+fn unparsed(raw: &str, error: &serde_json::Error) {
+    let method = serde_json::from_str::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| v.get("method").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    let relied_on = [
+        "Fetch.requestPaused",
+        "Network.responseReceived",
+        "Network.loadingFinished",
+        "Network.loadingFailed",
+    ];
+    if relied_on.contains(&method.as_str()) {
+        tracing::warn!(%method, %error, "a browser event the guard needs did not parse");
+    } else {
+        tracing::debug!(%method, %error, "a browser message did not parse");
+    }
+}
+
 /// Decides every paused request of one page.
 struct Guard {
     page: Page,
@@ -465,8 +495,10 @@ impl InFlight {
     fn hold(&self, id: String, permit: Permit) {
         let mut state = self.lock();
         if state.closed {
+            tracing::debug!(network = %id, "page closed: permit given back at once");
             return;
         }
+        tracing::debug!(network = %id, held = state.held.len() + 1, "page request holds its permit");
         if let Some(before) = state.held.insert(
             id,
             Held {
@@ -482,6 +514,7 @@ impl InFlight {
     /// or a 503.
     fn end(&self, id: &str, failed: bool) {
         let held = self.lock().held.remove(id);
+        tracing::debug!(network = %id, failed, held = held.is_some(), "page request ended");
         if let Some(held) = held {
             let outcome = match held.status {
                 Some(429 | 503) => PermitOutcome::Throttled {
@@ -554,6 +587,16 @@ impl Guard {
             Err(_) => Err("not a valid URL".to_owned()),
         };
         let id = event.request_id.clone();
+        if let Ok(Some(permit)) = &verdict {
+            tracing::debug!(
+                request = %id.inner(),
+                network = event.network_id.as_ref().map(|n| n.inner().as_str()),
+                url = %raw,
+                granted_by = permit.granted_by().unwrap_or("this process"),
+                waited_ms = permit.waited.as_millis() as u64,
+                "page request admitted"
+            );
+        }
         let sent = match verdict {
             Ok(permit) => {
                 // Held before the request goes on, so its end cannot come first.
