@@ -15,7 +15,9 @@
 //!   A refused request fails inside the page (`BlockedByClient`) and is
 //!   counted, with a few samples, in the run record.
 //! - **Requests in flight.** The permit an admitted request took from its
-//!   host's gate is held until the request ends, as Chromium reports it on
+//!   host's gate (in a worker, granted by the host's owner node over the
+//!   cluster, under the policy the cluster stores for the host) is held
+//!   until the request ends, as Chromium reports it on
 //!   the Network domain (`loadingFinished`, `loadingFailed`), keyed by the
 //!   request's network id; so a host's `max_in_flight` counts the page's
 //!   requests while they are open, not only their starts. The page's own
@@ -24,6 +26,13 @@
 //!   closed, and the gate itself takes a permit back after its ttl (the
 //!   page's timeout). A 429 or 503 answer gives the permit back as a
 //!   throttle, which pauses the host as for any fetch.
+//! - **Protocol drift.** Debian's Chromium is newer than the protocol
+//!   chromiumoxide was generated from: a message the client cannot read is
+//!   dropped, and logged by its CDP method (`unparsed`); a warning when it
+//!   is one the guard depends on (`Fetch.requestPaused`,
+//!   `Network.responseReceived`, `loadingFinished`, `loadingFailed`). Today
+//!   only `Network.requestWillBeSentExtraInfo` fails, which the guard does
+//!   not use.
 //! - **Bounds.** One page at a time; the load and the `wait_for` selector
 //!   share the spec's `wait_timeout_ms`; V8's heap is capped
 //!   ([`RendererConfig::js_heap_mb`]); the browser is started anew after
