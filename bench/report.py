@@ -558,8 +558,35 @@ def main() -> None:
         "in `bench/out/`, which is not committed.",
         "",
     ]
-    with open(os.path.join(out, "benchmarks.md"), "w") as f:
+    path = os.path.join(out, "benchmarks.md")
+    md.extend(kept_section(path, RENDERED))
+    with open(path, "w") as f:
         f.write("\n".join(md))
+
+
+# The section bench/browser.sh's figures are recorded in, by hand: kept as it
+# stands when this report is written again.
+RENDERED = "## Rendered pages (browser workers)"
+
+
+def kept_section(path: str, heading: str) -> list:
+    """The lines of `heading`'s section in the report at `path` (up to the
+    next `## ` heading), or none."""
+    try:
+        with open(path) as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        return []
+    if heading not in lines:
+        return []
+    start = lines.index(heading)
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+    )
+    section = lines[start:end]
+    while section and section[-1] == "":
+        section.pop()
+    return section + [""]
 
 
 WORKERS = 8  # bench/gleaner.py's concurrent API clients

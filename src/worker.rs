@@ -142,8 +142,10 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let cluster = Cluster::new(me);
-    // Its requests take permits from each host's owner node, like a node's.
-    let fetcher = Fetcher::new(settings.fetch.clone()).context("building the HTTP client")?;
+    // Its requests (a rendered page's included) take permits from each
+    // host's owner node, like a node's: the fetcher the scraper uses is the
+    // one whose politeness joining the cluster routes to the owners.
+    let (fetcher, renderer) = fetcher_for(&spec, &settings, &args.chromium)?;
     let (membership, membership_done) = crate::control::inbound::join_cluster(
         cluster_settings,
         listener,
@@ -167,7 +169,6 @@ pub async fn run(args: WorkerArgs, settings: Settings) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (fetcher, renderer) = fetcher_for(&spec, &settings, &args.chromium)?;
     let (scrapers, scrapers_done) = Actor::spawn(
         None,
         ScraperSupervisor,

@@ -15,7 +15,9 @@
 //!   A refused request fails inside the page (`BlockedByClient`) and is
 //!   counted, with a few samples, in the run record.
 //! - **Requests in flight.** The permit an admitted request took from its
-//!   host's gate is held until the request ends, as Chromium reports it on
+//!   host's gate (in a worker, granted by the host's owner node over the
+//!   cluster, under the policy the cluster stores for the host) is held
+//!   until the request ends, as Chromium reports it on
 //!   the Network domain (`loadingFinished`, `loadingFailed`), keyed by the
 //!   request's network id; so a host's `max_in_flight` counts the page's
 //!   requests while they are open, not only their starts. The page's own
@@ -24,6 +26,13 @@
 //!   closed, and the gate itself takes a permit back after its ttl (the
 //!   page's timeout). A 429 or 503 answer gives the permit back as a
 //!   throttle, which pauses the host as for any fetch.
+//! - **Protocol drift.** Debian's Chromium is newer than the protocol
+//!   chromiumoxide was generated from: a message the client cannot read is
+//!   dropped, and logged by its CDP method (`unparsed`); a warning when it
+//!   is one the guard depends on (`Fetch.requestPaused`,
+//!   `Network.responseReceived`, `loadingFinished`, `loadingFailed`). Today
+//!   only `Network.requestWillBeSentExtraInfo` fails, which the guard does
+//!   not use.
 //! - **Bounds.** One page at a time; the load and the `wait_for` selector
 //!   share the spec's `wait_timeout_ms`; V8's heap is capped
 //!   ([`RendererConfig::js_heap_mb`]); the browser is started anew after
@@ -192,6 +201,8 @@ impl Renderer {
             .env("TMPDIR", c.data_dir.display().to_string())
             .no_sandbox()
             .enable_request_intercept()
+            // Handed to the loop below, which names what did not parse.
+            .surface_invalid_messages()
             .disable_cache()
             .launch_timeout(Duration::from_secs(20))
             .args([
@@ -212,7 +223,10 @@ impl Renderer {
         let events = tokio::spawn(async move {
             while let Some(event) = handler.next().await {
                 match event {
-                    Ok(()) | Err(chromiumoxide::error::CdpError::InvalidMessage(..)) => {}
+                    Ok(()) => {}
+                    Err(chromiumoxide::error::CdpError::InvalidMessage(raw, error)) => {
+                        unparsed(&raw, &error);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "the browser's connection ended");
                         break;
@@ -420,6 +434,31 @@ impl Renderer {
     }
 }
 
+/// A message from the browser that the protocol client could not read (a
+/// Chromium newer than the protocol the client was generated from; with
+/// Debian's Chromium, `Network.requestWillBeSentExtraInfo`, which the guard
+/// does not use). It is dropped, and logged by its method: one the guard
+/// depends on (a paused request, a request's answer or end) is a warning,
+/// since a request then stays paused, or holds its permit until the page
+/// closes.
+fn unparsed(raw: &str, error: &serde_json::Error) {
+    let method = serde_json::from_str::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| v.get("method").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    let relied_on = [
+        "Fetch.requestPaused",
+        "Network.responseReceived",
+        "Network.loadingFinished",
+        "Network.loadingFailed",
+    ];
+    if relied_on.contains(&method.as_str()) {
+        tracing::warn!(%method, %error, "a browser event the guard needs did not parse");
+    } else {
+        tracing::debug!(%method, %error, "a browser message did not parse");
+    }
+}
+
 /// Decides every paused request of one page.
 struct Guard {
     page: Page,
@@ -465,8 +504,10 @@ impl InFlight {
     fn hold(&self, id: String, permit: Permit) {
         let mut state = self.lock();
         if state.closed {
+            tracing::debug!(network = %id, "page closed: permit given back at once");
             return;
         }
+        tracing::debug!(network = %id, held = state.held.len() + 1, "page request holds its permit");
         if let Some(before) = state.held.insert(
             id,
             Held {
@@ -482,6 +523,7 @@ impl InFlight {
     /// or a 503.
     fn end(&self, id: &str, failed: bool) {
         let held = self.lock().held.remove(id);
+        tracing::debug!(network = %id, failed, held = held.is_some(), "page request ended");
         if let Some(held) = held {
             let outcome = match held.status {
                 Some(429 | 503) => PermitOutcome::Throttled {
@@ -554,6 +596,16 @@ impl Guard {
             Err(_) => Err("not a valid URL".to_owned()),
         };
         let id = event.request_id.clone();
+        if let Ok(Some(permit)) = &verdict {
+            tracing::debug!(
+                request = %id.inner(),
+                network = event.network_id.as_ref().map(|n| n.inner().as_str()),
+                url = %raw,
+                granted_by = permit.granted_by().unwrap_or("this process"),
+                waited_ms = permit.waited.as_millis() as u64,
+                "page request admitted"
+            );
+        }
         let sent = match verdict {
             Ok(permit) => {
                 // Held before the request goes on, so its end cannot come first.

@@ -338,6 +338,11 @@ impl Permit {
         }
     }
 
+    /// The node that granted it, when not this process's own gate.
+    pub fn granted_by(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
     /// Gives the permit back, saying how the request ended.
     pub fn release(mut self, outcome: PermitOutcome) {
         self.give_back(outcome);
