@@ -7,8 +7,12 @@
 //! 2. second pass: the same items again, unchanged (only `last_seen` moves);
 //! 3. third pass: one item in 20 with a new price.
 //!
-//! `cargo bench --bench store [PAGES] [PASSES]` (default 2,000 pages, 3
-//! passes) prints each pass's pages/s, CPU per page and ratio to the first.
+//! `cargo bench --bench store [PAGES] [PASSES] [READS]` (default 2,000
+//! pages, 3 passes, no reads) prints each pass's pages/s, CPU per page and
+//! ratio to the first; then walks the collection READS times in pages of 100
+//! items as the query API writes them (`ItemBytes::write_view`, the query
+//! cache off), and prints items/s. After a second pass every item's
+//! `last_seen` comes from the key directory, not from its stored bytes.
 //! Wall-clock figures move with the machine's load; for a figure that does
 //! not, count instructions with callgrind (every thread, sled's included),
 //! once with one pass and once with two: the difference is the second pass.
@@ -70,6 +74,7 @@ fn main() {
         .collect();
     let pages = numbers.first().copied().unwrap_or(2_000);
     let passes = numbers.get(1).copied().unwrap_or(3);
+    let reads = numbers.get(2).copied().unwrap_or(0);
     let dir = tempfile::tempdir().expect("a scratch directory");
     let store = Store::open(dir.path(), 64 << 20).expect("the store opens");
     let mut seq = 0;
@@ -109,5 +114,46 @@ fn main() {
              (inserted {inserted}, changed {changed}, unchanged {unchanged})",
             1000.0 * cpu / pages as f64
         );
+    }
+    for walk in 1..=reads {
+        let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+        let (items, bytes) = walk_collection(&store);
+        let wall = wall0.elapsed().as_secs_f64();
+        println!(
+            "walk {walk}: {:>9.0} items/s, {:>6.3} µs CPU an item ({items} items, {bytes} bytes)",
+            items as f64 / wall,
+            1e6 * (cpu_seconds() - cpu0) / items as f64
+        );
+    }
+}
+
+/// Reads the whole collection in pages of 100 items, each page written as
+/// the query API writes it; returns the items and bytes written.
+fn walk_collection(store: &Store) -> (usize, usize) {
+    const PAGE: usize = 100;
+    let (mut items, mut bytes) = (0, 0);
+    let mut after: Option<String> = None;
+    loop {
+        let mut body = Vec::with_capacity(PAGE * 512);
+        let (mut n, mut last) = (0, String::new());
+        store
+            .each_item("catalogue", after.as_deref(), |item| {
+                if n == PAGE {
+                    return Ok(false);
+                }
+                item.write_view(&mut body)?;
+                body.push(b',');
+                n += 1;
+                last.clear();
+                last.push_str(item.key());
+                Ok(true)
+            })
+            .expect("the walk");
+        items += n;
+        bytes += body.len();
+        if n < PAGE {
+            return (items, bytes);
+        }
+        after = Some(last);
     }
 }

@@ -18,6 +18,7 @@
 //!
 //! Upserts by key, snapshot copies from peers, and the reads behind queries.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -93,11 +94,7 @@ impl ItemBytes<'_> {
     pub fn item_ref(&self) -> Result<ItemRef<'_>> {
         let mut item: ItemRef<'_> = decode("item", self.bytes)?;
         if let Some((at, source)) = &self.seen {
-            let at = serde_json::to_value(at).map_err(|source| StoreError::Corrupt {
-                what: "item",
-                source,
-            })?;
-            item.last_seen = at.as_str().unwrap_or_default().to_owned().into();
+            item.last_seen = crate::domain::timestamp::text(at).into();
             item.source = source.to_string().into();
         }
         Ok(item)
@@ -117,6 +114,8 @@ impl ItemBytes<'_> {
         if hash_first && self.seen.is_none() {
             out.push(b'{');
             out.extend_from_slice(&b[HASH_MEMBER_LEN..]);
+        } else if hash_first && self.write_seen(&b[HASH_MEMBER_LEN..], out) {
+            // Copied up to its trailer, which was written anew.
         } else {
             serde_json::to_writer(out, &self.item_ref()?).map_err(|source| {
                 StoreError::Corrupt {
@@ -126,6 +125,66 @@ impl ItemBytes<'_> {
             })?;
         }
         Ok(())
+    }
+}
+
+/// The members a stored item ends with, after its `data`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Trailer<'a> {
+    #[serde(borrow)]
+    first_seen: Cow<'a, str>,
+    version: u64,
+    #[serde(borrow, rename = "last_seen")]
+    _last_seen: Cow<'a, str>,
+    #[serde(borrow, rename = "source")]
+    _source: Cow<'a, str>,
+}
+
+/// How a stored item's trailer begins. A JSON string escapes its quotes,
+/// so these bytes only occur as members; `data` comes before the trailer,
+/// so the last occurrence is the trailer's.
+const TRAILER: &[u8] = b",\"first_seen\":\"";
+
+impl ItemBytes<'_> {
+    /// Appends `{` + `members` (a stored item after its hash member) with
+    /// the directory's newer `last_seen` and `source` in place of the
+    /// stored ones: the key and data are copied, only the trailer is
+    /// written. False (nothing written) when the trailer is not as
+    /// [`StoredItem`] writes it; the caller then re-encodes the item.
+    fn write_seen(&self, members: &[u8], out: &mut Vec<u8>) -> bool {
+        let Some((at, source)) = &self.seen else {
+            return false;
+        };
+        let Some(start) = members.windows(TRAILER.len()).rposition(|w| w == TRAILER) else {
+            return false;
+        };
+        let mut object = Vec::with_capacity(members.len() - start + 1);
+        object.push(b'{');
+        object.extend_from_slice(&members[start + 1..]);
+        let Ok(trailer) = serde_json::from_slice::<Trailer<'_>>(&object) else {
+            return false;
+        };
+        let before = out.len();
+        out.push(b'{');
+        out.extend_from_slice(&members[..start]);
+        let written = (|| {
+            out.extend_from_slice(b",\"first_seen\":");
+            serde_json::to_writer(&mut *out, &trailer.first_seen)?;
+            out.extend_from_slice(b",\"last_seen\":");
+            crate::domain::timestamp::write_json(at, out);
+            out.extend_from_slice(b",\"version\":");
+            serde_json::to_writer(&mut *out, &trailer.version)?;
+            out.extend_from_slice(b",\"source\":");
+            serde_json::to_writer(&mut *out, &**source)?;
+            out.push(b'}');
+            Ok::<(), serde_json::Error>(())
+        })();
+        if written.is_err() {
+            out.truncate(before);
+            return false;
+        }
+        true
     }
 }
 

@@ -141,7 +141,11 @@ fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("stored types always serialise")
+    // Room for a typical item at once: growing from empty reallocates a
+    // handful of times per value.
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, value).expect("stored types always serialise");
+    out
 }
 
 impl Store {
@@ -364,6 +368,65 @@ mod tests {
             );
         }
         assert_eq!(views.len(), 2);
+    }
+
+    #[test]
+    fn a_newer_last_seen_is_written_into_the_copied_item_as_re_encoding_would() {
+        let mut hostile = serde_json::Map::new();
+        hostile.insert("url".into(), json!("u\",\"first_seen\":\"x"));
+        hostile.insert(
+            "nested".into(),
+            json!({"first_seen": "1999-01-01T00:00:00Z", "version": 7, "source": "q"}),
+        );
+        hostile.insert("text".into(), json!("a \"quoted\" \\ line\nand é"));
+        let item = Item::new(hostile, &["url".into()]);
+        let stored = StoredItem {
+            hash: item.content_hash(),
+            key: item.key.clone(),
+            data: item.data.clone(),
+            first_seen: Utc::now() - chrono::Duration::days(3),
+            last_seen: Utc::now() - chrono::Duration::days(2),
+            version: 4,
+            source: "old".into(),
+        };
+        let bytes = serde_json::to_vec(&stored).unwrap();
+        assert!(bytes.starts_with(HASH_PREFIX));
+        let at = Utc::now();
+        let view = ItemBytes {
+            key: stored.key.as_bytes(),
+            bytes: &bytes,
+            seen: Some((at, "new-source".into())),
+        };
+        let mut copied = Vec::new();
+        view.write_view(&mut copied).unwrap();
+        let re_encoded = serde_json::to_vec(&view.item_ref().unwrap()).unwrap();
+        assert_eq!(
+            String::from_utf8(copied.clone()).unwrap(),
+            String::from_utf8(re_encoded).unwrap()
+        );
+        let shown: serde_json::Value = serde_json::from_slice(&copied).unwrap();
+        assert_eq!(shown["last_seen"], json!(at));
+        assert_eq!(shown["source"], "new-source");
+        assert_eq!(shown["version"], 4);
+        assert_eq!(
+            shown["data"]["nested"]["first_seen"],
+            "1999-01-01T00:00:00Z"
+        );
+        // A trailer not as the store writes it is re-encoded, not spliced.
+        let odd = String::from_utf8(bytes)
+            .unwrap()
+            .replace(",\"version\":4", ",\"version\":4,\"x\":1");
+        let mut out = Vec::new();
+        ItemBytes {
+            key: stored.key.as_bytes(),
+            bytes: odd.as_bytes(),
+            seen: Some((at, "new-source".into())),
+        }
+        .write_view(&mut out)
+        .unwrap();
+        let shown: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(shown["source"], "new-source");
+        assert!(shown.get("x").is_none());
     }
 
     #[test]
