@@ -139,7 +139,9 @@ impl App {
         hosts.start().await.context("loading the host policies")?;
         let events = Events::new(&settings.node_name);
         let flusher = crate::store::Flusher::start(store.clone());
-        let isolation = crate::isolation::Isolation::connect(settings.isolation.clone()).await;
+        let isolation = crate::isolation::Isolation::connect(settings.isolation.clone())
+            .await
+            .in_cluster(settings.cluster.as_ref().map(|c| c.cookie.as_str()));
         let args = NodeSupervisorArgs {
             store: store.clone(),
             node_name: settings.node_name.clone(),

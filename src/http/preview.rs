@@ -168,11 +168,8 @@ pub async fn preview_stored(
 pub fn preview_budget(spec: &SourceSpec, pages: u32) -> std::time::Duration {
     let per_page = spec.extract.wait_timeout() + std::time::Duration::from_secs(10);
     (std::time::Duration::from_secs(20) + per_page * pages)
-        .min(std::time::Duration::from_secs(MAX_BUDGET_SECS))
+        .min(crate::isolation::docker::MAX_PREVIEW_BUDGET)
 }
-
-/// The most a container preview may take, whatever the spec.
-const MAX_BUDGET_SECS: u64 = 120;
 
 /// Previews `spec`: in this process, or in a container for an isolated source.
 async fn run_preview(state: &AppState, spec: &SourceSpec, pages: u32) -> Result<Value, ApiError> {

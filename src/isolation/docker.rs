@@ -96,12 +96,64 @@ pub struct PreviewPlan {
 /// How long after its budget a preview container is waited for (its own
 /// deadline ends the walk; this covers its exit).
 const PREVIEW_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest budget any preview is given, whatever its spec.
+pub const MAX_PREVIEW_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+/// A preview container older than this (by its creation time) has no
+/// preview waiting on it any more: its node gave up on it at
+/// [`MAX_PREVIEW_BUDGET`] plus [`PREVIEW_GRACE`] after creating it. The
+/// extra margin covers clocks and the removal under way.
+pub const PREVIEW_MAX_AGE: std::time::Duration =
+    std::time::Duration::from_secs(MAX_PREVIEW_BUDGET.as_secs() + PREVIEW_GRACE.as_secs() + 30);
 
 /// The [`LABEL_CLUSTER`] value of the cluster with this cookie (a digest:
 /// the label never shows the cookie).
 pub fn cluster_label(cookie: &str) -> String {
     let digest = blake3::hash(format!("gleaner-cluster:{cookie}").as_bytes());
     digest.to_hex()[..16].to_owned()
+}
+
+/// A preview container on this engine, as the orphan pass sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewContainer {
+    pub id: String,
+    pub name: String,
+    /// The node id of the node that started it.
+    pub owner: String,
+    /// The engine's state: `created`, `running`, `exited`, ...
+    pub state: String,
+    /// When it was created (Unix seconds, the engine's clock).
+    pub created: i64,
+}
+
+/// Why a preview container is stray (and is removed), or `None` while a
+/// preview may still wait on it. `me` is this node's id; `live_here`: this
+/// process is running the preview that made it; `owner_live`: its owner is
+/// a live member of the cluster; `now`: Unix seconds.
+///
+/// - past [`PREVIEW_MAX_AGE`], whatever its state and owner: its preview
+///   gave up on it;
+/// - one of this node's that no preview of this process waits on: left by
+///   an earlier run of this node (killed mid-preview), or by a preview whose
+///   request was dropped before it removed its container;
+/// - another node's that no longer runs, when that node is no live member:
+///   a dead node's (its own budget ended it). One that still runs is left
+///   to end by its budget; a live node's, to that node.
+pub fn stray_preview(
+    c: &PreviewContainer,
+    me: &str,
+    live_here: bool,
+    owner_live: bool,
+    now: i64,
+) -> Option<&'static str> {
+    let age = now.saturating_sub(c.created);
+    if age > PREVIEW_MAX_AGE.as_secs() as i64 {
+        return Some("it outlived the longest preview budget");
+    }
+    if c.owner == me {
+        return (!live_here).then_some("no preview of this node waits on it");
+    }
+    let stopped = matches!(c.state.as_str(), "created" | "exited" | "dead");
+    (stopped && !owner_live).then_some("its node is gone and it stopped")
 }
 
 /// A worker container of the cluster, as the orphan sweep sees it.
@@ -121,6 +173,29 @@ pub struct Isolation {
     /// good. A start holds it for reading from its check to the container's
     /// start, so none is under way, and none follows, once it is set.
     closed: Arc<tokio::sync::RwLock<bool>>,
+    /// The [`LABEL_CLUSTER`] of this node's cluster (none without a cookie):
+    /// put on its preview containers, so that any node of it may remove
+    /// those a dead node left.
+    cluster: Option<String>,
+    /// The names of the preview containers this process's previews wait on,
+    /// shared by every clone; a name is in before its container is created.
+    previews: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Holds a preview container's name in [`Isolation::previews`] while its
+/// preview runs, cancelled or not.
+struct LivePreview<'a> {
+    previews: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    name: String,
+}
+
+impl Drop for LivePreview<'_> {
+    fn drop(&mut self) {
+        self.previews
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.name);
+    }
 }
 
 fn engine(e: bollard::errors::Error) -> IsolationError {
@@ -169,7 +244,64 @@ impl Isolation {
             docker,
             config,
             closed: Arc::default(),
+            cluster: None,
+            previews: Arc::default(),
         }
+    }
+
+    /// The same handle, for the node of the cluster with this cookie (its
+    /// preview containers carry the cluster's label).
+    pub fn in_cluster(mut self, cookie: Option<&str>) -> Isolation {
+        self.cluster = cookie.map(cluster_label);
+        self
+    }
+
+    /// Is a preview of this process waiting on the container `name`?
+    pub fn previewing(&self, name: &str) -> bool {
+        self.previews
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
+    }
+
+    /// The preview containers the orphan pass looks at: those of this
+    /// node's cluster, or without a cluster this node's own, running or not.
+    pub async fn list_previews(
+        &self,
+        owner_id: &str,
+    ) -> Result<Vec<PreviewContainer>, IsolationError> {
+        let docker = self.docker()?;
+        let scope = match &self.cluster {
+            Some(cluster) => format!("{LABEL_CLUSTER}={cluster}"),
+            None => format!("{LABEL_OWNER}={owner_id}"),
+        };
+        let filters = HashMap::from([("label", vec![format!("{LABEL_ROLE}=preview"), scope])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let listed = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine)?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                Some(PreviewContainer {
+                    id: c.id?,
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    owner: labels.get(LABEL_OWNER).cloned().unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    created: c.created.unwrap_or_default(),
+                })
+            })
+            .collect())
     }
 
     fn docker(&self) -> Result<&Docker, IsolationError> {
@@ -349,14 +481,25 @@ impl Isolation {
             "gleaner-preview-{owner}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
+        // In before the container exists: the orphan pass never takes a
+        // container a preview is about to wait on.
+        self.previews
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.clone());
+        let _live = LivePreview {
+            previews: &self.previews,
+            name: name.clone(),
+        };
+        let budget = plan.budget.min(MAX_PREVIEW_BUDGET);
         let spec_json = serde_json::to_string(&plan.spec).expect("a spec always serialises");
         let mut env = vec![
             format!("GLEANER_PREVIEW_SPEC={spec_json}"),
             format!("GLEANER_PREVIEW_PAGES={}", plan.pages),
-            format!("GLEANER_PREVIEW_BUDGET_MS={}", plan.budget.as_millis()),
+            format!("GLEANER_PREVIEW_BUDGET_MS={}", budget.as_millis()),
         ];
         env.extend(self.container_env(&name, plan.allow_private_targets.as_deref()));
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_ROLE.to_owned(), "preview".to_owned()),
             (LABEL_OWNER.to_owned(), plan.owner_id.clone()),
             (LABEL_SOURCE.to_owned(), plan.spec.id.clone()),
@@ -365,6 +508,9 @@ impl Isolation {
                 if browser { "browser" } else { "http" }.to_owned(),
             ),
         ]);
+        if let Some(cluster) = &self.cluster {
+            labels.insert(LABEL_CLUSTER.to_owned(), cluster.clone());
+        }
         let body = ContainerCreateBody {
             image: Some(image),
             cmd: Some(vec!["preview".to_owned()]),
@@ -410,7 +556,7 @@ impl Isolation {
             }
             Ok::<String, IsolationError>(String::from_utf8_lossy(&out).into_owned())
         };
-        let limit = plan.budget + PREVIEW_GRACE;
+        let limit = budget + PREVIEW_GRACE;
         let outcome = match tokio::time::timeout(limit, run).await {
             Ok(result) => result,
             Err(_) => Err(IsolationError::TimedOut(limit.as_millis())),
@@ -586,5 +732,79 @@ mod tests {
             container_name("node 1.example", "0123456789abcdef", "books"),
             "gleaner-worker-books-node-1-example-01234567"
         );
+    }
+
+    fn preview(owner: &str, state: &str, created: i64) -> PreviewContainer {
+        PreviewContainer {
+            id: "c0ffee".into(),
+            name: "gleaner-preview-x".into(),
+            owner: owner.into(),
+            state: state.into(),
+            created,
+        }
+    }
+
+    #[test]
+    fn a_preview_someone_waits_on_is_never_stray() {
+        let now = 1_000_000;
+        let max = PREVIEW_MAX_AGE.as_secs() as i64;
+        // This node's own, while its preview runs, exited or not.
+        for state in ["created", "running", "exited"] {
+            assert_eq!(
+                stray_preview(&preview("me", state, now - max), "me", true, true, now),
+                None
+            );
+        }
+        // A live node's, in any state: that node removes it.
+        for state in ["created", "running", "exited"] {
+            assert_eq!(
+                stray_preview(&preview("peer", state, now - 5), "me", false, true, now),
+                None
+            );
+        }
+        // A dead node's still running: its own budget ends it.
+        assert_eq!(
+            stray_preview(
+                &preview("peer", "running", now - 5),
+                "me",
+                false,
+                false,
+                now
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_dead_node_s_stopped_preview_an_abandoned_one_and_an_overdue_one_are_stray() {
+        let now = 1_000_000;
+        let max = PREVIEW_MAX_AGE.as_secs() as i64;
+        for state in ["created", "exited", "dead"] {
+            assert!(
+                stray_preview(&preview("peer", state, now - 5), "me", false, false, now).is_some()
+            );
+        }
+        // This node's, and none of its previews waits on it (an earlier run's).
+        assert!(
+            stray_preview(&preview("me", "running", now - 5), "me", false, true, now).is_some()
+        );
+        // Past the longest budget and its grace, whoever made it and whatever its state.
+        assert!(stray_preview(
+            &preview("peer", "running", now - max - 1),
+            "me",
+            false,
+            true,
+            now
+        )
+        .is_some());
+        assert!(stray_preview(
+            &preview("me", "running", now - max - 1),
+            "me",
+            true,
+            true,
+            now
+        )
+        .is_some());
+        assert!(PREVIEW_MAX_AGE > MAX_PREVIEW_BUDGET + PREVIEW_GRACE);
     }
 }

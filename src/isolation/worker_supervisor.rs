@@ -10,7 +10,11 @@
 //! - a source without a container gets one; existing ones are adopted;
 //! - a stopped worker of the same cluster (the [`LABEL_CLUSTER`] label) whose
 //!   owner is no live member is removed, with its anonymous volume, by
-//!   whichever node's full pass sees it first: the orphans of a dead owner.
+//!   whichever node's full pass sees it first: the orphans of a dead owner;
+//! - a stray preview container of the cluster (see
+//!   [`stray_preview`](crate::isolation::docker::stray_preview)) is removed by
+//!   the same pass: a dead node's that has exited, this node's that no
+//!   preview of its waits on, any past the longest preview budget.
 //!
 //! Without a reachable engine every isolated source reports that error; it is
 //! never run in-process.
@@ -26,7 +30,7 @@ use crate::cluster::view::MemberState;
 use crate::cluster::Cluster;
 use crate::domain::SourceSpec;
 use crate::domain::{SourceRuntime, SourceState, Totals, WorkerContainer};
-use crate::isolation::docker::{cluster_label, LABEL_CLUSTER};
+use crate::isolation::docker::{cluster_label, stray_preview, LABEL_CLUSTER};
 use crate::isolation::{Isolation, WorkerPlan};
 use crate::supervision::{ask, ASK_TIMEOUT};
 
@@ -204,6 +208,7 @@ impl WorkerSupervisorState {
         self.status.retain(|id, _| self.desired.contains_key(id));
         if only.is_none() {
             self.sweep_orphans().await;
+            self.sweep_previews().await;
         }
     }
 
@@ -230,6 +235,34 @@ impl WorkerSupervisorState {
             tracing::info!(source = %w.container.source, container = %w.container.id, owner = %w.owner, label = LABEL_CLUSTER, "removing an orphaned worker container");
             if let Err(e) = isolation.remove(&w.container.id).await {
                 tracing::warn!(container = %w.container.id, error = %e, "orphan not removed");
+            }
+        }
+    }
+
+    /// Removes the stray preview containers of this cluster (this node's
+    /// own without a cluster): those no preview waits on any more.
+    async fn sweep_previews(&self) {
+        let isolation = &self.args.isolation;
+        let me = &self.args.node_id;
+        let Ok(previews) = isolation.list_previews(me).await else {
+            return;
+        };
+        if previews.is_empty() {
+            return;
+        }
+        let members = self.args.cluster.members();
+        let now = chrono::Utc::now().timestamp();
+        for p in previews {
+            let owner_live = members
+                .iter()
+                .any(|m| m.node_id == p.owner && m.state != MemberState::Down);
+            let live_here = isolation.previewing(&p.name);
+            let Some(reason) = stray_preview(&p, me, live_here, owner_live, now) else {
+                continue;
+            };
+            tracing::info!(container = %p.id, name = %p.name, owner = %p.owner, state = %p.state, reason, "removing a stray preview container");
+            if let Err(e) = isolation.remove(&p.id).await {
+                tracing::warn!(container = %p.id, error = %e, "stray preview not removed");
             }
         }
     }

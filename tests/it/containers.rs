@@ -25,7 +25,7 @@ use crate::harness::docker::{
     Network, NodeBox, NodeRun, Site,
 };
 use crate::harness::fixture::{page_path, page_spec};
-use crate::harness::{wait_until, COOKIE};
+use crate::harness::wait_until;
 
 const FORM: Duration = Duration::from_secs(90);
 const SETTLE: Duration = Duration::from_secs(60);
@@ -437,11 +437,84 @@ async fn a_rolling_restart_keeps_the_query_api_answering_and_loses_nothing() {
     c.wait_items(&[0, 1, 2]).await;
 }
 
-/// The Swarm stack (swarm/stack.yml with swarm/stack.test.yml): three
-/// replicas on this one Swarm node find each other through `tasks.gleaner`
-/// and form one cluster, reading the cookie and the tokens from Swarm secrets.
+/// A worker container of the Swarm test's cluster, as `docker inspect` shows it.
+#[derive(Debug, Clone)]
+struct SwarmWorker {
+    id: String,
+    source: String,
+    /// The node id of the node that started it.
+    owner: String,
+    /// `running`, `exited`, ...
+    state: String,
+    /// `starting`, `healthy`, `unhealthy`, or empty without a healthcheck.
+    health: String,
+    /// Its address on the stack's network.
+    ip: String,
+    /// Its anonymous volumes (the image's /data).
+    volumes: Vec<String>,
+}
+
+/// Every worker container labelled with the cluster `filter`
+/// (`label=org.gleaner.cluster=…`), running or not.
+fn swarm_workers(filter: &str, network: &str) -> Vec<SwarmWorker> {
+    let ids = docker_try(&["ps", "-aq", "--no-trunc", "--filter", filter]).unwrap_or_default();
+    ids.split_whitespace()
+        .filter_map(|id| inspect(id).ok())
+        .map(|c| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            SwarmWorker {
+                id: text(&c["Id"]),
+                source: text(&c["Config"]["Labels"]["org.gleaner.source"]),
+                owner: text(&c["Config"]["Labels"]["org.gleaner.owner"]),
+                state: text(&c["State"]["Status"]),
+                health: text(&c["State"]["Health"]["Status"]),
+                ip: text(&c["NetworkSettings"]["Networks"][network]["IPAddress"]),
+                volumes: c["Mounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["Type"] == "volume")
+                    .filter_map(|m| m["Name"].as_str().map(str::to_owned))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The nodes (not the workers) `task` lists up: (name, node id), sorted.
+async fn nodes_up(task: &NodeBox) -> Option<Vec<(String, String)>> {
+    let (200, body) = task.try_get("/api/v1/cluster").await? else {
+        return None;
+    };
+    let mut up: Vec<(String, String)> = body["members"]
+        .as_array()?
+        .iter()
+        .filter(|m| m["role"] != "worker" && m["state"] == "up")
+        .filter_map(|m| {
+            Some((
+                m["name"].as_str()?.to_owned(),
+                m["node_id"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    up.sort();
+    Some(up)
+}
+
+/// The Swarm stack (swarm/stack.yml with swarm/stack.test.yml) on this one
+/// Swarm node, through an operator's whole cycle:
+///
+/// 1. three replicas find each other through `tasks.gleaner` and form one
+///    cluster, reading the cookie and the tokens from Swarm secrets;
+/// 2. an isolated source runs in a worker container on the stack's
+///    (attachable) overlay, which turns healthy and scrapes a site there;
+/// 3. the owner's task is killed: a survivor runs the source in a worker of
+///    its own, the old worker is removed with its volume, and once the task
+///    is back and membership stable one healthy worker makes every fetch;
+/// 4. `docker stack rm` leaves no task, worker, worker volume or network, and
+///    the secrets and data volumes (kept by Swarm on purpose) can be removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_swarm_stack_forms_one_cluster() {
+async fn the_swarm_stack_forms_one_cluster_fails_over_and_leaves_nothing_when_removed() {
     let _one = exclusive().await;
     let image = image();
     let p = prefix("sw");
@@ -465,18 +538,27 @@ async fn the_swarm_stack_forms_one_cluster() {
         }
     }
 
-    // The secrets the stack reads through GLEANER_*_FILE.
+    // The secrets the stack reads through GLEANER_*_FILE. The cookie is this
+    // test's own, so the cluster label of its workers is too.
     let admin = format!("{p}-admin-token-0123456789abcdef");
+    let cookie = format!("{p}-cluster-cookie-0123456789abcdef");
+    // The collection routes take the read token, not the admin one.
+    let read = format!("{p}-read-token-0123456789abcdef");
     for (name, value) in [
-        ("cookie", COOKIE.to_owned()),
+        ("cookie", cookie.clone()),
         ("admin_token", admin.clone()),
-        ("read_token", format!("{p}-read-token-0123456789abcdef")),
+        ("read_token", read.clone()),
     ] {
         let secret = format!("{p}_{name}");
         docker_with(&["secret", "create", &secret, "-"], Some(&value), &[])
             .unwrap_or_else(|e| panic!("{e}"));
         made.secrets.push(secret);
     }
+    let workers_of = format!(
+        "label=org.gleaner.cluster={}",
+        gleaner::isolation::cluster_label(&cookie)
+    );
+    made.sweep.push(workers_of.clone());
     // The Swarm agent tries to pull a task's image before it uses the local
     // one: a reference on 127.0.0.1, port 1 (nothing listens there), keeps that
     // attempt on loopback, where it is refused at once.
@@ -486,10 +568,26 @@ async fn the_swarm_stack_forms_one_cluster() {
     made.volumes = (1..=3).map(|s| format!("{p}-data-{s}")).collect();
     made.stack = Some(p.clone());
     let port = crate::harness::node::free_port().to_string();
+    // The nodes may use the engine's socket (isolated sources), and scrape
+    // the addresses of Swarm's overlay networks, where the fixture runs.
+    let gid = std::fs::metadata("/var/run/docker.sock")
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
+        .expect("the engine's socket is /var/run/docker.sock");
+    // Swarm's address pools (10.0.0.0/8 unless `swarm init` was told others).
+    let pools: Option<Vec<String>> = serde_json::from_str(&docker(&[
+        "info",
+        "--format",
+        "{{json .Swarm.Cluster.DefaultAddrPool}}",
+    ]))
+    .unwrap_or(None);
+    let pools = pools.map_or_else(|| "10.0.0.0/8".to_owned(), |p| p.join(","));
     let env = [
         ("GLEANER_IMAGE", local_ref.as_str()),
         ("GLEANER_HTTP_PORT", port.as_str()),
         ("GLEANER_TEST_PREFIX", p.as_str()),
+        ("GLEANER_STACK", p.as_str()),
+        ("GLEANER_DOCKER_GID", gid.as_str()),
+        ("GLEANER_ALLOW_PRIVATE_TARGETS", pools.as_str()),
     ];
     let swarm = repo_root().join("swarm");
     let (stack, test) = (swarm.join("stack.yml"), swarm.join("stack.test.yml"));
@@ -512,13 +610,13 @@ async fn the_swarm_stack_forms_one_cluster() {
     eprintln!("docker stack deploy:\n{out}");
 
     let label = format!("label=com.docker.stack.namespace={p}");
-    let deployed = Instant::now();
-    let containers: Vec<String> = wait_until("three running tasks", FORM, || async {
+    let running_tasks = || async {
         let ids = docker_try(&["ps", "-q", "--filter", &label]).ok()?;
         let ids: Vec<String> = ids.lines().map(str::to_owned).collect();
         (ids.len() == 3).then_some(ids)
-    })
-    .await;
+    };
+    let deployed = Instant::now();
+    let containers: Vec<String> = wait_until("three running tasks", FORM, running_tasks).await;
     made.watched = containers.clone();
     let mut tasks = Vec::new();
     for id in &containers {
@@ -545,4 +643,249 @@ async fn the_swarm_stack_forms_one_cluster() {
         })
         .await;
     }
+
+    // An isolated source: its worker joins the stack's overlay and scrapes a
+    // site there, and turns healthy.
+    let overlay = format!("{p}_cluster");
+    let subnet = docker(&[
+        "network",
+        "inspect",
+        &overlay,
+        "-f",
+        "{{(index .IPAM.Config 0).Subnet}}",
+    ]);
+    let net = Network {
+        name: overlay.clone(),
+        subnet,
+    };
+    let site = Site::start(&made, &format!("{p}site"), &net, 1);
+    let mut spec = page_spec("iso", &site.url(1), 1);
+    spec["isolated"] = true.into();
+    let (status, body) = tasks[0].post("/api/v1/sources", &spec).await;
+    assert_eq!(status, 201, "{body}");
+    let posted = Instant::now();
+    let first = wait_until("the worker's first request at the site", FORM, || async {
+        let w = swarm_workers(&workers_of, &overlay)
+            .into_iter()
+            .find(|w| w.state == "running" && !w.ip.is_empty())?;
+        site.hits()
+            .iter()
+            .any(|h| h.ip == w.ip && h.path == page_path(1))
+            .then_some(w)
+    })
+    .await;
+    eprintln!(
+        "swarm: the isolated source's worker fetched the site {} ms after the source was created",
+        posted.elapsed().as_millis()
+    );
+    // The owner's items reach every task (read with the read token: with
+    // one set, the admin token opens no collection route).
+    let mut readers = Vec::new();
+    for id in &containers {
+        readers.push(NodeBox::attach(id, id, &read, SETTLE).await);
+    }
+    wait_for_items(&readers.iter().collect::<Vec<_>>(), "books", 20, FORM).await;
+    wait_until("the worker healthy", FORM, || async {
+        let w = swarm_workers(&workers_of, &overlay)
+            .into_iter()
+            .find(|w| w.id == first.id)?;
+        (w.health == "healthy").then_some(())
+    })
+    .await;
+
+    // Failover: the task that owns the source (the worker's owner) is killed.
+    // Swarm replaces it after stack.test.yml's restart delay, in the same
+    // slot (same name, same volume, so the same node id): meanwhile the
+    // source moves to a survivor, which runs it in a worker of its own, and
+    // the old worker, ownerless, stops and is removed with its volume.
+    let mut owner_task = None;
+    for t in &tasks {
+        let Some((200, c)) = t.try_get("/api/v1/cluster").await else {
+            continue;
+        };
+        let me = c["members"].as_array().and_then(|m| m.first()).cloned();
+        if me.is_some_and(|m| m["node_id"] == first.owner.as_str()) {
+            owner_task = Some(t.container.clone());
+        }
+    }
+    let owner_task = owner_task.expect("the worker's owner is one of the tasks");
+    assert!(
+        !first.volumes.is_empty(),
+        "the worker has the image's /data volume"
+    );
+    // Every worker volume seen, to be gone at the end.
+    let worker_volumes =
+        std::sync::Mutex::new(first.volumes.iter().cloned().collect::<BTreeSet<_>>());
+    let seen = |ws: &[SwarmWorker]| {
+        worker_volumes
+            .lock()
+            .unwrap()
+            .extend(ws.iter().flat_map(|w| w.volumes.iter().cloned()));
+    };
+    // The members before the kill, with their node ids.
+    let members = nodes_up(&tasks[0]).await.expect("the first task answers");
+    let killed_at = Utc::now();
+    docker(&["kill", &owner_task]);
+    let moved = wait_until(
+        "a survivor's worker, healthy and scraping; the old one removed",
+        FORM,
+        || async {
+            let ws: Vec<SwarmWorker> = swarm_workers(&workers_of, &overlay)
+                .into_iter()
+                .filter(|w| w.source == "iso")
+                .collect();
+            seen(&ws);
+            if ws.iter().any(|w| w.id == first.id) {
+                return None;
+            }
+            let w = ws.into_iter().find(|w| {
+                w.owner != first.owner && w.state == "running" && w.health == "healthy"
+            })?;
+            let hit = site
+                .hits()
+                .into_iter()
+                .find(|h| h.ip == w.ip && h.path == page_path(1) && h.at > killed_at)?;
+            Some((w, hit))
+        },
+    )
+    .await;
+    eprintln!(
+        "swarm: the owner's task killed; a survivor's worker fetched the page {} ms after the kill",
+        ms_since(killed_at, &moved.1)
+    );
+    for v in &first.volumes {
+        assert!(
+            docker_try(&["volume", "inspect", v]).is_err(),
+            "the old worker's volume {v} is left"
+        );
+    }
+
+    // The slot's new task returns as the same member, and takes its source
+    // back: once membership is stable, one worker runs it, healthy.
+    let containers: Vec<String> = wait_until("three running tasks again", FORM, || async {
+        running_tasks()
+            .await
+            .filter(|ids| !ids.iter().any(|id| owner_task.starts_with(id.as_str())))
+    })
+    .await;
+    made.watched.extend(containers.iter().cloned());
+    let mut tasks = Vec::new();
+    for id in &containers {
+        tasks.push(NodeBox::attach(id, id, &admin, SETTLE).await);
+    }
+    // The same three members, with the same node ids: the slot's volume
+    // brought the killed node's id and store back.
+    for t in &tasks {
+        wait_until(
+            "the same three nodes up after the failover",
+            FORM,
+            || async { (nodes_up(t).await? == members).then_some(()) },
+        )
+        .await;
+    }
+    let mut readers = Vec::new();
+    for id in &containers {
+        readers.push(NodeBox::attach(id, id, &read, SETTLE).await);
+    }
+    wait_for_items(&readers.iter().collect::<Vec<_>>(), "books", 20, FORM).await;
+    let all = ["n1", "n2", "n3"].map(str::to_owned).to_vec();
+    let owners = agreed_owners(&tasks.iter().collect::<Vec<_>>(), 1, &all, FORM).await;
+    let second = wait_until(
+        "one worker for the source once membership is stable, healthy",
+        FORM,
+        || async {
+            let ws: Vec<SwarmWorker> = swarm_workers(&workers_of, &overlay)
+                .into_iter()
+                .filter(|w| w.source == "iso")
+                .collect();
+            seen(&ws);
+            let [w] = ws.as_slice() else { return None };
+            (w.state == "running" && w.health == "healthy").then(|| w.clone())
+        },
+    )
+    .await;
+    eprintln!(
+        "swarm: one healthy worker for the source ({owners:?}) {} ms after the kill",
+        (Utc::now() - killed_at).num_milliseconds()
+    );
+    // A window of runs: every fetch from the one worker, and still one worker.
+    let mark = site.hits().len();
+    wait_until("two more fetches of the source", FORM, || async {
+        (site.hits()[mark..]
+            .iter()
+            .filter(|h| h.path == page_path(1))
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    let from: BTreeSet<String> = site.hits()[mark..]
+        .iter()
+        .filter(|h| h.path == page_path(1))
+        .map(|h| h.ip.clone())
+        .collect();
+    assert_eq!(
+        from,
+        BTreeSet::from([second.ip.clone()]),
+        "fetched by one worker"
+    );
+    let ws = swarm_workers(&workers_of, &overlay);
+    assert_eq!(
+        ws.iter().map(|w| &w.id).collect::<Vec<_>>(),
+        vec![&second.id],
+        "one worker container: {ws:?}"
+    );
+    let worker_volumes = worker_volumes.into_inner().unwrap();
+
+    // `docker stack rm`: the site is the test's own container on the stack's
+    // network, so it goes first, as an operator's would.
+    docker(&["rm", "-f", "-v", &site.container]);
+    let removed = Instant::now();
+    // It fails to remove the network while workers are attached ("in use
+    // by task"); the nodes remove it once their workers are gone.
+    match docker_try(&["stack", "rm", &p]) {
+        Ok(out) => eprintln!("docker stack rm:\n{out}"),
+        Err(e) => eprintln!("docker stack rm: {e}"),
+    }
+    wait_until("no task and no worker left", FORM, || async {
+        let tasks_left = docker_try(&["ps", "-aq", "--filter", &label]).ok()?;
+        let workers_left = docker_try(&["ps", "-aq", "--filter", &workers_of]).ok()?;
+        (tasks_left.is_empty() && workers_left.is_empty()).then_some(())
+    })
+    .await;
+    let gone = wait_until("the stack's network removed", FORM, || async {
+        docker_try(&["network", "inspect", &overlay])
+            .is_err()
+            .then(|| removed.elapsed())
+    })
+    .await;
+    eprintln!(
+        "swarm: docker stack rm to no task, worker or network left in {} ms",
+        gone.as_millis()
+    );
+    for v in &worker_volumes {
+        assert!(
+            docker_try(&["volume", "inspect", v]).is_err(),
+            "worker volume {v} left"
+        );
+    }
+    // What Swarm keeps on purpose (external secrets, named volumes) is in
+    // use by nothing: the operator removes it at once.
+    for s in &made.secrets {
+        docker(&["secret", "rm", s]);
+    }
+    for v in &made.volumes {
+        docker(&["volume", "rm", v]);
+    }
+    let name = format!("name={p}");
+    let name = name.as_str();
+    for (what, args) in [
+        ("container", ["container", "ls", "-aq", "--filter", name]),
+        ("volume", ["volume", "ls", "-q", "--filter", name]),
+        ("network", ["network", "ls", "-q", "--filter", name]),
+        ("secret", ["secret", "ls", "-q", "--filter", name]),
+    ] {
+        assert_eq!(docker(&args), "", "a {what} named {p}… is left");
+    }
+    assert_eq!(docker(&["ps", "-aq", "--filter", &workers_of]), "");
 }

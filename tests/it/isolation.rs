@@ -10,7 +10,8 @@ use crate::harness::docker::{
     Site, IMAGE,
 };
 use crate::harness::fixture::page_spec;
-use crate::harness::wait_until;
+use crate::harness::node::Api;
+use crate::harness::{wait_until, ADMIN_TOKEN, COOKIE};
 use serde_json::Value;
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -381,4 +382,124 @@ async fn without_an_engine_an_isolated_source_fails_visibly_and_never_runs_in_pr
         .post("/api/v1/sources/iso/run", &serde_json::json!({}))
         .await;
     assert_eq!(status, 409, "{body}");
+}
+
+/// Preview containers of the lab's cluster (running or not): (id, state, owner label).
+fn previews(lab: &Lab) -> Vec<(String, String, String)> {
+    let cluster = format!(
+        "label=org.gleaner.cluster={}",
+        gleaner::isolation::cluster_label(COOKIE)
+    );
+    docker(&[
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--filter",
+        &format!("network={}", lab.network.name),
+        "--filter",
+        "label=org.gleaner.role=preview",
+        "--filter",
+        &cluster,
+        "--format",
+        "{{.ID}} {{.State}} {{.Label \"org.gleaner.owner\"}}",
+    ])
+    .lines()
+    .filter_map(|l| {
+        let p: Vec<&str> = l.split_whitespace().collect();
+        (p.len() == 3).then(|| (p[0].to_owned(), p[1].to_owned(), p[2].to_owned()))
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preview_container_left_by_a_killed_node_is_removed_by_another_node_of_its_cluster() {
+    let _one = exclusive().await;
+    let lab = Lab::new("pvo");
+    // A page that never answers: httpd runs the script, which only sleeps.
+    let hang = Site::serve(
+        &lab.made,
+        &format!("{}hang", lab.prefix),
+        &lab.network,
+        &[(
+            "cgi-bin/hang".to_owned(),
+            "#!/bin/sh\nsleep 600\n".to_owned(),
+        )],
+    );
+    let n0 = lab.node(0, &[1]).await;
+    let n1 = lab.node(1, &[0]).await;
+    n0.wait_ready(WITHIN).await;
+    n1.wait_ready(WITHIN).await;
+    let patient =
+        |n: &NodeBox| Api::new(&n.addr(), Some(ADMIN_TOKEN), Some(Duration::from_secs(150)));
+
+    // n0 previews the page that never answers: its container waits on it.
+    let mut spec = isolated_spec(&lab, "pv", 1);
+    spec["url"] = hang.at("/cgi-bin/hang").into();
+    let on_n0 = patient(&n0);
+    // Its answer never comes: the node dies first.
+    let pending = tokio::spawn(async move {
+        on_n0
+            .try_send(
+                on_n0
+                    .request(reqwest::Method::POST, "/api/v1/preview")
+                    .json(&spec),
+            )
+            .await
+    });
+    let (container, _, owner) = wait_until("n0's preview container running", WITHIN, || async {
+        let [p]: [_; 1] = previews(&lab).try_into().ok()?;
+        (p.1 == "running").then_some(p)
+    })
+    .await;
+    wait_until("the preview's request at the page", WITHIN, || async {
+        hang.hits()
+            .iter()
+            .any(|h| h.path == "/cgi-bin/hang")
+            .then_some(())
+    })
+    .await;
+
+    // n0 dies mid-preview (SIGKILL): nothing of it removes its container,
+    // which runs on until its own budget ends the walk.
+    docker(&["kill", "--signal", "KILL", &n0.container]);
+    let killed = std::time::Instant::now();
+    assert_eq!(pending.await.unwrap(), None, "a killed node answered");
+    // Meanwhile a preview on n1 runs to its end: n1's pass never takes a
+    // container a live preview of its waits on.
+    let mut ok = isolated_spec(&lab, "ok", 2);
+    ok.as_object_mut().unwrap().remove("id");
+    let (status, body) = patient(&n1).post("/api/v1/preview", &ok).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["pages"][0]["items"].as_array().unwrap().len(),
+        20,
+        "{body}"
+    );
+    let still = previews(&lab);
+    assert!(
+        still.iter().any(|(id, _, _)| *id == container),
+        "the dead node's preview container was removed while it ran: {still:?}"
+    );
+
+    // Once it has exited, n1 (same cluster, n0 no live member) removes it.
+    let within = gleaner::isolation::docker::MAX_PREVIEW_BUDGET;
+    wait_until(
+        "the dead node's preview container removed",
+        within,
+        || async { (!previews(&lab).iter().any(|(id, _, _)| *id == container)).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "stray preview: SIGKILL of its node to its removal by another node {} ms",
+        killed.elapsed().as_millis()
+    );
+    let logs = docker(&["logs", &n1.container]);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("removing a stray preview container")
+                && l.contains(&container)
+                && l.contains(&owner)),
+        "n1 does not say it removed {container}"
+    );
+    assert_eq!(previews(&lab), Vec::new());
 }
