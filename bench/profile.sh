@@ -9,6 +9,8 @@
 #   sched   SIZE tiny sources every 10 s (default 10000), 30 s observed
 # Writes bench/out/profile-PHASE.txt (flat, by symbol) and
 # bench/out/profile-PHASE.data (for `perf report -i`).
+# BENCH_BIN=path profiles that executable instead of building one (to set two
+# builds side by side in one sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,8 +42,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --locked
-cp target/release/gleaner "$WORK/gleaner"
+if [ -n "${BENCH_BIN:-}" ]; then
+  cp "$BENCH_BIN" "$WORK/gleaner"
+else
+  cargo build --release --locked
+  cp target/release/gleaner "$WORK/gleaner"
+fi
 GLEANER_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 export GLEANER_ADMIN_TOKEN
 
