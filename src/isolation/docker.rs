@@ -156,6 +156,15 @@ pub fn stray_preview(
     (stopped && !owner_live).then_some("its node is gone and it stopped")
 }
 
+/// A container as the engine lists it: what the listings above read.
+struct Labelled {
+    id: String,
+    name: String,
+    state: String,
+    created: i64,
+    labels: HashMap<String, String>,
+}
+
 /// A worker container of the cluster, as the orphan sweep sees it.
 #[derive(Debug, Clone)]
 pub struct ClusterWorker {
@@ -270,36 +279,21 @@ impl Isolation {
         &self,
         owner_id: &str,
     ) -> Result<Vec<PreviewContainer>, IsolationError> {
-        let docker = self.docker()?;
         let scope = match &self.cluster {
             Some(cluster) => format!("{LABEL_CLUSTER}={cluster}"),
             None => format!("{LABEL_OWNER}={owner_id}"),
         };
-        let filters = HashMap::from([("label", vec![format!("{LABEL_ROLE}=preview"), scope])]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let listed = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine)?;
+        let listed = self
+            .containers_labelled(vec![format!("{LABEL_ROLE}=preview"), scope])
+            .await?;
         Ok(listed
             .into_iter()
-            .filter_map(|c| {
-                let labels = c.labels.unwrap_or_default();
-                Some(PreviewContainer {
-                    id: c.id?,
-                    name: c
-                        .names
-                        .and_then(|n| n.into_iter().next())
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_owned(),
-                    owner: labels.get(LABEL_OWNER).cloned().unwrap_or_default(),
-                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-                    created: c.created.unwrap_or_default(),
-                })
+            .map(|c| PreviewContainer {
+                owner: c.labels.get(LABEL_OWNER).cloned().unwrap_or_default(),
+                id: c.id,
+                name: c.name,
+                state: c.state,
+                created: c.created,
             })
             .collect())
     }
@@ -332,6 +326,30 @@ impl Isolation {
         &self,
         labels: Vec<String>,
     ) -> Result<Vec<ClusterWorker>, IsolationError> {
+        let listed = self.containers_labelled(labels).await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|c| {
+                Some(ClusterWorker {
+                    owner: c.labels.get(LABEL_OWNER).cloned().unwrap_or_default(),
+                    container: WorkerContainer {
+                        source: c.labels.get(LABEL_SOURCE)?.clone(),
+                        spec_version: c.labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
+                        id: c.id,
+                        name: c.name,
+                        state: c.state,
+                    },
+                })
+            })
+            .collect())
+    }
+
+    /// The containers on this engine carrying every one of `labels`,
+    /// running or not (those the engine lists without an id left out).
+    async fn containers_labelled(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<Labelled>, IsolationError> {
         let docker = self.docker()?;
         let filters = HashMap::from([("label", labels)]);
         let options = ListContainersOptionsBuilder::new()
@@ -345,21 +363,17 @@ impl Isolation {
         Ok(listed
             .into_iter()
             .filter_map(|c| {
-                let labels = c.labels.unwrap_or_default();
-                Some(ClusterWorker {
-                    owner: labels.get(LABEL_OWNER).cloned().unwrap_or_default(),
-                    container: WorkerContainer {
-                        id: c.id?,
-                        name: c
-                            .names
-                            .and_then(|n| n.into_iter().next())
-                            .unwrap_or_default()
-                            .trim_start_matches('/')
-                            .to_owned(),
-                        source: labels.get(LABEL_SOURCE)?.clone(),
-                        spec_version: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
-                        state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-                    },
+                Some(Labelled {
+                    id: c.id?,
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    created: c.created.unwrap_or_default(),
+                    labels: c.labels.unwrap_or_default(),
                 })
             })
             .collect())
