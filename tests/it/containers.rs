@@ -716,11 +716,17 @@ async fn the_swarm_stack_forms_one_cluster_fails_over_and_leaves_nothing_when_re
     // Every worker volume seen, to be gone at the end.
     let worker_volumes =
         std::sync::Mutex::new(first.volumes.iter().cloned().collect::<BTreeSet<_>>());
-    let seen = |ws: &[SwarmWorker]| {
+    // The source's workers now, their volumes remembered.
+    let iso_workers = || {
+        let ws: Vec<SwarmWorker> = swarm_workers(&workers_of, &overlay)
+            .into_iter()
+            .filter(|w| w.source == "iso")
+            .collect();
         worker_volumes
             .lock()
             .unwrap()
             .extend(ws.iter().flat_map(|w| w.volumes.iter().cloned()));
+        ws
     };
     // The members before the kill, with their node ids.
     let members = nodes_up(&tasks[0]).await.expect("the first task answers");
@@ -730,11 +736,7 @@ async fn the_swarm_stack_forms_one_cluster_fails_over_and_leaves_nothing_when_re
         "a survivor's worker, healthy and scraping; the old one removed",
         FORM,
         || async {
-            let ws: Vec<SwarmWorker> = swarm_workers(&workers_of, &overlay)
-                .into_iter()
-                .filter(|w| w.source == "iso")
-                .collect();
-            seen(&ws);
+            let ws = iso_workers();
             if ws.iter().any(|w| w.id == first.id) {
                 return None;
             }
@@ -794,11 +796,7 @@ async fn the_swarm_stack_forms_one_cluster_fails_over_and_leaves_nothing_when_re
         "one worker for the source once membership is stable, healthy",
         FORM,
         || async {
-            let ws: Vec<SwarmWorker> = swarm_workers(&workers_of, &overlay)
-                .into_iter()
-                .filter(|w| w.source == "iso")
-                .collect();
-            seen(&ws);
+            let ws = iso_workers();
             let [w] = ws.as_slice() else { return None };
             (w.state == "running" && w.health == "healthy").then(|| w.clone())
         },
