@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::aggregator::AggregatorMsg;
 use super::scraper_supervisor::ScraperSupervisorMsg;
+use super::timer::Timer;
 use crate::cluster::wire::Notice;
 use crate::cluster::Cluster;
 use crate::domain::{ItemBatch, RunRecord, ScraperStats, SourceSpec};
@@ -54,6 +55,9 @@ pub struct ScraperNode {
     pub supervisor: ActorRef<ScraperSupervisorMsg>,
     /// Peers are told of every run, so a new owner keeps the schedule.
     pub cluster: Cluster,
+    /// Sends each scraper its `Tick` when its next run is due (one task for
+    /// the node rather than one a source).
+    pub timer: Timer<ScraperMsg>,
 }
 
 #[derive(RactorMessage)]
@@ -74,7 +78,6 @@ pub struct ScraperState {
     run: Option<JoinHandle<()>>,
     /// Another run was asked for while one was in progress.
     again: bool,
-    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<ScraperMsg>>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +88,11 @@ struct RunFailed {
 
 impl ScraperState {
     fn schedule(&mut self, myself: &ActorRef<ScraperMsg>, delay: Duration) {
-        if let Some(t) = self.timer.take() {
-            t.abort();
-        }
         self.stats.next_run = Some(Utc::now() + delay);
-        self.timer = Some(myself.send_after(delay, || ScraperMsg::Tick));
+        self.args
+            .node
+            .timer
+            .arm(myself, tokio::time::Instant::now() + delay);
     }
 
     /// How long from now until the run due after `from` (`every_secs` after
@@ -109,9 +112,7 @@ impl ScraperState {
     }
 
     fn start_run(&mut self, myself: &ActorRef<ScraperMsg>) {
-        if let Some(t) = self.timer.take() {
-            t.abort();
-        }
+        self.args.node.timer.cancel(myself.get_id());
         self.stats.next_run = None;
         self.stats.running = true;
         let _ = self
@@ -287,7 +288,6 @@ impl Actor for Scraper {
             args,
             run: None,
             again: false,
-            timer: None,
         };
         // Resume the schedule from the last run (kept across restarts).
         let delay = if state.args.run_now {
@@ -304,15 +304,13 @@ impl Actor for Scraper {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(run) = state.run.take() {
             run.abort();
         }
-        if let Some(t) = state.timer.take() {
-            t.abort();
-        }
+        state.args.node.timer.cancel(myself.get_id());
         Ok(())
     }
 
