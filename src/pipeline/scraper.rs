@@ -282,7 +282,8 @@ impl Actor for Scraper {
             stats: ScraperStats {
                 source: args.spec.id.clone(),
                 running: false,
-                last_run: last.clone(),
+                // The store has it (see `ScraperStats::last_run`).
+                last_run: None,
                 next_run: None,
             },
             args,
@@ -358,18 +359,22 @@ impl Actor for Scraper {
                 if record.health == crate::domain::Health::Degraded {
                     tracing::warn!(source = %state.args.spec.id, reason = record.health_reason.as_deref(), "source degraded");
                 }
-                state.stats.last_run = Some(record.clone());
                 // A small write (sled writes out in its own threads): here,
                 // rather than two thread hops per run. A full disk refuses
-                // it: the run still shows in the status, only not in history.
-                if let Err(e) = state
+                // it: the run still shows in the status (kept here until a
+                // later run is recorded), only not in history.
+                state.stats.last_run = match state
                     .args
                     .node
                     .store
                     .record_run(&state.args.spec.id, &record)
                 {
-                    tracing::warn!(source = %state.args.spec.id, error = %e, "run not recorded");
-                }
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(source = %state.args.spec.id, error = %e, "run not recorded");
+                        Some(record.clone())
+                    }
+                };
                 let source = &state.args.spec.id;
                 state.args.node.cluster.cast_all(&Notice::Run {
                     source: source.clone(),
