@@ -73,7 +73,13 @@ pub enum ScraperMsg {
 
 pub struct ScraperState {
     args: ScraperArgs,
-    stats: ScraperStats,
+    /// A run is in progress.
+    running: bool,
+    /// When the next run is due (none while one runs).
+    next_run: Option<chrono::DateTime<Utc>>,
+    /// The last run, only while the store could not record it (see
+    /// `ScraperStats::last_run`); boxed, as an idle source has none.
+    unrecorded: Option<Box<RunRecord>>,
     /// The run in progress, aborted if the actor stops.
     run: Option<JoinHandle<()>>,
     /// Another run was asked for while one was in progress.
@@ -88,7 +94,7 @@ struct RunFailed {
 
 impl ScraperState {
     fn schedule(&mut self, myself: &ActorRef<ScraperMsg>, delay: Duration) {
-        self.stats.next_run = Some(Utc::now() + delay);
+        self.next_run = Some(Utc::now() + delay);
         self.args
             .node
             .timer
@@ -113,8 +119,8 @@ impl ScraperState {
 
     fn start_run(&mut self, myself: &ActorRef<ScraperMsg>) {
         self.args.node.timer.cancel(myself.get_id());
-        self.stats.next_run = None;
-        self.stats.running = true;
+        self.next_run = None;
+        self.running = true;
         let _ = self
             .args
             .node
@@ -279,13 +285,10 @@ impl Actor for Scraper {
             .await??
             .pop();
         let mut state = ScraperState {
-            stats: ScraperStats {
-                source: args.spec.id.clone(),
-                running: false,
-                // The store has it (see `ScraperStats::last_run`).
-                last_run: None,
-                next_run: None,
-            },
+            running: false,
+            next_run: None,
+            // The store has it (see `ScraperStats::last_run`).
+            unrecorded: None,
             args,
             run: None,
             again: false,
@@ -323,12 +326,12 @@ impl Actor for Scraper {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ScraperMsg::Tick => {
-                if !state.stats.running {
+                if !state.running {
                     state.start_run(&myself);
                 }
             }
             ScraperMsg::RunNow => {
-                if state.stats.running {
+                if state.running {
                     state.again = true;
                 } else {
                     state.start_run(&myself);
@@ -345,14 +348,14 @@ impl Actor for Scraper {
                     record.code = Some(storage.code().into());
                 }
                 state.run = None;
-                state.stats.running = false;
+                state.running = false;
                 // Drift is judged against the runs before this one (a short
                 // read of the run history, like the write below).
                 let earlier = match state.args.node.store.runs(&state.args.spec.id, 10) {
                     Ok(runs) => runs,
                     Err(e) => {
                         tracing::warn!(source = %state.args.spec.id, error = %e, "run history unreadable");
-                        state.stats.last_run.clone().into_iter().collect()
+                        state.unrecorded.iter().map(|r| (**r).clone()).collect()
                     }
                 };
                 (record.health, record.health_reason) = crate::domain::assess(&record, &earlier);
@@ -363,7 +366,7 @@ impl Actor for Scraper {
                 // rather than two thread hops per run. A full disk refuses
                 // it: the run still shows in the status (kept here until a
                 // later run is recorded), only not in history.
-                state.stats.last_run = match state
+                state.unrecorded = match state
                     .args
                     .node
                     .store
@@ -372,7 +375,7 @@ impl Actor for Scraper {
                     Ok(()) => None,
                     Err(e) => {
                         tracing::warn!(source = %state.args.spec.id, error = %e, "run not recorded");
-                        Some(record.clone())
+                        Some(Box::new(record.clone()))
                     }
                 };
                 let source = &state.args.spec.id;
@@ -424,7 +427,12 @@ impl Actor for Scraper {
                 state.schedule(&myself, delay);
             }
             ScraperMsg::Stats(reply) => {
-                let _ = reply.send(state.stats.clone());
+                let _ = reply.send(ScraperStats {
+                    source: state.args.spec.id.clone(),
+                    running: state.running,
+                    last_run: state.unrecorded.as_deref().cloned(),
+                    next_run: state.next_run,
+                });
             }
         }
         Ok(())
