@@ -50,6 +50,9 @@ pub struct SourceRuntime {
 pub struct ScraperStats {
     pub source: String,
     pub running: bool,
+    /// The last run, only while the store could not record it (a full
+    /// disk): a recorded run is read from the store, and an idle source
+    /// does not keep a second copy.
     pub last_run: Option<RunRecord>,
     pub next_run: Option<DateTime<Utc>>,
 }

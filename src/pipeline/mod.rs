@@ -3,6 +3,7 @@
 //! ```text
 //! ScraperSupervisor                 one Scraper per source placed here; backoff, intensity, healing
 //! └── Scraper{source}               on its schedule: fetch -> extract (scrape) -> ItemBatch
+//!     (one node-wide Timer sends each scraper its Tick when its run is due)
 //!                                        │ Apply (reply once durable here and on one peer)
 //! CollectionSupervisor               one pair per collection, spawned on first use
 //! ├── Aggregator{collection}        numbers, upserts and logs each batch (store), group commit,
@@ -21,3 +22,4 @@ pub mod endpoint;
 pub mod replicator;
 pub mod scraper;
 pub mod scraper_supervisor;
+pub mod timer;

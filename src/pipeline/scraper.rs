@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::aggregator::AggregatorMsg;
 use super::scraper_supervisor::ScraperSupervisorMsg;
+use super::timer::Timer;
 use crate::cluster::wire::Notice;
 use crate::cluster::Cluster;
 use crate::domain::{ItemBatch, RunRecord, ScraperStats, SourceSpec};
@@ -54,6 +55,9 @@ pub struct ScraperNode {
     pub supervisor: ActorRef<ScraperSupervisorMsg>,
     /// Peers are told of every run, so a new owner keeps the schedule.
     pub cluster: Cluster,
+    /// Sends each scraper its `Tick` when its next run is due (one task for
+    /// the node rather than one a source).
+    pub timer: Timer<ScraperMsg>,
 }
 
 #[derive(RactorMessage)]
@@ -69,12 +73,17 @@ pub enum ScraperMsg {
 
 pub struct ScraperState {
     args: ScraperArgs,
-    stats: ScraperStats,
+    /// A run is in progress.
+    running: bool,
+    /// When the next run is due (none while one runs).
+    next_run: Option<chrono::DateTime<Utc>>,
+    /// The last run, only while the store could not record it (see
+    /// `ScraperStats::last_run`); boxed, as an idle source has none.
+    unrecorded: Option<Box<RunRecord>>,
     /// The run in progress, aborted if the actor stops.
     run: Option<JoinHandle<()>>,
     /// Another run was asked for while one was in progress.
     again: bool,
-    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<ScraperMsg>>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +94,11 @@ struct RunFailed {
 
 impl ScraperState {
     fn schedule(&mut self, myself: &ActorRef<ScraperMsg>, delay: Duration) {
-        if let Some(t) = self.timer.take() {
-            t.abort();
-        }
-        self.stats.next_run = Some(Utc::now() + delay);
-        self.timer = Some(myself.send_after(delay, || ScraperMsg::Tick));
+        self.next_run = Some(Utc::now() + delay);
+        self.args
+            .node
+            .timer
+            .arm(myself, tokio::time::Instant::now() + delay);
     }
 
     /// How long from now until the run due after `from` (`every_secs` after
@@ -109,11 +118,9 @@ impl ScraperState {
     }
 
     fn start_run(&mut self, myself: &ActorRef<ScraperMsg>) {
-        if let Some(t) = self.timer.take() {
-            t.abort();
-        }
-        self.stats.next_run = None;
-        self.stats.running = true;
+        self.args.node.timer.cancel(myself.get_id());
+        self.next_run = None;
+        self.running = true;
         let _ = self
             .args
             .node
@@ -278,16 +285,13 @@ impl Actor for Scraper {
             .await??
             .pop();
         let mut state = ScraperState {
-            stats: ScraperStats {
-                source: args.spec.id.clone(),
-                running: false,
-                last_run: last.clone(),
-                next_run: None,
-            },
+            running: false,
+            next_run: None,
+            // The store has it (see `ScraperStats::last_run`).
+            unrecorded: None,
             args,
             run: None,
             again: false,
-            timer: None,
         };
         // Resume the schedule from the last run (kept across restarts).
         let delay = if state.args.run_now {
@@ -304,15 +308,13 @@ impl Actor for Scraper {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(run) = state.run.take() {
             run.abort();
         }
-        if let Some(t) = state.timer.take() {
-            t.abort();
-        }
+        state.args.node.timer.cancel(myself.get_id());
         Ok(())
     }
 
@@ -324,12 +326,12 @@ impl Actor for Scraper {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ScraperMsg::Tick => {
-                if !state.stats.running {
+                if !state.running {
                     state.start_run(&myself);
                 }
             }
             ScraperMsg::RunNow => {
-                if state.stats.running {
+                if state.running {
                     state.again = true;
                 } else {
                     state.start_run(&myself);
@@ -346,32 +348,36 @@ impl Actor for Scraper {
                     record.code = Some(storage.code().into());
                 }
                 state.run = None;
-                state.stats.running = false;
+                state.running = false;
                 // Drift is judged against the runs before this one (a short
                 // read of the run history, like the write below).
                 let earlier = match state.args.node.store.runs(&state.args.spec.id, 10) {
                     Ok(runs) => runs,
                     Err(e) => {
                         tracing::warn!(source = %state.args.spec.id, error = %e, "run history unreadable");
-                        state.stats.last_run.clone().into_iter().collect()
+                        state.unrecorded.iter().map(|r| (**r).clone()).collect()
                     }
                 };
                 (record.health, record.health_reason) = crate::domain::assess(&record, &earlier);
                 if record.health == crate::domain::Health::Degraded {
                     tracing::warn!(source = %state.args.spec.id, reason = record.health_reason.as_deref(), "source degraded");
                 }
-                state.stats.last_run = Some(record.clone());
                 // A small write (sled writes out in its own threads): here,
                 // rather than two thread hops per run. A full disk refuses
-                // it: the run still shows in the status, only not in history.
-                if let Err(e) = state
+                // it: the run still shows in the status (kept here until a
+                // later run is recorded), only not in history.
+                state.unrecorded = match state
                     .args
                     .node
                     .store
                     .record_run(&state.args.spec.id, &record)
                 {
-                    tracing::warn!(source = %state.args.spec.id, error = %e, "run not recorded");
-                }
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(source = %state.args.spec.id, error = %e, "run not recorded");
+                        Some(Box::new(record.clone()))
+                    }
+                };
                 let source = &state.args.spec.id;
                 state.args.node.cluster.cast_all(&Notice::Run {
                     source: source.clone(),
@@ -421,7 +427,12 @@ impl Actor for Scraper {
                 state.schedule(&myself, delay);
             }
             ScraperMsg::Stats(reply) => {
-                let _ = reply.send(state.stats.clone());
+                let _ = reply.send(ScraperStats {
+                    source: state.args.spec.id.clone(),
+                    running: state.running,
+                    last_run: state.unrecorded.as_deref().cloned(),
+                    next_run: state.next_run,
+                });
             }
         }
         Ok(())

@@ -19,6 +19,7 @@ use ractor_cluster::RactorMessage;
 
 use super::collection_supervisor::CollectionSupervisorMsg;
 use super::scraper::{Scraper, ScraperArgs, ScraperMsg, ScraperNode};
+use super::timer::Timer;
 use crate::domain::{SharedExtracts, SourceRuntime, SourceSpec, SourceState, Totals};
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
@@ -346,6 +347,7 @@ impl Actor for ScraperSupervisor {
             events: args.events.clone(),
             supervisor: myself,
             cluster: args.cluster.clone(),
+            timer: Timer::spawn(|| ScraperMsg::Tick),
         });
         Ok(ScraperSupervisorState {
             node,
