@@ -144,7 +144,6 @@ impl ScraperState {
             .with_memory(
                 self.args.node.store.clone(),
                 spec.id.clone(),
-                spec.collection.clone(),
                 page_fingerprint(&spec),
             )
             .with_max_follows(spec.extract.max_follows)

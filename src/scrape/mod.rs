@@ -28,7 +28,7 @@ use crate::store::{PageMemo, Store};
 
 use browser::{Blocked, RenderError, RenderOptions};
 use extract::{ExtractError, Limits, Page, Report, Rules};
-use fetch::{FetchError, Fetched, Fetcher, Validators};
+use fetch::{FetchError, Fetcher, Validators};
 use politeness::{Permit, Refusal};
 
 /// Why a page could not be scraped.
@@ -110,8 +110,6 @@ pub struct FollowStats {
 struct Memory {
     store: Store,
     source: String,
-    /// Where the remembered items are read back from on a 304.
-    collection: String,
     /// A hash of what shapes the remembered items (extraction rules, key,
     /// request, collection): a page remembered under other rules is ignored.
     fingerprint: String,
@@ -202,20 +200,12 @@ impl Pager {
         &self.blocked
     }
 
-    /// Remembers each page's validators and item keys in `store`, and asks
-    /// the site conditionally on the next run, reading the items back from
-    /// `collection` on a 304 (see `store::pages`).
-    pub fn with_memory(
-        mut self,
-        store: Store,
-        source: String,
-        collection: String,
-        fingerprint: String,
-    ) -> Self {
+    /// Remembers each page's validators and items in `store`, and asks the
+    /// site conditionally on the next run (see `store::pages`).
+    pub fn with_memory(mut self, store: Store, source: String, fingerprint: String) -> Self {
         self.memory = Some(Memory {
             store,
             source,
-            collection,
             fingerprint,
         });
         self
@@ -282,29 +272,16 @@ impl Pager {
             // other requests to its host need permits of the same gate.
             return Some(self.render(url, &options, permit).await);
         }
-        let mut memo = self.memo(&url);
-        let mut fetched = self.fetch(&url, memo.as_ref()).await;
-        if let Ok(f) = &fetched {
-            if f.not_modified {
-                if let Some(m) = memo.take() {
-                    match self.remembered_items(m) {
-                        Ok(page) => {
-                            self.pages += 1;
-                            self.seen.insert(without_fragment(&f.url));
-                            self.answered = Some((f.status, f.url.clone()));
-                            self.report = None;
-                            // Unchanged: the remembered items again, nothing parsed.
-                            self.not_modified += 1;
-                            self.next = page.next.clone();
-                            return Some(Ok(page));
-                        }
-                        // The items are gone or changed since: the whole page again.
-                        Err(()) => fetched = self.fetch(&url, None).await,
-                    }
-                }
-            }
-        }
-        let fetched = match fetched {
+        let memo = self.memo(&url);
+        let validators = memo.as_ref().map(|m| Validators {
+            etag: m.etag.clone(),
+            last_modified: m.last_modified.clone(),
+        });
+        let fetched = match self
+            .fetcher
+            .fetch_page(&url, &self.request, validators.as_ref())
+            .await
+        {
             Ok(f) => f,
             Err(FetchError::Refused(Refusal::RobotsDisallowed { .. })) if self.pages > 0 => {
                 self.stopped = Some(STOPPED_ROBOTS);
@@ -329,6 +306,18 @@ impl Pager {
         self.seen.insert(without_fragment(&fetched.url));
         self.answered = Some((fetched.status, fetched.url.clone()));
         self.report = None;
+        if fetched.not_modified {
+            if let Some(memo) = memo {
+                // Unchanged: the remembered items again, nothing parsed.
+                self.not_modified += 1;
+                let next = memo.next.as_deref().and_then(|n| Url::parse(n).ok());
+                self.next = next.clone();
+                return Some(Ok(Page {
+                    items: memo.items,
+                    next,
+                }));
+            }
+        }
         let answered = fetched.validators.clone();
         let requested = url.clone();
         let rules = self.rules.clone();
@@ -493,42 +482,6 @@ impl Pager {
         }
     }
 
-    /// Fetches `url`, conditionally when `memo` holds validators.
-    async fn fetch(&self, url: &Url, memo: Option<&PageMemo>) -> Result<Fetched, FetchError> {
-        let validators = memo.map(|m| Validators {
-            etag: m.etag.clone(),
-            last_modified: m.last_modified.clone(),
-        });
-        self.fetcher
-            .fetch_page(url, &self.request, validators.as_ref())
-            .await
-    }
-
-    /// The page a memo remembers, its items read back from the collection;
-    /// `Err` when one is gone or changed (or cannot be read).
-    fn remembered_items(&self, memo: PageMemo) -> Result<Page, ()> {
-        let next = memo.next.as_deref().and_then(|n| Url::parse(n).ok());
-        if memo.keys.is_empty() {
-            // A page without items, or a memo written with its items.
-            return Ok(Page {
-                items: memo.items,
-                next,
-            });
-        }
-        let m = self.memory.as_ref().ok_or(())?;
-        match m.store.items_unchanged(&m.collection, &memo.keys) {
-            Ok(Some(items)) => Ok(Page { items, next }),
-            Ok(None) => {
-                tracing::debug!(source = %m.source, "remembered items changed: the page is asked for again");
-                Err(())
-            }
-            Err(e) => {
-                tracing::warn!(source = %m.source, error = %e, "remembered items unreadable");
-                Err(())
-            }
-        }
-    }
-
     /// Keeps a fully answered page for the next run's conditional request,
     /// when it came with a validator.
     fn remember(&self, url: &Url, validators: Validators, page: &Page) {
@@ -543,12 +496,7 @@ impl Pager {
             etag: validators.etag,
             last_modified: validators.last_modified,
             next: page.next.as_ref().map(Url::to_string),
-            keys: page
-                .items
-                .iter()
-                .map(|i| (i.key.clone(), i.content_hash()))
-                .collect(),
-            items: Vec::new(),
+            items: page.items.clone(),
         };
         if let Err(e) = m.store.remember_page(&m.source, url.as_str(), &memo) {
             tracing::warn!(source = %m.source, error = %e, "page not remembered");

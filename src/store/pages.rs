@@ -1,20 +1,16 @@
 //! The `pages` tree: `source id \0 page URL` -> [`PageMemo`], what the last
 //! full answer for a page of a source said: its validators (`ETag`,
-//! `Last-Modified`), its next page and the keys and content hashes of the
-//! items it yielded. The next run asks the site with `If-None-Match` /
-//! `If-Modified-Since`; on a 304 the items are read back from the collection
-//! ([`Store::items_unchanged`]: only when every one is there with the
-//! remembered content) and handed to the aggregator again (so their
-//! `last_seen` moves, exactly as if the page had been parsed), and
-//! pagination goes on from the remembered next page; when one is gone or
-//! changed, the page is asked for again in full. Only pages that came with a
-//! validator are remembered. The items themselves are not kept again: they
-//! are in the collection already, and a memo of keys is a tenth of the size.
+//! `Last-Modified`), its next page and the items it yielded. The next run
+//! asks the site with `If-None-Match` / `If-Modified-Since`; on a 304 the
+//! remembered items are handed to the aggregator again (so their
+//! `last_seen` moves, exactly as if the page had been parsed) and
+//! pagination goes on from the remembered next page. Only pages that came
+//! with a validator are remembered.
 
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, Result, Store};
-use crate::domain::{Item, StoredItem};
+use crate::domain::Item;
 
 /// What a page's last full answer said.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,12 +24,7 @@ pub struct PageMemo {
     /// The next page's URL the page pointed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
-    /// The items the page yielded, as (key, content hash), in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<(String, String)>,
-    /// The items themselves, as memos written before keys were kept say
-    /// them (read as they are; never written now).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The items the page yielded.
     pub items: Vec<Item>,
 }
 
@@ -57,38 +48,6 @@ impl Store {
         self.write(|| {
             self.pages.insert(page_key(source, url), encode(memo))?;
             Ok(())
-        })
-    }
-
-    /// The items of `keys` (key, content hash) as `collection` holds them,
-    /// if every one is there with that content; `None` when one is gone or
-    /// changed (another source wrote it, the collection was deleted).
-    pub fn items_unchanged(
-        &self,
-        collection: &str,
-        keys: &[(String, String)],
-    ) -> Result<Option<Vec<Item>>> {
-        self.read(|| {
-            // Only a listed collection has a tree: looking does not create one.
-            if self.collections.get(collection.as_bytes())?.is_none() {
-                return Ok(None);
-            }
-            let tree = self.items_tree(collection)?;
-            let mut items = Vec::with_capacity(keys.len());
-            for (key, hash) in keys {
-                let Some(bytes) = tree.get(key.as_bytes())? else {
-                    return Ok(None);
-                };
-                let stored: StoredItem = decode("item", &bytes)?;
-                if stored.hash != *hash {
-                    return Ok(None);
-                }
-                items.push(Item {
-                    key: stored.key,
-                    data: stored.data,
-                });
-            }
-            Ok(Some(items))
         })
     }
 
@@ -120,7 +79,6 @@ mod tests {
             etag: Some("\"v1\"".into()),
             last_modified: None,
             next: Some("http://example.org/2".into()),
-            keys: vec![("k".into(), "h".into())],
             items: Vec::new(),
         };
         store
@@ -134,47 +92,5 @@ mod tests {
         assert_eq!(store.page_memo("a", "http://example.org/2").unwrap(), None);
         store.forget_pages("a").unwrap();
         assert_eq!(store.page_memo("a", "http://example.org/1").unwrap(), None);
-    }
-
-    #[test]
-    fn remembered_items_are_read_back_only_while_all_are_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let item = |url: &str, price: i64| {
-            Item::new(
-                serde_json::json!({"url": url, "price": price})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-                &["url".into()],
-            )
-        };
-        let page = vec![item("u1", 1), item("u2", 2)];
-        let batch = |items: Vec<Item>| crate::domain::ItemBatch {
-            source: "s".into(),
-            collection: "c".into(),
-            fetched_at: chrono::Utc::now(),
-            items,
-        };
-        store.apply_batch(&batch(page.clone())).unwrap();
-        let keys: Vec<(String, String)> = page
-            .iter()
-            .map(|i| (i.key.clone(), i.content_hash()))
-            .collect();
-        assert_eq!(store.items_unchanged("c", &keys).unwrap(), Some(page));
-        assert_eq!(store.items_unchanged("c", &[]).unwrap(), Some(vec![]));
-        // Changed by another write: the page must be asked for again.
-        store.apply_batch(&batch(vec![item("u2", 3)])).unwrap();
-        assert_eq!(store.items_unchanged("c", &keys).unwrap(), None);
-        // Gone.
-        assert_eq!(store.items_unchanged("other", &keys[..1]).unwrap(), None);
-    }
-
-    #[test]
-    fn a_memo_written_with_its_items_still_reads() {
-        let old = br#"{"fingerprint":"f","etag":"\"v1\"","items":[{"key":"k1","data":{"a":1}}]}"#;
-        let memo: PageMemo = decode("page memo", old).unwrap();
-        assert_eq!(memo.items.len(), 1);
-        assert!(memo.keys.is_empty());
     }
 }
