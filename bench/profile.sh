@@ -3,8 +3,10 @@
 # with `perf record` (the cpu-clock software event, so it works where hardware
 # counters are not exposed), and prints where the node's CPU time goes.
 #
-# Usage: bench/profile.sh e2e|query|sched [SIZE]
+# Usage: bench/profile.sh e2e|again|query|sched [SIZE]
 #   e2e     SIZE sources x 100 catalogue pages (default 50), through the API
+#   again   the same first pass unprofiled, then the second pass profiled
+#           (the catalogue unchanged: every page answered 304)
 #   query   fills the collection as e2e does, then profiles wrk on item pages
 #   sched   SIZE tiny sources every 10 s (default 10000), 30 s observed
 # Writes bench/out/profile-PHASE.txt (flat, by symbol) and
@@ -19,7 +21,7 @@ ROOT=$PWD
 
 phase=${1:-}
 case "$phase" in
-  e2e | query) SOURCES=${2:-50} ;;
+  e2e | again | query) SOURCES=${2:-50} ;;
   sched) SCHED_SOURCES=${2:-10000} ;;
   *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
@@ -64,12 +66,16 @@ perf_stop() {
 }
 
 case "$phase" in
-  e2e | query)
+  e2e | again | query)
     python3 bench/fixture.py "$WORK/site" "$((SOURCES * PAGES))" 0 >/dev/null
     start_nginx
     start_node "$phase"
     [ "$phase" = e2e ] && perf_start
     python3 bench/gleaner.py e2e "$node_url" "$SITE" "$node_pid" "$SOURCES" "$PAGES" "$DEADLINE"
+    if [ "$phase" = again ]; then
+      perf_start
+      python3 bench/gleaner.py again "$node_url" "$node_pid" "$SOURCES" "$PAGES" "$DEADLINE"
+    fi
     if [ "$phase" = query ]; then
       python3 bench/gleaner.py cursors "$node_url" catalogue "$((SOURCES * PAGES * 20 / 100))" "$WORK" >/dev/null
       perf_start
