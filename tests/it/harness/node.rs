@@ -285,8 +285,39 @@ pub fn open_fds(pid: u32) -> usize {
 /// The cookie the tests' clusters share.
 pub const COOKIE: &str = "test-cluster-cookie-0123456789abcdef";
 
-/// A port free on loopback right now.
+/// A port free on loopback right now, for a listener started later (a
+/// cluster plan names every node's port before the nodes start, some of
+/// them much later). It is taken below the kernel's ephemeral range (and
+/// below Swarm's own range for published ports), so no outgoing connection
+/// and no `:0` listener of another test can take it in between; each is
+/// handed out once per test process.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Below Swarm's range for published ports it picks itself (30000 up).
+    let (low, high): (u16, u16) = (20000, ephemeral_start.min(30000));
+    if high > low + 1000 {
+        let span = high - low;
+        // A start of this process's own, so that two test processes at once
+        // are unlikely to try the same ports first.
+        let _ = NEXT.compare_exchange(
+            0,
+            (std::process::id() % u32::from(span)) as u16 + 1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::SeqCst);
+            let port = low + n % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
