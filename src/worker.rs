@@ -48,10 +48,7 @@ async fn owner_gone(cluster: Cluster, owner: String, grace: Duration) -> String 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let present = cluster
-            .members()
-            .iter()
-            .any(|m| m.node_id == owner && m.state != crate::cluster::view::MemberState::Down);
+        let present = cluster.is_live(&owner);
         match (present, away_since) {
             (true, _) => away_since = None,
             (false, None) => away_since = Some(tokio::time::Instant::now()),
@@ -70,10 +67,7 @@ async fn keep_healthy(cluster: Cluster, owner: String, path: std::path::PathBuf)
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     loop {
         tick.tick().await;
-        let present = cluster
-            .members()
-            .iter()
-            .any(|m| m.node_id == owner && m.state != crate::cluster::view::MemberState::Down);
+        let present = cluster.is_live(&owner);
         if present {
             let now = chrono::Utc::now().to_rfc3339();
             if let Err(e) = tokio::fs::write(&path, now).await {

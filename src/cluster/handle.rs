@@ -167,6 +167,17 @@ impl Cluster {
         self.inner.view.read().expect("view lock").members.clone()
     }
 
+    /// Is the node with this id a member, and not down?
+    pub fn is_live(&self, node_id: &str) -> bool {
+        self.inner
+            .view
+            .read()
+            .expect("view lock")
+            .members
+            .iter()
+            .any(|m| m.node_id == node_id && m.state != MemberState::Down)
+    }
+
     /// The node id that owns `source` now, if the view is settled.
     pub fn owner_of(&self, source: &str) -> Option<String> {
         let view = self.inner.view.read().expect("view lock");

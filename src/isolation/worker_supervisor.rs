@@ -26,7 +26,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::view::MemberState;
 use crate::cluster::Cluster;
 use crate::domain::SourceSpec;
 use crate::domain::{SourceRuntime, SourceState, Totals, WorkerContainer};
@@ -223,12 +222,8 @@ impl WorkerSupervisorState {
         let Ok(workers) = isolation.list_cluster(&cluster_label(cookie)).await else {
             return;
         };
-        let members = self.args.cluster.members();
         for w in workers {
-            let owner_live = w.owner == self.args.node_id
-                || members
-                    .iter()
-                    .any(|m| m.node_id == w.owner && m.state != MemberState::Down);
+            let owner_live = w.owner == self.args.node_id || self.args.cluster.is_live(&w.owner);
             if owner_live || w.container.state == "running" {
                 continue;
             }
@@ -250,12 +245,9 @@ impl WorkerSupervisorState {
         if previews.is_empty() {
             return;
         }
-        let members = self.args.cluster.members();
         let now = chrono::Utc::now().timestamp();
         for p in previews {
-            let owner_live = members
-                .iter()
-                .any(|m| m.node_id == p.owner && m.state != MemberState::Down);
+            let owner_live = self.args.cluster.is_live(&p.owner);
             let live_here = isolation.previewing(&p.name);
             let Some(reason) = stray_preview(&p, me, live_here, owner_live, now) else {
                 continue;
