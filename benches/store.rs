@@ -21,10 +21,18 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null BENCH_EXE 300 1
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null BENCH_EXE 300 2
 //! ```
+//!
+//! With `--floor`, the same first pass is then written with sled alone, each
+//! layout in a fresh database with the same flushes, to show what sled costs
+//! whatever gleaner does around it: the page's 20 stored items as 20 values
+//! (the bytes the store writes for them); the same plus the batch copied as
+//! one more value (the replication log's entry); the batch alone (what an
+//! unchanged page's log entry costs); and the 20 items as one value.
 
 use std::time::Instant;
 
 use chrono::Utc;
+use gleaner::domain::StoredItem;
 use gleaner::domain::{Item, ItemBatch, ReplicatedBatch};
 use gleaner::store::Store;
 use serde_json::json;
@@ -75,6 +83,7 @@ fn main() {
     let pages = numbers.first().copied().unwrap_or(2_000);
     let passes = numbers.get(1).copied().unwrap_or(3);
     let reads = numbers.get(2).copied().unwrap_or(0);
+    let floor = std::env::args().any(|a| a == "--floor");
     let dir = tempfile::tempdir().expect("a scratch directory");
     let store = Store::open(dir.path(), 64 << 20).expect("the store opens");
     let mut seq = 0;
@@ -114,6 +123,20 @@ fn main() {
              (inserted {inserted}, changed {changed}, unchanged {unchanged})",
             1000.0 * cpu / pages as f64
         );
+    }
+    if floor {
+        for layout in [
+            Layout::Items,
+            Layout::ItemsAndLog,
+            Layout::LogOnly,
+            Layout::OneValue,
+        ] {
+            let (rate, cpu_ms) = sled_floor(pages, layout);
+            println!(
+                "sled alone, {:<34} {rate:>8.0} pages/s, {cpu_ms:>6.3} ms CPU a page",
+                layout.name()
+            );
+        }
     }
     for walk in 1..=reads {
         let (cpu0, wall0) = (cpu_seconds(), Instant::now());
@@ -156,4 +179,101 @@ fn walk_collection(store: &Store) -> (usize, usize) {
         }
         after = Some(last);
     }
+}
+
+/// A page as sled alone is given it: each item's key and stored bytes, and
+/// the batch as its log entry holds it.
+type Encoded = (Vec<(String, Vec<u8>)>, Vec<u8>);
+
+/// What sled alone is given for each page, in [`sled_floor`].
+#[derive(Clone, Copy)]
+enum Layout {
+    Items,
+    ItemsAndLog,
+    LogOnly,
+    OneValue,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Items => "20 items as 20 values:",
+            Layout::ItemsAndLog => "20 items + the batch as a log value:",
+            Layout::LogOnly => "the batch as a log value alone:",
+            Layout::OneValue => "20 items as one value:",
+        }
+    }
+}
+
+/// First-pass pages written with sled alone in `layout` (one `apply_batch`
+/// a page, a flush every [`FLUSH_EVERY`] pages, as the store does), in a
+/// fresh database; returns pages/s and process CPU a page in ms.
+fn sled_floor(pages: usize, layout: Layout) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .cache_capacity(64 << 20)
+        .open()
+        .expect("sled opens");
+    let tree = db.open_tree("items:catalogue").expect("the tree");
+    let now = Utc::now();
+    let encoded: Vec<Encoded> = (0..pages)
+        .map(|n| {
+            let items = page(n, 1);
+            let stored = items
+                .iter()
+                .map(|item| {
+                    let s = StoredItem {
+                        hash: item.content_hash(),
+                        key: item.key.clone(),
+                        data: item.data.clone(),
+                        first_seen: now,
+                        last_seen: now,
+                        version: 1,
+                        source: format!("cat-{:04}", n / 100),
+                    };
+                    (item.key.clone(), serde_json::to_vec(&s).expect("encodes"))
+                })
+                .collect();
+            let rb = ReplicatedBatch {
+                origin: "bench-node".into(),
+                seq: n as u64 + 1,
+                batch: ItemBatch {
+                    source: format!("cat-{:04}", n / 100),
+                    collection: "catalogue".into(),
+                    fetched_at: now,
+                    items,
+                },
+            };
+            (stored, serde_json::to_vec(&rb).expect("encodes"))
+        })
+        .collect();
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    for (n, (stored, log)) in encoded.iter().enumerate() {
+        let mut batch = sled::Batch::default();
+        let log_key = [&[0xFA][..], &(n as u64).to_be_bytes()].concat();
+        match layout {
+            Layout::Items | Layout::ItemsAndLog => {
+                for (key, value) in stored {
+                    batch.insert(key.as_bytes(), value.as_slice());
+                }
+                if matches!(layout, Layout::ItemsAndLog) {
+                    batch.insert(log_key, log.as_slice());
+                }
+            }
+            Layout::LogOnly => batch.insert(log_key, log.as_slice()),
+            Layout::OneValue => {
+                let value: Vec<u8> = stored.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+                batch.insert(stored[0].0.as_bytes(), value);
+            }
+        }
+        tree.apply_batch(batch).expect("sled applies");
+        if (n + 1) % FLUSH_EVERY == 0 {
+            tree.flush().expect("the flush");
+        }
+    }
+    tree.flush().expect("the flush");
+    let wall = wall0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    (pages as f64 / wall, 1000.0 * cpu / pages as f64)
 }
