@@ -29,6 +29,16 @@ impl Item {
     pub fn content_hash(&self) -> String {
         hash_of(&self.data)
     }
+
+    /// The item's data as JSON, serialised once, and its content hash (the
+    /// same as [`Item::content_hash`]): a store writing the item, its hash
+    /// and its log entry serialises the data once for all three.
+    pub fn data_json(&self) -> (Box<RawValue>, String) {
+        let json =
+            serde_json::value::to_raw_value(&self.data).expect("a JSON map always serialises");
+        let hash = hash_hex(json.get().as_bytes());
+        (json, hash)
+    }
 }
 
 /// The key of an item: the hash of the canonical JSON of its key fields' values
@@ -50,7 +60,11 @@ pub fn item_key(data: &Map<String, Value>, key_fields: &[String]) -> String {
 /// it).
 fn hash_of<T: Serialize + ?Sized>(v: &T) -> String {
     let bytes = serde_json::to_vec(v).expect("a JSON value always serialises");
-    blake3::hash(&bytes).to_hex()[..32].to_string()
+    hash_hex(&bytes)
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex()[..32].to_string()
 }
 
 /// Items from one page of one run of one source.
@@ -91,6 +105,47 @@ pub struct StoredItem {
     pub version: u64,
     /// The source that last wrote the item.
     pub source: String,
+}
+
+/// A stored item about to be written, borrowing its parts (the data as the
+/// JSON it serialised to once): it serialises exactly as [`StoredItem`]
+/// does, byte for byte.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredItemOut<'a> {
+    pub hash: &'a str,
+    pub key: &'a str,
+    pub data: &'a RawValue,
+    #[serde(serialize_with = "super::timestamp::serialize")]
+    pub first_seen: DateTime<Utc>,
+    #[serde(serialize_with = "super::timestamp::serialize")]
+    pub last_seen: DateTime<Utc>,
+    pub version: u64,
+    pub source: Cow<'a, str>,
+}
+
+/// A [`ReplicatedBatch`] about to be written, its items' data borrowed as
+/// serialised JSON: it serialises exactly as the batch does, byte for byte.
+#[derive(Debug, Serialize)]
+pub struct ReplicatedBatchOut<'a> {
+    pub origin: &'a str,
+    pub seq: u64,
+    pub batch: ItemBatchOut<'a>,
+}
+
+/// The batch of a [`ReplicatedBatchOut`]: serialises as [`ItemBatch`].
+#[derive(Debug, Serialize)]
+pub struct ItemBatchOut<'a> {
+    pub source: &'a str,
+    pub collection: &'a str,
+    pub fetched_at: DateTime<Utc>,
+    pub items: Vec<ItemOut<'a>>,
+}
+
+/// An item of an [`ItemBatchOut`]: serialises as [`Item`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemOut<'a> {
+    pub key: &'a str,
+    pub data: &'a RawValue,
 }
 
 /// A stored item as the API shows it, read in place: borrowed from the
@@ -226,6 +281,69 @@ mod tests {
         assert_eq!(item.content_hash(), "93b11ee04cba563423bd50e389bd5db3");
         let whole = Item::new(data(json!({"b": 1, "a": [true, null]})), &[]);
         assert_eq!(whole.key, whole.content_hash());
+    }
+
+    #[test]
+    fn data_serialised_once_writes_the_same_bytes_and_hash_as_the_items() {
+        let item = Item::new(
+            data(json!({"t": "a \"q\" é\n", "n": [1, 2.5, null], "o": {"z": true, "a": ""}})),
+            &["t".into()],
+        );
+        let (json, hash) = item.data_json();
+        assert_eq!(hash, item.content_hash());
+        let at = Utc::now();
+        let stored = StoredItem {
+            hash: hash.clone(),
+            key: item.key.clone(),
+            data: item.data.clone(),
+            first_seen: at,
+            last_seen: at + chrono::Duration::milliseconds(1500),
+            version: 7,
+            source: "s\"rc".into(),
+        };
+        let out = StoredItemOut {
+            hash: &hash,
+            key: &item.key,
+            data: &json,
+            first_seen: stored.first_seen,
+            last_seen: stored.last_seen,
+            version: 7,
+            source: "s\"rc".into(),
+        };
+        assert_eq!(
+            serde_json::to_vec(&out).unwrap(),
+            serde_json::to_vec(&stored).unwrap()
+        );
+        let rb = ReplicatedBatch {
+            origin: "n1".into(),
+            seq: 42,
+            batch: ItemBatch {
+                source: "src".into(),
+                collection: "books".into(),
+                fetched_at: at,
+                items: vec![item.clone(), item.clone()],
+            },
+        };
+        let rb_out = ReplicatedBatchOut {
+            origin: "n1",
+            seq: 42,
+            batch: ItemBatchOut {
+                source: "src",
+                collection: "books",
+                fetched_at: at,
+                items: vec![
+                    ItemOut {
+                        key: &item.key,
+                        data: &json,
+                    };
+                    2
+                ],
+            },
+        };
+        assert_eq!(
+            serde_json::to_vec(&rb_out).unwrap(),
+            serde_json::to_vec(&rb).unwrap()
+        );
     }
 
     #[test]

@@ -28,7 +28,10 @@ use super::changes::{change_key, encode_changes};
 use super::keydir::{encode_seen, id_of, seen_key, Entry, Id, Keydir};
 use super::log::log_key;
 use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
-use crate::domain::{ItemBatch, ItemRef, ReplicatedBatch, StoredItem};
+use serde_json::value::RawValue;
+
+use crate::domain::item::{ItemBatchOut, ItemOut, ReplicatedBatchOut, StoredItemOut};
+use crate::domain::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem};
 
 const ITEMS_PREFIX: &str = "items:";
 
@@ -51,6 +54,38 @@ pub struct BatchOutcome {
     pub unchanged: u64,
     /// Items that moved from another source to this one (for per-source counts).
     pub taken_from: BTreeMap<String, u64>,
+}
+
+/// An item a batch writes in full: new or changed (its data borrowed from
+/// the batch), or, rarely, read back to move its `first_seen`.
+enum Pending<'a> {
+    New(StoredItemOut<'a>),
+    Read(StoredItem),
+}
+
+impl Pending<'_> {
+    /// Seen again at `last_seen` by `source` (and first at `first_seen`).
+    fn seen(&mut self, first_seen: Option<DateTime<Utc>>, last_seen: DateTime<Utc>, source: &str) {
+        match self {
+            Pending::New(p) => {
+                p.first_seen = first_seen.unwrap_or(p.first_seen);
+                p.last_seen = last_seen;
+                p.source = Cow::Owned(source.to_owned());
+            }
+            Pending::Read(p) => {
+                p.first_seen = first_seen.unwrap_or(p.first_seen);
+                p.last_seen = last_seen;
+                p.source = source.to_owned();
+            }
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Pending::New(p) => encode(p),
+            Pending::Read(p) => encode(p),
+        }
+    }
 }
 
 /// What a batch will write, worked out from the key directory.
@@ -208,7 +243,9 @@ impl Store {
     }
 
     /// Upserts a batch's items and, for a replicated batch, appends it to
-    /// the log and raises its origin's head: one atomic sled batch.
+    /// the log and raises its origin's head: one atomic sled batch. Each
+    /// item's data is serialised once, for its hash, its stored bytes and
+    /// the log entry.
     pub(super) fn upsert_items(
         &self,
         batch: &ItemBatch,
@@ -221,34 +258,56 @@ impl Store {
             StoreError::Unavailable(format!("collection {collection}: no key directory"))
         })?;
         let tree = self.items_tree(collection)?;
-        let result = self.plan_upsert(batch, kd, &tree).and_then(|mut plan| {
-            let mut meta = kd.meta.clone().unwrap_or(CollectionMeta {
-                last_update: batch.fetched_at,
-                heads: BTreeMap::new(),
-            });
-            meta.last_update = meta.last_update.max(batch.fetched_at);
-            if let Some(rb) = replicated {
-                let h = meta.heads.entry(rb.origin.clone()).or_default();
-                *h = (*h).max(rb.seq);
-                plan.writes.insert(log_key(&rb.origin, rb.seq), encode(rb));
-                if rb.seq > self.log_retained {
-                    let cut = rb.seq - self.log_retained;
-                    let range = log_key(&rb.origin, 0)..=log_key(&rb.origin, cut);
-                    for k in tree.range(range).keys() {
-                        plan.writes.remove(k?);
+        let json: Vec<(Box<RawValue>, String)> = batch.items.iter().map(Item::data_json).collect();
+        let result = self
+            .plan_upsert(batch, &json, kd, &tree)
+            .and_then(|mut plan| {
+                let mut meta = kd.meta.clone().unwrap_or(CollectionMeta {
+                    last_update: batch.fetched_at,
+                    heads: BTreeMap::new(),
+                });
+                meta.last_update = meta.last_update.max(batch.fetched_at);
+                if let Some(rb) = replicated {
+                    let h = meta.heads.entry(rb.origin.clone()).or_default();
+                    *h = (*h).max(rb.seq);
+                    let entry = ReplicatedBatchOut {
+                        origin: &rb.origin,
+                        seq: rb.seq,
+                        batch: ItemBatchOut {
+                            source: &batch.source,
+                            collection,
+                            fetched_at: batch.fetched_at,
+                            items: batch
+                                .items
+                                .iter()
+                                .zip(&json)
+                                .map(|(item, (data, _))| ItemOut {
+                                    key: &item.key,
+                                    data,
+                                })
+                                .collect(),
+                        },
+                    };
+                    plan.writes
+                        .insert(log_key(&rb.origin, rb.seq), encode(&entry));
+                    if rb.seq > self.log_retained {
+                        let cut = rb.seq - self.log_retained;
+                        let range = log_key(&rb.origin, 0)..=log_key(&rb.origin, cut);
+                        for k in tree.range(range).keys() {
+                            plan.writes.remove(k?);
+                        }
                     }
                 }
-            }
-            self.commit(
-                collection,
-                &tree,
-                kd,
-                plan.writes,
-                &plan.changes,
-                Some(meta),
-            )?;
-            Ok(plan.outcome)
-        });
+                self.commit(
+                    collection,
+                    &tree,
+                    kd,
+                    plan.writes,
+                    &plan.changes,
+                    Some(meta),
+                )?;
+                Ok(plan.outcome)
+            });
         if result.is_err() {
             // The directory may now say more than sled holds: load it again.
             drop(guard);
@@ -259,37 +318,43 @@ impl Store {
 
     /// Works out a batch's writes from the key directory alone (sled is read
     /// only for an observation older than the stored one), and updates the
-    /// directory as if they were made.
-    fn plan_upsert(&self, batch: &ItemBatch, kd: &mut Keydir, tree: &sled::Tree) -> Result<Plan> {
+    /// directory as if they were made. `json` holds each item's data as
+    /// serialised JSON and its content hash, in the batch's order.
+    fn plan_upsert(
+        &self,
+        batch: &ItemBatch,
+        json: &[(Box<RawValue>, String)],
+        kd: &mut Keydir,
+        tree: &sled::Tree,
+    ) -> Result<Plan> {
         let mut outcome = BatchOutcome::default();
         let seen = batch.fetched_at;
         let source = kd.name(&batch.source);
         // Items written in full, by key: later duplicates within one batch
         // see the earlier ones.
-        let mut full: BTreeMap<&str, StoredItem> = BTreeMap::new();
+        let mut full: BTreeMap<&str, Pending> = BTreeMap::new();
         // Each key's change (an unchanged key has none), recorded in key order.
         let mut ops: BTreeMap<&str, ChangeOp> = BTreeMap::new();
         // Unchanged items seen now: one seen record for them all.
         let record = kd.next_record();
         let mut seen_keys: Vec<Id> = Vec::new();
         let mut stale_records = Vec::new();
-        for item in &batch.items {
+        for (item, (data, hash)) in batch.items.iter().zip(json) {
             let id = id_of(&item.key);
-            let hash = item.content_hash();
             let Some(e) = kd.entries.get(&id) else {
-                let stored = StoredItem {
-                    key: item.key.clone(),
-                    data: item.data.clone(),
+                let stored = StoredItemOut {
+                    hash,
+                    key: &item.key,
+                    data,
                     first_seen: seen,
                     last_seen: seen,
                     version: 1,
-                    source: batch.source.clone(),
-                    hash: hash.clone(),
+                    source: Cow::Borrowed(&batch.source),
                 };
                 kd.entries.insert(
                     id,
                     Entry {
-                        hash: id_of(&hash),
+                        hash: id_of(hash),
                         version: 1,
                         first_seen: seen,
                         last_seen: seen,
@@ -299,7 +364,7 @@ impl Store {
                 );
                 outcome.inserted += 1;
                 ops.insert(item.key.as_str(), ChangeOp::Inserted);
-                full.insert(item.key.as_str(), stored);
+                full.insert(item.key.as_str(), Pending::New(stored));
                 continue;
             };
             if seen < e.last_seen {
@@ -307,17 +372,15 @@ impl Store {
                 // content; it can only move first_seen back (rare: read it).
                 outcome.unchanged += 1;
                 if seen < e.first_seen {
+                    let e = kd.entries.get_mut(&id).expect("looked up above");
                     let mut old = match full.remove(item.key.as_str()) {
                         Some(p) => p,
                         None => match tree.get(item.key.as_bytes())? {
-                            Some(b) => decode::<StoredItem>("item", &b)?,
+                            Some(b) => Pending::Read(decode::<StoredItem>("item", &b)?),
                             None => continue,
                         },
                     };
-                    let e = kd.entries.get_mut(&id).expect("looked up above");
-                    old.first_seen = seen;
-                    old.last_seen = e.last_seen;
-                    old.source = e.source.to_string();
+                    old.seen(Some(seen), e.last_seen, &e.source);
                     e.first_seen = seen;
                     full.insert(item.key.as_str(), old);
                     stale_records.extend(kd.point(&id, 0));
@@ -327,15 +390,14 @@ impl Store {
             if e.source != source {
                 *outcome.taken_from.entry(e.source.to_string()).or_default() += 1;
             }
-            if e.hash == id_of(&hash) {
+            if e.hash == id_of(hash) {
                 outcome.unchanged += 1;
                 let e = kd.entries.get_mut(&id).expect("looked up above");
                 e.last_seen = seen;
                 e.source = source.clone();
                 if let Some(p) = full.get_mut(item.key.as_str()) {
                     // Written in full by this batch already: say it there.
-                    p.last_seen = seen;
-                    p.source = batch.source.clone();
+                    p.seen(None, seen, &batch.source);
                 } else {
                     seen_keys.push(id);
                     stale_records.extend(kd.point(&id, record));
@@ -346,25 +408,25 @@ impl Store {
             // Inserted earlier in this batch stays inserted.
             ops.entry(item.key.as_str()).or_insert(ChangeOp::Changed);
             let e = kd.entries.get_mut(&id).expect("looked up above");
-            e.hash = id_of(&hash);
+            e.hash = id_of(hash);
             e.version += 1;
             e.last_seen = seen;
             e.source = source.clone();
-            let stored = StoredItem {
-                key: item.key.clone(),
-                data: item.data.clone(),
+            let stored = StoredItemOut {
+                hash,
+                key: &item.key,
+                data,
                 first_seen: e.first_seen,
                 last_seen: seen,
                 version: e.version,
-                source: batch.source.clone(),
-                hash,
+                source: Cow::Borrowed(&batch.source),
             };
-            full.insert(item.key.as_str(), stored);
+            full.insert(item.key.as_str(), Pending::New(stored));
             stale_records.extend(kd.point(&id, 0));
         }
         let mut writes = sled::Batch::default();
         for (key, stored) in &full {
-            writes.insert(key.as_bytes(), encode(stored));
+            writes.insert(key.as_bytes(), stored.encode());
         }
         let changes = ops
             .into_iter()
