@@ -456,8 +456,8 @@ impl Isolation {
     }
 
     /// The environment every container of ours gets, worker or preview:
-    /// its name, its scratch space, no HTTP, JSON logs, and the node's
-    /// private-target allowance and contact URL.
+    /// its name, its scratch space, no HTTP, JSON logs filtered as the
+    /// node's are, and the node's private-target allowance and contact URL.
     fn container_env(&self, name: &str, allow_private_targets: Option<&str>) -> Vec<String> {
         let mut env = vec![
             format!("GLEANER_NODE_NAME={name}"),
@@ -475,6 +475,9 @@ impl Isolation {
         }
         if let Some(contact) = &self.config.contact_url {
             env.push(format!("GLEANER_CONTACT_URL={contact}"));
+        }
+        if let Some(filter) = &self.config.log_filter {
+            env.push(format!("GLEANER_LOG={filter}"));
         }
         env
     }

@@ -404,6 +404,7 @@ impl Settings {
             browser_memory_bytes: (a.browser_memory_mb.unwrap_or(1024).max(128) * 1024 * 1024)
                 as i64,
             contact_url: a.contact_url.clone().filter(|c| !c.trim().is_empty()),
+            log_filter: a.log.clone().filter(|l| !l.trim().is_empty()),
         };
         let allow_private_targets = a.allow_private_targets.clone();
         let targets = match a.allow_private_targets.as_deref() {
@@ -620,6 +621,9 @@ pub struct IsolationConfig {
     /// `GLEANER_CONTACT_URL`, handed on to workers so that their user agent
     /// is the node's.
     pub contact_url: Option<String>,
+    /// `GLEANER_LOG` as the operator set it, handed on to workers and
+    /// previews so that their logs are filtered as the node's are.
+    pub log_filter: Option<String>,
 }
 
 #[cfg(test)]

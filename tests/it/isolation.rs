@@ -15,6 +15,8 @@ use crate::harness::{wait_until, ADMIN_TOKEN, COOKIE};
 use serde_json::Value;
 
 const WITHIN: Duration = Duration::from_secs(60);
+/// The nodes' `GLEANER_LOG`, which their workers must be given.
+const WORKER_LOG: &str = "info,gleaner::scrape=debug";
 
 /// The network, the fixture site and the containers of one test, removed
 /// when it ends (with the workers the nodes started on the network).
@@ -67,6 +69,8 @@ impl Lab {
             &format!("GLEANER_WORKER_IMAGE={IMAGE}"),
             "-e",
             &format!("GLEANER_WORKER_NETWORK={}", self.network.name),
+            "-e",
+            &format!("GLEANER_LOG={WORKER_LOG}"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -189,6 +193,10 @@ async fn isolated_sources_run_in_locked_down_workers_that_are_replaced_and_remov
     assert!(!c["Mounts"].to_string().contains("docker.sock"), "{c}");
     assert_eq!(host["Init"], true);
     assert_eq!(c["Config"]["Labels"]["org.gleaner.source"], "iso1");
+    // Its logs are filtered as its node's are.
+    let env = c["Config"]["Env"].as_array().unwrap();
+    let log = format!("GLEANER_LOG={WORKER_LOG}");
+    assert!(env.iter().any(|e| e == log.as_str()), "{env:?}");
     assert!(
         c["Config"]["Labels"]["org.gleaner.cluster"].is_string(),
         "{c}"
