@@ -115,39 +115,21 @@ echo "  browser variant $browser_image: $(size "$browser_image")"
 
 # ---- the fixture: PAGES pages built by JavaScript, linked by "next" ---------------
 mkdir -p "$work/srv/app"
-python3 - "$work/srv/app" "$pages" <<'EOF'
+# The page is the browser tests' own (tests/fixtures/rendered-page.html).
+python3 - "$work/srv/app" "$pages" tests/fixtures/rendered-page.html <<'EOF'
 import json, os, sys
 out, pages = sys.argv[1], int(sys.argv[2])
+with open(sys.argv[3]) as f:
+    template = f.read()
 for n in range(1, pages + 1):
     nxt = n + 1 if n < pages else 0
     with open(os.path.join(out, f"products-{n}.json"), "w") as f:
         json.dump([{"title": f"Rendered {n}-{i}", "price": f"{n * 10 + i}.{i:02d}",
                     "url": f"/app/item-{n}-{i}.html"} for i in range(1, 21)], f)
+    page = (template.replace("__EXTRA_SCRIPT__", "").replace("__NEXT__", str(nxt))
+            .replace("__N__", str(n)))
     with open(os.path.join(out, f"page-{n}.html"), "w") as f:
-        f.write(f"""<!doctype html><html><head><title>app {n}</title></head><body>
-<div id="list"></div><nav id="nav"></nav><script>
-fetch('products-{n}.json').then(r => r.json()).then(ps => {{
-  const list = document.getElementById('list');
-  for (const p of ps) {{
-    const a = document.createElement('article');
-    a.className = 'product';
-    a.innerHTML = '<h3><a></a></h3><p class="price"></p>';
-    a.querySelector('a').textContent = p.title;
-    a.querySelector('a').setAttribute('href', p.url);
-    a.querySelector('.price').textContent = p.price;
-    list.appendChild(a);
-  }}
-  if ({nxt} > 0) {{
-    const link = document.createElement('a');
-    link.className = 'next';
-    link.setAttribute('href', 'page-{nxt}.html');
-    document.getElementById('nav').appendChild(link);
-  }}
-  const done = document.createElement('div');
-  done.id = 'ready';
-  document.body.appendChild(done);
-}});
-</script></body></html>""")
+        f.write(page)
 EOF
 chmod -R a+rX "$work/srv"
 

@@ -34,34 +34,11 @@ const PAGES: u32 = 10;
 /// `products-n.json`, then adds the link to the next page and `#ready`.
 fn app_page(n: u32, pages: u32, extra_script: &str) -> String {
     let next = if n < pages { n + 1 } else { 0 };
-    format!(
-        r#"<!doctype html><html><head><title>app {n}</title></head><body>
-<div id="list"></div><nav id="nav"></nav>
-<script>
-{extra_script}
-fetch('products-{n}.json').then(r => r.json()).then(ps => {{
-  const list = document.getElementById('list');
-  for (const p of ps) {{
-    const a = document.createElement('article');
-    a.className = 'product';
-    a.innerHTML = '<h3><a></a></h3><p class="price"></p>';
-    a.querySelector('a').textContent = p.title;
-    a.querySelector('a').setAttribute('href', p.url);
-    a.querySelector('.price').textContent = p.price;
-    list.appendChild(a);
-  }}
-  if ({next} > 0) {{
-    const link = document.createElement('a');
-    link.className = 'next';
-    link.setAttribute('href', 'page-{next}.html');
-    document.getElementById('nav').appendChild(link);
-  }}
-  const done = document.createElement('div');
-  done.id = 'ready';
-  document.body.appendChild(done);
-}});
-</script></body></html>"#
-    )
+    // The same page bench/browser.sh serves.
+    include_str!("../fixtures/rendered-page.html")
+        .replace("__EXTRA_SCRIPT__", extra_script)
+        .replace("__NEXT__", &next.to_string())
+        .replace("__N__", &n.to_string())
 }
 
 fn products(n: u32) -> String {
