@@ -132,6 +132,32 @@ pub struct ReplicatedBatchOut<'a> {
     pub batch: ItemBatchOut<'a>,
 }
 
+impl<'a> ReplicatedBatchOut<'a> {
+    /// `rb` with its items' data as `data` (each item's, in order, as
+    /// [`Item::data_json`] serialised it).
+    pub fn of(rb: &'a ReplicatedBatch, data: impl IntoIterator<Item = &'a RawValue>) -> Self {
+        let batch = &rb.batch;
+        ReplicatedBatchOut {
+            origin: &rb.origin,
+            seq: rb.seq,
+            batch: ItemBatchOut {
+                source: &batch.source,
+                collection: &batch.collection,
+                fetched_at: batch.fetched_at,
+                items: batch
+                    .items
+                    .iter()
+                    .zip(data)
+                    .map(|(item, data)| ItemOut {
+                        key: &item.key,
+                        data,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
 /// The batch of a [`ReplicatedBatchOut`]: serialises as [`ItemBatch`].
 #[derive(Debug, Serialize)]
 pub struct ItemBatchOut<'a> {
@@ -142,7 +168,7 @@ pub struct ItemBatchOut<'a> {
 }
 
 /// An item of an [`ItemBatchOut`]: serialises as [`Item`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct ItemOut<'a> {
     pub key: &'a str,
     pub data: &'a RawValue,
@@ -324,22 +350,7 @@ mod tests {
                 items: vec![item.clone(), item.clone()],
             },
         };
-        let rb_out = ReplicatedBatchOut {
-            origin: "n1",
-            seq: 42,
-            batch: ItemBatchOut {
-                source: "src",
-                collection: "books",
-                fetched_at: at,
-                items: vec![
-                    ItemOut {
-                        key: &item.key,
-                        data: &json,
-                    };
-                    2
-                ],
-            },
-        };
+        let rb_out = ReplicatedBatchOut::of(&rb, [&*json, &*json]);
         assert_eq!(
             serde_json::to_vec(&rb_out).unwrap(),
             serde_json::to_vec(&rb).unwrap()

@@ -30,7 +30,7 @@ use super::log::log_key;
 use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
 use serde_json::value::RawValue;
 
-use crate::domain::item::{ItemBatchOut, ItemOut, ReplicatedBatchOut, StoredItemOut};
+use crate::domain::item::{ReplicatedBatchOut, StoredItemOut};
 use crate::domain::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem};
 
 const ITEMS_PREFIX: &str = "items:";
@@ -270,24 +270,7 @@ impl Store {
                 if let Some(rb) = replicated {
                     let h = meta.heads.entry(rb.origin.clone()).or_default();
                     *h = (*h).max(rb.seq);
-                    let entry = ReplicatedBatchOut {
-                        origin: &rb.origin,
-                        seq: rb.seq,
-                        batch: ItemBatchOut {
-                            source: &batch.source,
-                            collection,
-                            fetched_at: batch.fetched_at,
-                            items: batch
-                                .items
-                                .iter()
-                                .zip(&json)
-                                .map(|(item, (data, _))| ItemOut {
-                                    key: &item.key,
-                                    data,
-                                })
-                                .collect(),
-                        },
-                    };
+                    let entry = ReplicatedBatchOut::of(rb, json.iter().map(|(data, _)| &**data));
                     plan.writes
                         .insert(log_key(&rb.origin, rb.seq), encode(&entry));
                     if rb.seq > self.log_retained {
