@@ -211,6 +211,12 @@ impl Cluster {
             .collect()
     }
 
+    /// Whether any full node is a peer now (see [`Cluster::ask_all`]).
+    pub fn has_node_peers(&self) -> bool {
+        let view = self.inner.view.read().expect("view lock");
+        view.peers.iter().any(|p| p.info.role == Role::Node)
+    }
+
     fn peer(&self, node_id: &str) -> Option<PeerHandle> {
         let view = self.inner.view.read().expect("view lock");
         view.peers

@@ -15,7 +15,7 @@ pub use crate::domain::ReplicatedBatch;
 use crate::domain::SourceRuntime;
 use crate::domain::{
     CollectionTombstone, DeliveryAck, DeliveryRecord, HostRecord, HostState, ItemBatch,
-    PendingDelivery, RunRecord, SourceRecord, StoredItem, Version, WebhookRecord,
+    PendingDelivery, RunRecord, SeenBatch, SourceRecord, StoredItem, Version, WebhookRecord,
 };
 use crate::store::BatchOutcome;
 
@@ -94,6 +94,9 @@ pub enum Request {
     Stats,
     /// A worker's batch for its owner node to accept as its own.
     Deliver(ItemBatch),
+    /// A worker's page answered 304, its items by name, for its owner node
+    /// to accept as its own (see `AggregatorMsg::Seen`).
+    DeliverSeen(SeenBatch),
     /// Merge these webhook records; answered once they are durable.
     Webhooks(Vec<WebhookRecord>),
     /// Keep this delivery, about to be sent; answered once durable.
@@ -143,6 +146,9 @@ pub enum Response {
     Stats(Value),
     /// The delivered batch is durable (on the owner, and on a peer if one is up).
     Delivered(BatchOutcome),
+    /// The delivered named items are durable; `None`: the owner's collection
+    /// no longer holds them as named, and the worker asks for the page in full.
+    DeliveredSeen(Option<BatchOutcome>),
     HookSync {
         acks: Vec<DeliveryAck>,
         pendings: Vec<PendingDelivery>,

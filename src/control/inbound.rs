@@ -339,6 +339,11 @@ impl Inbound for NodeInbound {
                     answer.send(deliver(batch).await);
                 });
             }
+            Request::DeliverSeen(batch) => {
+                tokio::spawn(async move {
+                    answer.send(deliver_seen(batch).await);
+                });
+            }
             Request::Stats => {
                 let (cluster, started_at) = (args.cluster.clone(), args.started_at);
                 let storage = args.store.storage_status(true);
@@ -376,32 +381,69 @@ pub async fn drop_collection(
 
 /// Accepts a worker's batch into the local collection as a local scraper's.
 async fn deliver(batch: crate::domain::ItemBatch) -> Response {
-    if !crate::domain::spec::is_slug(&batch.collection) {
-        return Response::Error("not a collection name".into());
+    let aggregator = match aggregator_for(&batch.collection).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    answered(
+        ask(
+            &aggregator,
+            |r| AggregatorMsg::Apply(batch, r),
+            ASK_TIMEOUT * 6,
+        )
+        .await,
+        Response::Delivered,
+    )
+}
+
+/// Accepts a worker's named items (a page answered 304) as a local
+/// scraper's.
+async fn deliver_seen(batch: crate::domain::SeenBatch) -> Response {
+    let aggregator = match aggregator_for(&batch.collection).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    answered(
+        ask(
+            &aggregator,
+            |r| AggregatorMsg::Seen(batch, r),
+            ASK_TIMEOUT * 6,
+        )
+        .await,
+        Response::DeliveredSeen,
+    )
+}
+
+/// The local aggregator of a worker's collection, or the answer refusing
+/// the delivery.
+async fn aggregator_for(collection: &str) -> Result<ractor::ActorRef<AggregatorMsg>, Response> {
+    if !crate::domain::spec::is_slug(collection) {
+        return Err(Response::Error("not a collection name".into()));
     }
     let Some(collections) = find::<CollectionSupervisorMsg>(groups::COLLECTIONS) else {
-        return Response::Error("the collections are restarting".into());
+        return Err(Response::Error("the collections are restarting".into()));
     };
-    let name = batch.collection.clone();
-    let aggregator = match ask(
+    let name = collection.to_owned();
+    match ask(
         &collections,
         |r| CollectionSupervisorMsg::Aggregator(name, r),
         ASK_TIMEOUT,
     )
     .await
     {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return Response::Error(e),
-        Err(_) => return Response::Error("the collections did not answer".into()),
-    };
-    match ask(
-        &aggregator,
-        |r| AggregatorMsg::Apply(batch, r),
-        ASK_TIMEOUT * 6,
-    )
-    .await
-    {
-        Ok(Ok(outcome)) => Response::Delivered(outcome),
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(e)) => Err(Response::Error(e)),
+        Err(_) => Err(Response::Error("the collections did not answer".into())),
+    }
+}
+
+/// The answer to a delivery, from the aggregator's.
+fn answered<T>(
+    answer: Result<Result<T, String>, crate::supervision::ActorError>,
+    delivered: impl FnOnce(T) -> Response,
+) -> Response {
+    match answer {
+        Ok(Ok(outcome)) => delivered(outcome),
         Ok(Err(e)) => Response::Error(e),
         Err(_) => Response::Error("the aggregator did not answer".into()),
     }

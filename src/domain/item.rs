@@ -76,6 +76,72 @@ pub struct ItemBatch {
     pub items: Vec<Item>,
 }
 
+/// An item named by its key and content hash, without its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemName {
+    pub key: String,
+    pub hash: String,
+}
+
+impl From<&Item> for ItemName {
+    fn from(item: &Item) -> Self {
+        ItemName {
+            key: item.key.clone(),
+            hash: item.content_hash(),
+        }
+    }
+}
+
+/// A page's items by name, as a page answered in full is remembered for
+/// conditional requests: each item's key and hash, and per field how many
+/// of the items filled it (for the run's record, see [`filled`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NamedItems {
+    pub names: Vec<ItemName>,
+    #[serde(default)]
+    pub filled: std::collections::BTreeMap<String, u64>,
+}
+
+impl NamedItems {
+    pub fn of(items: &[Item]) -> Self {
+        let mut filled = std::collections::BTreeMap::new();
+        for item in items {
+            for (field, value) in &item.data {
+                if self::filled(value) {
+                    *filled.entry(field.clone()).or_default() += 1;
+                }
+            }
+        }
+        NamedItems {
+            names: items.iter().map(ItemName::from).collect(),
+            filled,
+        }
+    }
+}
+
+/// Whether a field's value counts as filled: not null, not an empty string
+/// or list.
+pub fn filled(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => true,
+    }
+}
+
+/// Items a page yielded again, unchanged, named rather than extracted: a
+/// page answered 304 Not Modified whose items the collection holds as they
+/// were (see `store::pages`). Applied only if every item is still stored
+/// with its named hash; otherwise the page is asked for again in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeenBatch {
+    pub source: String,
+    pub collection: String,
+    pub fetched_at: DateTime<Utc>,
+    pub names: Vec<ItemName>,
+}
+
 /// A batch as it travels between nodes: which node first accepted it, and
 /// its number in that node's sequence for the collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,9 +199,9 @@ pub struct ReplicatedBatchOut<'a> {
 }
 
 impl<'a> ReplicatedBatchOut<'a> {
-    /// `rb` with its items' data as `data` (each item's, in order, as
-    /// [`Item::data_json`] serialised it).
-    pub fn of(rb: &'a ReplicatedBatch, data: impl IntoIterator<Item = &'a RawValue>) -> Self {
+    /// `rb` with each item, in order, as `logged` says: its data as
+    /// [`Item::data_json`] serialised it, or its content hash alone.
+    pub fn of(rb: &'a ReplicatedBatch, logged: impl IntoIterator<Item = Logged<'a>>) -> Self {
         let batch = &rb.batch;
         ReplicatedBatchOut {
             origin: &rb.origin,
@@ -147,15 +213,57 @@ impl<'a> ReplicatedBatchOut<'a> {
                 items: batch
                     .items
                     .iter()
-                    .zip(data)
-                    .map(|(item, data)| ItemOut {
-                        key: &item.key,
-                        data,
+                    .zip(logged)
+                    .map(|(item, logged)| match logged {
+                        Logged::Data(data) => ItemOut {
+                            key: &item.key,
+                            data: Some(data),
+                            hash: None,
+                        },
+                        Logged::Named(hash) => ItemOut {
+                            key: &item.key,
+                            data: None,
+                            hash: Some(hash),
+                        },
                     })
                     .collect(),
             },
         }
     }
+}
+
+impl<'a> ReplicatedBatchOut<'a> {
+    /// A [`SeenBatch`] numbered `seq` by `origin`, every item named.
+    pub fn seen(origin: &'a str, seq: u64, batch: &'a SeenBatch) -> Self {
+        ReplicatedBatchOut {
+            origin,
+            seq,
+            batch: ItemBatchOut {
+                source: &batch.source,
+                collection: &batch.collection,
+                fetched_at: batch.fetched_at,
+                items: batch
+                    .names
+                    .iter()
+                    .map(|n| ItemOut {
+                        key: &n.key,
+                        data: None,
+                        hash: Some(&n.hash),
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// How an item of a [`ReplicatedBatchOut`] is written.
+#[derive(Debug, Clone, Copy)]
+pub enum Logged<'a> {
+    /// With its data (serialised JSON): as [`Item`] serialises.
+    Data(&'a RawValue),
+    /// Named by its content hash alone, in place of its data (see
+    /// `store::log`: an item the batch found unchanged).
+    Named(&'a str),
 }
 
 /// The batch of a [`ReplicatedBatchOut`]: serialises as [`ItemBatch`].
@@ -167,11 +275,15 @@ pub struct ItemBatchOut<'a> {
     pub items: Vec<ItemOut<'a>>,
 }
 
-/// An item of an [`ItemBatchOut`]: serialises as [`Item`].
+/// An item of an [`ItemBatchOut`]: serialises as [`Item`] with its data,
+/// or as its key and content hash.
 #[derive(Debug, Serialize)]
 pub struct ItemOut<'a> {
     pub key: &'a str,
-    pub data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<&'a str>,
 }
 
 /// A stored item as the API shows it, read in place: borrowed from the
@@ -350,7 +462,7 @@ mod tests {
                 items: vec![item.clone(), item.clone()],
             },
         };
-        let rb_out = ReplicatedBatchOut::of(&rb, [&*json, &*json]);
+        let rb_out = ReplicatedBatchOut::of(&rb, [Logged::Data(&json), Logged::Data(&json)]);
         assert_eq!(
             serde_json::to_vec(&rb_out).unwrap(),
             serde_json::to_vec(&rb).unwrap()

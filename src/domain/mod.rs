@@ -20,7 +20,9 @@ pub mod webhook;
 
 pub use health::{assess, Health};
 pub use host::{HostOverride, HostPolicy, HostRecord, HostState};
-pub use item::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem, Upsert};
+pub use item::{
+    Item, ItemBatch, ItemName, ItemRef, ReplicatedBatch, SeenBatch, StoredItem, Upsert,
+};
 pub use record::{CollectionTombstone, ManagedBy, RunRecord, SourceRecord, Version};
 pub use runtime::{ScraperStats, SourceRuntime, SourceState, Totals, WorkerContainer};
 pub use spec::{

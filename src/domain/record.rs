@@ -101,8 +101,9 @@ pub struct RunRecord {
     /// not fail: `robots_disallowed` (robots.txt disallows the next page).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
-    /// Pages the site answered 304 Not Modified: their remembered items
-    /// were stored again (their `last_seen` moved), nothing was parsed.
+    /// Pages the site answered 304 Not Modified, or in full with the very
+    /// body of their last full answer: their remembered items were seen
+    /// again (their `last_seen` moved), nothing was parsed.
     #[serde(default)]
     pub not_modified: u64,
     /// Per field, the items in which it was filled (not null, `""` or

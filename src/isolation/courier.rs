@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::cluster::wire::{Request, Response};
 use crate::cluster::Cluster;
@@ -26,6 +26,29 @@ pub struct CourierArgs {
 pub struct CourierState {
     args: CourierArgs,
     stats: AggregatorStats,
+}
+
+impl CourierState {
+    /// Carries `request` to the owner node, and answers `reply` with what
+    /// `delivered` finds in the owner's answer.
+    fn carry<T: Send + 'static>(
+        &mut self,
+        request: Request,
+        reply: RpcReplyPort<Result<T, String>>,
+        delivered: fn(Response) -> Result<T, Response>,
+    ) {
+        let (cluster, owner) = (self.args.cluster.clone(), self.args.owner.clone());
+        self.stats.batches += 1;
+        tokio::spawn(async move {
+            let answer = cluster.call(&owner, &request, DELIVER_TIMEOUT).await;
+            let _ = reply.send(match answer {
+                Ok(Response::Error(e)) => Err(format!("the owner refused the batch: {e}")),
+                Ok(answer) => delivered(answer)
+                    .map_err(|other| format!("unexpected answer from the owner: {other:?}")),
+                Err(e) => Err(format!("delivering to the owner: {e}")),
+            });
+        });
+    }
 }
 
 impl Actor for Courier {
@@ -55,18 +78,15 @@ impl Actor for Courier {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AggregatorMsg::Apply(batch, reply) => {
-                let (cluster, owner) = (state.args.cluster.clone(), state.args.owner.clone());
-                state.stats.batches += 1;
-                tokio::spawn(async move {
-                    let answer = cluster
-                        .call(&owner, &Request::Deliver(batch), DELIVER_TIMEOUT)
-                        .await;
-                    let _ = reply.send(match answer {
-                        Ok(Response::Delivered(outcome)) => Ok(outcome),
-                        Ok(Response::Error(e)) => Err(format!("the owner refused the batch: {e}")),
-                        Ok(other) => Err(format!("unexpected answer from the owner: {other:?}")),
-                        Err(e) => Err(format!("delivering to the owner: {e}")),
-                    });
+                state.carry(Request::Deliver(batch), reply, |r| match r {
+                    Response::Delivered(outcome) => Ok(outcome),
+                    other => Err(other),
+                });
+            }
+            AggregatorMsg::Seen(batch, reply) => {
+                state.carry(Request::DeliverSeen(batch), reply, |r| match r {
+                    Response::DeliveredSeen(outcome) => Ok(outcome),
+                    other => Err(other),
                 });
             }
             AggregatorMsg::Replica(_, answer) => {

@@ -7,6 +7,11 @@
 //!   scraper's answer comes once the batch is durable here and on one peer
 //!   (or at once when no peer is up; after [`REPLICA_TIMEOUT`] it comes
 //!   anyway, and peers catch up from the log).
+//! - Scrapers send pages answered 304 as `Seen`: their items named, not
+//!   extracted. Applied, numbered and acknowledged as `Apply` is, provided
+//!   the collection still holds every item as named (else the answer is
+//!   `None`, nothing is numbered, and the scraper asks for the page in
+//!   full); peers get the batch with its items' data, read back here.
 //! - Peers' batches arrive as `Replica`: applied in each origin's sequence
 //!   order (a batch ahead of that is refused with `Gap`, and the Replicator
 //!   pulls what is missing), then acknowledged once a flush covers them.
@@ -27,7 +32,7 @@ use super::replicator::ReplicatorMsg;
 use crate::cluster::handle::Answer;
 use crate::cluster::wire::{Request, Response};
 use crate::cluster::Cluster;
-use crate::domain::{ItemBatch, ReplicatedBatch, StoredItem};
+use crate::domain::{ItemBatch, ReplicatedBatch, SeenBatch, StoredItem};
 use crate::events::{Event, Events};
 use crate::store::{BatchOutcome, Flusher, Store, StoreError};
 use crate::supervision::find;
@@ -51,6 +56,12 @@ pub struct AggregatorArgs {
 pub enum AggregatorMsg {
     /// Upsert a batch from a local scraper; the reply comes once it is durable.
     Apply(ItemBatch, RpcReplyPort<Result<BatchOutcome, String>>),
+    /// Items a local scraper saw again unchanged, by name; the reply (once
+    /// durable) is `None` when the collection no longer holds them as named.
+    Seen(
+        SeenBatch,
+        RpcReplyPort<Result<Option<BatchOutcome>, String>>,
+    ),
     /// A batch from a peer.
     Replica(ReplicatedBatch, Answer),
     /// Items from a peer's snapshot, and the heads to raise ours to (last page).
@@ -141,6 +152,44 @@ impl AggregatorState {
         });
     }
 
+    /// Sends a local batch, applied here, to every peer (in sequence order,
+    /// from this task) and answers `reply` once it is durable here and on a
+    /// peer (see the module's notes). Waited for on a task of its own, so
+    /// this mailbox never waits on a peer (whose aggregator may be waiting
+    /// on us) nor on the disk (the next batch applies while this one is
+    /// flushed, with others, by the Flusher). The batch moves into the
+    /// request: it is encoded only when there are peers to send it to.
+    fn deliver(
+        &mut self,
+        rb: ReplicatedBatch,
+        reply: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) {
+        self.stats.batches += 1;
+        let seq = rb.seq;
+        let pending = self
+            .args
+            .cluster
+            .ask_all(&Request::Batch(rb), REPLICA_TIMEOUT);
+        let flusher = self.args.flusher.clone();
+        let collection = self.stats.collection.clone();
+        tokio::spawn(async move {
+            if let Err(e) = flusher.flushed().await {
+                reply(Err(format!("storing the batch: {e}")));
+                return;
+            }
+            let asked = pending.asked();
+            if asked > 0 {
+                let acked = pending
+                    .first(|r| matches!(r, Response::Applied { .. }))
+                    .await;
+                if acked.is_none() {
+                    tracing::warn!(%collection, seq, peers = asked, "no peer acknowledged the batch in time; peers will pull it from the log");
+                }
+            }
+            reply(Ok(()));
+        });
+    }
+
     /// Re-reads counts from the store (after a snapshot restore).
     async fn recount(&mut self) -> Result<(), StoreError> {
         let store = self.args.store.clone();
@@ -219,34 +268,41 @@ impl Actor for Aggregator {
                         return Ok(());
                     }
                 };
-                state.stats.batches += 1;
-                // Sent from here, in sequence order; waited for elsewhere, so
-                // this mailbox never waits on a peer (whose aggregator may be
-                // waiting on us) nor on the disk (the next batch applies while
-                // this one is flushed, with others, by the Flusher). The batch
-                // moves into the request: it is encoded only when there are
-                // peers to send it to.
-                let pending = state
-                    .args
-                    .cluster
-                    .ask_all(&Request::Batch(rb), REPLICA_TIMEOUT);
-                let flusher = state.args.flusher.clone();
-                let collection = state.stats.collection.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = flusher.flushed().await {
-                        let _ = reply.send(Err(format!("storing the batch: {e}")));
-                        return;
+                state.deliver(rb, move |r| {
+                    let _ = reply.send(r.map(|()| outcome));
+                });
+            }
+            AggregatorMsg::Seen(batch, reply) => {
+                let me = state.args.cluster.me().node_id.clone();
+                let seq = state.stats.heads.get(&me).copied().unwrap_or(0) + 1;
+                let peers = state.args.cluster.has_node_peers();
+                let (outcome, items) = match state.args.store.apply_seen(&me, seq, &batch, peers) {
+                    Ok(Some(applied)) => applied,
+                    Ok(None) => {
+                        let _ = reply.send(Ok(None));
+                        return Ok(());
                     }
-                    let asked = pending.asked();
-                    if asked > 0 {
-                        let acked = pending
-                            .first(|r| matches!(r, Response::Applied { .. }))
-                            .await;
-                        if acked.is_none() {
-                            tracing::warn!(%collection, seq, peers = asked, "no peer acknowledged the batch in time; peers will pull it from the log");
-                        }
+                    Err(e) => {
+                        tracing::error!(collection = %state.stats.collection, error = %e, "batch not applied");
+                        state.stats.last_error = Some(e.to_string());
+                        let _ = reply.send(Err(e.to_string()));
+                        return Ok(());
                     }
-                    let _ = reply.send(Ok(outcome));
+                };
+                state.stats.heads.insert(me.clone(), seq);
+                state.count(&outcome, &batch.source, Some(batch.fetched_at));
+                let rb = ReplicatedBatch {
+                    origin: me,
+                    seq,
+                    batch: ItemBatch {
+                        source: batch.source,
+                        collection: batch.collection,
+                        fetched_at: batch.fetched_at,
+                        items,
+                    },
+                };
+                state.deliver(rb, move |r| {
+                    let _ = reply.send(r.map(|()| Some(outcome)));
                 });
             }
             AggregatorMsg::Replica(rb, answer) => {

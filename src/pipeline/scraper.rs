@@ -19,13 +19,13 @@ use super::scraper_supervisor::ScraperSupervisorMsg;
 use super::timer::Timer;
 use crate::cluster::wire::Notice;
 use crate::cluster::Cluster;
-use crate::domain::{ItemBatch, RunRecord, ScraperStats, SourceSpec};
+use crate::domain::{ItemBatch, RunRecord, ScraperStats, SeenBatch, SourceSpec};
 use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::scrape::Pager;
 use crate::store::Store;
-use crate::supervision::{ask, ASK_TIMEOUT};
+use crate::supervision::{ask, ActorError, ASK_TIMEOUT};
 
 pub struct Scraper;
 
@@ -199,6 +199,38 @@ async fn run_once(
                 break;
             }
         };
+        if let Some(named) = page.unchanged {
+            if named.names.is_empty() {
+                continue;
+            }
+            let n = named.names.len() as u64;
+            let batch = SeenBatch {
+                source: spec.id.clone(),
+                collection: spec.collection.clone(),
+                fetched_at: Utc::now(),
+                names: named.names,
+            };
+            let answer = ask(
+                &aggregator,
+                |r| AggregatorMsg::Seen(batch, r),
+                ASK_TIMEOUT * 6,
+            )
+            .await;
+            match stored(answer, &spec.collection, &mut record) {
+                Some(Some(_)) => {
+                    record.items += n;
+                    for (field, filled) in &named.filled {
+                        if let Some(c) = record.filled.get_mut(field) {
+                            *c += filled;
+                        }
+                    }
+                }
+                // The collection no longer holds them as they were.
+                Some(None) => pager.again_in_full(),
+                None => break,
+            }
+            continue;
+        }
         if page.items.is_empty() {
             continue;
         }
@@ -210,29 +242,18 @@ async fn run_once(
             fetched_at: Utc::now(),
             items: page.items,
         };
-        match ask(
+        let answer = ask(
             &aggregator,
             |r| AggregatorMsg::Apply(batch, r),
             ASK_TIMEOUT * 6,
         )
-        .await
-        {
-            Ok(Ok(outcome)) => {
+        .await;
+        match stored(answer, &spec.collection, &mut record) {
+            Some(outcome) => {
                 record.inserted += outcome.inserted;
                 record.changed += outcome.changed;
             }
-            Ok(Err(e)) => {
-                record.error = Some(format!("storing items: {e}"));
-                record.code = Some(STORE_REFUSED.into());
-                break;
-            }
-            Err(_) => {
-                record.error = Some(format!(
-                    "storing items: the aggregator of collection {} did not answer",
-                    spec.collection
-                ));
-                break;
-            }
+            None => break,
         }
     }
     record.pages = pager.pages();
@@ -250,17 +271,34 @@ async fn run_once(
     record
 }
 
+/// The aggregator's answer to a page's items; `None`, with the run's error
+/// recorded, when it refused them or did not answer.
+fn stored<T>(
+    answer: Result<Result<T, String>, ActorError>,
+    collection: &str,
+    record: &mut RunRecord,
+) -> Option<T> {
+    match answer {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            record.error = Some(format!("storing items: {e}"));
+            record.code = Some(STORE_REFUSED.into());
+            None
+        }
+        Err(_) => {
+            record.error = Some(format!(
+                "storing items: the aggregator of collection {collection} did not answer"
+            ));
+            None
+        }
+    }
+}
+
 /// Counts, per field, the items in which it is filled (see `RunRecord::filled`).
 pub fn count_filled(record: &mut RunRecord, items: &[crate::domain::Item]) {
     for item in items {
         for (field, value) in &item.data {
-            let filled = match value {
-                serde_json::Value::Null => false,
-                serde_json::Value::String(s) => !s.is_empty(),
-                serde_json::Value::Array(a) => !a.is_empty(),
-                _ => true,
-            };
-            if filled {
+            if crate::domain::item::filled(value) {
                 if let Some(n) = record.filled.get_mut(field) {
                     *n += 1;
                 }

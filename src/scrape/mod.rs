@@ -23,6 +23,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use url::Url;
 
+use crate::domain::item::NamedItems;
 use crate::domain::{Item, Method, RequestOptions};
 use crate::store::{PageMemo, Store};
 
@@ -81,6 +82,11 @@ pub struct Pager {
     stopped: Option<&'static str>,
     memory: Option<Memory>,
     not_modified: u32,
+    /// The URL of the last page answered from memory by name, until the
+    /// next page is asked for.
+    unchanged: Option<Url>,
+    /// Pages to ask for in full, their memory notwithstanding.
+    in_full: HashSet<String>,
     /// What extraction saw on the last page parsed.
     report: Option<Report>,
     /// The last page's HTTP status and final URL.
@@ -136,6 +142,8 @@ impl Pager {
             stopped: None,
             memory: None,
             not_modified: 0,
+            unchanged: None,
+            in_full: HashSet::new(),
             report: None,
             answered: None,
             max_follows: crate::domain::DEFAULT_MAX_FOLLOWS,
@@ -216,9 +224,28 @@ impl Pager {
         self.not_modified
     }
 
+    /// The last page was answered 304 and its items handed over by name,
+    /// but the collection no longer holds them as they were (another source
+    /// or node changed one since, or the collection was deleted): asks for
+    /// it again, in full and unconditionally, as the next page.
+    pub fn again_in_full(&mut self) {
+        let Some(url) = self.unchanged.take() else {
+            return;
+        };
+        let page = without_fragment(&url);
+        self.seen.remove(&page);
+        self.in_full.insert(page);
+        self.not_modified = self.not_modified.saturating_sub(1);
+        self.pages = self.pages.saturating_sub(1);
+        self.next = Some(url);
+    }
+
     /// The remembered answer for `url`, if it was made under these rules.
     fn memo(&self, url: &Url) -> Option<PageMemo> {
         let m = self.memory.as_ref()?;
+        if self.in_full.contains(&without_fragment(url)) {
+            return None;
+        }
         match m.store.page_memo(&m.source, url.as_str()) {
             Ok(Some(memo)) if memo.fingerprint == m.fingerprint => Some(memo),
             Ok(_) => None,
@@ -242,6 +269,7 @@ impl Pager {
     /// Fetches and extracts the next page; `None` when the run is over.
     pub async fn next_page(&mut self) -> Option<Result<Page, ScrapeError>> {
         let url = self.next.take()?;
+        self.unchanged = None;
         if self.pages >= self.max_pages || !self.seen.insert(without_fragment(&url)) {
             return None;
         }
@@ -273,10 +301,13 @@ impl Pager {
             return Some(self.render(url, &options, permit).await);
         }
         let memo = self.memo(&url);
-        let validators = memo.as_ref().map(|m| Validators {
-            etag: m.etag.clone(),
-            last_modified: m.last_modified.clone(),
-        });
+        let validators = memo
+            .as_ref()
+            .map(|m| Validators {
+                etag: m.etag.clone(),
+                last_modified: m.last_modified.clone(),
+            })
+            .filter(|v| !v.is_empty());
         let fetched = match self
             .fetcher
             .fetch_page(&url, &self.request, validators.as_ref())
@@ -306,15 +337,24 @@ impl Pager {
         self.seen.insert(without_fragment(&fetched.url));
         self.answered = Some((fetched.status, fetched.url.clone()));
         self.report = None;
-        if fetched.not_modified {
-            if let Some(memo) = memo {
+        // A body hash only where nothing but the body makes the items (no
+        // detail pages to fetch again).
+        let body = (!fetched.not_modified && self.rules.follows().is_empty())
+            .then(|| body_hash(&fetched.url, fetched.status, &fetched.body));
+        if let Some(memo) = memo {
+            let same_body = body.is_some() && memo.body == body && memo.named.is_some();
+            if fetched.not_modified || same_body {
                 // Unchanged: the remembered items again, nothing parsed.
                 self.not_modified += 1;
                 let next = memo.next.as_deref().and_then(|n| Url::parse(n).ok());
                 self.next = next.clone();
+                if memo.named.is_some() {
+                    self.unchanged = Some(url);
+                }
                 return Some(Ok(Page {
                     items: memo.items,
                     next,
+                    unchanged: memo.named,
                 }));
             }
         }
@@ -336,7 +376,7 @@ impl Pager {
                 self.report = Some(report);
                 self.next = page.next.clone();
                 self.follow(&mut page).await;
-                self.remember(&requested, answered, &page);
+                self.remember(&requested, answered, body, &page);
                 Some(Ok(page))
             }
             Ok(Err(source)) => Some(Err(ScrapeError::Extract {
@@ -482,21 +522,24 @@ impl Pager {
         }
     }
 
-    /// Keeps a fully answered page for the next run's conditional request,
-    /// when it came with a validator.
-    fn remember(&self, url: &Url, validators: Validators, page: &Page) {
+    /// Keeps a fully answered page for the next run: its validators, for a
+    /// conditional request, and its body's hash, to know the same answer
+    /// again; when it has either.
+    fn remember(&self, url: &Url, validators: Validators, body: Option<String>, page: &Page) {
         let Some(m) = &self.memory else {
             return;
         };
-        if validators.is_empty() {
+        if validators.is_empty() && body.is_none() {
             return;
         }
         let memo = PageMemo {
             fingerprint: m.fingerprint.clone(),
             etag: validators.etag,
             last_modified: validators.last_modified,
+            body,
             next: page.next.as_ref().map(Url::to_string),
-            items: page.items.clone(),
+            named: Some(NamedItems::of(&page.items)),
+            items: Vec::new(),
         };
         if let Err(e) = m.store.remember_page(&m.source, url.as_str(), &memo) {
             tracing::warn!(source = %m.source, error = %e, "page not remembered");
@@ -509,6 +552,17 @@ impl Pager {
 /// wake-ups), which profiles showed dominating runs of small pages. Larger
 /// bodies are parsed on the blocking pool, off the async workers.
 const INLINE_EXTRACT_BYTES: usize = 64 * 1024;
+
+/// What tells a page's full answer from another: a hash of its final URL
+/// (against which its links resolve), its status and its body.
+fn body_hash(url: &Url, status: u16, body: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(url.as_str().as_bytes());
+    h.update(&[0]);
+    h.update(&status.to_be_bytes());
+    h.update(body);
+    h.finalize().to_hex()[..32].to_owned()
+}
 
 fn without_fragment(url: &Url) -> String {
     let mut u = url.clone();

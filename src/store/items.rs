@@ -30,8 +30,8 @@ use super::log::log_key;
 use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
 use serde_json::value::RawValue;
 
-use crate::domain::item::{ReplicatedBatchOut, StoredItemOut};
-use crate::domain::{Item, ItemBatch, ItemRef, ReplicatedBatch, StoredItem};
+use crate::domain::item::{Logged, ReplicatedBatchOut, StoredItemOut};
+use crate::domain::{Item, ItemBatch, ItemName, ItemRef, ReplicatedBatch, SeenBatch, StoredItem};
 
 const ITEMS_PREFIX: &str = "items:";
 
@@ -94,6 +94,9 @@ struct Plan {
     /// Items and seen records.
     writes: sled::Batch,
     changes: Vec<(ChangeOp, Vec<u8>)>,
+    /// Per item of the batch, in order: found unchanged and not written in
+    /// full by the batch, so its log entry names it by its hash.
+    named: Vec<bool>,
 }
 
 /// A collection's summary row.
@@ -223,6 +226,16 @@ impl ItemBytes<'_> {
     }
 }
 
+/// The collection's summary after a write of an observation made at `at`.
+fn next_meta(kd: &Keydir, at: DateTime<Utc>) -> CollectionMeta {
+    let mut meta = kd.meta.clone().unwrap_or(CollectionMeta {
+        last_update: at,
+        heads: BTreeMap::new(),
+    });
+    meta.last_update = meta.last_update.max(at);
+    meta
+}
+
 /// The items of `tree` whose key sorts after `after` (all without it).
 fn items_after(tree: &sled::Tree, after: Option<&str>) -> sled::Iter {
     match after {
@@ -262,24 +275,24 @@ impl Store {
         let result = self
             .plan_upsert(batch, &json, kd, &tree)
             .and_then(|mut plan| {
-                let mut meta = kd.meta.clone().unwrap_or(CollectionMeta {
-                    last_update: batch.fetched_at,
-                    heads: BTreeMap::new(),
-                });
-                meta.last_update = meta.last_update.max(batch.fetched_at);
+                let mut meta = next_meta(kd, batch.fetched_at);
                 if let Some(rb) = replicated {
-                    let h = meta.heads.entry(rb.origin.clone()).or_default();
-                    *h = (*h).max(rb.seq);
-                    let entry = ReplicatedBatchOut::of(rb, json.iter().map(|(data, _)| &**data));
-                    plan.writes
-                        .insert(log_key(&rb.origin, rb.seq), encode(&entry));
-                    if rb.seq > self.log_retained {
-                        let cut = rb.seq - self.log_retained;
-                        let range = log_key(&rb.origin, 0)..=log_key(&rb.origin, cut);
-                        for k in tree.range(range).keys() {
-                            plan.writes.remove(k?);
+                    let logged = json.iter().zip(&plan.named).map(|((data, hash), named)| {
+                        if *named {
+                            Logged::Named(hash)
+                        } else {
+                            Logged::Data(data)
                         }
-                    }
+                    });
+                    let entry = encode(&ReplicatedBatchOut::of(rb, logged));
+                    self.log_batch(
+                        &tree,
+                        &mut plan.writes,
+                        &mut meta,
+                        &rb.origin,
+                        rb.seq,
+                        entry,
+                    )?;
                 }
                 self.commit(
                     collection,
@@ -297,6 +310,112 @@ impl Store {
             self.drop_keydir(collection);
         }
         result
+    }
+
+    /// Adds a batch's log entry to `writes` (and the removal of the
+    /// origin's entries past the retention), and raises the origin's head
+    /// in `meta`.
+    fn log_batch(
+        &self,
+        tree: &sled::Tree,
+        writes: &mut sled::Batch,
+        meta: &mut CollectionMeta,
+        origin: &str,
+        seq: u64,
+        entry: Vec<u8>,
+    ) -> Result<()> {
+        let h = meta.heads.entry(origin.to_owned()).or_default();
+        *h = (*h).max(seq);
+        writes.insert(log_key(origin, seq), entry);
+        if seq > self.log_retained {
+            let cut = seq - self.log_retained;
+            for k in tree.range(log_key(origin, 0)..=log_key(origin, cut)).keys() {
+                writes.remove(k?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a page's items seen again unchanged, named by key and hash
+    /// (a 304 answered from a remembered page), as batch `seq` of `origin`:
+    /// their `last_seen` and source move (one seen record), the batch is
+    /// logged with every item named, and the origin's head is raised, in
+    /// one atomic sled batch. Nothing is written, and `None` returned,
+    /// unless every item is stored with its named hash and seen no later
+    /// than `fetched_at`: the caller then asks for the page in full. With
+    /// `expand`, also returns the items with their data (for peers).
+    pub fn apply_seen(
+        &self,
+        origin: &str,
+        seq: u64,
+        batch: &SeenBatch,
+        expand: bool,
+    ) -> Result<Option<(BatchOutcome, Vec<Item>)>> {
+        self.write(|| {
+            let collection = &batch.collection;
+            let slot = self.keydir(collection)?;
+            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let kd = guard.as_mut().ok_or_else(|| {
+                StoreError::Unavailable(format!("collection {collection}: no key directory"))
+            })?;
+            let seen = batch.fetched_at;
+            let current = |n: &ItemName| {
+                kd.entries
+                    .get(&id_of(&n.key))
+                    .is_some_and(|e| e.hash == id_of(&n.hash) && e.last_seen <= seen)
+            };
+            if !batch.names.iter().all(current) {
+                return Ok(None);
+            }
+            let tree = self.items_tree(collection)?;
+            let source = kd.name(&batch.source);
+            let record = kd.next_record();
+            let mut outcome = BatchOutcome::default();
+            let mut seen_keys = Vec::with_capacity(batch.names.len());
+            let mut stale_records = Vec::new();
+            for name in &batch.names {
+                let id = id_of(&name.key);
+                let e = kd.entries.get_mut(&id).expect("checked above");
+                if e.source != source {
+                    *outcome.taken_from.entry(e.source.to_string()).or_default() += 1;
+                }
+                e.last_seen = seen;
+                e.source = source.clone();
+                outcome.unchanged += 1;
+                seen_keys.push(id);
+                stale_records.extend(kd.point(&id, record));
+            }
+            let mut writes = sled::Batch::default();
+            writes.insert(
+                &seen_key(record),
+                encode_seen(seen, &batch.source, &seen_keys),
+            );
+            for n in stale_records {
+                writes.remove(&seen_key(n));
+            }
+            let mut meta = next_meta(kd, seen);
+            let entry = encode(&ReplicatedBatchOut::seen(origin, seq, batch));
+            let committed = self
+                .log_batch(&tree, &mut writes, &mut meta, origin, seq, entry)
+                .and_then(|()| self.commit(collection, &tree, kd, writes, &[], Some(meta)));
+            if let Err(e) = committed {
+                drop(guard);
+                self.drop_keydir(collection);
+                return Err(e);
+            }
+            let mut items = Vec::new();
+            if expand {
+                for name in &batch.names {
+                    if let Some(data) = super::log::stored_data(&tree, &name.key, &name.hash)? {
+                        items.push(Item {
+                            key: name.key.clone(),
+                            data: data.0,
+                        });
+                    }
+                }
+            }
+            Ok(Some((outcome, items)))
+        })
     }
 
     /// Works out a batch's writes from the key directory alone (sled is read
@@ -322,7 +441,8 @@ impl Store {
         let record = kd.next_record();
         let mut seen_keys: Vec<Id> = Vec::new();
         let mut stale_records = Vec::new();
-        for (item, (data, hash)) in batch.items.iter().zip(json) {
+        let mut named = vec![false; batch.items.len()];
+        for (i, (item, (data, hash))) in batch.items.iter().zip(json).enumerate() {
             let id = id_of(&item.key);
             let Some(e) = kd.entries.get(&id) else {
                 let stored = StoredItemOut {
@@ -384,6 +504,7 @@ impl Store {
                 } else {
                     seen_keys.push(id);
                     stale_records.extend(kd.point(&id, record));
+                    named[i] = true;
                 }
                 continue;
             }
@@ -428,6 +549,7 @@ impl Store {
             outcome,
             writes,
             changes,
+            named,
         })
     }
 

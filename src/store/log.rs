@@ -5,12 +5,28 @@
 //! [`Store::log_retained`] per origin); and the heads (last sequence applied
 //! per origin) they compare, in the collection's summary. A batch's log
 //! entry and heads are written in the same sled batch as its items.
+//!
+//! An entry holds the data of the items its batch inserted or changed, and
+//! names the items the batch found unchanged by their content hash alone
+//! (`{"key":…,"hash":…}` in place of `{"key":…,"data":…}`): a second pass
+//! over an unchanged page logs about 50 bytes an item instead of its data.
+//! A peer pulling the entry gets it whole: each named item's data is read
+//! from the collection when its stored hash is still the named one. When it
+//! is not, a later observation has changed the item since, and that
+//! observation (in the log, or in a snapshot) decides every field a peer
+//! keeps of it: content, `last_seen` and source are the later one's, and
+//! `first_seen` was set by an observation before this one (an item is found
+//! unchanged only once seen before). So the named item is left out of the
+//! pulled batch, and peers converge as if it had been sent.
 
 use std::collections::BTreeMap;
 
-use super::items::LOG_TAG;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::items::{ITEMS_END, LOG_TAG};
 use super::{decode, BatchOutcome, Result, Store};
-use crate::domain::ReplicatedBatch;
+use crate::domain::{Item, ItemBatch, ReplicatedBatch};
 
 /// Batches kept in the log per collection and origin, by default.
 pub const LOG_RETAINED: u64 = 10_000;
@@ -32,6 +48,39 @@ pub(super) fn log_key(origin: &str, seq: u64) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// A log entry as stored: a [`ReplicatedBatch`] whose items may be named.
+#[derive(Deserialize)]
+struct Logged {
+    origin: String,
+    seq: u64,
+    batch: LoggedBatch,
+}
+
+#[derive(Deserialize)]
+struct LoggedBatch {
+    source: String,
+    collection: String,
+    fetched_at: chrono::DateTime<chrono::Utc>,
+    items: Vec<LoggedItem>,
+}
+
+#[derive(Deserialize)]
+struct LoggedItem {
+    key: String,
+    #[serde(default)]
+    data: Option<Map<String, Value>>,
+    /// Named by its content hash, its data left in the collection.
+    #[serde(default)]
+    hash: Option<String>,
+}
+
+/// A stored item's data (its other members skipped).
+#[derive(Deserialize)]
+struct StoredData {
+    hash: String,
+    data: Map<String, Value>,
 }
 
 impl Store {
@@ -109,14 +158,15 @@ impl Store {
         let range = log_key(origin, after.saturating_add(1))..=log_key(origin, u64::MAX);
         for entry in log.range(range) {
             let (_, v) = entry?;
-            if !out.is_empty() && bytes + v.len() > max_bytes {
+            let logged: Logged = decode("log entry", &v)?;
+            if out.is_empty() && logged.seq != after + 1 {
+                return Ok(LogSlice::Truncated { first: logged.seq });
+            }
+            let (rb, size) = whole(&log, logged, v.len())?;
+            if !out.is_empty() && bytes + size > max_bytes {
                 break;
             }
-            bytes += v.len();
-            let rb: ReplicatedBatch = decode("log entry", &v)?;
-            if out.is_empty() && rb.seq != after + 1 {
-                return Ok(LogSlice::Truncated { first: rb.seq });
-            }
+            bytes += size;
             out.push(rb);
             if out.len() >= max {
                 break;
@@ -131,4 +181,57 @@ impl Store {
         }
         Ok(LogSlice::Batches(out))
     }
+}
+
+/// The data of the item stored under `key` in a collection's tree, and
+/// the stored item's length, if it is stored with content hash `hash`.
+pub(super) fn stored_data(
+    tree: &sled::Tree,
+    key: &str,
+    hash: &str,
+) -> Result<Option<(Map<String, Value>, usize)>> {
+    if key.as_bytes() >= ITEMS_END {
+        return Ok(None);
+    }
+    let Some(bytes) = tree.get(key.as_bytes())? else {
+        return Ok(None);
+    };
+    let stored: StoredData = decode("item", &bytes)?;
+    Ok((stored.hash == hash).then_some((stored.data, bytes.len())))
+}
+
+/// A log entry with its named items' data read from the collection's tree
+/// (those whose stored hash is no longer the named one left out, see the
+/// module's notes), and about how many bytes it takes whole.
+fn whole(tree: &sled::Tree, logged: Logged, stored_len: usize) -> Result<(ReplicatedBatch, usize)> {
+    let mut size = stored_len;
+    let mut items = Vec::with_capacity(logged.batch.items.len());
+    for item in logged.batch.items {
+        let data = match (item.data, item.hash) {
+            (Some(data), _) => data,
+            (None, Some(hash)) => match stored_data(tree, &item.key, &hash)? {
+                Some((data, len)) => {
+                    size += len;
+                    data
+                }
+                None => continue,
+            },
+            (None, None) => continue,
+        };
+        items.push(Item {
+            key: item.key,
+            data,
+        });
+    }
+    let rb = ReplicatedBatch {
+        origin: logged.origin,
+        seq: logged.seq,
+        batch: ItemBatch {
+            source: logged.batch.source,
+            collection: logged.batch.collection,
+            fetched_at: logged.batch.fetched_at,
+            items,
+        },
+    };
+    Ok((rb, size))
 }

@@ -302,7 +302,7 @@ mod tests {
     use super::runs::run_prefix;
     use super::*;
     use crate::domain::Item;
-    use crate::domain::{ItemBatch, ReplicatedBatch, RunRecord, StoredItem};
+    use crate::domain::{ItemBatch, ItemName, ReplicatedBatch, RunRecord, SeenBatch, StoredItem};
     use serde_json::json;
 
     fn batch(source: &str, prices: &[(&str, i64)]) -> ItemBatch {
@@ -502,6 +502,119 @@ mod tests {
             store.log_after("books", "A", 5, 10, usize::MAX).unwrap(),
             LogSlice::Batches(Vec::new())
         );
+    }
+
+    #[test]
+    fn unchanged_items_are_logged_by_name_and_pulled_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let first = numbered("A", 1, batch("a", &[("u1", 1), ("u2", 2), ("u3", 3)]));
+        store.apply_replicated(&first).unwrap();
+        // The same page again, one item changed and one new.
+        let mut again = batch("a", &[("u1", 1), ("u2", 5), ("u3", 3), ("u4", 4)]);
+        again.fetched_at = first.batch.fetched_at + chrono::Duration::seconds(1);
+        let second = numbered("A", 2, again);
+        let out = store.apply_replicated(&second).unwrap();
+        assert_eq!((out.inserted, out.changed, out.unchanged), (1, 1, 2));
+        // Stored: the unchanged items by their hashes, the others with data.
+        let tree = store.items_tree("books").unwrap();
+        let raw = tree.get(log::log_key("A", 2)).unwrap().unwrap();
+        let logged: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        let items = logged["batch"]["items"].as_array().unwrap();
+        let named: Vec<bool> = items.iter().map(|i| i.get("data").is_none()).collect();
+        assert_eq!(named, [true, false, true, false]);
+        assert_eq!(items[0]["hash"], second.batch.items[0].content_hash());
+        // Pulled whole: the same batch as applied.
+        let pulled = |after| match store
+            .log_after("books", "A", after, 10, usize::MAX)
+            .unwrap()
+        {
+            LogSlice::Batches(b) => b,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(pulled(0), [first.clone(), second.clone()]);
+        // Once a later observation changes a named item, the entry leaves it
+        // out: the later one decides what peers keep of it.
+        let mut later = batch("b", &[("u1", 9)]);
+        later.fetched_at = second.batch.fetched_at + chrono::Duration::seconds(1);
+        store.apply_replicated(&numbered("B", 1, later)).unwrap();
+        let entry = &pulled(1)[0];
+        let keys: Vec<&str> = entry.batch.items.iter().map(|i| &*i.key).collect();
+        let want: Vec<&str> = second.batch.items[1..].iter().map(|i| &*i.key).collect();
+        assert_eq!(keys, want);
+        // A peer applying the pulled log ends as this store is.
+        let peer_dir = tempfile::tempdir().unwrap();
+        let peer = Store::open(peer_dir.path(), 1 << 20).unwrap();
+        for rb in pulled(0) {
+            peer.apply_replicated(&rb).unwrap();
+        }
+        match store.log_after("books", "B", 0, 10, usize::MAX).unwrap() {
+            LogSlice::Batches(b) => {
+                for rb in b {
+                    peer.apply_replicated(&rb).unwrap();
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        let all = |s: &Store| s.items("books", None, 10, |_| true).unwrap().0;
+        assert_eq!(all(&peer), all(&store));
+    }
+
+    #[test]
+    fn items_seen_by_name_move_last_seen_only_if_stored_as_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let first = numbered("A", 1, batch("a", &[("u1", 1), ("u2", 2)]));
+        store.apply_replicated(&first).unwrap();
+        let later = first.batch.fetched_at + chrono::Duration::seconds(1);
+        let seen = |names: Vec<ItemName>| SeenBatch {
+            source: "b".into(),
+            collection: "books".into(),
+            fetched_at: later,
+            names,
+        };
+        let names: Vec<ItemName> = first.batch.items.iter().map(ItemName::from).collect();
+        // One hash that is not the stored one: nothing is written.
+        let mut wrong = names.clone();
+        wrong[1].hash = Item::new(
+            json!({"url": "u2", "price": 3})
+                .as_object()
+                .unwrap()
+                .clone(),
+            &["url".into()],
+        )
+        .content_hash();
+        assert_eq!(store.apply_seen("A", 2, &seen(wrong), true).unwrap(), None);
+        assert_eq!(store.heads_of("books").unwrap()["A"], 1);
+        let missing = vec![ItemName {
+            key: "00000000000000000000000000000000".into(),
+            hash: names[0].hash.clone(),
+        }];
+        assert_eq!(
+            store.apply_seen("A", 2, &seen(missing), true).unwrap(),
+            None
+        );
+        // As named: last_seen and source move, the items come back whole.
+        let (out, items) = store
+            .apply_seen("A", 2, &seen(names.clone()), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((out.unchanged, out.taken_from.get("a")), (2, Some(&2)));
+        assert_eq!(items, first.batch.items);
+        assert_eq!(store.heads_of("books").unwrap()["A"], 2);
+        for item in &first.batch.items {
+            let stored = store.item("books", &item.key).unwrap().unwrap();
+            assert_eq!((stored.last_seen, stored.source.as_str()), (later, "b"));
+            assert_eq!(stored.version, 1);
+        }
+        // Logged by name, pulled whole; seen again no later than stored: refused.
+        match store.log_after("books", "A", 1, 10, usize::MAX).unwrap() {
+            LogSlice::Batches(b) => assert_eq!(b[0].batch.items, first.batch.items),
+            other => panic!("{other:?}"),
+        }
+        let mut earlier = seen(names);
+        earlier.fetched_at = first.batch.fetched_at;
+        assert_eq!(store.apply_seen("A", 3, &earlier, false).unwrap(), None);
     }
 
     #[test]

@@ -1,15 +1,23 @@
 //! The `pages` tree: `source id \0 page URL` -> [`PageMemo`], what the last
 //! full answer for a page of a source said: its validators (`ETag`,
-//! `Last-Modified`), its next page and the items it yielded. The next run
-//! asks the site with `If-None-Match` / `If-Modified-Since`; on a 304 the
-//! remembered items are handed to the aggregator again (so their
-//! `last_seen` moves, exactly as if the page had been parsed) and
-//! pagination goes on from the remembered next page. Only pages that came
-//! with a validator are remembered.
+//! `Last-Modified`), its next page and the items it yielded, by name (key
+//! and content hash, and how many filled each field). The next run asks the
+//! site with `If-None-Match` / `If-Modified-Since`; on a 304 the named
+//! items are handed to the aggregator again, which moves their `last_seen`
+//! exactly as if the page had been parsed, provided the collection still
+//! holds each of them with its named hash (otherwise the page is asked for
+//! again in full), and pagination goes on from the remembered next page.
+//! The memo also holds a hash of the answer (final URL, status and body):
+//! a page answered in full again with the very same body (a site without
+//! validators) is treated as a 304, not parsed again. Sources that follow
+//! detail pages keep no body hash: their items depend on more than the
+//! page. Pages remembered before items were named hold the items
+//! themselves, which a 304 hands over as they are.
 
 use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, Result, Store};
+use crate::domain::item::NamedItems;
 use crate::domain::Item;
 
 /// What a page's last full answer said.
@@ -21,10 +29,18 @@ pub struct PageMemo {
     pub etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_modified: Option<String>,
+    /// A hash of the answer (final URL, status, body): the same answer
+    /// again, even without validators, is not parsed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
     /// The next page's URL the page pointed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
-    /// The items the page yielded.
+    /// The items the page yielded, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub named: Option<NamedItems>,
+    /// The items themselves, in pages remembered before items were named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<Item>,
 }
 
@@ -78,7 +94,9 @@ mod tests {
             fingerprint: "f".into(),
             etag: Some("\"v1\"".into()),
             last_modified: None,
+            body: None,
             next: Some("http://example.org/2".into()),
+            named: Some(NamedItems::default()),
             items: Vec::new(),
         };
         store

@@ -514,13 +514,27 @@ async fn an_unchanged_run_moves_last_seen_only_and_a_restart_keeps_counting_vers
     assert_eq!(first.len(), 3);
 
     // The same page again: nothing changed, so versions stay and only
-    // last_seen moves.
+    // last_seen moves. The site sends no validators, but the body is the
+    // very same: the page is not parsed again (counted as not modified).
     node.post("/api/v1/sources/seen/run", &json!({})).await;
-    wait_until("a second run", RUN, || async {
+    let runs = wait_until("a second run", RUN, || async {
         let (_, runs) = node.get("/api/v1/sources/seen/runs").await;
-        (runs["runs"].as_array().unwrap().len() == 2).then_some(())
+        (runs["runs"].as_array().unwrap().len() == 2).then_some(runs)
     })
     .await;
+    let again = &runs["runs"][0];
+    assert_eq!(
+        (&again["not_modified"], &again["items"], &again["pages"]),
+        (&json!(1), &json!(3), &json!(1)),
+        "{again}"
+    );
+    assert!(
+        site.requests("/changing.html")
+            .iter()
+            .all(|r| !r.headers.contains_key("if-none-match")
+                && !r.headers.contains_key("if-modified-since")),
+        "no validators to send"
+    );
     let second = items_by_key(&node, "seen").await;
     for (a, b) in first.iter().zip(&second) {
         assert_eq!(b["version"], 1, "{b}");
@@ -541,7 +555,11 @@ async fn an_unchanged_run_moves_last_seen_only_and_a_restart_keeps_counting_vers
     assert_eq!(restarted, second, "the same items after the restart");
     site.set_revision(2);
     node.post("/api/v1/sources/seen/run", &json!({})).await;
-    node.wait_for_run("seen", RUN, |r| r["changed"] == 3).await;
+    let changed = node.wait_for_run("seen", RUN, |r| r["changed"] == 3).await;
+    assert_eq!(
+        changed["status"]["last_run"]["not_modified"], 0,
+        "{changed}"
+    );
     let third = items_by_key(&node, "seen").await;
     for (b, c) in second.iter().zip(&third) {
         assert_eq!(c["version"], 2, "{c}");

@@ -377,3 +377,73 @@ async fn a_304_reuses_the_remembered_items_and_moves_last_seen() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_304_whose_items_another_source_changed_since_is_asked_for_in_full() {
+    let site = FixtureSite::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeConfig::new(dir.path()).start().await;
+    let url = site.url("/etag/page-1.html");
+    let mut spec = catalogue_spec("etag", &url);
+    spec["collection"] = "shared".into();
+    spec["extract"]["next_page"]["max_pages"] = 1.into();
+    node.create_source(&spec).await;
+    let first = node.wait_for_run("etag", WITHIN, |r| r["pages"] == 1).await;
+    assert_eq!(first["status"]["last_run"]["inserted"], 20, "{first}");
+
+    // Another source writes the same items (same keys) without their tags.
+    let mut other = spec.clone();
+    other["id"] = "untagged".into();
+    other["extract"]["fields"]
+        .as_object_mut()
+        .unwrap()
+        .remove("tags");
+    node.create_source(&other).await;
+    let taken = node
+        .wait_for_run("untagged", WITHIN, |r| r["pages"] == 1)
+        .await;
+    assert_eq!(taken["status"]["last_run"]["changed"], 20, "{taken}");
+
+    // The site answers the first source 304, but the collection no longer
+    // holds its items as they were: the page is asked for again, in full.
+    let asked_before = site.requests("/etag/").len();
+    let (status, body) = node.post("/api/v1/sources/etag/run", &json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let again = node
+        .wait_for_run("etag", WITHIN, |r| r["changed"] == 20)
+        .await["status"]["last_run"]
+        .clone();
+    assert_eq!(
+        (&again["not_modified"], &again["pages"], &again["items"]),
+        (&json!(0), &json!(1), &json!(20)),
+        "{again}"
+    );
+    assert!(again["error"].is_null(), "{again}");
+    let asked = &site.requests("/etag/")[asked_before..];
+    let conditional: Vec<bool> = asked
+        .iter()
+        .map(|r| r.headers.contains_key("if-none-match"))
+        .collect();
+    assert_eq!(conditional, [true, false], "a 304, then the page in full");
+    let items = node.all_items("shared").await;
+    assert_eq!(items.len(), 20);
+    assert!(
+        items
+            .iter()
+            .all(|i| i["source"] == "etag" && i["data"]["tags"].is_array()),
+        "the first source's items again: {items:?}"
+    );
+
+    // Its next run is answered 304 and applied by name.
+    let (status, body) = node.post("/api/v1/sources/etag/run", &json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let third = node
+        .wait_for_run("etag", WITHIN, |r| r["not_modified"] == 1)
+        .await["status"]["last_run"]
+        .clone();
+    assert_eq!(
+        (&third["items"], &third["changed"]),
+        (&json!(20), &json!(0)),
+        "{third}"
+    );
+}

@@ -48,6 +48,7 @@ use scraper::{ElementRef, Html, HtmlTreeSink, Selector};
 use serde_json::{Map, Number, Value};
 use url::Url;
 
+use crate::domain::item::NamedItems;
 use crate::domain::{locator, ExtractSpec, FieldRule, FieldSpec, FieldType, Format, Item};
 
 /// Bounds on the work one page may cause.
@@ -181,6 +182,9 @@ pub struct Page {
     /// The next page's URL (http or https, never the page itself), if the
     /// rules found one. Page limits and cycles are the caller's business.
     pub next: Option<Url>,
+    /// A page answered 304 Not Modified and remembered by name: its items
+    /// named, not extracted (`items` is then empty; see `store::pages`).
+    pub unchanged: Option<NamedItems>,
 }
 
 // `Rules` is shared with blocking threads through an `Arc`.
@@ -456,6 +460,7 @@ fn extract_html(
         Page {
             items,
             next: next.filter(|n| !same_page(n, page_url)),
+            unchanged: None,
         },
         report,
     ))
@@ -696,6 +701,7 @@ fn extract_json(
         Page {
             items,
             next: next.filter(|n| !same_page(n, page_url)),
+            unchanged: None,
         },
         report,
     ))
