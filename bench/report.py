@@ -542,8 +542,8 @@ def main() -> None:
         "LOG_LEVEL WARNING, and writes JSON lines through its feed export. The raw fetch uses as "
         "many connections as there are walks.",
         "- gleaner does more per page than Scrapy: each page's items are deduplicated by key, "
-        "written to sled and flushed to disk before the next page is fetched. Scrapy appends to a "
-        "file.",
+        "written to sled and flushed to disk before its run ends (up to 4 pages of a source "
+        "wait for their flush at once). Scrapy appends to a file.",
         "- Timing: gleaner from the first run's `started_at` to the last run's `finished_at` (read "
         "through `GET /api/v1/sources`); Scrapy from its spider's `start()` to `closed()`, and with "
         "several processes from the first start to the last end. Neither counts process start-up. "

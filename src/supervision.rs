@@ -70,6 +70,32 @@ pub async fn ask<M: Message, T: Send + 'static>(
     }
 }
 
+/// Sends `actor` a request at once, and returns its answer to come: the
+/// future waits at most until `timeout` after the request was sent. Several
+/// requests can so be made in order and their answers awaited later.
+pub fn ask_later<M: Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+    timeout: Duration,
+) -> impl std::future::Future<Output = Result<T, ActorError>> + Send + 'static {
+    let what = actor
+        .get_name()
+        .unwrap_or_else(|| format!("actor {}", actor.get_id()));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (tx, rx) = ractor::concurrency::oneshot();
+    let sent = actor.cast(build(tx.into())).is_ok();
+    async move {
+        if !sent {
+            return Err(ActorError::NotRunning(what));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(_)) => Err(ActorError::NotRunning(what)),
+            Err(_) => Err(ActorError::Timeout(what)),
+        }
+    }
+}
+
 /// The actor registered as `name` (a `cluster::groups` constant), typed by
 /// the messages it takes.
 pub fn find<M: Message>(name: &str) -> Option<ActorRef<M>> {

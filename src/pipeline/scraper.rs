@@ -5,6 +5,9 @@
 //! failed run fails the actor, so the supervisor's backoff and restart
 //! intensity decide what happens next.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use rand::Rng;
 use tokio::task::JoinHandle;
+use url::Url;
 
 use super::aggregator::AggregatorMsg;
 use super::scraper_supervisor::ScraperSupervisorMsg;
@@ -24,14 +28,18 @@ use crate::events::{Event, Events};
 use crate::scrape::extract::{Limits, Rules};
 use crate::scrape::fetch::Fetcher;
 use crate::scrape::Pager;
-use crate::store::Store;
-use crate::supervision::{ask, ActorError, ASK_TIMEOUT};
+use crate::store::{BatchOutcome, Store};
+use crate::supervision::{ask_later, ActorError, ASK_TIMEOUT};
 
 pub struct Scraper;
 
 /// The run's code when the aggregator refused its items (refined into the
 /// storage state's own code when this node's disk is at fault).
 const STORE_REFUSED: &str = "store_refused";
+
+/// How long a page's items may wait for the aggregator's answer (which
+/// waits up to 2 s for a peer, and for the disk).
+const STORE_TIMEOUT: Duration = Duration::from_secs(ASK_TIMEOUT.as_secs() * 6);
 
 pub struct ScraperArgs {
     /// Shared with the supervisor's record of the source (one copy a source).
@@ -176,7 +184,27 @@ fn page_fingerprint(spec: &SourceSpec) -> String {
     blake3::hash(&shape).to_hex()[..32].to_owned()
 }
 
-/// One run: every page, each page's items delivered before the next is fetched.
+/// Pages of one run whose items may wait for their answer at once: the next
+/// page is fetched and handed over while earlier ones are being made
+/// durable, so one flush (group commit) covers several pages of a source
+/// instead of each page waiting for its own.
+pub const PAGES_IN_FLIGHT: usize = 4;
+
+/// A page's items handed to the aggregator, its answer to come.
+struct InFlight {
+    /// Named items (a 304): their count and filled fields, counted once
+    /// applied, and the page to ask for in full if they are not.
+    named: Option<(Url, u64, BTreeMap<String, u64>)>,
+    /// The outcome once durable; `None` for named items no longer stored
+    /// as named.
+    answer: Pin<Box<dyn Future<Output = Answer> + Send>>,
+}
+
+type Answer = Result<Result<Option<BatchOutcome>, String>, ActorError>;
+
+/// One run: every page, in order, each page's items handed to the
+/// aggregator as soon as the page is had, and up to [`PAGES_IN_FLIGHT`]
+/// pages' answers awaited at a time. The run ends once every answer came.
 async fn run_once(
     spec: Arc<SourceSpec>,
     mut pager: Pager,
@@ -190,45 +218,58 @@ async fn run_once(
         filled: spec.extract.fields.keys().map(|f| (f.clone(), 0)).collect(),
         ..RunRecord::default()
     };
-    while let Some(page) = pager.next_page().await {
-        let page = match page {
-            Ok(p) => p,
-            Err(e) => {
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    loop {
+        if in_flight.len() >= PAGES_IN_FLIGHT {
+            let oldest = in_flight.pop_front().expect("pages in flight");
+            if !settle(oldest, &mut record, &mut pager, &spec.collection).await {
+                break;
+            }
+            continue;
+        }
+        let page = match pager.next_page().await {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
                 record.error = Some(e.to_string());
                 record.code = e.code().map(Into::into);
                 break;
             }
+            // No page left to ask for, unless an answer still to come asks
+            // for one again.
+            None => match in_flight.pop_front() {
+                Some(oldest) => {
+                    if !settle(oldest, &mut record, &mut pager, &spec.collection).await {
+                        break;
+                    }
+                    continue;
+                }
+                None => break,
+            },
         };
+        let fetched_at = Utc::now();
         if let Some(named) = page.unchanged {
             if named.names.is_empty() {
                 continue;
             }
+            let Some(url) = pager.unchanged_page().cloned() else {
+                continue;
+            };
             let n = named.names.len() as u64;
             let batch = SeenBatch {
                 source: spec.id.clone(),
                 collection: spec.collection.clone(),
-                fetched_at: Utc::now(),
+                fetched_at,
                 names: named.names,
             };
-            let answer = ask(
+            let answer = ask_later(
                 &aggregator,
                 |r| AggregatorMsg::Seen(batch, r),
-                ASK_TIMEOUT * 6,
-            )
-            .await;
-            match stored(answer, &spec.collection, &mut record) {
-                Some(Some(_)) => {
-                    record.items += n;
-                    for (field, filled) in &named.filled {
-                        if let Some(c) = record.filled.get_mut(field) {
-                            *c += filled;
-                        }
-                    }
-                }
-                // The collection no longer holds them as they were.
-                Some(None) => pager.again_in_full(),
-                None => break,
-            }
+                STORE_TIMEOUT,
+            );
+            in_flight.push_back(InFlight {
+                named: Some((url, n, named.filled)),
+                answer: Box::pin(answer),
+            });
             continue;
         }
         if page.items.is_empty() {
@@ -239,22 +280,22 @@ async fn run_once(
         let batch = ItemBatch {
             source: spec.id.clone(),
             collection: spec.collection.clone(),
-            fetched_at: Utc::now(),
+            fetched_at,
             items: page.items,
         };
-        let answer = ask(
+        let answer = ask_later(
             &aggregator,
             |r| AggregatorMsg::Apply(batch, r),
-            ASK_TIMEOUT * 6,
-        )
-        .await;
-        match stored(answer, &spec.collection, &mut record) {
-            Some(outcome) => {
-                record.inserted += outcome.inserted;
-                record.changed += outcome.changed;
-            }
-            None => break,
-        }
+            STORE_TIMEOUT,
+        );
+        in_flight.push_back(InFlight {
+            named: None,
+            answer: Box::pin(async move { answer.await.map(|r| r.map(Some)) }),
+        });
+    }
+    // Stopped early: what was handed over still counts once answered.
+    while let Some(rest) = in_flight.pop_front() {
+        settle(rest, &mut record, &mut pager, &spec.collection).await;
     }
     record.pages = pager.pages();
     record.stopped = pager.stopped().map(Into::into);
@@ -271,6 +312,37 @@ async fn run_once(
     record
 }
 
+/// Waits for a page's answer and counts it in the run's record; false
+/// (the run's error recorded) when the items were refused or not answered.
+async fn settle(
+    page: InFlight,
+    record: &mut RunRecord,
+    pager: &mut Pager,
+    collection: &str,
+) -> bool {
+    let Some(answer) = stored(page.answer.await, collection, record) else {
+        return false;
+    };
+    match (page.named, answer) {
+        (None, Some(outcome)) => {
+            record.inserted += outcome.inserted;
+            record.changed += outcome.changed;
+        }
+        (Some((_, n, filled)), Some(_)) => {
+            record.items += n;
+            for (field, count) in &filled {
+                if let Some(c) = record.filled.get_mut(field) {
+                    *c += count;
+                }
+            }
+        }
+        // The collection no longer holds them as they were.
+        (Some((url, _, _)), None) => pager.again_in_full(url),
+        (None, None) => {}
+    }
+    true
+}
+
 /// The aggregator's answer to a page's items; `None`, with the run's error
 /// recorded, when it refused them or did not answer.
 fn stored<T>(
@@ -281,14 +353,18 @@ fn stored<T>(
     match answer {
         Ok(Ok(t)) => Some(t),
         Ok(Err(e)) => {
-            record.error = Some(format!("storing items: {e}"));
-            record.code = Some(STORE_REFUSED.into());
+            if record.error.is_none() {
+                record.error = Some(format!("storing items: {e}"));
+                record.code = Some(STORE_REFUSED.into());
+            }
             None
         }
         Err(_) => {
-            record.error = Some(format!(
-                "storing items: the aggregator of collection {collection} did not answer"
-            ));
+            if record.error.is_none() {
+                record.error = Some(format!(
+                    "storing items: the aggregator of collection {collection} did not answer"
+                ));
+            }
             None
         }
     }

@@ -85,6 +85,8 @@ pub struct Pager {
     /// The URL of the last page answered from memory by name, until the
     /// next page is asked for.
     unchanged: Option<Url>,
+    /// Pages to ask for again, in full, before going on.
+    again: Vec<Url>,
     /// Pages to ask for in full, their memory notwithstanding.
     in_full: HashSet<String>,
     /// What extraction saw on the last page parsed.
@@ -143,6 +145,7 @@ impl Pager {
             memory: None,
             not_modified: 0,
             unchanged: None,
+            again: Vec::new(),
             in_full: HashSet::new(),
             report: None,
             answered: None,
@@ -224,20 +227,24 @@ impl Pager {
         self.not_modified
     }
 
-    /// The last page was answered 304 and its items handed over by name,
-    /// but the collection no longer holds them as they were (another source
-    /// or node changed one since, or the collection was deleted): asks for
-    /// it again, in full and unconditionally, as the next page.
-    pub fn again_in_full(&mut self) {
-        let Some(url) = self.unchanged.take() else {
-            return;
-        };
+    /// The URL of the last page, if it was answered from memory with its
+    /// items by name ([`Page::unchanged`]).
+    pub fn unchanged_page(&self) -> Option<&Url> {
+        self.unchanged.as_ref()
+    }
+
+    /// A page answered from memory with its items by name, whose items the
+    /// collection no longer holds as they were (another source or node
+    /// changed one since, or the collection was deleted): asks for it
+    /// again, in full and unconditionally, as the next page. Pagination
+    /// then goes on where it was.
+    pub fn again_in_full(&mut self, url: Url) {
         let page = without_fragment(&url);
         self.seen.remove(&page);
         self.in_full.insert(page);
         self.not_modified = self.not_modified.saturating_sub(1);
         self.pages = self.pages.saturating_sub(1);
-        self.next = Some(url);
+        self.again.push(url);
     }
 
     /// The remembered answer for `url`, if it was made under these rules.
@@ -268,8 +275,12 @@ impl Pager {
 
     /// Fetches and extracts the next page; `None` when the run is over.
     pub async fn next_page(&mut self) -> Option<Result<Page, ScrapeError>> {
-        let url = self.next.take()?;
         self.unchanged = None;
+        // A page asked for again leaves the next page as it was.
+        let (url, again) = match self.again.pop() {
+            Some(url) => (url, true),
+            None => (self.next.take()?, false),
+        };
         if self.pages >= self.max_pages || !self.seen.insert(without_fragment(&url)) {
             return None;
         }
@@ -347,7 +358,9 @@ impl Pager {
                 // Unchanged: the remembered items again, nothing parsed.
                 self.not_modified += 1;
                 let next = memo.next.as_deref().and_then(|n| Url::parse(n).ok());
-                self.next = next.clone();
+                if !again {
+                    self.next = next.clone();
+                }
                 if memo.named.is_some() {
                     self.unchanged = Some(url);
                 }
@@ -374,7 +387,9 @@ impl Pager {
         match parsed {
             Ok(Ok((mut page, report))) => {
                 self.report = Some(report);
-                self.next = page.next.clone();
+                if !again {
+                    self.next = page.next.clone();
+                }
                 self.follow(&mut page).await;
                 self.remember(&requested, answered, body, &page);
                 Some(Ok(page))
