@@ -8,6 +8,8 @@
 //! host policies, and the node's host gates for permits. Nothing here blocks
 //! the Peer: store work runs on the blocking pool, asks on their own tasks.
 
+use ractor::RpcReplyPort;
+
 use super::hosts::HostRegistry;
 use crate::cluster::groups;
 use crate::cluster::handle::Answer;
@@ -336,12 +338,16 @@ impl Inbound for NodeInbound {
             }
             Request::Deliver(batch) => {
                 tokio::spawn(async move {
-                    answer.send(deliver(batch).await);
+                    let collection = batch.collection.clone();
+                    let apply = |r| AggregatorMsg::Apply(batch, r);
+                    answer.send(deliver(&collection, apply, Response::Delivered).await);
                 });
             }
             Request::DeliverSeen(batch) => {
                 tokio::spawn(async move {
-                    answer.send(deliver_seen(batch).await);
+                    let collection = batch.collection.clone();
+                    let seen = |r| AggregatorMsg::Seen(batch, r);
+                    answer.send(deliver(&collection, seen, Response::DeliveredSeen).await);
                 });
             }
             Request::Stats => {
@@ -379,39 +385,22 @@ pub async fn drop_collection(
     .map_err(|e| e.to_string())?
 }
 
-/// Accepts a worker's batch into the local collection as a local scraper's.
-async fn deliver(batch: crate::domain::ItemBatch) -> Response {
-    let aggregator = match aggregator_for(&batch.collection).await {
+/// Accepts a worker's delivery to `collection` (its items, or its named
+/// items: `build` makes the aggregator's message) as a local scraper's.
+async fn deliver<T: Send + 'static>(
+    collection: &str,
+    build: impl FnOnce(RpcReplyPort<Result<T, String>>) -> AggregatorMsg,
+    delivered: fn(T) -> Response,
+) -> Response {
+    let aggregator = match aggregator_for(collection).await {
         Ok(a) => a,
         Err(refused) => return refused,
     };
-    answered(
-        ask(
-            &aggregator,
-            |r| AggregatorMsg::Apply(batch, r),
-            ASK_TIMEOUT * 6,
-        )
-        .await,
-        Response::Delivered,
-    )
-}
-
-/// Accepts a worker's named items (a page answered 304) as a local
-/// scraper's.
-async fn deliver_seen(batch: crate::domain::SeenBatch) -> Response {
-    let aggregator = match aggregator_for(&batch.collection).await {
-        Ok(a) => a,
-        Err(refused) => return refused,
-    };
-    answered(
-        ask(
-            &aggregator,
-            |r| AggregatorMsg::Seen(batch, r),
-            ASK_TIMEOUT * 6,
-        )
-        .await,
-        Response::DeliveredSeen,
-    )
+    match ask(&aggregator, build, ASK_TIMEOUT * 6).await {
+        Ok(Ok(outcome)) => delivered(outcome),
+        Ok(Err(e)) => Response::Error(e),
+        Err(_) => Response::Error("the aggregator did not answer".into()),
+    }
 }
 
 /// The local aggregator of a worker's collection, or the answer refusing
@@ -434,17 +423,5 @@ async fn aggregator_for(collection: &str) -> Result<ractor::ActorRef<AggregatorM
         Ok(Ok(a)) => Ok(a),
         Ok(Err(e)) => Err(Response::Error(e)),
         Err(_) => Err(Response::Error("the collections did not answer".into())),
-    }
-}
-
-/// The answer to a delivery, from the aggregator's.
-fn answered<T>(
-    answer: Result<Result<T, String>, crate::supervision::ActorError>,
-    delivered: impl FnOnce(T) -> Response,
-) -> Response {
-    match answer {
-        Ok(Ok(outcome)) => delivered(outcome),
-        Ok(Err(e)) => Response::Error(e),
-        Err(_) => Response::Error("the aggregator did not answer".into()),
     }
 }

@@ -247,51 +247,54 @@ async fn run_once(
             },
         };
         let fetched_at = Utc::now();
-        if let Some(named) = page.unchanged {
-            if named.names.is_empty() {
-                continue;
+        let (source, collection) = (spec.id.clone(), spec.collection.clone());
+        let handed = match page.unchanged {
+            Some(named) => {
+                let url = pager.unchanged_page().cloned();
+                let Some(url) = url.filter(|_| !named.names.is_empty()) else {
+                    continue;
+                };
+                let n = named.names.len() as u64;
+                let names = named.names;
+                let batch = SeenBatch {
+                    source,
+                    collection,
+                    fetched_at,
+                    names,
+                };
+                let answer = ask_later(
+                    &aggregator,
+                    |r| AggregatorMsg::Seen(batch, r),
+                    STORE_TIMEOUT,
+                );
+                InFlight {
+                    named: Some((url, n, named.filled)),
+                    answer: Box::pin(answer),
+                }
             }
-            let Some(url) = pager.unchanged_page().cloned() else {
-                continue;
-            };
-            let n = named.names.len() as u64;
-            let batch = SeenBatch {
-                source: spec.id.clone(),
-                collection: spec.collection.clone(),
-                fetched_at,
-                names: named.names,
-            };
-            let answer = ask_later(
-                &aggregator,
-                |r| AggregatorMsg::Seen(batch, r),
-                STORE_TIMEOUT,
-            );
-            in_flight.push_back(InFlight {
-                named: Some((url, n, named.filled)),
-                answer: Box::pin(answer),
-            });
-            continue;
-        }
-        if page.items.is_empty() {
-            continue;
-        }
-        record.items += page.items.len() as u64;
-        count_filled(&mut record, &page.items);
-        let batch = ItemBatch {
-            source: spec.id.clone(),
-            collection: spec.collection.clone(),
-            fetched_at,
-            items: page.items,
+            None if page.items.is_empty() => continue,
+            None => {
+                record.items += page.items.len() as u64;
+                count_filled(&mut record, &page.items);
+                let items = page.items;
+                let batch = ItemBatch {
+                    source,
+                    collection,
+                    fetched_at,
+                    items,
+                };
+                let answer = ask_later(
+                    &aggregator,
+                    |r| AggregatorMsg::Apply(batch, r),
+                    STORE_TIMEOUT,
+                );
+                InFlight {
+                    named: None,
+                    answer: Box::pin(async move { answer.await.map(|r| r.map(Some)) }),
+                }
+            }
         };
-        let answer = ask_later(
-            &aggregator,
-            |r| AggregatorMsg::Apply(batch, r),
-            STORE_TIMEOUT,
-        );
-        in_flight.push_back(InFlight {
-            named: None,
-            answer: Box::pin(async move { answer.await.map(|r| r.map(Some)) }),
-        });
+        in_flight.push_back(handed);
     }
     // Stopped early: what was handed over still counts once answered.
     while let Some(rest) = in_flight.pop_front() {

@@ -265,47 +265,44 @@ impl Store {
         replicated: Option<&ReplicatedBatch>,
     ) -> Result<BatchOutcome> {
         let collection = &batch.collection;
+        self.in_keydir(collection, |kd, tree| {
+            let json: Vec<(Box<RawValue>, String)> =
+                batch.items.iter().map(Item::data_json).collect();
+            let mut plan = self.plan_upsert(batch, &json, kd, tree)?;
+            let mut meta = next_meta(kd, batch.fetched_at);
+            if let Some(rb) = replicated {
+                let logged = json.iter().zip(&plan.named).map(|((data, hash), named)| {
+                    if *named {
+                        Logged::Named(hash)
+                    } else {
+                        Logged::Data(data)
+                    }
+                });
+                let entry = encode(&ReplicatedBatchOut::of(rb, logged));
+                self.log_batch(tree, &mut plan.writes, &mut meta, &rb.origin, rb.seq, entry)?;
+            }
+            let changes = &plan.changes;
+            self.commit(collection, tree, kd, plan.writes, changes, Some(meta))?;
+            Ok(plan.outcome)
+        })
+    }
+
+    /// Runs `f` on a collection's key directory (loaded if it was not) and
+    /// tree, under the directory's lock, which orders the collection's
+    /// writes. When `f` fails, the directory may say more than sled holds:
+    /// it is forgotten, and loaded again on its next use.
+    fn in_keydir<T>(
+        &self,
+        collection: &str,
+        f: impl FnOnce(&mut Keydir, &sled::Tree) -> Result<T>,
+    ) -> Result<T> {
         let slot = self.keydir(collection)?;
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
         let kd = guard.as_mut().ok_or_else(|| {
             StoreError::Unavailable(format!("collection {collection}: no key directory"))
         })?;
-        let tree = self.items_tree(collection)?;
-        let json: Vec<(Box<RawValue>, String)> = batch.items.iter().map(Item::data_json).collect();
-        let result = self
-            .plan_upsert(batch, &json, kd, &tree)
-            .and_then(|mut plan| {
-                let mut meta = next_meta(kd, batch.fetched_at);
-                if let Some(rb) = replicated {
-                    let logged = json.iter().zip(&plan.named).map(|((data, hash), named)| {
-                        if *named {
-                            Logged::Named(hash)
-                        } else {
-                            Logged::Data(data)
-                        }
-                    });
-                    let entry = encode(&ReplicatedBatchOut::of(rb, logged));
-                    self.log_batch(
-                        &tree,
-                        &mut plan.writes,
-                        &mut meta,
-                        &rb.origin,
-                        rb.seq,
-                        entry,
-                    )?;
-                }
-                self.commit(
-                    collection,
-                    &tree,
-                    kd,
-                    plan.writes,
-                    &plan.changes,
-                    Some(meta),
-                )?;
-                Ok(plan.outcome)
-            });
+        let result = self.items_tree(collection).and_then(|tree| f(kd, &tree));
         if result.is_err() {
-            // The directory may now say more than sled holds: load it again.
             drop(guard);
             self.drop_keydir(collection);
         }
@@ -351,70 +348,55 @@ impl Store {
         batch: &SeenBatch,
         expand: bool,
     ) -> Result<Option<(BatchOutcome, Vec<Item>)>> {
+        let seen = batch.fetched_at;
         self.write(|| {
-            let collection = &batch.collection;
-            let slot = self.keydir(collection)?;
-            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-            let kd = guard.as_mut().ok_or_else(|| {
-                StoreError::Unavailable(format!("collection {collection}: no key directory"))
-            })?;
-            let seen = batch.fetched_at;
-            let current = |n: &ItemName| {
-                kd.entries
-                    .get(&id_of(&n.key))
-                    .is_some_and(|e| e.hash == id_of(&n.hash) && e.last_seen <= seen)
-            };
-            if !batch.names.iter().all(current) {
-                return Ok(None);
-            }
-            let tree = self.items_tree(collection)?;
-            let source = kd.name(&batch.source);
-            let record = kd.next_record();
-            let mut outcome = BatchOutcome::default();
-            let mut seen_keys = Vec::with_capacity(batch.names.len());
-            let mut stale_records = Vec::new();
-            for name in &batch.names {
-                let id = id_of(&name.key);
-                let e = kd.entries.get_mut(&id).expect("checked above");
-                if e.source != source {
-                    *outcome.taken_from.entry(e.source.to_string()).or_default() += 1;
+            self.in_keydir(&batch.collection, |kd, tree| {
+                let current = |n: &ItemName| {
+                    kd.entries
+                        .get(&id_of(&n.key))
+                        .is_some_and(|e| e.hash == id_of(&n.hash) && e.last_seen <= seen)
+                };
+                if !batch.names.iter().all(current) {
+                    return Ok(None);
                 }
-                e.last_seen = seen;
-                e.source = source.clone();
-                outcome.unchanged += 1;
-                seen_keys.push(id);
-                stale_records.extend(kd.point(&id, record));
-            }
-            let mut writes = sled::Batch::default();
-            writes.insert(
-                &seen_key(record),
-                encode_seen(seen, &batch.source, &seen_keys),
-            );
-            for n in stale_records {
-                writes.remove(&seen_key(n));
-            }
-            let mut meta = next_meta(kd, seen);
-            let entry = encode(&ReplicatedBatchOut::seen(origin, seq, batch));
-            let committed = self
-                .log_batch(&tree, &mut writes, &mut meta, origin, seq, entry)
-                .and_then(|()| self.commit(collection, &tree, kd, writes, &[], Some(meta)));
-            if let Err(e) = committed {
-                drop(guard);
-                self.drop_keydir(collection);
-                return Err(e);
-            }
-            let mut items = Vec::new();
-            if expand {
+                let source = kd.name(&batch.source);
+                let record = kd.next_record();
+                let mut outcome = BatchOutcome::default();
+                let mut seen_keys = Vec::with_capacity(batch.names.len());
+                let mut stale_records = Vec::new();
                 for name in &batch.names {
-                    if let Some(data) = super::log::stored_data(&tree, &name.key, &name.hash)? {
+                    let id = id_of(&name.key);
+                    let e = kd.entries.get_mut(&id).expect("checked above");
+                    if e.source != source {
+                        *outcome.taken_from.entry(e.source.to_string()).or_default() += 1;
+                    }
+                    e.last_seen = seen;
+                    e.source = source.clone();
+                    outcome.unchanged += 1;
+                    seen_keys.push(id);
+                    stale_records.extend(kd.point(&id, record));
+                }
+                let mut writes = sled::Batch::default();
+                let seen_record = encode_seen(seen, &batch.source, &seen_keys);
+                writes.insert(&seen_key(record), seen_record);
+                for n in stale_records {
+                    writes.remove(&seen_key(n));
+                }
+                let mut meta = next_meta(kd, seen);
+                let entry = encode(&ReplicatedBatchOut::seen(origin, seq, batch));
+                self.log_batch(tree, &mut writes, &mut meta, origin, seq, entry)?;
+                self.commit(&batch.collection, tree, kd, writes, &[], Some(meta))?;
+                let mut items = Vec::new();
+                for name in batch.names.iter().filter(|_| expand) {
+                    if let Some((data, _)) = super::log::stored_data(tree, &name.key, &name.hash)? {
                         items.push(Item {
                             key: name.key.clone(),
-                            data: data.0,
+                            data,
                         });
                     }
                 }
-            }
-            Ok(Some((outcome, items)))
+                Ok(Some((outcome, items)))
+            })
         })
     }
 
@@ -629,83 +611,70 @@ impl Store {
         items: &[StoredItem],
         heads: Option<&BTreeMap<String, u64>>,
     ) -> Result<u64> {
-        let tree = self.items_tree(collection)?;
-        let slot = self.keydir(collection)?;
-        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-        let kd = guard.as_mut().ok_or_else(|| {
-            StoreError::Unavailable(format!("collection {collection}: no key directory"))
-        })?;
-        let mut writes = sled::Batch::default();
-        let mut changes = Vec::new();
-        let mut stale_records = Vec::new();
-        let mut inserted = 0;
-        let mut last = None;
-        for copy in items {
-            // Observed before the collection was deleted: it stays deleted.
-            if self.deleted_since(collection, copy.last_seen) {
-                continue;
-            }
-            let id = id_of(&copy.key);
-            let mut old = tree
-                .get(copy.key.as_bytes())?
-                .map(|b| decode::<StoredItem>("item", &b))
-                .transpose()?;
-            if let (Some(old), Some(e)) = (old.as_mut(), kd.entries.get(&id)) {
-                if e.record != 0 {
-                    old.last_seen = e.last_seen;
-                    old.source = e.source.to_string();
+        self.in_keydir(collection, |kd, tree| {
+            let mut writes = sled::Batch::default();
+            let mut changes = Vec::new();
+            let mut stale_records = Vec::new();
+            let mut inserted = 0;
+            let mut last = None;
+            for copy in items {
+                // Observed before the collection was deleted: it stays deleted.
+                if self.deleted_since(collection, copy.last_seen) {
+                    continue;
                 }
+                let id = id_of(&copy.key);
+                let mut old = tree
+                    .get(copy.key.as_bytes())?
+                    .map(|b| decode::<StoredItem>("item", &b))
+                    .transpose()?;
+                if let (Some(old), Some(e)) = (old.as_mut(), kd.entries.get(&id)) {
+                    if e.record != 0 {
+                        old.last_seen = e.last_seen;
+                        old.source = e.source.to_string();
+                    }
+                }
+                inserted += u64::from(old.is_none());
+                last = last.max(Some(copy.last_seen));
+                let old_hash = old.as_ref().map(|o| o.hash.clone());
+                let merged = StoredItem::merge_copy(old, copy.clone());
+                let op = match old_hash {
+                    None => Some(ChangeOp::Inserted),
+                    Some(h) => (h != merged.hash).then_some(ChangeOp::Changed),
+                };
+                if let Some(op) = op {
+                    changes.push((op, copy.key.as_bytes().to_vec()));
+                }
+                writes.insert(copy.key.as_bytes(), encode(&merged));
+                let source = kd.name(&merged.source);
+                stale_records.extend(kd.point(&id, 0));
+                kd.entries.insert(
+                    id,
+                    Entry {
+                        hash: id_of(&merged.hash),
+                        version: merged.version,
+                        first_seen: merged.first_seen,
+                        last_seen: merged.last_seen,
+                        source,
+                        record: 0,
+                    },
+                );
             }
-            inserted += u64::from(old.is_none());
-            last = last.max(Some(copy.last_seen));
-            let old_hash = old.as_ref().map(|o| o.hash.clone());
-            let merged = StoredItem::merge_copy(old, copy.clone());
-            let op = match old_hash {
-                None => Some(ChangeOp::Inserted),
-                Some(h) => (h != merged.hash).then_some(ChangeOp::Changed),
+            for n in stale_records {
+                writes.remove(&seen_key(n));
+            }
+            let meta = if kd.meta.is_none() && last.is_none() && heads.is_none() {
+                None
+            } else {
+                let mut m = next_meta(kd, last.unwrap_or_else(Utc::now));
+                for (origin, seq) in heads.into_iter().flatten() {
+                    let h = m.heads.entry(origin.clone()).or_default();
+                    *h = (*h).max(*seq);
+                }
+                Some(m)
             };
-            if let Some(op) = op {
-                changes.push((op, copy.key.as_bytes().to_vec()));
-            }
-            writes.insert(copy.key.as_bytes(), encode(&merged));
-            let source = kd.name(&merged.source);
-            stale_records.extend(kd.point(&id, 0));
-            kd.entries.insert(
-                id,
-                Entry {
-                    hash: id_of(&merged.hash),
-                    version: merged.version,
-                    first_seen: merged.first_seen,
-                    last_seen: merged.last_seen,
-                    source,
-                    record: 0,
-                },
-            );
-        }
-        for n in stale_records {
-            writes.remove(&seen_key(n));
-        }
-        let meta = if kd.meta.is_none() && last.is_none() && heads.is_none() {
-            None
-        } else {
-            let now = last.unwrap_or_else(Utc::now);
-            let mut m = kd.meta.clone().unwrap_or(CollectionMeta {
-                last_update: now,
-                heads: BTreeMap::new(),
-            });
-            m.last_update = m.last_update.max(now);
-            for (origin, seq) in heads.into_iter().flatten() {
-                let h = m.heads.entry(origin.clone()).or_default();
-                *h = (*h).max(*seq);
-            }
-            Some(m)
-        };
-        if let Err(e) = self.commit(collection, &tree, kd, writes, &changes, meta) {
-            drop(guard);
-            self.drop_keydir(collection);
-            return Err(e);
-        }
-        Ok(inserted)
+            self.commit(collection, tree, kd, writes, &changes, meta)?;
+            Ok(inserted)
+        })
     }
 
     /// Names of every collection that has received a batch, with their
