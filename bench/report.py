@@ -206,10 +206,12 @@ def second_pass_lines(results: str, e2e: dict) -> list:
         "The same catalogue scraped again by the same sources (each asked to run once more through "
         "`POST /api/v1/sources/{id}/run`): nothing changed, so each item's version stays and only its "
         "`last_seen` moves. With nginx's validators the fetcher's conditional requests get 304s "
-        "and the remembered items are handed over again; with validators turned off on a second "
-        "server of the same files (`etag off; if_modified_since off;`) every page is fetched and "
-        "parsed again. Then the first pass on a cluster of three nodes on loopback, sources placed "
-        "over the nodes, each batch applied on every node.",
+        "and the remembered items are handed over again by name (key and content hash); with "
+        "validators turned off on a second server of the same files (`etag off; "
+        "if_modified_since off;`) every page is fetched in full again, and, its body being the "
+        "same as on the first pass, not parsed: its items are handed over by name too "
+        "([sources.md](sources.md), conditional requests). Then the first pass on a cluster of three nodes "
+        "on loopback, sources placed over the nodes, each batch applied on every node.",
         "",
         *table(["what", "pages/s", "× first pass", "node CPU ms/page", "notes"], rows, "lrrrl"),
         "",
