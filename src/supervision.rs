@@ -58,16 +58,7 @@ pub async fn ask<M: Message, T: Send + 'static>(
     build: impl FnOnce(RpcReplyPort<T>) -> M,
     timeout: Duration,
 ) -> Result<T, ActorError> {
-    let what = || {
-        actor
-            .get_name()
-            .unwrap_or_else(|| format!("actor {}", actor.get_id()))
-    };
-    match actor.call(build, Some(timeout)).await {
-        Ok(ractor::rpc::CallResult::Success(t)) => Ok(t),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(ActorError::Timeout(what())),
-        _ => Err(ActorError::NotRunning(what())),
-    }
+    ask_later(actor, build, timeout).await
 }
 
 /// Sends `actor` a request at once, and returns its answer to come: the

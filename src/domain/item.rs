@@ -107,8 +107,15 @@ impl NamedItems {
         let mut filled = std::collections::BTreeMap::new();
         for item in items {
             for (field, value) in &item.data {
-                if self::filled(value) {
-                    *filled.entry(field.clone()).or_default() += 1;
+                if !self::filled(value) {
+                    continue;
+                }
+                // The name is copied once a page, not once an item.
+                match filled.get_mut(field) {
+                    Some(n) => *n += 1,
+                    None => {
+                        filled.insert(field.clone(), 1);
+                    }
                 }
             }
         }

@@ -152,6 +152,20 @@ impl AggregatorState {
         });
     }
 
+    /// This node's id and the number its next local batch takes.
+    fn next_local(&self) -> (String, u64) {
+        let me = self.args.cluster.me().node_id.clone();
+        let seq = self.stats.heads.get(&me).copied().unwrap_or(0) + 1;
+        (me, seq)
+    }
+
+    /// Logs and keeps a local batch's failure; returns it for the scraper.
+    fn not_applied(&mut self, e: StoreError) -> String {
+        tracing::error!(collection = %self.stats.collection, error = %e, "batch not applied");
+        self.stats.last_error = Some(e.to_string());
+        e.to_string()
+    }
+
     /// Sends a local batch, applied here, to every peer (in sequence order,
     /// from this task) and answers `reply` once it is durable here and on a
     /// peer (see the module's notes). Waited for on a task of its own, so
@@ -252,19 +266,12 @@ impl Actor for Aggregator {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AggregatorMsg::Apply(batch, reply) => {
-                let me = state.args.cluster.me().node_id.clone();
-                let seq = state.stats.heads.get(&me).copied().unwrap_or(0) + 1;
-                let rb = ReplicatedBatch {
-                    origin: me,
-                    seq,
-                    batch,
-                };
+                let (origin, seq) = state.next_local();
+                let rb = ReplicatedBatch { origin, seq, batch };
                 let outcome = match state.apply(&rb).await {
                     Ok(o) => o,
                     Err(e) => {
-                        tracing::error!(collection = %state.stats.collection, error = %e, "batch not applied");
-                        state.stats.last_error = Some(e.to_string());
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(state.not_applied(e)));
                         return Ok(());
                     }
                 };
@@ -273,8 +280,7 @@ impl Actor for Aggregator {
                 });
             }
             AggregatorMsg::Seen(batch, reply) => {
-                let me = state.args.cluster.me().node_id.clone();
-                let seq = state.stats.heads.get(&me).copied().unwrap_or(0) + 1;
+                let (me, seq) = state.next_local();
                 let peers = state.args.cluster.has_node_peers();
                 let (outcome, items) = match state.args.store.apply_seen(&me, seq, &batch, peers) {
                     Ok(Some(applied)) => applied,
@@ -283,9 +289,7 @@ impl Actor for Aggregator {
                         return Ok(());
                     }
                     Err(e) => {
-                        tracing::error!(collection = %state.stats.collection, error = %e, "batch not applied");
-                        state.stats.last_error = Some(e.to_string());
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(state.not_applied(e)));
                         return Ok(());
                     }
                 };

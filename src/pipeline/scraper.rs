@@ -249,11 +249,8 @@ async fn run_once(
         let fetched_at = Utc::now();
         let (source, collection) = (spec.id.clone(), spec.collection.clone());
         let handed = match page.unchanged {
-            Some(named) => {
-                let url = pager.unchanged_page().cloned();
-                let Some(url) = url.filter(|_| !named.names.is_empty()) else {
-                    continue;
-                };
+            Some((_, named)) if named.names.is_empty() => continue,
+            Some((url, named)) => {
                 let n = named.names.len() as u64;
                 let names = named.names;
                 let batch = SeenBatch {

@@ -82,9 +82,6 @@ pub struct Pager {
     stopped: Option<&'static str>,
     memory: Option<Memory>,
     not_modified: u32,
-    /// The URL of the last page answered from memory by name, until the
-    /// next page is asked for.
-    unchanged: Option<Url>,
     /// Pages to ask for again, in full, before going on.
     again: Vec<Url>,
     /// Pages to ask for in full, their memory notwithstanding.
@@ -144,7 +141,6 @@ impl Pager {
             stopped: None,
             memory: None,
             not_modified: 0,
-            unchanged: None,
             again: Vec::new(),
             in_full: HashSet::new(),
             report: None,
@@ -227,12 +223,6 @@ impl Pager {
         self.not_modified
     }
 
-    /// The URL of the last page, if it was answered from memory with its
-    /// items by name ([`Page::unchanged`]).
-    pub fn unchanged_page(&self) -> Option<&Url> {
-        self.unchanged.as_ref()
-    }
-
     /// A page answered from memory with its items by name, whose items the
     /// collection no longer holds as they were (another source or node
     /// changed one since, or the collection was deleted): asks for it
@@ -275,7 +265,6 @@ impl Pager {
 
     /// Fetches and extracts the next page; `None` when the run is over.
     pub async fn next_page(&mut self) -> Option<Result<Page, ScrapeError>> {
-        self.unchanged = None;
         // A page asked for again leaves the next page as it was.
         let (url, again) = match self.again.pop() {
             Some(url) => (url, true),
@@ -361,13 +350,10 @@ impl Pager {
                 if !again {
                     self.next = next.clone();
                 }
-                if memo.named.is_some() {
-                    self.unchanged = Some(url);
-                }
                 return Some(Ok(Page {
                     items: memo.items,
                     next,
-                    unchanged: memo.named,
+                    unchanged: memo.named.map(|named| (url, named)),
                 }));
             }
         }

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::changes::{change_key, encode_changes};
-use super::keydir::{encode_seen, id_of, seen_key, Entry, Id, Keydir};
+use super::keydir::{id_of, seen_key, write_seen, Entry, Id, Keydir};
 use super::log::log_key;
 use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
 use serde_json::value::RawValue;
@@ -377,11 +377,8 @@ impl Store {
                     stale_records.extend(kd.point(&id, record));
                 }
                 let mut writes = sled::Batch::default();
-                let seen_record = encode_seen(seen, &batch.source, &seen_keys);
-                writes.insert(&seen_key(record), seen_record);
-                for n in stale_records {
-                    writes.remove(&seen_key(n));
-                }
+                let by = (seen, batch.source.as_str());
+                write_seen(&mut writes, record, by, &seen_keys, stale_records);
                 let mut meta = next_meta(kd, seen);
                 let entry = encode(&ReplicatedBatchOut::seen(origin, seq, batch));
                 self.log_batch(tree, &mut writes, &mut meta, origin, seq, entry)?;
@@ -518,15 +515,8 @@ impl Store {
             .into_iter()
             .map(|(key, op)| (op, key.as_bytes().to_vec()))
             .collect();
-        if !seen_keys.is_empty() {
-            writes.insert(
-                &seen_key(record),
-                encode_seen(seen, &batch.source, &seen_keys),
-            );
-        }
-        for n in stale_records {
-            writes.remove(&seen_key(n));
-        }
+        let by = (seen, batch.source.as_str());
+        write_seen(&mut writes, record, by, &seen_keys, stale_records);
         Ok(Plan {
             outcome,
             writes,

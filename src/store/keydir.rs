@@ -163,6 +163,24 @@ pub(super) fn encode_seen(at: DateTime<Utc>, source: &str, keys: &[Id]) -> Vec<u
     v
 }
 
+/// Adds to `writes` seen record `record` for `keys`, seen unchanged at `at`
+/// by `source` (none when no key was), and the removal of the `stale`
+/// records, which no key needs any more.
+pub(super) fn write_seen(
+    writes: &mut sled::Batch,
+    record: u64,
+    (at, source): (DateTime<Utc>, &str),
+    keys: &[Id],
+    stale: Vec<u64>,
+) {
+    if !keys.is_empty() {
+        writes.insert(&seen_key(record), encode_seen(at, source, keys));
+    }
+    for n in stale {
+        writes.remove(&seen_key(n));
+    }
+}
+
 fn decode_seen(v: &[u8]) -> Option<(DateTime<Utc>, &str, impl Iterator<Item = Id> + '_)> {
     let nanos = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
     let len = u16::from_be_bytes(v.get(8..10)?.try_into().ok()?) as usize;

@@ -182,9 +182,10 @@ pub struct Page {
     /// The next page's URL (http or https, never the page itself), if the
     /// rules found one. Page limits and cycles are the caller's business.
     pub next: Option<Url>,
-    /// A page answered 304 Not Modified and remembered by name: its items
-    /// named, not extracted (`items` is then empty; see `store::pages`).
-    pub unchanged: Option<NamedItems>,
+    /// A page answered 304 Not Modified (or with the same body) and
+    /// remembered by name: the URL it was asked at, and its items named, not
+    /// extracted (`items` is then empty; see `store::pages`).
+    pub unchanged: Option<(Url, NamedItems)>,
 }
 
 // `Rules` is shared with blocking threads through an `Arc`.
