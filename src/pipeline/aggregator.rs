@@ -184,21 +184,25 @@ impl AggregatorState {
             .args
             .cluster
             .ask_all(&Request::Batch(rb), REPLICA_TIMEOUT);
+        let stored = |r: Result<(), StoreError>| r.map_err(|e| format!("storing the batch: {e}"));
+        let asked = pending.asked();
+        if asked == 0 {
+            // No peer to wait for: the flush answers.
+            self.args.flusher.then(move |r| reply(stored(r)));
+            return;
+        }
         let flusher = self.args.flusher.clone();
         let collection = self.stats.collection.clone();
         tokio::spawn(async move {
-            if let Err(e) = flusher.flushed().await {
-                reply(Err(format!("storing the batch: {e}")));
+            if let Err(e) = stored(flusher.flushed().await) {
+                reply(Err(e));
                 return;
             }
-            let asked = pending.asked();
-            if asked > 0 {
-                let acked = pending
-                    .first(|r| matches!(r, Response::Applied { .. }))
-                    .await;
-                if acked.is_none() {
-                    tracing::warn!(%collection, seq, peers = asked, "no peer acknowledged the batch in time; peers will pull it from the log");
-                }
+            let acked = pending
+                .first(|r| matches!(r, Response::Applied { .. }))
+                .await;
+            if acked.is_none() {
+                tracing::warn!(%collection, seq, peers = asked, "no peer acknowledged the batch in time; peers will pull it from the log");
             }
             reply(Ok(()));
         });
@@ -323,9 +327,8 @@ impl Actor for Aggregator {
                     match state.apply(&rb).await {
                         Ok(_) => {
                             state.stats.replicated += 1;
-                            let flusher = state.args.flusher.clone();
-                            tokio::spawn(async move {
-                                answer.send(match flusher.flushed().await {
+                            state.args.flusher.then(move |r| {
+                                answer.send(match r {
                                     Ok(()) => Response::Applied { seq },
                                     Err(e) => Response::Error(e.to_string()),
                                 });

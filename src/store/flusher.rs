@@ -2,12 +2,18 @@
 //! a flush that covers them. One flush runs at a time; every request that
 //! arrives while it runs is served by the next flush, so N concurrent
 //! writers cost one or two fsyncs instead of N.
+//!
+//! A waiter is a callback, run on the flushing task once the flush that
+//! covers it is done: a writer that only has to answer someone (a lone
+//! node's batch) hands over its answer and needs no task of its own.
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError};
 
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
+/// Told how the flush covering it went; runs on the flushing task, so it
+/// must not block.
+type Waiter = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// A cheap, cloneable handle on the node's flushing task.
 #[derive(Clone)]
@@ -35,7 +41,7 @@ impl Flusher {
                     tracing::error!(error = %e, waiters = waiters.len(), "flush failed");
                 }
                 for w in waiters {
-                    let _ = w.send(result.as_ref().map(|_| ()).map_err(StoreError::shared));
+                    w(result.as_ref().map(|_| ()).map_err(StoreError::shared));
                 }
             }
         });
@@ -44,11 +50,24 @@ impl Flusher {
 
     /// Resolves once every write made before this call is durable.
     pub async fn flushed(&self) -> Result<(), StoreError> {
-        let stopped = || StoreError::Unavailable("the flusher stopped".to_owned());
         let (tx, rx) = oneshot::channel();
-        self.tx.send(tx).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.then(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
+
+    /// Calls `then` once every write made before this call is durable (or
+    /// the flush failed), on the flushing task: it must not block.
+    pub fn then(&self, then: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
+        if let Err(mpsc::error::SendError(w)) = self.tx.send(Box::new(then)) {
+            w(Err(stopped()));
+        }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the flusher stopped".to_owned())
 }
 
 #[cfg(test)]
