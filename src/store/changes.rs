@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::items::CHANGE_TAG;
+use super::writes::Writes;
 use super::{decode, Result, Store};
 use crate::domain::StoredItem;
 
@@ -113,17 +114,18 @@ impl Store {
     pub(super) fn trim_changes(
         &self,
         tree: &sled::Tree,
+        pending: &Writes,
         stored_last: u64,
         newest: u64,
-        writes: &mut sled::Batch,
+        writes: &mut Writes,
     ) -> Result<()> {
         let Some(cut) = newest.checked_sub(self.changes_kept).filter(|c| *c > 0) else {
             return Ok(());
         };
         // A record's last change is the next record's first minus one.
-        let mut previous: Option<sled::IVec> = None;
-        for entry in tree.range(change_range()) {
-            let (k, _) = entry?;
+        let mut previous: Option<Vec<u8>> = None;
+        let (first_key, last_key) = (change_key(0), change_key(u64::MAX));
+        for k in pending.keys(tree, &first_key, &last_key)? {
             let first = seq_of(&k[1..]);
             if let Some(p) = previous.take() {
                 if first - 1 > cut {
@@ -148,7 +150,7 @@ impl Store {
     /// in order, each with its item's current version.
     pub fn changes_after(&self, collection: &str, since: u64, limit: usize) -> Result<Vec<Change>> {
         self.read(|| {
-            let tree = self.items_tree(collection)?;
+            let tree = self.applied_tree(collection)?;
             let from = since.saturating_add(1);
             // The record holding `from`, if one began before it.
             let start = match tree.range(change_key(0)..=change_key(from)).next_back() {

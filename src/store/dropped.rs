@@ -106,7 +106,7 @@ impl Store {
             // Sequence numbers go on from where they are: heads and the
             // change feed's last number.
             let heads = self.heads_of(name)?;
-            let tree = self.items_tree(name)?;
+            let tree = self.applied_tree(name)?;
             let last_change = match Store::last_change_in(&tree)? {
                 Some(n) => n,
                 None => previous.as_ref().map_or(0, |p| p.last_change),

@@ -1,6 +1,7 @@
 //! Each collection's tree, `items:{collection}`, holds everything a write
 //! to the collection makes, so that one sled `apply_batch` (atomic within a
-//! tree) writes a page without a transaction:
+//! tree) writes a page without a transaction; the pages a flush covers go
+//! together, in one batch ([`super::writes`]):
 //! - item key (UTF-8) -> [`StoredItem`], written with its hash first so a
 //!   page copies it as stored;
 //! - [`CHANGE_TAG`]: the change feed ([`super::changes`]);
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::changes::{change_key, encode_changes};
 use super::keydir::{id_of, seen_key, write_seen, Entry, Id, Keydir};
 use super::log::log_key;
+use super::writes::Writes;
 use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
 use serde_json::value::RawValue;
 
@@ -92,7 +94,7 @@ impl Pending<'_> {
 struct Plan {
     outcome: BatchOutcome,
     /// Items and seen records.
-    writes: sled::Batch,
+    writes: Writes,
     changes: Vec<(ChangeOp, Vec<u8>)>,
     /// Per item of the batch, in order: found unchanged and not written in
     /// full by the batch, so its log entry names it by its hash.
@@ -279,7 +281,8 @@ impl Store {
                     }
                 });
                 let entry = encode(&ReplicatedBatchOut::of(rb, logged));
-                self.log_batch(tree, &mut plan.writes, &mut meta, &rb.origin, rb.seq, entry)?;
+                let (read, at) = ((tree, &kd.pending), (rb.origin.as_str(), rb.seq));
+                self.log_batch(read, &mut plan.writes, &mut meta, at, entry)?;
             }
             let changes = &plan.changes;
             self.commit(collection, tree, kd, plan.writes, changes, Some(meta))?;
@@ -311,14 +314,14 @@ impl Store {
 
     /// Adds a batch's log entry to `writes` (and the removal of the
     /// origin's entries past the retention), and raises the origin's head
-    /// in `meta`.
+    /// in `meta`. The tree is read through the collection's `pending`
+    /// writes.
     fn log_batch(
         &self,
-        tree: &sled::Tree,
-        writes: &mut sled::Batch,
+        (tree, pending): (&sled::Tree, &Writes),
+        writes: &mut Writes,
         meta: &mut CollectionMeta,
-        origin: &str,
-        seq: u64,
+        (origin, seq): (&str, u64),
         entry: Vec<u8>,
     ) -> Result<()> {
         let h = meta.heads.entry(origin.to_owned()).or_default();
@@ -326,8 +329,8 @@ impl Store {
         writes.insert(log_key(origin, seq), entry);
         if seq > self.log_retained {
             let cut = seq - self.log_retained;
-            for k in tree.range(log_key(origin, 0)..=log_key(origin, cut)).keys() {
-                writes.remove(k?);
+            for k in pending.keys(tree, &log_key(origin, 0), &log_key(origin, cut))? {
+                writes.remove(k);
             }
         }
         Ok(())
@@ -376,16 +379,18 @@ impl Store {
                     seen_keys.push(id);
                     stale_records.extend(kd.point(&id, record));
                 }
-                let mut writes = sled::Batch::default();
+                let mut writes = Writes::default();
                 let by = (seen, batch.source.as_str());
                 write_seen(&mut writes, record, by, &seen_keys, stale_records);
                 let mut meta = next_meta(kd, seen);
                 let entry = encode(&ReplicatedBatchOut::seen(origin, seq, batch));
-                self.log_batch(tree, &mut writes, &mut meta, origin, seq, entry)?;
+                let read = (tree, &kd.pending);
+                self.log_batch(read, &mut writes, &mut meta, (origin, seq), entry)?;
                 self.commit(&batch.collection, tree, kd, writes, &[], Some(meta))?;
                 let mut items = Vec::new();
                 for name in batch.names.iter().filter(|_| expand) {
-                    if let Some((data, _)) = super::log::stored_data(tree, &name.key, &name.hash)? {
+                    let stored = super::log::stored_data(tree, &kd.pending, &name.key, &name.hash)?;
+                    if let Some((data, _)) = stored {
                         items.push(Item {
                             key: name.key.clone(),
                             data,
@@ -457,7 +462,7 @@ impl Store {
                     let e = kd.entries.get_mut(&id).expect("looked up above");
                     let mut old = match full.remove(item.key.as_str()) {
                         Some(p) => p,
-                        None => match tree.get(item.key.as_bytes())? {
+                        None => match kd.pending.get(tree, item.key.as_bytes())? {
                             Some(b) => Pending::Read(decode::<StoredItem>("item", &b)?),
                             None => continue,
                         },
@@ -507,7 +512,7 @@ impl Store {
             full.insert(item.key.as_str(), Pending::New(stored));
             stale_records.extend(kd.point(&id, 0));
         }
-        let mut writes = sled::Batch::default();
+        let mut writes = Writes::default();
         for (key, stored) in &full {
             writes.insert(key.as_bytes(), stored.encode());
         }
@@ -536,7 +541,7 @@ impl Store {
         collection: &str,
         tree: &sled::Tree,
         kd: &mut Keydir,
-        mut writes: sled::Batch,
+        mut writes: Writes,
         changes: &[(ChangeOp, Vec<u8>)],
         meta: Option<CollectionMeta>,
     ) -> Result<()> {
@@ -545,8 +550,8 @@ impl Store {
         let applied = (|| {
             let newest = kd.last_change + changes.len() as u64;
             if !changes.is_empty() {
-                writes.insert(&change_key(kd.last_change + 1), encode_changes(changes));
-                self.trim_changes(tree, kd.last_change, newest, &mut writes)?;
+                writes.insert(change_key(kd.last_change + 1), encode_changes(changes));
+                self.trim_changes(tree, &kd.pending, kd.last_change, newest, &mut writes)?;
             }
             if let Some(meta) = &meta {
                 if !kd.listed {
@@ -558,7 +563,7 @@ impl Store {
                 }
                 writes.insert(META_KEY, encode(meta));
             }
-            tree.apply_batch(writes)?;
+            kd.pending.append(writes);
             kd.last_change = newest;
             if meta.is_some() {
                 kd.meta = meta;
@@ -602,7 +607,7 @@ impl Store {
         heads: Option<&BTreeMap<String, u64>>,
     ) -> Result<u64> {
         self.in_keydir(collection, |kd, tree| {
-            let mut writes = sled::Batch::default();
+            let mut writes = Writes::default();
             let mut changes = Vec::new();
             let mut stale_records = Vec::new();
             let mut inserted = 0;
@@ -613,8 +618,9 @@ impl Store {
                     continue;
                 }
                 let id = id_of(&copy.key);
-                let mut old = tree
-                    .get(copy.key.as_bytes())?
+                let mut old = kd
+                    .pending
+                    .get(tree, copy.key.as_bytes())?
                     .map(|b| decode::<StoredItem>("item", &b))
                     .transpose()?;
                 if let (Some(old), Some(e)) = (old.as_mut(), kd.entries.get(&id)) {
@@ -650,7 +656,7 @@ impl Store {
                 );
             }
             for n in stale_records {
-                writes.remove(&seen_key(n));
+                writes.remove(seen_key(n));
             }
             let meta = if kd.meta.is_none() && last.is_none() && heads.is_none() {
                 None
@@ -681,7 +687,7 @@ impl Store {
         names
             .into_iter()
             .map(|(name, listed)| {
-                let meta = self.stored_meta(&name, &listed)?;
+                let meta = Store::stored_meta(&self.applied_tree(&name)?, &listed)?;
                 Ok((name, meta))
             })
             .collect()
@@ -691,7 +697,10 @@ impl Store {
         self.read(|| {
             // Only a listed collection has a tree: looking does not create one.
             match self.collections.get(name.as_bytes())? {
-                Some(listed) => Ok(Some(self.stored_meta(name, &listed)?)),
+                Some(listed) => Ok(Some(Store::stored_meta(
+                    &self.applied_tree(name)?,
+                    &listed,
+                )?)),
                 None => Ok(None),
             }
         })
@@ -699,8 +708,8 @@ impl Store {
 
     /// A listed collection's summary: in its tree, or (written before the
     /// summary moved there, or never written since) as listed.
-    pub(super) fn stored_meta(&self, name: &str, listed: &[u8]) -> Result<CollectionMeta> {
-        match self.items_tree(name)?.get(META_KEY)? {
+    pub(super) fn stored_meta(tree: &sled::Tree, listed: &[u8]) -> Result<CollectionMeta> {
+        match tree.get(META_KEY)? {
             Some(b) => decode("collection", &b),
             None => decode("collection", listed),
         }
@@ -720,7 +729,7 @@ impl Store {
 
     pub fn item(&self, collection: &str, key: &str) -> Result<Option<StoredItem>> {
         self.read(|| {
-            let Some(b) = self.items_tree(collection)?.get(key.as_bytes())? else {
+            let Some(b) = self.applied_tree(collection)?.get(key.as_bytes())? else {
                 return Ok(None);
             };
             let mut item: StoredItem = decode("item", &b)?;
@@ -739,7 +748,7 @@ impl Store {
     ) -> Result<()> {
         self.guard.readable()?;
         let slot = self.keydir(collection)?;
-        for entry in items_after(&self.items_tree(collection)?, after) {
+        for entry in items_after(&self.applied_tree(collection)?, after) {
             let (key, bytes) = entry?;
             let seen = {
                 let kd = slot.lock().unwrap_or_else(|e| e.into_inner());

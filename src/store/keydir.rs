@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::items::{CollectionMeta, ITEMS_END, SEEN_TAG};
+use super::writes::Writes;
 use super::{decode, Result, Store};
 use crate::domain::StoredItem;
 
@@ -92,6 +93,8 @@ pub(super) struct Keydir {
     pub listed: bool,
     /// The last change sequence used (numbering goes on past a deletion).
     pub last_change: u64,
+    /// Writes made to the collection and not yet applied to sled.
+    pub pending: Writes,
 }
 
 /// A collection's directory, loaded on first use.
@@ -167,17 +170,17 @@ pub(super) fn encode_seen(at: DateTime<Utc>, source: &str, keys: &[Id]) -> Vec<u
 /// by `source` (none when no key was), and the removal of the `stale`
 /// records, which no key needs any more.
 pub(super) fn write_seen(
-    writes: &mut sled::Batch,
+    writes: &mut Writes,
     record: u64,
     (at, source): (DateTime<Utc>, &str),
     keys: &[Id],
     stale: Vec<u64>,
 ) {
     if !keys.is_empty() {
-        writes.insert(&seen_key(record), encode_seen(at, source, keys));
+        writes.insert(seen_key(record), encode_seen(at, source, keys));
     }
     for n in stale {
-        writes.remove(&seen_key(n));
+        writes.remove(seen_key(n));
     }
 }
 
@@ -222,12 +225,69 @@ impl Store {
     }
 
     /// Forgets a collection's directory (after a failed write): the next use
-    /// loads it again from what sled holds.
+    /// loads it again from what sled holds. The writes made before the
+    /// failure go to sled first.
     pub(super) fn drop_keydir(&self, collection: &str) {
-        let all = self.keydirs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = all.get(collection) {
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let Some(slot) = self.slot(collection) else {
+            return;
+        };
+        let mut kd = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.apply_pending(collection, &mut kd) {
+            tracing::error!(%collection, error = %e, "writes made before a failed write not applied");
         }
+        *kd = None;
+    }
+
+    fn slot(&self, collection: &str) -> Option<Slot> {
+        let all = self.keydirs.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(collection).cloned()
+    }
+
+    /// Applies a collection's pending writes to its tree in one sled batch
+    /// (see `writes`). On failure the directory is forgotten, as it says
+    /// more than sled holds.
+    fn apply_pending(&self, collection: &str, slot: &mut Option<Keydir>) -> Result<()> {
+        let Some(kd) = slot.as_mut().filter(|kd| !kd.pending.is_empty()) else {
+            return Ok(());
+        };
+        let batch = kd.pending.take_batch();
+        let applied = self
+            .items_tree(collection)
+            .and_then(|tree| Ok(tree.apply_batch(batch)?));
+        if let Err(e) = &applied {
+            self.guard.note(e);
+            *slot = None;
+        }
+        applied
+    }
+
+    /// A collection's tree with every write made to it applied: what its
+    /// readers read (whether it is durable yet is theirs to check, see
+    /// [`Store::durable`]).
+    pub(super) fn applied_tree(&self, collection: &str) -> Result<sled::Tree> {
+        if let Some(slot) = self.slot(collection) {
+            let mut kd = slot.lock().unwrap_or_else(|e| e.into_inner());
+            self.apply_pending(collection, &mut kd)?;
+        }
+        self.items_tree(collection)
+    }
+
+    /// Applies every collection's pending writes (a flush comes next).
+    pub(super) fn apply_all_pending(&self) -> Result<()> {
+        let slots: Vec<(String, Slot)> = {
+            let all = self.keydirs.lock().unwrap_or_else(|e| e.into_inner());
+            all.iter()
+                .map(|(name, slot)| (name.clone(), slot.clone()))
+                .collect()
+        };
+        let mut failed = None;
+        for (name, slot) in slots {
+            let mut kd = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = self.apply_pending(&name, &mut kd) {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     fn load_keydir(&self, collection: &str) -> Result<Keydir> {
@@ -275,7 +335,7 @@ impl Store {
         let listed = self.collections.get(collection.as_bytes())?;
         kd.listed = listed.is_some();
         kd.meta = match listed {
-            Some(listed) => Some(self.stored_meta(collection, &listed)?),
+            Some(listed) => Some(Store::stored_meta(&tree, &listed)?),
             None => None,
         };
         kd.last_change = match Store::last_change_in(&tree)? {

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::items::{ITEMS_END, LOG_TAG};
+use super::writes::{self, Writes};
 use super::{decode, BatchOutcome, Result, Store};
 use crate::domain::{Item, ItemBatch, ReplicatedBatch};
 
@@ -87,7 +88,8 @@ impl Store {
     /// Applies a batch from `origin` with sequence number `seq`: upserts its
     /// items, appends it to the collection's log (dropping the oldest beyond
     /// the retention) and records the collection's head for the origin, all
-    /// in one atomic sled batch. Applying the same batch twice changes
+    /// in one atomic sled batch (with the other writes the next flush
+    /// covers, see `writes`). Applying the same batch twice changes
     /// nothing.
     pub fn apply_replicated(&self, rb: &ReplicatedBatch) -> Result<BatchOutcome> {
         self.write(|| self.apply_replicated_unguarded(rb))
@@ -152,7 +154,7 @@ impl Store {
         max: usize,
         max_bytes: usize,
     ) -> Result<LogSlice> {
-        let log = self.items_tree(collection)?;
+        let log = self.applied_tree(collection)?;
         let mut out = Vec::new();
         let mut bytes = 0;
         let range = log_key(origin, after.saturating_add(1))..=log_key(origin, u64::MAX);
@@ -187,13 +189,14 @@ impl Store {
 /// the stored item's length, if it is stored with content hash `hash`.
 pub(super) fn stored_data(
     tree: &sled::Tree,
+    pending: &Writes,
     key: &str,
     hash: &str,
 ) -> Result<Option<(Map<String, Value>, usize)>> {
     if key.as_bytes() >= ITEMS_END {
         return Ok(None);
     }
-    let Some(bytes) = tree.get(key.as_bytes())? else {
+    let Some(bytes) = pending.get(tree, key.as_bytes())? else {
         return Ok(None);
     };
     let stored: StoredData = decode("item", &bytes)?;
@@ -209,7 +212,7 @@ fn whole(tree: &sled::Tree, logged: Logged, stored_len: usize) -> Result<(Replic
     for item in logged.batch.items {
         let data = match (item.data, item.hash) {
             (Some(data), _) => data,
-            (None, Some(hash)) => match stored_data(tree, &item.key, &hash)? {
+            (None, Some(hash)) => match stored_data(tree, &writes::NONE, &item.key, &hash)? {
                 Some((data, len)) => {
                     size += len;
                     data

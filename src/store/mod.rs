@@ -7,10 +7,11 @@
 //! - `hosts`: the replicated host policy overrides;
 //! - `runs`: each source's bounded run history;
 //! - `items`: each collection's tree, `items:{collection}`, holding all a
-//!   write to it makes, so that one atomic sled batch writes a page: its
-//!   items, and under tagged keys its change feed (`changes`), its applied
-//!   batches kept for peers (`log`), its seen records (`keydir`) and its
-//!   summary with the heads; and the `collections` list;
+//!   write to it makes, so that one atomic sled batch writes a page (or
+//!   all the pages one flush covers, see `writes`): its items, and under
+//!   tagged keys its change feed (`changes`), its applied batches kept for
+//!   peers (`log`), its seen records (`keydir`) and its summary with the
+//!   heads; and the `collections` list;
 //! - `webhooks`: the replicated webhook registry and each webhook's
 //!   delivery state.
 //! - `dropped`: deleted collections' tombstones.
@@ -40,6 +41,7 @@ mod pages;
 mod runs;
 mod sources;
 mod webhooks;
+mod writes;
 
 pub use changes::{Change, ChangeOp, CHANGES_KEPT};
 pub use flusher::Flusher;
@@ -241,6 +243,8 @@ impl Store {
                 .map(|(name, g)| (name.clone(), g.begun))
                 .collect()
         };
+        // Every collection's writes go to sled first (see `writes`).
+        self.apply_all_pending()?;
         self.db
             .flush()
             .map_err(StoreError::from)
@@ -517,7 +521,7 @@ mod tests {
         let out = store.apply_replicated(&second).unwrap();
         assert_eq!((out.inserted, out.changed, out.unchanged), (1, 1, 2));
         // Stored: the unchanged items by their hashes, the others with data.
-        let tree = store.items_tree("books").unwrap();
+        let tree = store.applied_tree("books").unwrap();
         let raw = tree.get(log::log_key("A", 2)).unwrap().unwrap();
         let logged: serde_json::Value = serde_json::from_slice(&raw).unwrap();
         let items = logged["batch"]["items"].as_array().unwrap();
@@ -824,7 +828,7 @@ mod tests {
             ..b
         };
         let seen_records = |store: &Store| {
-            let tree = store.items_tree("books").unwrap();
+            let tree = store.applied_tree("books").unwrap();
             tree.range(keydir::seen_key(0)..=keydir::seen_key(u64::MAX))
                 .count()
         };
