@@ -434,6 +434,41 @@ mod tests {
     }
 
     #[test]
+    fn writes_wait_in_memory_until_a_flush_or_a_reader_needs_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let stored = |store: &Store| {
+            store
+                .items_tree("books")
+                .unwrap()
+                .range(..items::ITEMS_END)
+                .count()
+        };
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            store.apply_batch(&batch("a", &[("u1", 1)])).unwrap();
+            store.apply_batch(&batch("a", &[("u2", 2)])).unwrap();
+            assert_eq!(stored(&store), 0, "two pages, nothing in sled yet");
+            // A reader sees every write made, and sled then holds them.
+            let (items, _) = store.items("books", None, 10, |_| true).unwrap();
+            assert_eq!(items.len(), 2);
+            assert_eq!(stored(&store), 2);
+            assert!(!store.durable("books"), "applied is not flushed");
+            store.apply_batch(&batch("a", &[("u3", 3)])).unwrap();
+            // A failed write forgets the key directory; what was made before goes to sled.
+            store.drop_keydir("books");
+            assert_eq!(stored(&store), 3);
+            store.apply_batch(&batch("a", &[("u4", 4)])).unwrap();
+            assert_eq!(stored(&store), 3);
+            store.flush().unwrap();
+            assert_eq!(stored(&store), 4, "a flush applies first");
+            assert!(store.durable("books"));
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (items, _) = store.items("books", None, 10, |_| true).unwrap();
+        assert_eq!(items.len(), 4, "everything flushed survives a reopen");
+    }
+
+    #[test]
     fn upserts_never_duplicate_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
