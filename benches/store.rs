@@ -232,7 +232,7 @@ impl Layout {
 }
 
 /// First-pass pages written with sled alone in `layout` (one `apply_batch`
-/// a page, a flush every [`FLUSH_EVERY`] pages, as the store does), in a
+/// and one flush every [`FLUSH_EVERY`] pages, as the store does), in a
 /// fresh database; returns pages/s and process CPU a page in ms.
 fn sled_floor(pages: usize, layout: Layout) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("a scratch directory");
@@ -275,8 +275,8 @@ fn sled_floor(pages: usize, layout: Layout) -> (f64, f64) {
         })
         .collect();
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let mut batch = sled::Batch::default();
     for (n, (stored, log)) in encoded.iter().enumerate() {
-        let mut batch = sled::Batch::default();
         let log_key = [&[0xFA][..], &(n as u64).to_be_bytes()].concat();
         match layout {
             Layout::Items | Layout::ItemsAndLog => {
@@ -293,11 +293,13 @@ fn sled_floor(pages: usize, layout: Layout) -> (f64, f64) {
                 batch.insert(stored[0].0.as_bytes(), value);
             }
         }
-        tree.apply_batch(batch).expect("sled applies");
         if (n + 1) % FLUSH_EVERY == 0 {
+            tree.apply_batch(std::mem::take(&mut batch))
+                .expect("sled applies");
             tree.flush().expect("the flush");
         }
     }
+    tree.apply_batch(batch).expect("sled applies");
     tree.flush().expect("the flush");
     let wall = wall0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
