@@ -124,8 +124,9 @@ impl Store {
         };
         // A record's last change is the next record's first minus one.
         let mut previous: Option<Vec<u8>> = None;
-        let (first_key, last_key) = (change_key(0), change_key(u64::MAX));
-        for k in pending.keys(tree, &first_key, &last_key)? {
+        let range = change_range();
+        for k in pending.keys(tree, range.start(), range.end()) {
+            let k = k?;
             let first = seq_of(&k[1..]);
             if let Some(p) = previous.take() {
                 if first - 1 > cut {

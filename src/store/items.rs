@@ -329,8 +329,8 @@ impl Store {
         writes.insert(log_key(origin, seq), entry);
         if seq > self.log_retained {
             let cut = seq - self.log_retained;
-            for k in pending.keys(tree, &log_key(origin, 0), &log_key(origin, cut))? {
-                writes.remove(k);
+            for k in pending.keys(tree, &log_key(origin, 0), &log_key(origin, cut)) {
+                writes.remove(k?);
             }
         }
         Ok(())

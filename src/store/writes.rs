@@ -18,7 +18,7 @@
 //! acknowledged, as before. One batch still writes a whole page or nothing:
 //! it now writes several pages or none of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::Result;
@@ -73,21 +73,46 @@ impl Writes {
     }
 
     /// The keys from `first` to `last` (both included), in order, once these
-    /// writes are applied to `tree`.
-    pub fn keys(&self, tree: &sled::Tree, first: &[u8], last: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let mut keys = BTreeSet::new();
-        for k in tree.range(first..=last).keys() {
-            keys.insert(k?.to_vec());
-        }
+    /// writes are applied to `tree`: the tree's keys and these writes',
+    /// merged as they are read, so a caller that stops early reads no
+    /// further.
+    pub fn keys<'a>(
+        &'a self,
+        tree: &sled::Tree,
+        first: &[u8],
+        last: &[u8],
+    ) -> impl Iterator<Item = Result<Vec<u8>>> + 'a {
+        let mut stored = tree.range(first..=last).keys().peekable();
         let range = (Bound::Included(first), Bound::Included(last));
-        for (k, v) in self.0.range::<[u8], _>(range) {
-            if v.is_some() {
-                keys.insert(k.clone());
-            } else {
-                keys.remove(k);
+        let mut written = self.0.range::<[u8], _>(range).peekable();
+        std::iter::from_fn(move || loop {
+            let next_written = written.peek().map(|(k, _)| k.as_slice());
+            let from_tree = match stored.peek() {
+                None => None,
+                Some(Err(_)) => Some(true),
+                Some(Ok(k)) => match next_written {
+                    None => Some(true),
+                    Some(w) if k.as_ref() < w => Some(true),
+                    // The write decides what becomes of a stored key.
+                    Some(w) if k.as_ref() == w => Some(false),
+                    Some(_) => None,
+                },
+            };
+            match from_tree {
+                Some(true) => {
+                    let k = stored.next().expect("peeked");
+                    return Some(k.map(|k| k.to_vec()).map_err(Into::into));
+                }
+                Some(false) => {
+                    stored.next();
+                }
+                None => {}
             }
-        }
-        Ok(keys.into_iter().collect())
+            match written.next()? {
+                (k, Some(_)) => return Some(Ok(k.clone())),
+                (_, None) => continue,
+            }
+        })
     }
 }
 
@@ -114,10 +139,19 @@ mod tests {
         assert_eq!(w.get(&tree, b"c").unwrap().as_deref(), Some(&b"back"[..]));
         w.remove(b"a");
         assert_eq!(w.get(&tree, b"a").unwrap(), None);
+        let keys = |w: &Writes, first: &[u8], last: &[u8]| {
+            w.keys(&tree, first, last)
+                .collect::<Result<Vec<_>>>()
+                .unwrap()
+        };
+        assert_eq!(keys(&w, b"a", b"c"), vec![b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(
-            w.keys(&tree, b"a", b"c").unwrap(),
-            vec![b"b".to_vec(), b"c".to_vec()]
+            keys(&w, b"a", b"z"),
+            vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
         );
+        assert_eq!(keys(&w, b"c", b"d"), vec![b"c".to_vec(), b"d".to_vec()]);
+        assert_eq!(keys(&w, b"d", b"z"), vec![b"d".to_vec()]);
+        assert_eq!(keys(&Writes::default(), b"a", b"z").len(), 3);
         tree.apply_batch(w.take_batch()).unwrap();
         assert!(w.is_empty());
         let all: Vec<_> = tree.iter().map(|e| e.unwrap()).collect();
