@@ -309,6 +309,25 @@ mod tests {
     use crate::domain::{ItemBatch, ItemName, ReplicatedBatch, RunRecord, SeenBatch, StoredItem};
     use serde_json::json;
 
+    /// Opens the store in `dir`, which a store dropped a moment ago may
+    /// still lock: sled frees a dropped database's structures, and with them
+    /// its file, when its epoch-based collector gets to them, which another
+    /// thread may do a little later. So the lock is waited for (bounded).
+    fn open(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir, 1 << 20) {
+                Err(StoreError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     fn batch(source: &str, prices: &[(&str, i64)]) -> ItemBatch {
         ItemBatch {
             source: source.into(),
@@ -329,7 +348,7 @@ mod tests {
     #[test]
     fn pages_copy_stored_items_and_re_encode_older_ones_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         let gen0 = store.items_generation("books");
         store
             .apply_batch(&batch("s", &[("a", 1), ("b", 2)]))
@@ -444,7 +463,7 @@ mod tests {
                 .count()
         };
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = open(dir.path());
             store.apply_batch(&batch("a", &[("u1", 1)])).unwrap();
             store.apply_batch(&batch("a", &[("u2", 2)])).unwrap();
             assert_eq!(stored(&store), 0, "two pages, nothing in sled yet");
@@ -463,7 +482,7 @@ mod tests {
             assert_eq!(stored(&store), 4, "a flush applies first");
             assert!(store.durable("books"));
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         let (items, _) = store.items("books", None, 10, |_| true).unwrap();
         assert_eq!(items.len(), 4, "everything flushed survives a reopen");
     }
@@ -472,7 +491,7 @@ mod tests {
     fn upserts_never_duplicate_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = open(dir.path());
             let out = store
                 .apply_batch(&batch("a", &[("u1", 1), ("u2", 2), ("u1", 1)]))
                 .unwrap();
@@ -485,7 +504,7 @@ mod tests {
             assert_eq!(out.taken_from.get("a"), Some(&1));
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         let (total, per_source) = store.count_items("books").unwrap();
         assert_eq!(total, 2);
         assert_eq!(per_source.get("a"), Some(&1));
@@ -507,8 +526,7 @@ mod tests {
     #[test]
     fn the_log_serves_what_it_keeps_and_says_when_it_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20)
-            .unwrap()
+        let store = open(dir.path())
             .with_log_retained(3);
         for seq in 1..=5 {
             let url = format!("u{seq}");
@@ -546,7 +564,7 @@ mod tests {
     #[test]
     fn unchanged_items_are_logged_by_name_and_pulled_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         let first = numbered("A", 1, batch("a", &[("u1", 1), ("u2", 2), ("u3", 3)]));
         store.apply_replicated(&first).unwrap();
         // The same page again, one item changed and one new.
@@ -583,7 +601,7 @@ mod tests {
         assert_eq!(keys, want);
         // A peer applying the pulled log ends as this store is.
         let peer_dir = tempfile::tempdir().unwrap();
-        let peer = Store::open(peer_dir.path(), 1 << 20).unwrap();
+        let peer = open(peer_dir.path());
         for rb in pulled(0) {
             peer.apply_replicated(&rb).unwrap();
         }
@@ -602,7 +620,7 @@ mod tests {
     #[test]
     fn items_seen_by_name_move_last_seen_only_if_stored_as_named() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         let first = numbered("A", 1, batch("a", &[("u1", 1), ("u2", 2)]));
         store.apply_replicated(&first).unwrap();
         let later = first.batch.fetched_at + chrono::Duration::seconds(1);
@@ -665,7 +683,7 @@ mod tests {
         newer.fetched_at = t0 + chrono::Duration::seconds(1);
         let read = |first: &ItemBatch, second: &ItemBatch| {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = open(dir.path());
             store.apply_batch(first).unwrap();
             store.apply_batch(second).unwrap();
             let (items, _) = store.items("books", None, 10, |_| true).unwrap();
@@ -678,11 +696,11 @@ mod tests {
         assert_eq!(read(&older, &newer), read(&newer, &older));
         // A snapshot copy merges the same way: the later observation wins.
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         store.apply_batch(&newer).unwrap();
         let (mine, _) = store.items("books", None, 10, |_| true).unwrap();
         let other = tempfile::tempdir().unwrap();
-        let peer = Store::open(other.path(), 1 << 20).unwrap();
+        let peer = open(other.path());
         peer.apply_batch(&older).unwrap();
         let (theirs, _) = peer.items("books", None, 10, |_| true).unwrap();
         let heads = BTreeMap::from([("A".to_string(), 7)]);
@@ -696,8 +714,7 @@ mod tests {
     #[test]
     fn the_change_feed_records_inserts_and_changes_in_order_and_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20)
-            .unwrap()
+        let store = open(dir.path())
             .with_changes_kept(4);
         let mut watch = store.watch_changes("books");
         store
@@ -742,8 +759,7 @@ mod tests {
         // Sequences survive a reopen, and only the newest are kept, by
         // whole records (one per write).
         drop(store);
-        let store = Store::open(dir.path(), 1 << 20)
-            .unwrap()
+        let store = open(dir.path())
             .with_changes_kept(4);
         let seqs = |store: &Store| -> Vec<u64> {
             let feed = store.changes_after("books", 0, 10).unwrap();
@@ -837,7 +853,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         check(&store, &[1, 2], 2, 2);
         assert_eq!(store.collections().unwrap().len(), 1);
         let out = store
@@ -847,7 +863,7 @@ mod tests {
         check(&store, &[1, 2, 3, 4], 3, 3);
         store.flush().unwrap();
         drop(store);
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         assert_eq!(store.count_items("books").unwrap().0, 3);
         let feed = store.changes_after("books", 2, 10).unwrap();
         assert_eq!(feed.len(), 2);
@@ -868,7 +884,7 @@ mod tests {
                 .count()
         };
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = open(dir.path());
             store
                 .apply_batch(&at(0, batch("a", &[("u1", 1), ("u2", 2)])))
                 .unwrap();
@@ -903,7 +919,7 @@ mod tests {
             store.flush().unwrap();
         }
         // Reopened: the directory is loaded again, seen records included.
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         let (items, _) = store.items("books", None, 10, |_| true).unwrap();
         assert!(items
             .iter()
@@ -938,7 +954,7 @@ mod tests {
     #[test]
     fn paging_walks_every_item_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         let urls: Vec<String> = (0..25).map(|i| format!("u{i}")).collect();
         let pairs: Vec<(&str, i64)> = urls.iter().map(|u| (u.as_str(), 1)).collect();
         store.apply_batch(&batch("a", &pairs)).unwrap();
@@ -960,7 +976,7 @@ mod tests {
     #[test]
     fn run_history_is_bounded_and_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open(dir.path());
         let t0 = Utc::now();
         let n = 2000;
         for i in 0..n {
