@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::items::CHANGE_TAG;
 use super::writes::Writes;
-use super::{decode, Result, Store};
+use super::{Result, Store};
 use crate::domain::StoredItem;
 
 /// Changes kept per collection: older ones are dropped.
@@ -170,9 +170,9 @@ impl Store {
                         break 'records;
                     }
                     // Items are never deleted; a missing one is skipped.
-                    if let Some(bytes) = tree.get(key)? {
-                        let mut item: StoredItem = decode("item", &bytes)?;
-                        self.fresh(collection, &mut item)?;
+                    let key = std::str::from_utf8(key).unwrap_or_default();
+                    if let Some((bytes, seen)) = self.stored_item(collection, key)? {
+                        let item = super::items::decode_item(&bytes, seen)?;
                         out.push(Change { seq, op, item });
                     }
                 }

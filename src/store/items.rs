@@ -2,8 +2,10 @@
 //! to the collection makes, so that one sled `apply_batch` (atomic within a
 //! tree) writes a page without a transaction; the pages a flush covers go
 //! together, in one batch ([`super::writes`]):
-//! - item key (UTF-8) -> [`StoredItem`], written with its hash first so a
-//!   page copies it as stored;
+//! - [`PACK_TAG`]: the items, a write's together ([`super::packs`]), each
+//!   a [`StoredItem`] written with its hash first so a page copies it as
+//!   stored;
+//! - item key (UTF-8) -> [`StoredItem`]: items written before packs;
 //! - [`CHANGE_TAG`]: the change feed ([`super::changes`]);
 //! - [`LOG_TAG`]: the replication log ([`super::log`]);
 //! - [`SEEN_TAG`]: the seen records ([`super::keydir`]);
@@ -21,6 +23,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use super::changes::{change_key, encode_changes};
 use super::keydir::{id_of, seen_key, write_seen, Entry, Id, Keydir};
 use super::log::log_key;
-use super::writes::Writes;
+use super::packs::{self, Stored, UNSTORED};
+use super::writes::{self, Writes};
 use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
 use serde_json::value::RawValue;
 
@@ -47,6 +51,8 @@ pub(super) const LOG_TAG: u8 = 0xFA;
 pub(super) const SEEN_TAG: u8 = 0xFB;
 /// The collection's summary.
 pub(super) const META_KEY: &[u8] = &[0xFC];
+/// Packs' keys begin with this byte.
+pub(super) const PACK_TAG: u8 = 0xFD;
 
 /// What one batch did to a collection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,12 +116,33 @@ pub struct CollectionMeta {
     pub heads: BTreeMap<String, u64>,
 }
 
+/// A newer last_seen and source than an item's stored ones, from the key
+/// directory.
+pub(super) type Seen = Option<(DateTime<Utc>, std::sync::Arc<str>)>;
+
+/// What the key directory says of `e`'s last_seen and source, if it says
+/// more than the stored item.
+fn seen_of(e: &Entry) -> Seen {
+    (e.record != 0).then(|| (e.last_seen, e.source.clone()))
+}
+
+/// A stored item read from its bytes, with the key directory's newer
+/// last_seen and source.
+pub(super) fn decode_item(bytes: &[u8], seen: Seen) -> Result<StoredItem> {
+    let mut item: StoredItem = decode("item", bytes)?;
+    if let Some((at, source)) = seen {
+        item.last_seen = at;
+        item.source = source.to_string();
+    }
+    Ok(item)
+}
+
 /// One stored item, as the store holds it.
 pub struct ItemBytes<'a> {
     pub(super) key: &'a [u8],
     pub(super) bytes: &'a [u8],
     /// A newer last_seen and source than stored (see the key directory).
-    pub(super) seen: Option<(DateTime<Utc>, std::sync::Arc<str>)>,
+    pub(super) seen: Seen,
 }
 
 /// `{"hash":"` + 32 hex characters + `",`: how every item written since
@@ -236,18 +263,6 @@ fn next_meta(kd: &Keydir, at: DateTime<Utc>) -> CollectionMeta {
     });
     meta.last_update = meta.last_update.max(at);
     meta
-}
-
-/// The items of `tree` whose key sorts after `after` (all without it).
-fn items_after(tree: &sled::Tree, after: Option<&str>) -> sled::Iter {
-    match after {
-        Some(k) => {
-            let mut start = k.as_bytes().to_vec();
-            start.push(0);
-            tree.range(start.as_slice()..ITEMS_END)
-        }
-        None => tree.range(..ITEMS_END),
-    }
 }
 
 impl Store {
@@ -389,7 +404,7 @@ impl Store {
                 self.commit(&batch.collection, tree, kd, writes, &[], Some(meta))?;
                 let mut items = Vec::new();
                 for name in batch.names.iter().filter(|_| expand) {
-                    let stored = super::log::stored_data(tree, &kd.pending, &name.key, &name.hash)?;
+                    let stored = super::log::stored_data(kd.stored(tree, &name.key)?, &name.hash)?;
                     if let Some((data, _)) = stored {
                         items.push(Item {
                             key: name.key.clone(),
@@ -447,6 +462,7 @@ impl Store {
                         last_seen: seen,
                         source: source.clone(),
                         record: 0,
+                        pack: UNSTORED,
                     },
                 );
                 outcome.inserted += 1;
@@ -459,14 +475,14 @@ impl Store {
                 // content; it can only move first_seen back (rare: read it).
                 outcome.unchanged += 1;
                 if seen < e.first_seen {
-                    let e = kd.entries.get_mut(&id).expect("looked up above");
                     let mut old = match full.remove(item.key.as_str()) {
                         Some(p) => p,
-                        None => match kd.pending.get(tree, item.key.as_bytes())? {
+                        None => match kd.stored(tree, &item.key)? {
                             Some(b) => Pending::Read(decode::<StoredItem>("item", &b)?),
                             None => continue,
                         },
                     };
+                    let e = kd.entries.get_mut(&id).expect("looked up above");
                     old.seen(Some(seen), e.last_seen, &e.source);
                     e.first_seen = seen;
                     full.insert(item.key.as_str(), old);
@@ -513,9 +529,8 @@ impl Store {
             stale_records.extend(kd.point(&id, 0));
         }
         let mut writes = Writes::default();
-        for (key, stored) in &full {
-            writes.insert(key.as_bytes(), stored.encode());
-        }
+        let full: Vec<(&str, Vec<u8>)> = full.iter().map(|(k, p)| (*k, p.encode())).collect();
+        kd.pack(&mut writes, &full);
         let changes = ops
             .into_iter()
             .map(|(key, op)| (op, key.as_bytes().to_vec()))
@@ -608,6 +623,8 @@ impl Store {
     ) -> Result<u64> {
         self.in_keydir(collection, |kd, tree| {
             let mut writes = Writes::default();
+            // The copies to store, by key (a later copy of a key wins).
+            let mut full = BTreeMap::new();
             let mut changes = Vec::new();
             let mut stale_records = Vec::new();
             let mut inserted = 0;
@@ -619,8 +636,7 @@ impl Store {
                 }
                 let id = id_of(&copy.key);
                 let mut old = kd
-                    .pending
-                    .get(tree, copy.key.as_bytes())?
+                    .stored(tree, &copy.key)?
                     .map(|b| decode::<StoredItem>("item", &b))
                     .transpose()?;
                 if let (Some(old), Some(e)) = (old.as_mut(), kd.entries.get(&id)) {
@@ -640,9 +656,9 @@ impl Store {
                 if let Some(op) = op {
                     changes.push((op, copy.key.as_bytes().to_vec()));
                 }
-                writes.insert(copy.key.as_bytes(), encode(&merged));
                 let source = kd.name(&merged.source);
                 stale_records.extend(kd.point(&id, 0));
+                let pack = kd.entries.get(&id).map_or(UNSTORED, |e| e.pack);
                 kd.entries.insert(
                     id,
                     Entry {
@@ -652,9 +668,13 @@ impl Store {
                         last_seen: merged.last_seen,
                         source,
                         record: 0,
+                        pack,
                     },
                 );
+                full.insert(copy.key.as_str(), encode(&merged));
             }
+            let full: Vec<(&str, Vec<u8>)> = full.into_iter().collect();
+            kd.pack(&mut writes, &full);
             for n in stale_records {
                 writes.remove(seen_key(n));
             }
@@ -728,47 +748,88 @@ impl Store {
     }
 
     pub fn item(&self, collection: &str, key: &str) -> Result<Option<StoredItem>> {
-        self.read(|| {
-            let Some(b) = self.applied_tree(collection)?.get(key.as_bytes())? else {
-                return Ok(None);
-            };
-            let mut item: StoredItem = decode("item", &b)?;
-            self.fresh(collection, &mut item)?;
-            Ok(Some(item))
+        self.read(|| match self.stored_item(collection, key)? {
+            Some((bytes, seen)) => Ok(Some(decode_item(&bytes, seen)?)),
+            None => Ok(None),
         })
     }
 
+    /// An item's stored bytes, and the newer last_seen and source than
+    /// stored that the key directory holds, if any.
+    pub(super) fn stored_item(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<(Stored, Seen)>> {
+        let slot = self.keydir(collection)?;
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        self.apply_pending(collection, &mut guard)?;
+        let Some(kd) = guard.as_ref() else {
+            return Ok(None);
+        };
+        let Some(e) = kd.entries.get(&id_of(key)) else {
+            return Ok(None);
+        };
+        let tree = self.items_tree(collection)?;
+        let stored = packs::read(&tree, &writes::NONE, key, e.pack)?;
+        Ok(stored.map(|b| (b, seen_of(e))))
+    }
+
     /// Visits the items in key order after `after`, as stored, until
-    /// `visit` returns false.
+    /// `visit` returns false. The key directory says which keys come next
+    /// and where their items are, a few hundred at a time, and is not held
+    /// while they are read and visited.
     pub fn each_item(
         &self,
         collection: &str,
         after: Option<&str>,
         mut visit: impl FnMut(ItemBytes<'_>) -> Result<bool>,
     ) -> Result<()> {
+        const KEYS_AT_ONCE: usize = 256;
         self.guard.readable()?;
         let slot = self.keydir(collection)?;
-        for entry in items_after(&self.applied_tree(collection)?, after) {
-            let (key, bytes) = entry?;
-            let seen = {
-                let kd = slot.lock().unwrap_or_else(|e| e.into_inner());
-                kd.as_ref()
-                    .and_then(|kd| {
-                        kd.entries
-                            .get(&id_of(std::str::from_utf8(&key).unwrap_or_default()))
+        let tree = self.items_tree(collection)?;
+        let mut after: Option<Box<str>> = after.map(Into::into);
+        loop {
+            let next: Vec<(Box<str>, u64, Seen)> = {
+                let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+                self.apply_pending(collection, &mut guard)?;
+                let Some(kd) = guard.as_ref() else {
+                    return Ok(());
+                };
+                let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                kd.order
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .take(KEYS_AT_ONCE)
+                    .filter_map(|k| {
+                        let e = kd.entries.get(&id_of(k))?;
+                        Some((k.clone(), e.pack, seen_of(e)))
                     })
-                    .filter(|e| e.record != 0)
-                    .map(|e| (e.last_seen, e.source.clone()))
+                    .collect()
             };
-            if !visit(ItemBytes {
-                key: &key,
-                bytes: &bytes,
-                seen,
-            })? {
-                break;
+            let Some((last, _, _)) = next.last() else {
+                return Ok(());
+            };
+            after = Some(last.clone());
+            for (key, pack, seen) in next {
+                let (bytes, seen) = match packs::read(&tree, &writes::NONE, &key, pack)? {
+                    Some(bytes) => (bytes, seen),
+                    // Written again since, and its pack gone: where it is now.
+                    None => match self.stored_item(collection, &key)? {
+                        Some(found) => found,
+                        None => continue,
+                    },
+                };
+                let item = ItemBytes {
+                    key: key.as_bytes(),
+                    bytes: &bytes,
+                    seen,
+                };
+                if !visit(item)? {
+                    return Ok(());
+                }
             }
         }
-        Ok(())
     }
 
     /// Up to `limit` items in key order after `after`, keeping those `keep`
@@ -782,11 +843,7 @@ impl Store {
     ) -> Result<(Vec<StoredItem>, bool)> {
         let (mut out, mut more) = (Vec::with_capacity(limit.min(1024)), false);
         self.each_item(collection, after, |bytes| {
-            let mut item: StoredItem = decode("item", bytes.bytes)?;
-            if let Some((at, source)) = &bytes.seen {
-                item.last_seen = *at;
-                item.source = source.to_string();
-            }
+            let item = decode_item(bytes.bytes, bytes.seen)?;
             if !keep(&item) {
                 return Ok(true);
             }

@@ -19,16 +19,16 @@
 //! Readers ([`Store::each_item`] and the others) show the directory's
 //! last_seen and source where a record holds them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::items::{CollectionMeta, ITEMS_END, SEEN_TAG};
+use super::packs::{pack_key, UNDER_KEY};
 use super::writes::Writes;
 use super::{decode, Result, Store};
-use crate::domain::StoredItem;
 
 /// A seen record's key.
 pub(super) fn seen_key(record: u64) -> [u8; 9] {
@@ -75,6 +75,8 @@ pub(super) struct Entry {
     /// The seen record holding a newer last_seen and source than the stored
     /// item (0: the stored item is current).
     pub record: u64,
+    /// The pack holding the stored item (see `packs`).
+    pub pack: u64,
 }
 
 /// One collection's directory.
@@ -95,6 +97,12 @@ pub(super) struct Keydir {
     pub last_change: u64,
     /// Writes made to the collection and not yet applied to sled.
     pub pending: Writes,
+    /// Per pack: how many items it holds for which it is the newest word.
+    pub(super) packs: HashMap<u64, u32>,
+    /// The last pack number used.
+    pub(super) last_pack: u64,
+    /// Every key, in order: what queries walk.
+    pub(super) order: BTreeSet<Box<str>>,
 }
 
 /// A collection's directory, loaded on first use.
@@ -140,6 +148,26 @@ impl Keydir {
             return Some(old);
         }
         None
+    }
+
+    /// Adds a stored item, found in `pack`, to the directory (over what it
+    /// said of the key before: a later pack says more).
+    fn load_item(&mut self, key: &str, bytes: &[u8], pack: u64) -> Result<()> {
+        let head: Head = decode("item", bytes)?;
+        let source = self.name(&head.source);
+        let entry = Entry {
+            hash: id_of(&head.hash),
+            version: head.version,
+            first_seen: head.first_seen,
+            last_seen: head.last_seen,
+            source,
+            record: 0,
+            pack,
+        };
+        if self.entries.insert(id_of(key), entry).is_none() {
+            self.order.insert(key.into());
+        }
+        Ok(())
     }
 
     /// Per source, how many items it last wrote.
@@ -246,7 +274,7 @@ impl Store {
     /// Applies a collection's pending writes to its tree in one sled batch
     /// (see `writes`). On failure the directory is forgotten, as it says
     /// more than sled holds.
-    fn apply_pending(&self, collection: &str, slot: &mut Option<Keydir>) -> Result<()> {
+    pub(super) fn apply_pending(&self, collection: &str, slot: &mut Option<Keydir>) -> Result<()> {
         let Some(kd) = slot.as_mut().filter(|kd| !kd.pending.is_empty()) else {
             return Ok(());
         };
@@ -293,22 +321,22 @@ impl Store {
     fn load_keydir(&self, collection: &str) -> Result<Keydir> {
         let mut kd = Keydir::default();
         let tree = self.items_tree(collection)?;
+        // Items under their own keys (written before packs), then the
+        // packs in order: a later pack says more.
         for entry in tree.range(..ITEMS_END) {
             let (k, v) = entry?;
-            let head: Head = decode("item", &v)?;
-            let source = kd.name(&head.source);
-            kd.entries.insert(
-                id_of(std::str::from_utf8(&k).unwrap_or_default()),
-                Entry {
-                    hash: id_of(&head.hash),
-                    version: head.version,
-                    first_seen: head.first_seen,
-                    last_seen: head.last_seen,
-                    source,
-                    record: 0,
-                },
-            );
+            kd.load_item(std::str::from_utf8(&k).unwrap_or_default(), &v, UNDER_KEY)?;
         }
+        let mut packs = Vec::new();
+        for entry in tree.range(pack_key(0)..=pack_key(u64::MAX)) {
+            let (k, v) = entry?;
+            let n = super::changes::seq_of(&k[1..]);
+            packs.push(n);
+            for (key, at) in super::packs::entries(&v) {
+                kd.load_item(std::str::from_utf8(key).unwrap_or_default(), &v[at], n)?;
+            }
+        }
+        let stale_packs = kd.count_packs(&packs);
         let mut records = Vec::new();
         for entry in tree.range(seen_key(0)..=seen_key(u64::MAX)) {
             let (k, v) = entry?;
@@ -354,36 +382,15 @@ impl Store {
                 any = true;
             }
         }
+        // Packs no item needs (none, unless a write of an earlier version failed half way).
+        for n in stale_packs {
+            stale.remove(&pack_key(n));
+            any = true;
+        }
         if any && self.guard.writable().is_ok() {
             tree.apply_batch(stale)?;
         }
         Ok(kd)
-    }
-
-    /// Shows a stored item as the directory knows it (its newest last_seen
-    /// and source).
-    pub(super) fn fresh(&self, collection: &str, item: &mut StoredItem) -> Result<()> {
-        if let Some((at, source)) = self.seen_of(collection, &item.key)? {
-            item.last_seen = at;
-            item.source = source.to_string();
-        }
-        Ok(())
-    }
-
-    /// The newer last_seen and source than stored that a seen record holds
-    /// for `key`, if any.
-    pub(super) fn seen_of(
-        &self,
-        collection: &str,
-        key: &str,
-    ) -> Result<Option<(DateTime<Utc>, Arc<str>)>> {
-        let slot = self.keydir(collection)?;
-        let kd = slot.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(kd
-            .as_ref()
-            .and_then(|kd| kd.entries.get(&id_of(key)))
-            .filter(|e| e.record != 0)
-            .map(|e| (e.last_seen, e.source.clone())))
     }
 }
 

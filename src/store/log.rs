@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::items::{ITEMS_END, LOG_TAG};
-use super::writes::{self, Writes};
+use super::items::LOG_TAG;
+use super::packs::Stored;
 use super::{decode, BatchOutcome, Result, Store};
 use crate::domain::{Item, ItemBatch, ReplicatedBatch};
 
@@ -164,7 +164,8 @@ impl Store {
             if out.is_empty() && logged.seq != after + 1 {
                 return Ok(LogSlice::Truncated { first: logged.seq });
             }
-            let (rb, size) = whole(&log, logged, v.len())?;
+            let read = |key: &str| Ok(self.stored_item(collection, key)?.map(|(b, _)| b));
+            let (rb, size) = whole(read, logged, v.len())?;
             if !out.is_empty() && bytes + size > max_bytes {
                 break;
             }
@@ -185,18 +186,13 @@ impl Store {
     }
 }
 
-/// The data of the item stored under `key` in a collection's tree, and
-/// the stored item's length, if it is stored with content hash `hash`.
+/// The data of a stored item, and its stored length, if it is stored with
+/// content hash `hash`.
 pub(super) fn stored_data(
-    tree: &sled::Tree,
-    pending: &Writes,
-    key: &str,
+    stored: Option<Stored>,
     hash: &str,
 ) -> Result<Option<(Map<String, Value>, usize)>> {
-    if key.as_bytes() >= ITEMS_END {
-        return Ok(None);
-    }
-    let Some(bytes) = pending.get(tree, key.as_bytes())? else {
+    let Some(bytes) = stored else {
         return Ok(None);
     };
     let stored: StoredData = decode("item", &bytes)?;
@@ -206,13 +202,17 @@ pub(super) fn stored_data(
 /// A log entry with its named items' data read from the collection's tree
 /// (those whose stored hash is no longer the named one left out, see the
 /// module's notes), and about how many bytes it takes whole.
-fn whole(tree: &sled::Tree, logged: Logged, stored_len: usize) -> Result<(ReplicatedBatch, usize)> {
+fn whole(
+    read: impl Fn(&str) -> Result<Option<Stored>>,
+    logged: Logged,
+    stored_len: usize,
+) -> Result<(ReplicatedBatch, usize)> {
     let mut size = stored_len;
     let mut items = Vec::with_capacity(logged.batch.items.len());
     for item in logged.batch.items {
         let data = match (item.data, item.hash) {
             (Some(data), _) => data,
-            (None, Some(hash)) => match stored_data(tree, &writes::NONE, &item.key, &hash)? {
+            (None, Some(hash)) => match stored_data(read(&item.key)?, &hash)? {
                 Some((data, len)) => {
                     size += len;
                     data

@@ -37,6 +37,7 @@ mod items;
 mod keydir;
 mod log;
 mod migrate;
+mod packs;
 mod pages;
 mod runs;
 mod sources;
@@ -456,11 +457,11 @@ mod tests {
     fn writes_wait_in_memory_until_a_flush_or_a_reader_needs_them() {
         let dir = tempfile::tempdir().unwrap();
         let stored = |store: &Store| {
-            store
-                .items_tree("books")
-                .unwrap()
-                .range(..items::ITEMS_END)
-                .count()
+            let tree = store.items_tree("books").unwrap();
+            let packs = tree.range(packs::pack_key(0)..=packs::pack_key(u64::MAX));
+            packs
+                .map(|p| packs::entries(&p.unwrap().1).count())
+                .sum::<usize>()
         };
         {
             let store = open(dir.path());
@@ -526,8 +527,7 @@ mod tests {
     #[test]
     fn the_log_serves_what_it_keeps_and_says_when_it_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path())
-            .with_log_retained(3);
+        let store = open(dir.path()).with_log_retained(3);
         for seq in 1..=5 {
             let url = format!("u{seq}");
             store
@@ -714,8 +714,7 @@ mod tests {
     #[test]
     fn the_change_feed_records_inserts_and_changes_in_order_and_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path())
-            .with_changes_kept(4);
+        let store = open(dir.path()).with_changes_kept(4);
         let mut watch = store.watch_changes("books");
         store
             .apply_batch(&batch("a", &[("u1", 1), ("u2", 2)]))
@@ -759,8 +758,7 @@ mod tests {
         // Sequences survive a reopen, and only the newest are kept, by
         // whole records (one per write).
         drop(store);
-        let store = open(dir.path())
-            .with_changes_kept(4);
+        let store = open(dir.path()).with_changes_kept(4);
         let seqs = |store: &Store| -> Vec<u64> {
             let feed = store.changes_after("books", 0, 10).unwrap();
             feed.iter().map(|c| c.seq).collect()
@@ -868,6 +866,89 @@ mod tests {
         let feed = store.changes_after("books", 2, 10).unwrap();
         assert_eq!(feed.len(), 2);
         assert_eq!(store.heads_of("books").unwrap()["A"], 3);
+    }
+
+    #[test]
+    fn items_written_together_share_a_pack_that_goes_once_no_item_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Utc::now();
+        let at = |secs: i64, b: ItemBatch| ItemBatch {
+            fetched_at: t0 + chrono::Duration::seconds(secs),
+            ..b
+        };
+        let packed = |store: &Store| -> Vec<usize> {
+            let tree = store.applied_tree("books").unwrap();
+            let packs = tree.range(packs::pack_key(0)..=packs::pack_key(u64::MAX));
+            packs
+                .map(|p| packs::entries(&p.unwrap().1).count())
+                .collect()
+        };
+        let prices = |store: &Store| -> Vec<(String, i64)> {
+            let (items, _) = store.items("books", None, 10, |_| true).unwrap();
+            let price = |i: &StoredItem| i.data["price"].as_i64().unwrap();
+            items
+                .iter()
+                .map(|i| (i.data["url"].to_string(), price(i)))
+                .collect()
+        };
+        {
+            // An item written before packs, under its own key.
+            let old = Item::new(
+                json!({"url": "u0", "price": 7})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                &["url".into()],
+            );
+            let stored = StoredItem {
+                key: old.key.clone(),
+                hash: old.content_hash(),
+                data: old.data,
+                first_seen: t0,
+                last_seen: t0,
+                version: 1,
+                source: "a".into(),
+            };
+            let store = open(dir.path());
+            let tree = store.items_tree("books").unwrap();
+            tree.insert(stored.key.as_bytes(), encode(&stored)).unwrap();
+            let page = batch("a", &[("u1", 1), ("u2", 2), ("u3", 3)]);
+            store.apply_batch(&at(1, page)).unwrap();
+            assert_eq!(packed(&store), [3], "a page's items, one pack");
+            // Two of the three change: the first pack keeps the third.
+            let page = batch("a", &[("u1", 10), ("u2", 20), ("u0", 70)]);
+            store.apply_batch(&at(2, page)).unwrap();
+            assert_eq!(packed(&store), [3, 3]);
+            assert!(
+                tree.get(stored.key.as_bytes()).unwrap().is_none(),
+                "moved into the pack"
+            );
+            // The third changes too: nothing needs the first pack any more.
+            store
+                .apply_batch(&at(3, batch("a", &[("u3", 30)])))
+                .unwrap();
+            assert_eq!(packed(&store), [3, 1]);
+            let want = [("u0", 70), ("u1", 10), ("u2", 20), ("u3", 30)];
+            let want: Vec<(String, i64)> =
+                want.iter().map(|(u, p)| (format!("{u:?}"), *p)).collect();
+            let mut got = prices(&store);
+            got.sort();
+            assert_eq!(got, want);
+            let one = store.item("books", &batch("a", &[("u2", 0)]).items[0].key);
+            assert_eq!(one.unwrap().unwrap().version, 2);
+            store.flush().unwrap();
+        }
+        // The key directory is rebuilt from the packs, a later one winning.
+        let store = open(dir.path());
+        let mut got = prices(&store);
+        got.sort();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0].1, 70);
+        assert_eq!(store.count_items("books").unwrap().0, 4);
+        assert_eq!(packed(&store), [3, 1]);
+        let page = batch("b", &[("u1", 10), ("u2", 20), ("u0", 70), ("u3", 30)]);
+        let out = store.apply_batch(&at(4, page)).unwrap();
+        assert_eq!((out.unchanged, out.changed, out.inserted), (4, 0, 0));
     }
 
     #[test]
