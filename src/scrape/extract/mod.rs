@@ -397,7 +397,12 @@ fn extract_html(
     key: &[String],
     limits: &Limits,
 ) -> Result<(Page, Report), ExtractError> {
-    let text = String::from_utf8_lossy(body);
+    // Valid UTF-8 (nearly every page) is checked by the faster validator;
+    // only a page with invalid bytes pays for their replacement.
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(body),
+    };
     let doc = parse_gated(&text, limits.max_depth)?;
     // A `<base href>` is itself resolved against the page URL; an unusable
     // one (unparseable, or not http/https) leaves the page URL as the base.

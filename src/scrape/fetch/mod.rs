@@ -697,7 +697,11 @@ impl Fetcher {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let mut body = BytesMut::new();
+        // Sized once when the length is known (and within the limit), so
+        // the body is not copied again as it grows.
+        let expected = response.content_length().filter(|_| !encoded);
+        let mut body =
+            BytesMut::with_capacity(expected.map_or(0, |n| n.min(limit as u64) as usize));
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             if body.len() + chunk.len() > limit {
                 return Err(FetchError::TooLarge { limit });
