@@ -135,15 +135,17 @@ impl Keydir {
     }
 
     /// Counts the items in each pack from the entries (after a load), and
-    /// returns the packs of `found` that no item needs.
+    /// returns the packs of `found` (every pack in the tree) that no item
+    /// needs. Numbering goes on past all of `found`, so a new pack never
+    /// takes the number of one still in the tree.
     pub fn count_packs(&mut self, found: &[u64]) -> Vec<u64> {
         self.packs.clear();
         for e in self.entries.values() {
             if e.pack != UNDER_KEY && e.pack != UNSTORED {
                 *self.packs.entry(e.pack).or_default() += 1;
-                self.last_pack = self.last_pack.max(e.pack);
             }
         }
+        self.last_pack = found.iter().copied().max().unwrap_or(0);
         found
             .iter()
             .copied()
