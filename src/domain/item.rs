@@ -239,30 +239,6 @@ impl<'a> ReplicatedBatchOut<'a> {
     }
 }
 
-impl<'a> ReplicatedBatchOut<'a> {
-    /// A [`SeenBatch`] numbered `seq` by `origin`, every item named.
-    pub fn seen(origin: &'a str, seq: u64, batch: &'a SeenBatch) -> Self {
-        ReplicatedBatchOut {
-            origin,
-            seq,
-            batch: ItemBatchOut {
-                source: &batch.source,
-                collection: &batch.collection,
-                fetched_at: batch.fetched_at,
-                items: batch
-                    .names
-                    .iter()
-                    .map(|n| ItemOut {
-                        key: &n.key,
-                        data: None,
-                        hash: Some(&n.hash),
-                    })
-                    .collect(),
-            },
-        }
-    }
-}
-
 /// How an item of a [`ReplicatedBatchOut`] is written.
 #[derive(Debug, Clone, Copy)]
 pub enum Logged<'a> {

@@ -27,7 +27,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::Serialize;
 
-use super::endpoint::{CollectionSummary, EndpointMsg};
+use super::endpoint::{CollectionSummary, Counted, EndpointMsg};
 use super::replicator::ReplicatorMsg;
 use crate::cluster::handle::Answer;
 use crate::cluster::wire::{Request, Response};
@@ -95,16 +95,16 @@ pub struct AggregatorStats {
 pub struct AggregatorState {
     args: AggregatorArgs,
     stats: AggregatorStats,
-    by_source: BTreeMap<String, u64>,
 }
 
 impl AggregatorState {
-    fn summary(&self) -> CollectionSummary {
+    /// The summary, with the items per source read from the store.
+    fn summary(&self, by_source: BTreeMap<String, u64>) -> CollectionSummary {
         CollectionSummary {
             name: self.stats.collection.clone(),
             items: self.stats.items,
             last_update: self.stats.last_update,
-            by_source: self.by_source.clone(),
+            by_source,
         }
     }
 
@@ -135,17 +135,16 @@ impl AggregatorState {
             s.last_update = Some(s.last_update.map_or(at, |t| t.max(at)));
         }
         let moved: u64 = outcome.taken_from.values().sum();
-        for (from, n) in &outcome.taken_from {
-            if let Some(c) = self.by_source.get_mut(from) {
-                *c = c.saturating_sub(*n);
-            }
-        }
-        *self.by_source.entry(source.to_owned()).or_default() += outcome.inserted + moved;
-        self.by_source.retain(|_, n| *n > 0);
         let _ = self
             .args
             .endpoint
-            .cast(EndpointMsg::Updated(self.summary()));
+            .cast(EndpointMsg::Counted(Box::new(Counted {
+                items: s.items,
+                last_update: s.last_update,
+                source: source.to_owned(),
+                added: outcome.inserted + moved,
+                taken_from: outcome.taken_from.clone(),
+            })));
         self.args.events.publish(Event::CollectionUpdated {
             collection: self.stats.collection.clone(),
             items: self.stats.items,
@@ -216,11 +215,10 @@ impl AggregatorState {
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
         self.stats.items = items;
-        self.by_source = by_source;
         let _ = self
             .args
             .endpoint
-            .cast(EndpointMsg::Updated(self.summary()));
+            .cast(EndpointMsg::Updated(self.summary(by_source)));
         Ok(())
     }
 }
@@ -252,13 +250,12 @@ impl Actor for Aggregator {
                 heads,
                 ..AggregatorStats::default()
             },
-            by_source,
             args,
         };
         let _ = state
             .args
             .endpoint
-            .cast(EndpointMsg::Updated(state.summary()));
+            .cast(EndpointMsg::Updated(state.summary(by_source)));
         Ok(state)
     }
 

@@ -22,7 +22,7 @@
 //! Upserts by key, snapshot copies from peers, and the reads behind queries.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
@@ -37,7 +37,7 @@ use super::{decode, encode, ChangeOp, Generations, Result, Store, StoreError};
 use serde_json::value::RawValue;
 
 use crate::domain::item::{Logged, ReplicatedBatchOut, StoredItemOut};
-use crate::domain::{Item, ItemBatch, ItemName, ItemRef, ReplicatedBatch, SeenBatch, StoredItem};
+use crate::domain::{Item, ItemBatch, ItemRef, ReplicatedBatch, SeenBatch, StoredItem};
 
 const ITEMS_PREFIX: &str = "items:";
 
@@ -53,6 +53,10 @@ pub(super) const SEEN_TAG: u8 = 0xFB;
 pub(super) const META_KEY: &[u8] = &[0xFC];
 /// Packs' keys begin with this byte.
 pub(super) const PACK_TAG: u8 = 0xFD;
+/// Log entries past the retention are removed by their keys when at most
+/// this many are due (a batch makes one due); more (after a snapshot raised
+/// the heads, say) are found by a scan of the origin's oldest entries.
+const TRIM_BY_KEY: u64 = 64;
 
 /// What one batch did to a collection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,8 +300,9 @@ impl Store {
                     }
                 });
                 let entry = encode(&ReplicatedBatchOut::of(rb, logged));
-                let (read, at) = ((tree, &kd.pending), (rb.origin.as_str(), rb.seq));
-                self.log_batch(read, &mut plan.writes, &mut meta, at, entry)?;
+                let log = (tree, &kd.pending, &mut kd.log_low);
+                let at = (rb.origin.as_str(), rb.seq);
+                self.log_batch(log, &mut plan.writes, &mut meta, at, entry)?;
             }
             let changes = &plan.changes;
             self.commit(collection, tree, kd, plan.writes, changes, Some(meta))?;
@@ -330,10 +335,10 @@ impl Store {
     /// Adds a batch's log entry to `writes` (and the removal of the
     /// origin's entries past the retention), and raises the origin's head
     /// in `meta`. The tree is read through the collection's `pending`
-    /// writes.
+    /// writes; `low` holds, per origin, the oldest entry that may be left.
     fn log_batch(
         &self,
-        (tree, pending): (&sled::Tree, &Writes),
+        (tree, pending, low): (&sled::Tree, &Writes, &mut HashMap<String, u64>),
         writes: &mut Writes,
         meta: &mut CollectionMeta,
         (origin, seq): (&str, u64),
@@ -342,10 +347,31 @@ impl Store {
         let h = meta.heads.entry(origin.to_owned()).or_default();
         *h = (*h).max(seq);
         writes.insert(log_key(origin, seq), entry);
-        if seq > self.log_retained {
-            let cut = seq - self.log_retained;
-            for k in pending.keys(tree, &log_key(origin, 0), &log_key(origin, cut)) {
-                writes.remove(k?);
+        let Some(cut) = seq.checked_sub(self.log_retained).filter(|c| *c > 0) else {
+            return Ok(());
+        };
+        // Entries up to `cut` go. Once the oldest one left is known, the
+        // next are removed by their keys (one a batch): a scan from the
+        // origin's first key would read the log's oldest leaf, long out of
+        // sled's cache, for every batch of a node that has logged more than
+        // the retention.
+        match low.get(origin) {
+            Some(&from) if from > cut => {}
+            Some(&from) if cut - from < TRIM_BY_KEY => {
+                for s in from..=cut {
+                    writes.remove(log_key(origin, s));
+                }
+            }
+            _ => {
+                for k in pending.keys(tree, &log_key(origin, 0), &log_key(origin, cut)) {
+                    writes.remove(k?);
+                }
+            }
+        }
+        match low.get_mut(origin) {
+            Some(from) => *from = cut + 1,
+            None => {
+                low.insert(origin.to_owned(), cut + 1);
             }
         }
         Ok(())
@@ -369,12 +395,13 @@ impl Store {
         let seen = batch.fetched_at;
         self.write(|| {
             self.in_keydir(&batch.collection, |kd, tree| {
-                let current = |n: &ItemName| {
-                    kd.entries
-                        .get(&id_of(&n.key))
-                        .is_some_and(|e| e.hash == id_of(&n.hash) && e.last_seen <= seen)
+                let ids: Vec<(Id, Id)> = (batch.names.iter())
+                    .map(|n| (id_of(&n.key), id_of(&n.hash)))
+                    .collect();
+                let current = |(key, hash): &(Id, Id)| {
+                    (kd.entries.get(key)).is_some_and(|e| e.hash == *hash && e.last_seen <= seen)
                 };
-                if !batch.names.iter().all(current) {
+                if !ids.iter().all(current) {
                     return Ok(None);
                 }
                 let source = kd.name(&batch.source);
@@ -382,8 +409,7 @@ impl Store {
                 let mut outcome = BatchOutcome::default();
                 let mut seen_keys = Vec::with_capacity(batch.names.len());
                 let mut stale_records = Vec::new();
-                for name in &batch.names {
-                    let id = id_of(&name.key);
+                for &(id, _) in &ids {
                     let e = kd.entries.get_mut(&id).expect("checked above");
                     if e.source != source {
                         *outcome.taken_from.entry(e.source.to_string()).or_default() += 1;
@@ -398,9 +424,9 @@ impl Store {
                 let by = (seen, batch.source.as_str());
                 write_seen(&mut writes, record, by, &seen_keys, stale_records);
                 let mut meta = next_meta(kd, seen);
-                let entry = encode(&ReplicatedBatchOut::seen(origin, seq, batch));
-                let read = (tree, &kd.pending);
-                self.log_batch(read, &mut writes, &mut meta, (origin, seq), entry)?;
+                let entry = super::log::encode_seen(origin, seq, batch);
+                let log = (tree, &kd.pending, &mut kd.log_low);
+                self.log_batch(log, &mut writes, &mut meta, (origin, seq), entry)?;
                 self.commit(&batch.collection, tree, kd, writes, &[], Some(meta))?;
                 let mut items = Vec::new();
                 for name in batch.names.iter().filter(|_| expand) {

@@ -41,27 +41,53 @@ pub(super) fn seen_key(record: u64) -> [u8; 9] {
 pub(super) type Id = [u8; 16];
 
 pub(super) fn id_of(s: &str) -> Id {
-    let b = s.as_bytes();
+    hex_id(s).unwrap_or_else(|| {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&blake3::hash(s.as_bytes()).as_bytes()[..16]);
+        out
+    })
+}
+
+/// The 16 bytes a string of 32 lowercase hex characters spells.
+pub(super) fn hex_id(s: &str) -> Option<Id> {
+    let b: &[u8; 32] = s.as_bytes().try_into().ok()?;
     let mut out = [0u8; 16];
-    let hex = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    if b.len() == 32 {
-        let mut ok = true;
-        for (i, o) in out.iter_mut().enumerate() {
-            match (hex(b[2 * i]), hex(b[2 * i + 1])) {
-                (Some(h), Some(l)) => *o = h << 4 | l,
-                _ => ok = false,
-            }
-        }
-        if ok {
-            return out;
-        }
+    // Every pair is decoded and the misses gathered, without a branch a
+    // character: this runs for each key and hash of every page.
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        let (h, l) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+        bad |= h | l;
+        *o = h << 4 | (l & 15);
     }
-    out.copy_from_slice(&blake3::hash(b).as_bytes()[..16]);
-    out
+    (bad & 0x80 == 0).then_some(out)
+}
+
+/// Each byte's value as a lowercase hex digit, or 0x80 when it is none.
+static NIBBLE: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The 32 lowercase hex characters of an id ([`hex_id`]'s inverse).
+pub(super) fn hex_of(id: &Id) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(id) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
+    String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
 }
 
 /// What the directory knows of one item.
@@ -103,6 +129,9 @@ pub(super) struct Keydir {
     pub(super) last_pack: u64,
     /// Every key, in order: what queries walk.
     pub(super) order: BTreeSet<Box<str>>,
+    /// Per origin, the oldest log entry that may still be stored (every
+    /// one before it was removed); unknown until the origin's first trim.
+    pub(super) log_low: HashMap<String, u64>,
 }
 
 /// A collection's directory, loaded on first use.
@@ -404,6 +433,26 @@ mod tests {
         assert_eq!(id_of(hex)[..3], [0x00, 0x11, 0x22]);
         assert_ne!(id_of("not hex"), id_of("not hex either"));
         assert_eq!(id_of("not hex"), id_of("not hex"));
+        assert_eq!(hex_of(&id_of(hex)), hex);
+        assert_eq!(
+            hex_id("0123456789abcdef0123456789abcdef")
+                .map(|id| hex_of(&id))
+                .as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        // Upper case, other letters, a byte past 0x7f or the wrong length:
+        // not hex, so hashed.
+        for not in [
+            "00112233445566778899AABBCCDDEEFF",
+            "00112233445566778899aabbccddeefg",
+            "0011223344556677889\u{e9}aabbccddeef",
+            "00112233445566778899aabbccddeef",
+            "00112233445566778899aabbccddeeff0",
+        ] {
+            assert_eq!(hex_id(not), None, "{not}");
+            assert_eq!(id_of(not), id_of(not));
+            assert_ne!(id_of(not), id_of(hex));
+        }
     }
 
     #[test]

@@ -18,16 +18,21 @@
 //! `first_seen` was set by an observation before this one (an item is found
 //! unchanged only once seen before). So the named item is left out of the
 //! pulled batch, and peers converge as if it had been sent.
+//!
+//! A batch of items seen again unchanged (a page answered 304) names every
+//! item, and is logged in the store's compact form (see `compact` and
+//! [`encode_seen`]), not as JSON: it is written for every such page.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::compact::{put_len, put_name, put_str, put_time, put_u64, read_all};
 use super::items::LOG_TAG;
 use super::packs::Stored;
 use super::{decode, BatchOutcome, Result, Store};
-use crate::domain::{Item, ItemBatch, ReplicatedBatch};
+use crate::domain::{Item, ItemBatch, ReplicatedBatch, SeenBatch};
 
 /// Batches kept in the log per collection and origin, by default.
 pub const LOG_RETAINED: u64 = 10_000;
@@ -75,6 +80,60 @@ struct LoggedItem {
     /// Named by its content hash, its data left in the collection.
     #[serde(default)]
     hash: Option<String>,
+}
+
+/// The first byte of a seen batch's log entry in its compact form (an
+/// entry stored as JSON starts with `{`).
+const SEEN_V1: u8 = 1;
+
+/// A seen batch's log entry, numbered `seq` by `origin`: [`SEEN_V1`], the
+/// origin, the number, the source, the collection, the time it was
+/// fetched, the number of items and each item's key and hash.
+pub(super) fn encode_seen(origin: &str, seq: u64, batch: &SeenBatch) -> Vec<u8> {
+    let fixed = origin.len() + batch.source.len() + batch.collection.len();
+    let mut out = Vec::with_capacity(48 + fixed + batch.names.len() * 34);
+    out.push(SEEN_V1);
+    put_str(&mut out, origin);
+    put_u64(&mut out, seq);
+    put_str(&mut out, &batch.source);
+    put_str(&mut out, &batch.collection);
+    put_time(&mut out, batch.fetched_at);
+    put_len(&mut out, batch.names.len());
+    for name in &batch.names {
+        put_name(&mut out, &name.key);
+        put_name(&mut out, &name.hash);
+    }
+    out
+}
+
+/// A log entry, JSON or compact.
+fn decode_logged(bytes: &[u8]) -> Result<Logged> {
+    if bytes.first() != Some(&SEEN_V1) {
+        return decode("log entry", bytes);
+    }
+    read_all("log entry", bytes, |r| {
+        let (origin, seq) = (r.str()?, r.u64()?);
+        let (source, collection, fetched_at) = (r.str()?, r.str()?, r.time()?);
+        let (n, room) = r.count(4)?;
+        let mut items = Vec::with_capacity(room);
+        for _ in 0..n {
+            items.push(LoggedItem {
+                key: r.name()?,
+                data: None,
+                hash: Some(r.name()?),
+            });
+        }
+        Some(Logged {
+            origin,
+            seq,
+            batch: LoggedBatch {
+                source,
+                collection,
+                fetched_at,
+                items,
+            },
+        })
+    })
 }
 
 /// A stored item's data (its other members skipped).
@@ -160,7 +219,7 @@ impl Store {
         let range = log_key(origin, after.saturating_add(1))..=log_key(origin, u64::MAX);
         for entry in log.range(range) {
             let (_, v) = entry?;
-            let logged: Logged = decode("log entry", &v)?;
+            let logged = decode_logged(&v)?;
             if out.is_empty() && logged.seq != after + 1 {
                 return Ok(LogSlice::Truncated { first: logged.seq });
             }

@@ -29,6 +29,7 @@
 //! ([`guard`]).
 
 mod changes;
+mod compact;
 mod dropped;
 mod flusher;
 pub mod guard;
@@ -559,6 +560,29 @@ mod tests {
             store.log_after("books", "A", 5, 10, usize::MAX).unwrap(),
             LogSlice::Batches(Vec::new())
         );
+        // Past the retention, each batch removes the oldest entry by its
+        // key; a directory loaded again finds the oldest one by a scan, and
+        // a jump in the numbering (a snapshot raised the head) is scanned too.
+        let log_keys = |store: &Store| {
+            let tree = store.applied_tree("books").unwrap();
+            let range = log::log_key("A", 0)..=log::log_key("A", u64::MAX);
+            tree.range(range).keys().count()
+        };
+        for seq in (6..=9).chain(200..=202) {
+            if seq == 8 {
+                store.drop_keydir("books");
+            }
+            let url = format!("u{seq}");
+            store
+                .apply_replicated(&numbered("A", seq, batch("a", &[(url.as_str(), 1)])))
+                .unwrap();
+            let kept = if seq < 200 { 3 } else { seq - 199 };
+            assert_eq!(log_keys(&store) as u64, kept, "after batch {seq}");
+        }
+        assert_eq!(
+            store.log_after("books", "A", 0, 10, usize::MAX).unwrap(),
+            LogSlice::Truncated { first: 200 }
+        );
     }
 
     #[test]
@@ -666,9 +690,27 @@ mod tests {
         }
         // Logged by name, pulled whole; seen again no later than stored: refused.
         match store.log_after("books", "A", 1, 10, usize::MAX).unwrap() {
-            LogSlice::Batches(b) => assert_eq!(b[0].batch.items, first.batch.items),
+            LogSlice::Batches(b) => {
+                let pulled = (
+                    &b[0].origin,
+                    b[0].seq,
+                    &b[0].batch.source,
+                    b[0].batch.fetched_at,
+                );
+                assert_eq!(pulled, (&"A".to_owned(), 2, &"b".to_owned(), later));
+                assert_eq!(b[0].batch.collection, "books");
+                assert_eq!(b[0].batch.items, first.batch.items);
+            }
             other => panic!("{other:?}"),
         }
+        // The seen batch is logged compactly: about 34 bytes an item.
+        let tree = store.applied_tree("books").unwrap();
+        let raw = tree.get(log::log_key("A", 2)).unwrap().unwrap();
+        assert!(
+            raw[0] != b'{' && raw.len() < 60 + 2 * 34,
+            "{} bytes",
+            raw.len()
+        );
         let mut earlier = seen(names);
         earlier.fetched_at = first.batch.fetched_at;
         assert_eq!(store.apply_seen("A", 3, &earlier, false).unwrap(), None);
