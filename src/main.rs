@@ -10,7 +10,9 @@ use gleaner::settings::{Cli, Command, Settings};
 /// jemalloc instead of glibc's malloc: with a thread per core, the blocking
 /// pool and sled's threads, glibc's per-thread arenas kept freed memory
 /// resident, and malloc itself was a tenth of a node's CPU under load
-/// (bench/profile.sh).
+/// (bench/profile.sh). Built with jemalloc's background thread on (see
+/// Cargo.toml), so memory a burst freed goes back to the OS on an idle node
+/// too; `_RJEM_MALLOC_CONF=background_thread:false` turns it off.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
