@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::keydir::{hex_id, hex_of};
 use super::{Result, StoreError};
+use crate::domain::ItemName;
 
 /// Appends a count or length. The records' strings and lists are far
 /// below 4 GiB (bodies and batches are capped long before).
@@ -54,6 +55,15 @@ pub(super) fn put_name(out: &mut Vec<u8>, s: &str) {
             out.push(1);
             put_str(out, s);
         }
+    }
+}
+
+/// Items named by key and hash: their number, then each key and hash.
+pub(super) fn put_names(out: &mut Vec<u8>, names: &[ItemName]) {
+    put_len(out, names.len());
+    for name in names {
+        put_name(out, &name.key);
+        put_name(out, &name.hash);
     }
 }
 
@@ -113,6 +123,20 @@ impl<'a> Reader<'a> {
             1 => self.str(),
             _ => None,
         }
+    }
+
+    /// Items named by key and hash ([`put_names`]).
+    pub fn names(&mut self) -> Option<Vec<ItemName>> {
+        // A name takes at least two bytes, its key and its hash four.
+        let (n, room) = self.count(4)?;
+        let mut names = Vec::with_capacity(room);
+        for _ in 0..n {
+            names.push(ItemName {
+                key: self.name()?,
+                hash: self.name()?,
+            });
+        }
+        Some(names)
     }
 
     pub fn time(&mut self) -> Option<DateTime<Utc>> {

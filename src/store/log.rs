@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::compact::{put_len, put_name, put_str, put_time, put_u64, read_all};
+use super::compact::{put_names, put_str, put_time, put_u64, read_all};
 use super::items::LOG_TAG;
 use super::packs::Stored;
 use super::{decode, BatchOutcome, Result, Store};
@@ -98,11 +98,7 @@ pub(super) fn encode_seen(origin: &str, seq: u64, batch: &SeenBatch) -> Vec<u8> 
     put_str(&mut out, &batch.source);
     put_str(&mut out, &batch.collection);
     put_time(&mut out, batch.fetched_at);
-    put_len(&mut out, batch.names.len());
-    for name in &batch.names {
-        put_name(&mut out, &name.key);
-        put_name(&mut out, &name.hash);
-    }
+    put_names(&mut out, &batch.names);
     out
 }
 
@@ -114,15 +110,13 @@ fn decode_logged(bytes: &[u8]) -> Result<Logged> {
     read_all("log entry", bytes, |r| {
         let (origin, seq) = (r.str()?, r.u64()?);
         let (source, collection, fetched_at) = (r.str()?, r.str()?, r.time()?);
-        let (n, room) = r.count(4)?;
-        let mut items = Vec::with_capacity(room);
-        for _ in 0..n {
-            items.push(LoggedItem {
-                key: r.name()?,
+        let items = (r.names()?.into_iter())
+            .map(|n| LoggedItem {
+                key: n.key,
                 data: None,
-                hash: Some(r.name()?),
-            });
-        }
+                hash: Some(n.hash),
+            })
+            .collect();
         Some(Logged {
             origin,
             seq,

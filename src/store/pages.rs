@@ -21,9 +21,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::compact::{put_len, put_name, put_opt, put_str, put_u64, read_all};
+use super::compact::{put_len, put_names, put_opt, put_str, put_u64, read_all};
 use super::{decode, encode, Result, Store};
-use crate::domain::item::{ItemName, NamedItems};
+use crate::domain::item::NamedItems;
 use crate::domain::Item;
 
 /// What a page's last full answer said.
@@ -82,11 +82,7 @@ fn encode_memo(memo: &PageMemo) -> Vec<u8> {
         None => out.push(0),
         Some(named) => {
             out.push(1);
-            put_len(&mut out, named.names.len());
-            for name in &named.names {
-                put_name(&mut out, &name.key);
-                put_name(&mut out, &name.hash);
-            }
+            put_names(&mut out, &named.names);
             put_len(&mut out, named.filled.len());
             for (field, n) in &named.filled {
                 put_str(&mut out, field);
@@ -107,15 +103,7 @@ fn decode_memo(bytes: &[u8]) -> Result<PageMemo> {
         let named = match r.byte()? {
             0 => None,
             1 => {
-                // A name takes at least two bytes, its key and its hash four.
-                let (n, room) = r.count(4)?;
-                let mut names = Vec::with_capacity(room);
-                for _ in 0..n {
-                    names.push(ItemName {
-                        key: r.name()?,
-                        hash: r.name()?,
-                    });
-                }
+                let names = r.names()?;
                 let mut filled = std::collections::BTreeMap::new();
                 for _ in 0..r.len()? {
                     let field = r.str()?;
@@ -173,6 +161,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ItemName;
     use crate::store::StoreError;
 
     #[test]
