@@ -67,6 +67,16 @@ pub(super) fn put_names(out: &mut Vec<u8>, names: &[ItemName]) {
     }
 }
 
+/// A count that is usually small: seven bits a byte, low bits first, the
+/// top bit set on every byte but the last (LEB128); at most ten bytes.
+pub(super) fn put_var(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
 /// A timestamp, to the nanosecond: seconds (i64) and nanoseconds (u32).
 pub(super) fn put_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
     out.extend_from_slice(&t.timestamp().to_be_bytes());
@@ -102,6 +112,23 @@ impl<'a> Reader<'a> {
 
     pub fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    /// A count written by [`put_var`]; `None` past ten bytes or 64 bits.
+    pub fn var(&mut self) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let low = u64::from(b & 0x7f);
+            if shift == 63 && low > 1 {
+                return None;
+            }
+            n |= low << shift;
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
     }
 
     pub fn str(&mut self) -> Option<String> {
@@ -187,8 +214,14 @@ mod tests {
         put_name(&mut out, "not hex");
         put_u64(&mut out, u64::MAX);
         put_time(&mut out, at);
-        // A hex name takes its 16 bytes and a tag.
-        assert_eq!(out.len(), 1 + 6 + 1 + 5 + 17 + 12 + 8 + 12);
+        for n in [0, 127, 128, u64::MAX] {
+            put_var(&mut out, n);
+        }
+        // A hex name takes its 16 bytes and a tag; a count 7 bits a byte.
+        assert_eq!(
+            out.len(),
+            1 + 6 + 1 + 5 + 17 + 12 + 8 + 12 + (1 + 1 + 2 + 10)
+        );
         let read = |r: &mut Reader<'_>| {
             Some((
                 r.str()?,
@@ -198,6 +231,7 @@ mod tests {
                 r.name()?,
                 r.u64()?,
                 r.time()?,
+                [r.var()?, r.var()?, r.var()?, r.var()?],
             ))
         };
         let want = (
@@ -208,12 +242,18 @@ mod tests {
             "not hex".to_owned(),
             u64::MAX,
             at,
+            [0, 127, 128, u64::MAX],
         );
         assert_eq!(read_all("t", &out, read).unwrap(), want);
         // One byte short, one byte over, or a length past the end: corrupt.
         assert!(read_all("t", &out[..out.len() - 1], read).is_err());
         assert!(read_all("t", &[out.as_slice(), &[0]].concat(), read).is_err());
         assert!(read_all("t", &[1, 0, 0, 0, 9, b'a'], |r| r.str()).is_err());
+        // A count that runs past 64 bits, or never ends: corrupt.
+        let mut too_long = vec![0xff; 9];
+        too_long.push(0x02);
+        assert_eq!(Reader(&too_long).var(), None);
+        assert_eq!(Reader(&[0x80; 11]).var(), None);
         // A count cannot reserve more than the bytes left could hold.
         let mut r = Reader(&[0xff, 0xff, 0xff, 0xff, 0, 0]);
         assert_eq!(r.count(2), Some((u32::MAX as usize, 1)));

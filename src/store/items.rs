@@ -424,7 +424,7 @@ impl Store {
                 let by = (seen, batch.source.as_str());
                 write_seen(&mut writes, record, by, &seen_keys, stale_records);
                 let mut meta = next_meta(kd, seen);
-                let entry = super::log::encode_seen(origin, seq, batch);
+                let entry = super::log::encode_seen(batch);
                 let log = (tree, &kd.pending, &mut kd.log_low);
                 self.log_batch(log, &mut writes, &mut meta, (origin, seq), entry)?;
                 self.commit(&batch.collection, tree, kd, writes, &[], Some(meta))?;

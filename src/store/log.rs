@@ -21,14 +21,15 @@
 //!
 //! A batch of items seen again unchanged (a page answered 304) names every
 //! item, and is logged in the store's compact form (see `compact` and
-//! [`encode_seen`]), not as JSON: it is written for every such page.
+//! [`encode_seen`]), not as JSON: it is written for every such page. It
+//! leaves its origin and number to its key and its collection to the tree.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::compact::{put_names, put_str, put_time, put_u64, read_all};
+use super::compact::{put_names, put_str, put_time, read_all};
 use super::items::LOG_TAG;
 use super::packs::Stored;
 use super::{decode, BatchOutcome, Result, Store};
@@ -54,6 +55,16 @@ pub(super) fn log_key(origin: &str, seq: u64) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The origin and number a log key names (see [`log_key`]).
+fn origin_seq(key: &[u8]) -> Option<(String, u64)> {
+    let (head, seq) = key.split_last_chunk::<8>()?;
+    let origin = head.strip_prefix(&[LOG_TAG])?.strip_suffix(&[0])?;
+    Some((
+        std::str::from_utf8(origin).ok()?.to_owned(),
+        u64::from_be_bytes(*seq),
+    ))
 }
 
 /// A log entry as stored: a [`ReplicatedBatch`] whose items may be named.
@@ -82,34 +93,40 @@ struct LoggedItem {
     hash: Option<String>,
 }
 
-/// The first byte of a seen batch's log entry in its compact form (an
-/// entry stored as JSON starts with `{`).
+/// The first byte of a seen batch's log entry in its first compact form,
+/// which repeated the origin, number and collection its key and tree give
+/// (an entry stored as JSON starts with `{`).
 const SEEN_V1: u8 = 1;
+/// The first byte of a seen batch's log entry as written now.
+const SEEN_V2: u8 = 2;
 
-/// A seen batch's log entry, numbered `seq` by `origin`: [`SEEN_V1`], the
-/// origin, the number, the source, the collection, the time it was
-/// fetched, the number of items and each item's key and hash.
-pub(super) fn encode_seen(origin: &str, seq: u64, batch: &SeenBatch) -> Vec<u8> {
-    let fixed = origin.len() + batch.source.len() + batch.collection.len();
-    let mut out = Vec::with_capacity(48 + fixed + batch.names.len() * 34);
-    out.push(SEEN_V1);
-    put_str(&mut out, origin);
-    put_u64(&mut out, seq);
+/// A seen batch's log entry: [`SEEN_V2`], the source, the time it was
+/// fetched, the number of items and each item's key and hash. Its origin
+/// and number are its key's ([`log_key`]), its collection the tree's.
+pub(super) fn encode_seen(batch: &SeenBatch) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + batch.source.len() + batch.names.len() * 34);
+    out.push(SEEN_V2);
     put_str(&mut out, &batch.source);
-    put_str(&mut out, &batch.collection);
     put_time(&mut out, batch.fetched_at);
     put_names(&mut out, &batch.names);
     out
 }
 
-/// A log entry, JSON or compact.
-fn decode_logged(bytes: &[u8]) -> Result<Logged> {
-    if bytes.first() != Some(&SEEN_V1) {
+/// A log entry of `collection`, JSON or compact, stored under `key`.
+fn decode_logged(collection: &str, key: &[u8], bytes: &[u8]) -> Result<Logged> {
+    let version = bytes.first().copied();
+    if version != Some(SEEN_V1) && version != Some(SEEN_V2) {
         return decode("log entry", bytes);
     }
     read_all("log entry", bytes, |r| {
-        let (origin, seq) = (r.str()?, r.u64()?);
-        let (source, collection, fetched_at) = (r.str()?, r.str()?, r.time()?);
+        let (origin, seq, source, collection) = if version == Some(SEEN_V1) {
+            let (origin, seq) = (r.str()?, r.u64()?);
+            (origin, seq, r.str()?, r.str()?)
+        } else {
+            let (origin, seq) = origin_seq(key)?;
+            (origin, seq, r.str()?, collection.to_owned())
+        };
+        let fetched_at = r.time()?;
         let items = (r.names()?.into_iter())
             .map(|n| LoggedItem {
                 key: n.key,
@@ -212,8 +229,8 @@ impl Store {
         let mut bytes = 0;
         let range = log_key(origin, after.saturating_add(1))..=log_key(origin, u64::MAX);
         for entry in log.range(range) {
-            let (_, v) = entry?;
-            let logged = decode_logged(&v)?;
+            let (k, v) = entry?;
+            let logged = decode_logged(collection, &k, &v)?;
             if out.is_empty() && logged.seq != after + 1 {
                 return Ok(LogSlice::Truncated { first: logged.seq });
             }
