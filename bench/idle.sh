@@ -3,8 +3,10 @@
 # SOURCES tiny sources (default 10,000) every 10 s on one fresh release-built
 # node, a short window, and RSS per idle source as run.sh computes it
 # ((VmRSS once every source has run once and the node has had 15 s without
-# requests - VmRSS before the first POST) / sources). RSS does not depend on
-# the machine's load, so this can run while the machine is busy.
+# requests - VmRSS before the first POST) / sources). With a long period
+# (EVERY_SECS 600) RSS hardly depends on the machine's load; with run.sh's 10 s
+# a busy machine reads 1.5 to 2 KiB a source more (slower runs overlap), so
+# compare builds on an otherwise idle machine.
 #
 # Usage: bench/idle.sh [SOURCES] [WINDOW_SECS] [EVERY_SECS]
 #   EVERY_SECS (default 10, as run.sh): a long period (600) leaves every source

@@ -406,6 +406,8 @@ def main() -> None:
     limit = min(fetch["requests_per_s"], ext["parse"] * machine["nproc"])
     plain, plain_cold = queries["plain"], queries["plain-uncached"]
     idle_kib = s["rss_per_idle_source_kib"]
+    # The verdict is taken on the unrounded figure: 20.001 is over 20.
+    idle_exact = (s["rss_ran_once_kib"] - s["idle_rss_kib"]) / max(1, s["registered"])
 
     def verdict(ok):
         return "met" if ok else "**not met**"
@@ -429,7 +431,7 @@ def main() -> None:
             f"{n(s['lag_ms_p99'], 1)} ms",
             verdict(s["lag_ms_p99"] is not None and s["lag_ms_p99"] <= 100 and not trouble),
         ),
-        ("≤ 20 KiB RSS per idle source", f"{idle_kib:.1f} KiB", verdict(idle_kib <= 20)),
+        ("≤ 20 KiB RSS per idle source", f"{idle_exact:.3f} KiB", verdict(idle_exact <= 20)),
     ]
     # The write path's targets: throughput, CPU per page, second passes.
     target_rows[2:2] = [
