@@ -405,7 +405,6 @@ def main() -> None:
     best_scrapy = max(one["pages_per_s"], many["pages_per_s"])
     limit = min(fetch["requests_per_s"], ext["parse"] * machine["nproc"])
     plain, plain_cold = queries["plain"], queries["plain-uncached"]
-    idle_kib = s["rss_per_idle_source_kib"]
     # The verdict is taken on the unrounded figure: 20.001 is over 20.
     idle_exact = (s["rss_ran_once_kib"] - s["idle_rss_kib"]) / max(1, s["registered"])
 

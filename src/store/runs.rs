@@ -96,10 +96,9 @@ fn decode_run(bytes: &[u8]) -> Result<RunRecord> {
             let field = r.str()?;
             run.filled.insert(field, r.var()?);
         }
-        // Each string takes at least its four length bytes.
-        let n = r.var()?;
-        run.blocked_sample = Vec::with_capacity((n as usize).min(r.0.len() / 4));
-        for _ in 0..n {
+        // No room reserved from the count: a count the bytes cannot back
+        // ends at the first string that is not there.
+        for _ in 0..r.var()? {
             run.blocked_sample.push(r.str()?);
         }
         Some(run)
